@@ -1,0 +1,98 @@
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { Type } from '@sinclair/typebox';
+import type { Kysely } from 'kysely';
+import type { Logger } from '../infra/logger.js';
+import type { Database } from '../store/index.js';
+import type { TaskService } from '../tasks/index.js';
+import { errorHandler, problem, sendProblem } from './errors.js';
+import { taskRoutes } from './routes/tasks.js';
+import { Problem } from './schemas.js';
+
+export interface ReadinessCheck {
+  readonly name: string;
+  /** Critical checks make /readyz fail; the others only report `degraded`. */
+  readonly critical: boolean;
+  check(): Promise<void>;
+}
+
+export interface ApiDeps {
+  readonly db: Kysely<Database>;
+  readonly tasks: TaskService;
+  readonly logger: Logger;
+  readonly readiness: readonly ReadinessCheck[];
+  readonly version: string;
+}
+
+/** Builds the Fastify app without listening (tests use `inject`). */
+export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
+  const app = Fastify({
+    loggerInstance: deps.logger as FastifyBaseLogger,
+    // Per-request access logs cost more than a submit at our rates; errors are still logged.
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: 4 * 1024 * 1024,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: true } },
+  }).withTypeProvider<TypeBoxTypeProvider>();
+
+  app.setErrorHandler(errorHandler);
+  app.setNotFoundHandler((request, reply) => sendProblem(reply, problem(404, 'ROUTE_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}`)));
+  app.addSchema(Problem);
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: { title: 'fogsched', version: deps.version, description: 'Event-sourced task scheduler for fog computing. Errors are application/problem+json.' },
+      tags: [{ name: 'tasks' }, { name: 'health' }],
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs' });
+
+  app.get('/healthz', { schema: { tags: ['health'], summary: 'The process is alive', response: { 200: Type.Object({ status: Type.Literal('ok') }) } } }, async () => ({
+    status: 'ok' as const,
+  }));
+
+  app.get(
+    '/readyz',
+    {
+      schema: {
+        tags: ['health'],
+        summary: 'Ready to serve: PostgreSQL reachable and migrated',
+        response: {
+          200: Type.Object({ status: Type.String(), checks: Type.Record(Type.String(), Type.Object({ ok: Type.Boolean(), critical: Type.Boolean(), error: Type.Optional(Type.String()) })) }),
+          503: Type.Object({ status: Type.String(), checks: Type.Record(Type.String(), Type.Object({ ok: Type.Boolean(), critical: Type.Boolean(), error: Type.Optional(Type.String()) })) }),
+        },
+      },
+    },
+    async (_request, reply) => {
+      const results = await Promise.all(
+        deps.readiness.map(async (c) => {
+          try {
+            await withTimeout(c.check(), 3000);
+            return [c.name, { ok: true, critical: c.critical }] as const;
+          } catch (error) {
+            return [c.name, { ok: false, critical: c.critical, error: error instanceof Error ? error.message : String(error) }] as const;
+          }
+        }),
+      );
+      const checks = Object.fromEntries(results);
+      const down = results.some(([, r]) => !r.ok && r.critical);
+      const degraded = results.some(([, r]) => !r.ok);
+      return reply.code(down ? 503 : 200).send({ status: down ? 'unavailable' : degraded ? 'degraded' : 'ready', checks });
+    },
+  );
+
+  await app.register(taskRoutes, deps);
+  return app as unknown as FastifyInstance;
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    promise,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}

@@ -1,0 +1,90 @@
+import pg from 'pg';
+import amqp from 'amqplib';
+import { Redis } from 'ioredis';
+import type { Config } from '../infra/config.js';
+import { pendingMigrations } from '../infra/postgres.js';
+
+interface Check {
+  readonly name: string;
+  readonly target: string;
+  readonly howToStart: string;
+  run(): Promise<string>;
+}
+
+function redact(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return url;
+  }
+}
+
+/** Checks each service, prints one line per check, returns whether all passed. */
+export async function runDoctor(config: Config, write: (line: string) => void = (l) => process.stdout.write(`${l}\n`)): Promise<boolean> {
+  const checks: Check[] = [
+    {
+      name: 'postgresql',
+      target: redact(config.DATABASE_URL),
+      howToStart: "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start   (or: docker run -d -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:15)",
+      async run() {
+        const admin = new URL(config.DATABASE_URL);
+        admin.pathname = '/postgres';
+        const client = new pg.Client({ connectionString: admin.toString(), connectionTimeoutMillis: 3000 });
+        await client.connect();
+        try {
+          const v = await client.query<{ server_version: string }>('SHOW server_version');
+          const pool = new pg.Pool({ connectionString: config.DATABASE_URL, connectionTimeoutMillis: 3000, max: 1 });
+          try {
+            const pending = await pendingMigrations(pool).catch(() => ['(database missing)']);
+            return `PostgreSQL ${v.rows[0]?.server_version}; ${pending.length === 0 ? 'migrations applied' : `pending migrations: ${pending.length} (run: fogsched migrate)`}`;
+          } finally {
+            await pool.end();
+          }
+        } finally {
+          await client.end();
+        }
+      },
+    },
+    ...config.AMQP_URL.split(',').map((url) => ({
+      name: 'rabbitmq',
+      target: redact(url.trim()),
+      howToStart: 'rabbitmq-server -detached   (or: docker run -d -p 5672:5672 rabbitmq:3.13-management)',
+      async run() {
+        const conn = await amqp.connect(url.trim(), { timeout: 3000 });
+        const props = conn.connection.serverProperties as { version?: string };
+        await conn.close();
+        return `RabbitMQ ${props.version ?? '?'}`;
+      },
+    })),
+    {
+      name: 'redis',
+      target: redact(config.REDIS_URL),
+      howToStart: 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no   (or: docker run -d -p 6379:6379 redis:7)',
+      async run() {
+        const redis = new Redis(config.REDIS_URL, { lazyConnect: true, connectTimeout: 3000, maxRetriesPerRequest: 0, retryStrategy: () => null });
+        redis.on('error', () => {});
+        try {
+          await redis.connect();
+          const info = await redis.info('server');
+          return `Redis ${/redis_version:(\S+)/.exec(info)?.[1] ?? '?'}`;
+        } finally {
+          redis.disconnect();
+        }
+      },
+    },
+  ];
+  let ok = true;
+  for (const check of checks) {
+    try {
+      write(`ok    ${check.name.padEnd(10)} ${check.target}  ${await check.run()}`);
+    } catch (error) {
+      ok = false;
+      const e = error as { code?: string; message?: string };
+      write(`FAIL  ${check.name.padEnd(10)} ${check.target}  ${e.code ?? ''} ${e.message ?? String(error)}`.replace(/\s+$/, ''));
+      write(`      start it with: ${check.howToStart}`);
+    }
+  }
+  return ok;
+}

@@ -1,0 +1,107 @@
+/**
+ * The one error type of fogsched: a stable `code` (listed in docs/errors.md),
+ * the HTTP `status` it maps to, and optional `details` safe to show a user.
+ */
+export class FogschedError extends Error {
+  readonly code: string;
+  readonly status: number;
+  readonly details: Readonly<Record<string, unknown>> | undefined;
+
+  constructor(opts: { code: string; status: number; message: string; details?: Record<string, unknown>; cause?: unknown }) {
+    super(opts.message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = new.target.name;
+    this.code = opts.code;
+    this.status = opts.status;
+    this.details = opts.details;
+  }
+}
+
+export class ConfigError extends FogschedError {
+  constructor(message: string) {
+    super({ code: 'CONFIG_INVALID', status: 500, message });
+  }
+}
+
+export class ValidationError extends FogschedError {
+  constructor(message: string, details?: Record<string, unknown>) {
+    super({ code: 'VALIDATION_FAILED', status: 400, message, ...(details ? { details } : {}) });
+  }
+}
+
+export class TaskNotFoundError extends FogschedError {
+  constructor(readonly taskId: string) {
+    super({ code: 'TASK_NOT_FOUND', status: 404, message: `task ${taskId} does not exist` });
+  }
+}
+
+export class NoTierFitsError extends FogschedError {
+  constructor(readonly resources: { cpu: number; memoryMb: number }, largest: { name: string; maxCpu: number; maxMemoryMb: number }) {
+    super({
+      code: 'NO_TIER_FITS',
+      status: 422,
+      message: `no tier can run a task needing ${resources.cpu} cpu and ${resources.memoryMb} MB; the largest tier (${largest.name}) allows ${largest.maxCpu} cpu and ${largest.maxMemoryMb} MB`,
+      details: { resources, largestTier: largest },
+    });
+  }
+}
+
+export class TaskNotCancellableError extends FogschedError {
+  constructor(readonly taskId: string, readonly state: string) {
+    super({ code: 'TASK_NOT_CANCELLABLE', status: 409, message: `task ${taskId} is ${state} and can no longer be cancelled`, details: { state } });
+  }
+}
+
+export class TaskAlreadyExistsError extends FogschedError {
+  constructor(readonly taskId: string) {
+    super({ code: 'TASK_ALREADY_EXISTS', status: 409, message: `task ${taskId} already exists` });
+  }
+}
+
+export class TaskNotRequeueableError extends FogschedError {
+  constructor(readonly taskId: string, readonly state: string) {
+    super({ code: 'TASK_NOT_REQUEUEABLE', status: 409, message: `task ${taskId} is ${state}; only failed tasks can be requeued`, details: { state } });
+  }
+}
+
+export class IdempotencyConflictError extends FogschedError {
+  constructor(readonly key: string, readonly taskId: string) {
+    super({
+      code: 'IDEMPOTENCY_KEY_REUSED',
+      status: 422,
+      message: `Idempotency-Key ${JSON.stringify(key)} was already used for a different request (task ${taskId})`,
+      details: { taskId },
+    });
+  }
+}
+
+/** Another writer appended to the stream first; carries both versions. */
+export class ConcurrencyError extends FogschedError {
+  constructor(readonly streamId: string, readonly expectedVersion: number, readonly actualVersion?: number) {
+    super({
+      code: 'CONCURRENT_UPDATE',
+      status: 409,
+      message: `stream ${streamId} was changed concurrently (expected version ${expectedVersion})`,
+      details: { streamId, expectedVersion, ...(actualVersion === undefined ? {} : { actualVersion }) },
+    });
+  }
+}
+
+export class ServiceUnavailableError extends FogschedError {
+  constructor(readonly service: string, cause?: unknown) {
+    super({ code: 'SERVICE_UNAVAILABLE', status: 503, message: `${service} is unavailable`, details: { service }, cause });
+  }
+}
+
+/** Wraps any thrown value in an Error, keeping the original as `cause`. */
+export function coerceError(value: unknown): Error {
+  if (value instanceof Error) return value;
+  return new Error(typeof value === 'string' ? value : `non-error thrown: ${safeString(value)}`, { cause: value });
+}
+
+function safeString(value: unknown): string {
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}

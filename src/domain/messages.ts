@@ -1,0 +1,81 @@
+import type { Priority, TaskError } from './task.js';
+
+/** Body of a message on a task queue: everything a fog node needs to run one attempt. */
+export interface TaskMessage {
+  readonly taskId: string;
+  readonly attempt: number;
+  readonly type: string;
+  readonly payload: unknown;
+  readonly tenant: string;
+  readonly tier: string;
+  readonly priority: Priority;
+  readonly timeoutMs: number | null;
+  readonly deadline: string | null;
+  /** When the dispatch became due (for queue-wait figures). */
+  readonly availableAt: string;
+}
+
+/**
+ * What a fog node reports. Several records travel in one message (a result
+ * batch) to keep the number of broker messages per task near one.
+ */
+export type ResultRecord =
+  | { readonly kind: 'started'; readonly taskId: string; readonly attempt: number; readonly at: string }
+  | {
+      readonly kind: 'succeeded';
+      readonly taskId: string;
+      readonly attempt: number;
+      readonly startedAt: string;
+      readonly at: string;
+      readonly durationMs: number;
+      readonly output: unknown;
+    }
+  | {
+      readonly kind: 'failed';
+      readonly taskId: string;
+      readonly attempt: number;
+      readonly startedAt: string;
+      readonly at: string;
+      readonly durationMs: number;
+      readonly error: TaskError;
+    };
+
+export interface ResultBatch {
+  readonly nodeId: string;
+  readonly tier: string;
+  readonly records: readonly ResultRecord[];
+}
+
+export interface NodeMetricSample {
+  readonly nodeId: string;
+  readonly tier: string;
+  readonly at: string;
+  /** CPU use of the node process since the last sample, in cores. */
+  readonly cpu: number;
+  readonly rssMb: number;
+  readonly inFlight: number;
+  readonly completed: number;
+  readonly failed: number;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** Checks an untrusted result batch; returns a reason when it is malformed. */
+export function invalidResultBatch(value: unknown): string | null {
+  if (typeof value !== 'object' || value === null) return 'not an object';
+  const batch = value as Partial<ResultBatch>;
+  if (typeof batch.nodeId !== 'string' || !Array.isArray(batch.records)) return 'missing nodeId or records';
+  for (const record of batch.records as unknown[]) {
+    const r = record as Partial<Record<string, unknown>>;
+    if (typeof r !== 'object' || r === null) return 'record is not an object';
+    if (!['started', 'succeeded', 'failed'].includes(r.kind as string)) return `unknown record kind ${String(r.kind)}`;
+    if (typeof r.taskId !== 'string' || !UUID.test(r.taskId)) return 'record taskId is not a uuid';
+    if (!Number.isInteger(r.attempt) || typeof r.at !== 'string' || Number.isNaN(Date.parse(r.at))) return 'record attempt or at is invalid';
+    if (r.kind === 'failed' && (typeof r.error !== 'object' || r.error === null)) return 'failed record has no error';
+  }
+  return null;
+}
+
+export function isUuid(value: unknown): value is string {
+  return typeof value === 'string' && UUID.test(value);
+}

@@ -1,0 +1,260 @@
+import { TaskAlreadyExistsError, TaskNotCancellableError, TaskNotFoundError, TaskNotRequeueableError } from './errors.js';
+
+export const PRIORITIES = ['high', 'normal', 'low'] as const;
+export type Priority = (typeof PRIORITIES)[number];
+
+export const TASK_STATUSES = ['scheduled', 'queued', 'running', 'retrying', 'succeeded', 'failed', 'cancelled'] as const;
+export type TaskStatus = (typeof TASK_STATUSES)[number];
+export const TERMINAL_STATUSES: readonly TaskStatus[] = ['succeeded', 'failed', 'cancelled'];
+
+/** Why a task ended `failed`. */
+export type FailureReason = 'non-retryable' | 'max-attempts' | 'delivery-limit' | 'rejected' | 'expired' | 'timeout';
+
+export interface Resources {
+  readonly cpu: number;
+  readonly memoryMb: number;
+}
+
+/** What a client asked for, fixed at submit. Times are ISO-8601 strings. */
+export interface TaskSpec {
+  readonly taskId: string;
+  readonly tenant: string;
+  readonly type: string;
+  readonly payload: unknown;
+  readonly priority: Priority;
+  readonly resources: Resources;
+  readonly tier: string;
+  readonly maxAttempts: number;
+  readonly timeoutMs: number | null;
+  readonly notBefore: string | null;
+  readonly deadline: string | null;
+  readonly idempotencyKey: string | null;
+}
+
+export interface TaskError {
+  readonly message: string;
+  readonly code: string;
+  readonly retryable: boolean;
+}
+
+export type TaskEvent =
+  | { type: 'TaskSubmitted'; data: { task: TaskSpec; at: string } }
+  | { type: 'TaskQueued'; data: { attempt: number; tier: string; priority: Priority; availableAt: string; at: string } }
+  | { type: 'TaskStarted'; data: { attempt: number; nodeId: string; at: string } }
+  | { type: 'TaskSucceeded'; data: { attempt: number; nodeId: string; output: unknown; durationMs: number; at: string } }
+  | { type: 'TaskAttemptFailed'; data: { attempt: number; nodeId: string | null; error: TaskError; at: string } }
+  | { type: 'TaskRetryScheduled'; data: { attempt: number; delayMs: number; availableAt: string; at: string } }
+  | { type: 'TaskFailed'; data: { attempt: number; reason: FailureReason; error: TaskError | null; at: string } }
+  | { type: 'TaskDeadLettered'; data: { attempt: number; reason: FailureReason; queue: string | null; at: string } }
+  | { type: 'TaskCancelled'; data: { actor: string; reason: string | null; at: string } }
+  | { type: 'TaskRequeued'; data: { actor: string; attempt: number; at: string } };
+
+export type TaskEventType = TaskEvent['type'];
+
+export type TaskCommand =
+  | { type: 'SubmitTask'; data: { task: TaskSpec; now: string } }
+  | { type: 'StartTask'; data: { attempt: number; nodeId: string; now: string } }
+  | { type: 'SucceedTask'; data: { attempt: number; nodeId: string; output: unknown; durationMs: number; startedAt: string; now: string } }
+  | {
+      type: 'FailTask';
+      data: { attempt: number; nodeId: string | null; error: TaskError; startedAt: string | null; retryDelayMs: number; now: string };
+    }
+  | { type: 'DeadLetterTask'; data: { attempt: number; reason: FailureReason; queue: string | null; now: string } }
+  | { type: 'CancelTask'; data: { actor: string; reason: string | null; now: string } }
+  | { type: 'RequeueTask'; data: { actor: string; now: string } };
+
+/** The state of one task, folded from its events; also the shape of a task_current row. */
+export interface TaskState {
+  readonly taskId: string;
+  readonly status: 'new' | TaskStatus;
+  /** Number of events in the stream (its version). */
+  readonly version: number;
+  readonly spec: TaskSpec | null;
+  /** Current attempt, 1-based; 0 before the first queue. */
+  readonly attempt: number;
+  /** The attempt the current budget of `maxAttempts` counts from (moves on requeue). */
+  readonly firstAttempt: number;
+  readonly availableAt: string | null;
+  readonly nodeId: string | null;
+  readonly submittedAt: string | null;
+  readonly startedAt: string | null;
+  readonly finishedAt: string | null;
+  readonly updatedAt: string | null;
+  readonly output: unknown;
+  readonly lastError: TaskError | null;
+  readonly failureReason: FailureReason | null;
+}
+
+export function initialTaskState(taskId: string): TaskState {
+  return {
+    taskId,
+    status: 'new',
+    version: 0,
+    spec: null,
+    attempt: 0,
+    firstAttempt: 1,
+    availableAt: null,
+    nodeId: null,
+    submittedAt: null,
+    startedAt: null,
+    finishedAt: null,
+    updatedAt: null,
+    output: null,
+    lastError: null,
+    failureReason: null,
+  };
+}
+
+export function isTerminal(status: TaskState['status']): boolean {
+  return (TERMINAL_STATUSES as readonly string[]).includes(status);
+}
+
+/** Has the task been waiting to run (queued, scheduled or retrying)? */
+function isWaiting(status: TaskState['status']): boolean {
+  return status === 'queued' || status === 'scheduled' || status === 'retrying';
+}
+
+/**
+ * Turns a command into the events it causes. Pure: the clock and any randomness
+ * (the retry delay) arrive in the command. Duplicate or late results return `[]`;
+ * a user's impossible request throws a typed FogschedError.
+ */
+export function decide(state: TaskState, command: TaskCommand): TaskEvent[] {
+  switch (command.type) {
+    case 'SubmitTask': {
+      if (state.status !== 'new') throw new TaskAlreadyExistsError(state.taskId);
+      const { task, now } = command.data;
+      return [
+        { type: 'TaskSubmitted', data: { task, at: now } },
+        {
+          type: 'TaskQueued',
+          data: { attempt: 1, tier: task.tier, priority: task.priority, availableAt: laterOf(task.notBefore, now), at: now },
+        },
+      ];
+    }
+    case 'StartTask': {
+      const { attempt, nodeId, now } = command.data;
+      if (!isCurrentAttempt(state, attempt)) return [];
+      if (state.status === 'running' && state.nodeId === nodeId) return [];
+      // A redelivery to another node after a crash is a new start of the same attempt.
+      return [{ type: 'TaskStarted', data: { attempt, nodeId, at: now } }];
+    }
+    case 'SucceedTask': {
+      const { attempt, nodeId, output, durationMs, startedAt, now } = command.data;
+      if (!isCurrentAttempt(state, attempt)) return [];
+      return [
+        ...startedIfMissing(state, attempt, nodeId, startedAt),
+        { type: 'TaskSucceeded', data: { attempt, nodeId, output, durationMs, at: now } },
+      ];
+    }
+    case 'FailTask': {
+      const { attempt, nodeId, error, startedAt, retryDelayMs, now } = command.data;
+      if (!isCurrentAttempt(state, attempt)) return [];
+      const events: TaskEvent[] = [
+        ...(nodeId && startedAt ? startedIfMissing(state, attempt, nodeId, startedAt) : []),
+        { type: 'TaskAttemptFailed', data: { attempt, nodeId, error, at: now } },
+      ];
+      const attemptsUsed = attempt - state.firstAttempt + 1;
+      const maxAttempts = state.spec?.maxAttempts ?? 1;
+      if (error.retryable && attemptsUsed < maxAttempts) {
+        const availableAt = new Date(Date.parse(now) + retryDelayMs).toISOString();
+        events.push({ type: 'TaskRetryScheduled', data: { attempt: attempt + 1, delayMs: retryDelayMs, availableAt, at: now } });
+      } else {
+        events.push({ type: 'TaskFailed', data: { attempt, reason: error.retryable ? 'max-attempts' : 'non-retryable', error, at: now } });
+      }
+      return events;
+    }
+    case 'DeadLetterTask': {
+      const { attempt, reason, queue, now } = command.data;
+      if (!isCurrentAttempt(state, attempt)) return [];
+      return [{ type: 'TaskDeadLettered', data: { attempt, reason, queue, at: now } }];
+    }
+    case 'CancelTask': {
+      if (state.status === 'new') throw new TaskNotFoundError(state.taskId);
+      if (state.status === 'cancelled') return []; // a retried cancel is not an error
+      if (isTerminal(state.status)) throw new TaskNotCancellableError(state.taskId, state.status);
+      return [{ type: 'TaskCancelled', data: { actor: command.data.actor, reason: command.data.reason, at: command.data.now } }];
+    }
+    case 'RequeueTask': {
+      if (state.status === 'new') throw new TaskNotFoundError(state.taskId);
+      if (state.status !== 'failed') throw new TaskNotRequeueableError(state.taskId, state.status);
+      return [{ type: 'TaskRequeued', data: { actor: command.data.actor, attempt: state.attempt + 1, at: command.data.now } }];
+    }
+    default:
+      return assertNever(command);
+  }
+}
+
+/** Applies one event. Total: an event that does not fit the state leaves it as it is, with the version moved on. */
+export function evolve(state: TaskState, event: TaskEvent): TaskState {
+  const next = { ...state, version: state.version + 1, updatedAt: event.data.at };
+  switch (event.type) {
+    case 'TaskSubmitted':
+      return { ...next, spec: event.data.task, submittedAt: event.data.at };
+    case 'TaskQueued': {
+      const { attempt, availableAt, at } = event.data;
+      return { ...next, status: availableAt > at ? 'scheduled' : 'queued', attempt, availableAt };
+    }
+    case 'TaskStarted':
+      return { ...next, status: 'running', attempt: event.data.attempt, nodeId: event.data.nodeId, startedAt: event.data.at };
+    case 'TaskSucceeded':
+      return { ...next, status: 'succeeded', nodeId: event.data.nodeId, output: event.data.output, finishedAt: event.data.at };
+    case 'TaskAttemptFailed':
+      return { ...next, lastError: event.data.error };
+    case 'TaskRetryScheduled':
+      return { ...next, status: 'retrying', attempt: event.data.attempt, availableAt: event.data.availableAt, nodeId: null };
+    case 'TaskFailed':
+      return { ...next, status: 'failed', failureReason: event.data.reason, finishedAt: event.data.at };
+    case 'TaskDeadLettered':
+      return { ...next, status: 'failed', failureReason: event.data.reason, finishedAt: event.data.at };
+    case 'TaskCancelled':
+      return { ...next, status: 'cancelled', finishedAt: event.data.at };
+    case 'TaskRequeued':
+      return {
+        ...next,
+        status: 'queued',
+        attempt: event.data.attempt,
+        firstAttempt: event.data.attempt,
+        availableAt: event.data.at,
+        nodeId: null,
+        failureReason: null,
+        finishedAt: null,
+      };
+    default:
+      return assertNever(event);
+  }
+}
+
+export function foldTask(taskId: string, events: readonly TaskEvent[], from: TaskState = initialTaskState(taskId)): TaskState {
+  return events.reduce(evolve, from);
+}
+
+/** Does an event put a message on a task queue? Returns the attempt and when. */
+export function dispatchOf(event: TaskEvent): { attempt: number; availableAt: string } | null {
+  switch (event.type) {
+    case 'TaskQueued':
+      return { attempt: event.data.attempt, availableAt: event.data.availableAt };
+    case 'TaskRetryScheduled':
+      return { attempt: event.data.attempt, availableAt: event.data.availableAt };
+    case 'TaskRequeued':
+      return { attempt: event.data.attempt, availableAt: event.data.at };
+    default:
+      return null;
+  }
+}
+
+function isCurrentAttempt(state: TaskState, attempt: number): boolean {
+  return state.status !== 'new' && !isTerminal(state.status) && attempt === state.attempt;
+}
+
+function startedIfMissing(state: TaskState, attempt: number, nodeId: string, startedAt: string): TaskEvent[] {
+  return isWaiting(state.status) ? [{ type: 'TaskStarted', data: { attempt, nodeId, at: startedAt } }] : [];
+}
+
+function laterOf(notBefore: string | null, now: string): string {
+  return notBefore !== null && notBefore > now ? notBefore : now;
+}
+
+export function assertNever(value: never): never {
+  throw new Error(`unhandled variant: ${JSON.stringify(value)}`);
+}

@@ -1,0 +1,1 @@
+export { FogschedError, ConfigError, ServiceUnavailableError, coerceError } from '../domain/errors.js';

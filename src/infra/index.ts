@@ -1,0 +1,4 @@
+export * from './config.js';
+export * from './logger.js';
+export * from './postgres.js';
+export * from './role.js';

@@ -1,0 +1,12 @@
+import { pino, type Logger } from 'pino';
+
+export type { Logger };
+
+/** The root logger; roles take children (`logger.child({ role: 'relay' })`). Secrets are redacted. */
+export function createLogger(level: string, base: Record<string, unknown> = {}): Logger {
+  return pino({
+    level,
+    base: { pid: process.pid, ...base },
+    redact: { paths: ['req.headers.authorization', 'req.headers["x-api-key"]', '*.password', 'config.DATABASE_URL', 'config.AMQP_URL'], censor: '[redacted]' },
+  });
+}

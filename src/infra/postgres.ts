@@ -1,0 +1,114 @@
+import pg from 'pg';
+import { Kysely, PostgresDialect } from 'kysely';
+import { runner } from 'node-pg-migrate';
+import { fileURLToPath } from 'node:url';
+import type { Database } from '../store/db.js';
+import type { Logger } from './logger.js';
+import { ServiceUnavailableError } from '../domain/errors.js';
+
+// bigint (int8) as number: positions and sequences stay far below 2^53.
+pg.types.setTypeParser(pg.types.builtins.INT8, (v) => Number(v));
+
+export const MIGRATIONS_DIR = fileURLToPath(new URL('../../migrations', import.meta.url));
+export const MIGRATIONS_TABLE = 'pgmigrations';
+
+export interface PostgresOptions {
+  readonly url: string;
+  readonly poolMax: number;
+  readonly connectTimeoutMs: number;
+  readonly statementTimeoutMs: number;
+  readonly applicationName?: string;
+}
+
+export interface Postgres {
+  readonly pool: pg.Pool;
+  readonly db: Kysely<Database>;
+  close(): Promise<void>;
+}
+
+/** A pool that fails fast when PostgreSQL is down (no hang) and a Kysely instance over it. */
+export function createPostgres(options: PostgresOptions): Postgres {
+  const pool = new pg.Pool({
+    connectionString: options.url,
+    max: options.poolMax,
+    connectionTimeoutMillis: options.connectTimeoutMs,
+    idleTimeoutMillis: 30_000,
+    statement_timeout: options.statementTimeoutMs || undefined,
+    application_name: options.applicationName ?? 'fogsched',
+  });
+  // An idle client whose server went away emits here; without a listener it would crash the process.
+  pool.on('error', () => {});
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  let closed: Promise<void> | undefined;
+  return {
+    pool,
+    db,
+    close: () => (closed ??= db.destroy()),
+  };
+}
+
+/** Connection-level failures: PostgreSQL is down or unreachable, not a bad query. */
+export function isConnectionError(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  const code = (error as { code?: string }).code ?? '';
+  if (['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH'].includes(code)) return true;
+  // 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now, 08xxx connection exceptions.
+  if (/^(57P0[123]|08...)$/.test(code)) return true;
+  return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|connect ECONNREFUSED/i.test(error.message);
+}
+
+/** Rethrows connection failures as a 503-mapped ServiceUnavailableError. */
+export function mapPostgresError(error: unknown): unknown {
+  return isConnectionError(error) ? new ServiceUnavailableError('postgresql', error) : error;
+}
+
+/** Creates the database named in `url` when it does not exist yet. */
+export async function ensureDatabase(url: string): Promise<void> {
+  const target = new URL(url);
+  const name = decodeURIComponent(target.pathname.replace(/^\//, ''));
+  if (!name) return;
+  const admin = new URL(url);
+  admin.pathname = '/postgres';
+  const client = new pg.Client({ connectionString: admin.toString(), connectionTimeoutMillis: 5000 });
+  await client.connect();
+  try {
+    const found = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [name]);
+    if (found.rowCount === 0) {
+      try {
+        await client.query(`CREATE DATABASE "${name.replace(/"/g, '""')}"`);
+      } catch (error) {
+        // Another process created it between our check and our create.
+        if ((error as { code?: string }).code !== '42P04') throw error;
+      }
+    }
+  } finally {
+    await client.end();
+  }
+}
+
+/** Applies pending migrations (node-pg-migrate; safe when several processes start at once). */
+export async function migrate(url: string, logger?: Logger): Promise<void> {
+  await ensureDatabase(url);
+  await runner({
+    databaseUrl: url,
+    dir: MIGRATIONS_DIR,
+    direction: 'up',
+    migrationsTable: MIGRATIONS_TABLE,
+    checkOrder: true,
+    log: (msg: string) => logger?.debug({ msg: 'migration', detail: msg.trim() }),
+  });
+}
+
+/** Names of the migration files not applied yet to the database behind `db`. */
+export async function pendingMigrations(pool: pg.Pool): Promise<string[]> {
+  const { readdir } = await import('node:fs/promises');
+  const files = (await readdir(MIGRATIONS_DIR)).filter((f) => f.endsWith('.sql')).map((f) => f.replace(/\.sql$/, ''));
+  const applied = await pool
+    .query<{ name: string }>(`SELECT name FROM ${MIGRATIONS_TABLE}`)
+    .then((r) => new Set(r.rows.map((row) => row.name)))
+    .catch((error: unknown) => {
+      if ((error as { code?: string }).code === '42P01') return new Set<string>();
+      throw error;
+    });
+  return files.filter((f) => !applied.has(f));
+}

@@ -1,0 +1,60 @@
+import { sql } from 'kysely';
+import { dispatchOf, taskRoutingKey, type TaskEvent, type TaskMessage, type TaskState } from '../domain/index.js';
+import type { Executor } from '../store/index.js';
+import type { TopologyNames } from './topology.js';
+
+export interface OutboxRow {
+  readonly messageId: string;
+  readonly streamId: string;
+  readonly exchange: string;
+  readonly routingKey: string;
+  readonly headers: Record<string, unknown>;
+  readonly body: unknown;
+  readonly availableAt: string;
+}
+
+/**
+ * The dispatch row an event causes, if any: a TaskQueued, TaskRetryScheduled or
+ * TaskRequeued puts the attempt on its task queue at `availableAt`. Delays and
+ * backoff are just future rows, so no timer lives in memory.
+ */
+export function dispatchRowFor(state: TaskState, event: TaskEvent, eventId: string, names: TopologyNames): OutboxRow | null {
+  const dispatch = dispatchOf(event);
+  const spec = state.spec;
+  if (!dispatch || !spec) return null;
+  const body: TaskMessage = {
+    taskId: spec.taskId,
+    attempt: dispatch.attempt,
+    type: spec.type,
+    payload: spec.payload,
+    tenant: spec.tenant,
+    tier: spec.tier,
+    priority: spec.priority,
+    timeoutMs: spec.timeoutMs,
+    deadline: spec.deadline,
+    availableAt: dispatch.availableAt,
+  };
+  return {
+    messageId: eventId,
+    streamId: spec.taskId,
+    exchange: names.tasks,
+    routingKey: taskRoutingKey(spec.tier, spec.priority),
+    headers: { 'x-task-id': spec.taskId, 'x-attempt': dispatch.attempt },
+    body,
+    availableAt: dispatch.availableAt,
+  };
+}
+
+/** Inserts outbox rows in one statement (inside the caller's transaction). */
+export async function insertOutboxRows(db: Executor, rows: readonly OutboxRow[]): Promise<void> {
+  if (rows.length === 0) return;
+  const col = <T>(f: (r: OutboxRow) => T) => rows.map(f);
+  // unnest: a fixed parameter count for any batch size.
+  await sql`
+    INSERT INTO outbox (message_id, stream_id, exchange, routing_key, headers, body, available_at)
+    SELECT * FROM unnest(
+      ${col((r) => r.messageId)}::uuid[], ${col((r) => r.streamId)}::text[], ${col((r) => r.exchange)}::text[],
+      ${col((r) => r.routingKey)}::text[], ${col((r) => JSON.stringify(r.headers))}::jsonb[],
+      ${col((r) => JSON.stringify(r.body))}::jsonb[], ${col((r) => r.availableAt)}::timestamptz[]
+    )`.execute(db);
+}

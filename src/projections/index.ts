@@ -1,0 +1,2 @@
+export * from './task-projections.js';
+export * from './task-queries.js';

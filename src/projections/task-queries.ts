@@ -1,0 +1,79 @@
+import { sql } from 'kysely';
+import type { Executor } from '../store/index.js';
+import { rowToState } from './task-projections.js';
+import type { TaskState } from '../domain/index.js';
+
+export interface TaskListFilter {
+  readonly tenant: string;
+  readonly state?: string;
+  readonly priority?: string;
+  readonly type?: string;
+  readonly tier?: string;
+  /** Only tasks with seq below this (the cursor). */
+  readonly beforeSeq?: number;
+  readonly limit: number;
+}
+
+export interface ListedTask {
+  readonly seq: number;
+  readonly state: TaskState;
+}
+
+export async function getTask(db: Executor, tenant: string, taskId: string): Promise<TaskState | null> {
+  const row = await db.selectFrom('task_current').selectAll().where('task_id', '=', taskId).where('tenant', '=', tenant).executeTakeFirst();
+  return row ? rowToState(row) : null;
+}
+
+/** Newest first, in `seq` order: stable under concurrent inserts, so cursors never skip or repeat. */
+export async function listTasks(db: Executor, filter: TaskListFilter): Promise<ListedTask[]> {
+  let q = db.selectFrom('task_current').selectAll().where('tenant', '=', filter.tenant);
+  if (filter.state) q = q.where('state', '=', filter.state);
+  if (filter.priority) q = q.where('priority', '=', filter.priority);
+  if (filter.type) q = q.where('type', '=', filter.type);
+  if (filter.tier) q = q.where('tier', '=', filter.tier);
+  if (filter.beforeSeq !== undefined) q = q.where('seq', '<', filter.beforeSeq);
+  const rows = await q.orderBy('seq', 'desc').limit(filter.limit).execute();
+  return rows.map((row) => ({ seq: row.seq, state: rowToState(row) }));
+}
+
+export interface HistoryEntry {
+  readonly position: number;
+  readonly version: number;
+  readonly type: string;
+  readonly state: string;
+  readonly attempt: number;
+  readonly nodeId: string | null;
+  readonly actor: string | null;
+  readonly reason: string | null;
+  readonly error: unknown;
+  readonly at: string;
+  readonly data: unknown;
+}
+
+export async function getTaskHistory(db: Executor, taskId: string): Promise<HistoryEntry[]> {
+  const rows = await db.selectFrom('task_history').selectAll().where('task_id', '=', taskId).orderBy('version').execute();
+  return rows.map((r) => ({
+    position: r.position,
+    version: r.version,
+    type: r.type,
+    state: r.state,
+    attempt: r.attempt,
+    nodeId: r.node_id,
+    actor: r.actor,
+    reason: r.reason,
+    error: r.error ?? null,
+    at: r.at.toISOString(),
+    data: r.data,
+  }));
+}
+
+/** Counts of tasks per state for a tenant. */
+export async function countTasksByState(db: Executor, tenant: string): Promise<Record<string, number>> {
+  const rows = await db
+    .selectFrom('task_current')
+    .select(['state', sql<number>`count(*)::int`.as('n')])
+    .where('tenant', '=', tenant)
+    .groupBy('state')
+    .execute();
+  return Object.fromEntries(rows.map((r) => [r.state, r.n]));
+}

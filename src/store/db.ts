@@ -1,0 +1,108 @@
+import type { ColumnType, Generated } from 'kysely';
+
+/** Written by PostgreSQL on insert; read as the given type. */
+type Defaulted<T> = ColumnType<T, T | undefined, never>;
+type Json = unknown;
+
+export interface EventsTable {
+  position: Generated<number>;
+  stream_id: string;
+  stream_type: string;
+  stream_version: number;
+  event_id: string;
+  type: string;
+  schema_version: Defaulted<number>;
+  data: Json;
+  metadata: Json;
+  recorded_at: Defaulted<Date>;
+  transaction_id: Defaulted<string>;
+}
+
+export interface OutboxTable {
+  id: Generated<number>;
+  message_id: string;
+  stream_id: string;
+  exchange: string;
+  routing_key: string;
+  headers: Json;
+  body: Json;
+  created_at: Defaulted<Date>;
+  available_at: ColumnType<Date, Date | string | undefined, Date | string>;
+  published_at: ColumnType<Date | null, never, Date | string | null>;
+  attempts: ColumnType<number, never, number>;
+  last_error: ColumnType<string | null, never, string | null>;
+}
+
+export interface InboxTable {
+  message_id: string;
+  source: string;
+  received_at: Defaulted<Date>;
+}
+
+export interface IdempotencyKeysTable {
+  tenant: string;
+  key: string;
+  task_id: string;
+  request_hash: string;
+  created_at: Defaulted<Date>;
+}
+
+export interface TaskCurrentTable {
+  task_id: string;
+  seq: Generated<number>;
+  tenant: string;
+  type: string;
+  state: string;
+  tier: string;
+  priority: string;
+  attempt: number;
+  first_attempt: number;
+  max_attempts: number;
+  version: number;
+  spec: Json;
+  node_id: string | null;
+  output: Json;
+  last_error: Json;
+  failure_reason: string | null;
+  available_at: Date | null;
+  submitted_at: Date;
+  started_at: Date | null;
+  finished_at: Date | null;
+  updated_at: Date;
+}
+
+export interface TaskHistoryTable {
+  position: number;
+  task_id: string;
+  version: number;
+  type: string;
+  state: string;
+  attempt: number;
+  node_id: string | null;
+  actor: string | null;
+  reason: string | null;
+  error: Json;
+  at: Date;
+  data: Json;
+}
+
+export interface NodeMetricsTable {
+  node_id: string;
+  at: Date;
+  tier: string;
+  cpu: number;
+  rss_mb: number;
+  in_flight: number;
+  completed: number;
+  failed: number;
+}
+
+export interface Database {
+  events: EventsTable;
+  outbox: OutboxTable;
+  inbox: InboxTable;
+  idempotency_keys: IdempotencyKeysTable;
+  task_current: TaskCurrentTable;
+  task_history: TaskHistoryTable;
+  node_metrics: NodeMetricsTable;
+}

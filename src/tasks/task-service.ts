@@ -1,0 +1,198 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { sql, type Kysely } from 'kysely';
+import {
+  DEFAULT_RESOURCES,
+  IdempotencyConflictError,
+  TaskNotFoundError,
+  tierFor,
+  type Priority,
+  type Resources,
+  type TaskCommand,
+  type TaskSpec,
+  type TaskState,
+  type Tier,
+} from '../domain/index.js';
+import type { Database, EventMetadata, Executor } from '../store/index.js';
+import { loadTaskStates } from '../projections/index.js';
+import type { TopologyNames } from '../outbox/index.js';
+import { isConnectionError } from '../infra/postgres.js';
+import { executeTaskCommands } from './execute-commands.js';
+import { createGroupCommit } from './group-commit.js';
+
+/** A submit as the API validated it. */
+export interface SubmitInput {
+  readonly type: string;
+  readonly payload?: unknown;
+  readonly priority?: Priority;
+  readonly resources?: Resources;
+  readonly maxAttempts?: number;
+  readonly timeoutMs?: number | null;
+  readonly notBefore?: string | null;
+  readonly deadline?: string | null;
+  readonly idempotencyKey?: string | null;
+}
+
+export interface Caller {
+  readonly tenant: string;
+  readonly actor: string;
+  readonly traceId?: string;
+}
+
+export interface SubmitResult {
+  readonly task: TaskState;
+  /** False when an Idempotency-Key matched an earlier submit. */
+  readonly created: boolean;
+}
+
+export interface TaskServiceOptions {
+  readonly db: Kysely<Database>;
+  readonly names: TopologyNames;
+  readonly tiers: readonly Tier[];
+  readonly defaultMaxAttempts: number;
+  readonly maxBatch: number;
+}
+
+interface PreparedSubmit {
+  readonly spec: TaskSpec;
+  readonly hash: string;
+  readonly metadata: EventMetadata;
+}
+
+export type TaskService = ReturnType<typeof createTaskService>;
+
+/** Submits (group-committed), cancels and requeues tasks. */
+export function createTaskService(options: TaskServiceOptions) {
+  const { db, names } = options;
+
+  const prepare = (input: SubmitInput, caller: Caller): PreparedSubmit => {
+    const resources = input.resources ?? DEFAULT_RESOURCES;
+    const spec: TaskSpec = {
+      taskId: randomUUID(),
+      tenant: caller.tenant,
+      type: input.type,
+      payload: input.payload ?? null,
+      priority: input.priority ?? 'normal',
+      resources,
+      tier: tierFor(resources, options.tiers), // throws NoTierFitsError before anything is written
+      maxAttempts: input.maxAttempts ?? options.defaultMaxAttempts,
+      timeoutMs: input.timeoutMs ?? null,
+      notBefore: input.notBefore ? new Date(input.notBefore).toISOString() : null,
+      deadline: input.deadline ? new Date(input.deadline).toISOString() : null,
+      idempotencyKey: input.idempotencyKey ?? null,
+    };
+    const { taskId: _id, tenant: _t, idempotencyKey: _k, ...significant } = spec;
+    const hash = createHash('sha256').update(JSON.stringify(significant)).digest('base64url');
+    return { spec, hash, metadata: { tenant: caller.tenant, actor: caller.actor, ...(caller.traceId ? { traceId: caller.traceId } : {}) } };
+  };
+
+  /** Writes a group of submits in the caller's transaction; one result per item. */
+  const writeSubmits = async (trx: Executor, items: readonly PreparedSubmit[]): Promise<(SubmitResult | Error)[]> => {
+    const now = new Date().toISOString();
+    const results: (SubmitResult | Error | undefined)[] = new Array(items.length);
+    // Idempotency: the first item with a (tenant, key) owns it; later ones with the same key follow it.
+    const owners = new Map<string, number>();
+    const followers: [number, number][] = [];
+    items.forEach((item, i) => {
+      if (item.spec.idempotencyKey === null) return;
+      const k = `${item.spec.tenant}\u0000${item.spec.idempotencyKey}`;
+      const owner = owners.get(k);
+      if (owner === undefined) owners.set(k, i);
+      else followers.push([i, owner]);
+    });
+    const existing = new Map<number, { taskId: string; hash: string }>();
+    if (owners.size > 0) {
+      const keyed = [...owners.values()].map((i) => items[i] as PreparedSubmit);
+      // Claims the keys; a key a concurrent transaction holds makes this wait for it, then skip.
+      const claimed = await sql<{ tenant: string; key: string }>`
+        INSERT INTO idempotency_keys (tenant, key, task_id, request_hash)
+        SELECT * FROM unnest(${keyed.map((p) => p.spec.tenant)}::text[], ${keyed.map((p) => p.spec.idempotencyKey)}::text[],
+          ${keyed.map((p) => p.spec.taskId)}::uuid[], ${keyed.map((p) => p.hash)}::text[])
+        ON CONFLICT DO NOTHING RETURNING tenant, key`.execute(trx);
+      const claimedKeys = new Set(claimed.rows.map((r) => `${r.tenant}\u0000${r.key}`));
+      const lost = [...owners.entries()].filter(([k]) => !claimedKeys.has(k));
+      if (lost.length > 0) {
+        const rows = await trx
+          .selectFrom('idempotency_keys')
+          .select(['tenant', 'key', 'task_id', 'request_hash'])
+          .where(sql<boolean>`(tenant, key) IN (SELECT * FROM unnest(${lost.map(([k]) => k.split('\u0000')[0])}::text[], ${lost.map(([k]) => k.split('\u0000')[1])}::text[]))`)
+          .execute();
+        const byKey = new Map(rows.map((r) => [`${r.tenant}\u0000${r.key}`, r]));
+        for (const [k, i] of lost) {
+          const row = byKey.get(k);
+          if (row) existing.set(i, { taskId: row.task_id, hash: row.request_hash });
+        }
+      }
+    }
+    const creates = items.map((item, i) => ({ item, i })).filter(({ i }) => !existing.has(i) && !followers.some(([f]) => f === i));
+    const outcome = await executeTaskCommands(
+      trx,
+      creates.map(({ item }) => ({
+        taskId: item.spec.taskId,
+        command: { type: 'SubmitTask', data: { task: item.spec, now } } satisfies TaskCommand,
+        metadata: item.metadata,
+      })),
+      names,
+      new Set(creates.map(({ item }) => item.spec.taskId)),
+    );
+    creates.forEach(({ item, i }) => {
+      results[i] = { task: outcome.states.get(item.spec.taskId) as TaskState, created: true };
+    });
+    const earlier = await loadTaskStates(trx, [...new Set([...existing.values()].map((e) => e.taskId))], { forUpdate: false });
+    const replay = (i: number, taskId: string, hash: string) => {
+      const item = items[i] as PreparedSubmit;
+      const task = earlier.get(taskId) ?? outcome.states.get(taskId);
+      if (!task) return new TaskNotFoundError(taskId);
+      if (hash !== item.hash) return new IdempotencyConflictError(item.spec.idempotencyKey ?? '', taskId);
+      return { task, created: false };
+    };
+    for (const [i, e] of existing) results[i] = replay(i, e.taskId, e.hash);
+    for (const [i, owner] of followers) {
+      const ownerItem = items[owner] as PreparedSubmit;
+      const e = existing.get(owner);
+      results[i] = replay(i, e?.taskId ?? ownerItem.spec.taskId, e?.hash ?? ownerItem.hash);
+    }
+    return results.map((r) => r ?? new Error('submit produced no result'));
+  };
+
+  const group = createGroupCommit<PreparedSubmit, SubmitResult>({
+    maxBatch: options.maxBatch,
+    run: (items) => db.transaction().execute((trx) => writeSubmits(trx, items)),
+    isolate: (error) => !isConnectionError(error),
+  });
+
+  const runCommand = async (taskId: string, caller: Caller, command: TaskCommand): Promise<TaskState> => {
+    const outcome = await db.transaction().execute(async (trx) => {
+      const found = await loadTaskStates(trx, [taskId], { forUpdate: false });
+      if (found.get(taskId)?.spec?.tenant !== caller.tenant) throw new TaskNotFoundError(taskId);
+      return executeTaskCommands(trx, [{ taskId, command, metadata: { tenant: caller.tenant, actor: caller.actor } }], names);
+    });
+    const refused = outcome.refused.get(0);
+    if (refused) throw refused;
+    return outcome.states.get(taskId) as TaskState;
+  };
+
+  return {
+    /** Validates and group-commits one submit; resolves after its transaction committed. */
+    submit(input: SubmitInput, caller: Caller): Promise<SubmitResult> {
+      return group.submit(prepare(input, caller));
+    },
+    /** Submits many tasks in one transaction: all or nothing. Throws on the first invalid item. */
+    async submitBatch(inputs: readonly SubmitInput[], caller: Caller): Promise<SubmitResult[]> {
+      const prepared = inputs.map((input) => prepare(input, caller));
+      const results = await db.transaction().execute(async (trx) => {
+        const r = await writeSubmits(trx, prepared);
+        const failed = r.find((x): x is Error => x instanceof Error);
+        if (failed) throw failed; // rolls the whole batch back
+        return r as SubmitResult[];
+      });
+      return results;
+    },
+    cancel(taskId: string, caller: Caller, reason: string | null): Promise<TaskState> {
+      return runCommand(taskId, caller, { type: 'CancelTask', data: { actor: caller.actor, reason, now: new Date().toISOString() } });
+    },
+    requeue(taskId: string, caller: Caller): Promise<TaskState> {
+      return runCommand(taskId, caller, { type: 'RequeueTask', data: { actor: caller.actor, now: new Date().toISOString() } });
+    },
+    idle: () => group.idle(),
+  };
+}
