@@ -44,10 +44,11 @@ export type SubmitBody = Static<typeof SubmitBody>;
 
 export const BatchBody = Type.Object(
   {
-    tasks: Type.Array(Type.Intersect([SubmitBody, Type.Object({ idempotencyKey: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })) })]), {
-      minItems: 1,
-      maxItems: 1000,
-    }),
+    // One closed object: an Intersect with SubmitBody's additionalProperties: false would refuse idempotencyKey.
+    tasks: Type.Array(
+      Type.Object({ ...SubmitBody.properties, idempotencyKey: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })) }, { additionalProperties: false }),
+      { minItems: 1, maxItems: 1000 },
+    ),
   },
   { additionalProperties: false },
 );

@@ -1,11 +1,16 @@
+import { hostname } from 'node:os';
 import type { Config } from '../infra/config.js';
+import { parseTiers } from '../infra/config.js';
 import { createLogger, type Logger } from '../infra/logger.js';
-import { isConnectionError, migrate } from '../infra/postgres.js';
+import { createPostgres, isConnectionError, migrate } from '../infra/postgres.js';
 import type { Role } from '../infra/role.js';
 import { createApiRole } from '../api/api-role.js';
-import { FogschedError } from '../domain/index.js';
+import { FogschedError, servedTiers } from '../domain/index.js';
+import { createRelay, topology, topologyNames, type Topology } from '../outbox/index.js';
+import { createIngest } from '../ingest/index.js';
+import { createFogNode } from '../fog-node/index.js';
 
-export const ROLE_NAMES = ['api'] as const;
+export const ROLE_NAMES = ['api', 'relay', 'ingest', 'fog-node'] as const;
 
 export interface StartOptions {
   readonly config: Config;
@@ -16,9 +21,86 @@ export interface StartOptions {
   readonly migrate: boolean;
 }
 
+export function topologyOf(config: Config): Topology {
+  return topology({
+    prefix: config.AMQP_PREFIX,
+    tiers: parseTiers(config.TIERS).map((t) => t.name),
+    taskQueueMaxLength: config.TASK_QUEUE_MAX_LENGTH,
+    deliveryLimit: config.TASK_DELIVERY_LIMIT,
+    metricsQueueMaxLength: config.METRICS_QUEUE_MAX_LENGTH,
+  });
+}
+
+/** Builds the roles asked for; each runs alone in its own process too (`--roles relay`). */
 export function createRoles(options: StartOptions, logger: Logger): Role[] {
   const { config, roles } = options;
+  const names = topologyNames(config.AMQP_PREFIX);
+  const topo = topologyOf(config);
+  const tiers = parseTiers(config.TIERS);
   const list: Role[] = [];
+  if (roles.includes('relay')) {
+    list.push(
+      createRelay({
+        databaseUrl: config.DATABASE_URL,
+        amqpUrl: config.AMQP_URL,
+        topology: topo,
+        logger,
+        batchSize: config.RELAY_BATCH_SIZE,
+        pollIntervalMs: config.RELAY_POLL_INTERVAL_MS,
+        retryMaxMs: config.RELAY_RETRY_MAX_MS,
+      }),
+    );
+  }
+  if (roles.includes('ingest')) {
+    const pg = createPostgres({
+      url: config.DATABASE_URL,
+      poolMax: 2,
+      connectTimeoutMs: config.PG_CONNECT_TIMEOUT_MS,
+      statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS,
+      applicationName: 'fogsched-ingest',
+    });
+    const ingest = createIngest({
+      db: pg.db,
+      amqpUrl: config.AMQP_URL,
+      topology: topo,
+      names,
+      batchSize: config.INGEST_BATCH_SIZE,
+      flushMs: config.INGEST_FLUSH_MS,
+      backoff: { baseMs: config.RETRY_BASE_MS, factor: config.RETRY_FACTOR, maxMs: config.RETRY_MAX_MS },
+      metricsRetentionHours: config.METRICS_RETENTION_HOURS,
+      logger,
+    });
+    list.push({ name: 'ingest', start: () => ingest.start(), stop: async () => { await ingest.stop(); await pg.close(); } });
+  }
+  if (roles.includes('fog-node')) {
+    const tier = options.tier ?? config.FOG_NODE_TIER;
+    if (!tiers.some((t) => t.name === tier)) {
+      throw new FogschedError({ code: 'CONFIG_INVALID', status: 500, message: `unknown tier ${tier}; tiers are ${tiers.map((t) => t.name).join(', ')}` });
+    }
+    for (let i = 0; i < options.fogNodes; i++) {
+      const nodeId = options.fogNodes > 1 || !config.FOG_NODE_ID ? `${config.FOG_NODE_ID || `${hostname()}-${process.pid}`}${options.fogNodes > 1 ? `-${i + 1}` : ''}` : config.FOG_NODE_ID;
+      list.push(
+        createFogNode({
+          amqpUrl: config.AMQP_URL,
+          topology: topo,
+          names,
+          nodeId,
+          tier,
+          servedTiers: servedTiers(tier, tiers),
+          slots: config.FOG_NODE_SLOTS,
+          prefetch: config.FOG_NODE_PREFETCH || config.FOG_NODE_SLOTS,
+          graceMs: config.FOG_NODE_GRACE_MS,
+          resultFlushMs: config.FOG_NODE_RESULT_FLUSH_MS,
+          metricsIntervalMs: config.FOG_NODE_METRICS_INTERVAL_MS,
+          agingMs: config.FOG_NODE_AGING_MS,
+          handlersModule: config.FOG_NODE_HANDLERS,
+          workerMemoryMb: config.FOG_NODE_WORKER_MEMORY_MB,
+          logger,
+        }),
+      );
+    }
+  }
+  // The API starts last, so it takes requests only once the pipeline behind it runs.
   if (roles.includes('api')) list.push(createApiRole({ config, logger, version: options.version }));
   return list;
 }
@@ -26,7 +108,8 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
 /** Migrates, starts the roles, and stops them on the first SIGTERM/SIGINT (forcefully on the second). */
 export async function runStart(options: StartOptions): Promise<void> {
   const logger = createLogger(options.config.LOG_LEVEL, { service: 'fogsched' });
-  if (options.migrate) {
+  const needsDb = options.roles.some((r) => r !== 'fog-node');
+  if (options.migrate && needsDb) {
     try {
       await migrate(options.config.DATABASE_URL, logger);
     } catch (error) {

@@ -1,2 +1,3 @@
 export * from './topology.js';
 export * from './outbox-writer.js';
+export * from './relay.js';

@@ -28,13 +28,13 @@ export async function createTestDatabase(label = 't'): Promise<TestDatabase> {
 }
 
 /** Polls `check` until it returns a truthy value (or stops throwing) or the deadline passes. */
-export async function eventually<T>(check: () => Promise<T> | T, opts: { timeoutMs?: number; intervalMs?: number; message?: string } = {}): Promise<T> {
+export async function eventually<T>(check: () => Promise<T> | T, opts: { timeoutMs?: number; intervalMs?: number; message?: string } = {}): Promise<NonNullable<T>> {
   const deadline = Date.now() + (opts.timeoutMs ?? 10_000);
   let lastError: unknown;
   for (;;) {
     try {
       const value = await check();
-      if (value) return value;
+      if (value) return value as NonNullable<T>;
       lastError = new Error(opts.message ?? 'condition not met');
     } catch (error) {
       lastError = error;

@@ -130,6 +130,6 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
 
 function validateTimes(body: { notBefore?: string; deadline?: string }, path = 'body'): void {
   if (body.notBefore && body.deadline && Date.parse(body.deadline) <= Date.parse(body.notBefore)) {
-    throw new ValidationError(`${path}/deadline must be after notBefore`);
+    throw new ValidationError(`${path}/deadline must be after notBefore`, { errors: [{ path: `${path}/deadline`, message: 'must be after notBefore' }] });
   }
 }

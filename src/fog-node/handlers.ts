@@ -1,0 +1,72 @@
+import { isAbsolute, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+
+/** How a task type runs: inline on the node's event loop, or in a worker thread. */
+export type Handler =
+  | { readonly kind: 'inline'; run(payload: unknown, signal: AbortSignal): Promise<unknown> | unknown }
+  | { readonly kind: 'thread'; readonly module: string; readonly exportName: string };
+
+/** An error a handler throws may say whether a retry can help (default: it can). */
+export function handlerError(message: string, opts: { code?: string; retryable?: boolean } = {}): Error {
+  return Object.assign(new Error(message), { code: opts.code ?? 'handler_error', retryable: opts.retryable ?? true });
+}
+
+const THREAD_HANDLERS = import.meta.url.endsWith('.ts')
+  ? new URL('../../dist/fog-node/thread-handlers.js', import.meta.url).href
+  : new URL('./thread-handlers.js', import.meta.url).href;
+
+/** The built-ins: noop, sleep {ms}, fail {message, retryable, code}; in threads: checksum {bytes, rounds}, crash {mode}, spin {ms}. */
+export function builtinHandlers(): Map<string, Handler> {
+  return new Map<string, Handler>([
+    ['noop', { kind: 'inline', run: () => null }],
+    [
+      'sleep',
+      {
+        kind: 'inline',
+        run: (payload, signal) =>
+          new Promise((resolvePromise, reject) => {
+            const ms = Math.max(0, Number(((payload ?? {}) as { ms?: number }).ms ?? 100));
+            const timer = setTimeout(() => {
+              signal.removeEventListener('abort', onAbort);
+              resolvePromise({ sleptMs: ms });
+            }, ms);
+            const onAbort = () => {
+              clearTimeout(timer);
+              reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+            };
+            signal.addEventListener('abort', onAbort, { once: true });
+          }),
+      },
+    ],
+    [
+      'fail',
+      {
+        kind: 'inline',
+        run: (payload) => {
+          const p = (payload ?? {}) as { message?: string; retryable?: boolean; code?: string };
+          throw handlerError(p.message ?? 'failed on purpose', { code: p.code ?? 'fail', retryable: p.retryable ?? false });
+        },
+      },
+    ],
+    ['checksum', { kind: 'thread', module: THREAD_HANDLERS, exportName: 'checksum' }],
+    ['crash', { kind: 'thread', module: THREAD_HANDLERS, exportName: 'crash' }],
+    ['spin', { kind: 'thread', module: THREAD_HANDLERS, exportName: 'spin' }],
+  ]);
+}
+
+/**
+ * Built-ins plus every function a user module exports (FOG_NODE_HANDLERS).
+ * User handlers run in worker threads with the heap limit, as
+ * `(payload, signal) => output`; a thrown error's `retryable` and `code` are kept.
+ */
+export async function loadHandlers(userModule: string): Promise<Map<string, Handler>> {
+  const handlers = builtinHandlers();
+  if (!userModule) return handlers;
+  const href = pathToFileURL(isAbsolute(userModule) ? userModule : resolve(process.cwd(), userModule)).href;
+  const mod = (await import(href)) as Record<string, unknown>;
+  const exports = { ...((mod.default as Record<string, unknown> | undefined) ?? {}), ...mod };
+  for (const [name, value] of Object.entries(exports)) {
+    if (typeof value === 'function') handlers.set(name, { kind: 'thread', module: href, exportName: name });
+  }
+  return handlers;
+}

@@ -1,0 +1,2 @@
+export * from './fog-node.js';
+export * from './handlers.js';

@@ -1,0 +1,204 @@
+import { randomUUID } from 'node:crypto';
+import { sql } from 'kysely';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ConcurrencyError, DEFAULT_TIERS, IdempotencyConflictError, type TaskSpec } from '../../src/domain/index.js';
+import { topologyNames } from '../../src/outbox/index.js';
+import { appendToStream } from '../../src/store/index.js';
+import { createTaskService, executeTaskCommands, type CommandItem } from '../../src/tasks/index.js';
+import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
+
+const names = topologyNames('t_');
+let tdb: TestDatabase;
+
+beforeAll(async () => {
+  tdb = await createTestDatabase('trx');
+});
+afterAll(async () => {
+  await tdb?.drop();
+});
+
+function spec(overrides: Partial<TaskSpec> = {}): TaskSpec {
+  return {
+    taskId: randomUUID(),
+    tenant: 'default',
+    type: 'noop',
+    payload: { hello: 'world' },
+    priority: 'normal',
+    resources: { cpu: 0.1, memoryMb: 64 },
+    tier: 'light',
+    maxAttempts: 3,
+    timeoutMs: null,
+    notBefore: null,
+    deadline: null,
+    idempotencyKey: null,
+    ...overrides,
+  };
+}
+
+function submitItem(task: TaskSpec): CommandItem {
+  return { taskId: task.taskId, command: { type: 'SubmitTask', data: { task, now: new Date().toISOString() } }, metadata: { tenant: task.tenant, actor: 'test' } };
+}
+
+/** Every row anywhere that mentions the task. */
+async function traces(taskId: string) {
+  const r = await sql<{ events: number; current: number; history: number; outbox: number; keys: number }>`
+    SELECT (SELECT count(*)::int FROM events WHERE stream_id = ${taskId}) AS events,
+      (SELECT count(*)::int FROM task_current WHERE task_id = ${taskId}::uuid) AS current,
+      (SELECT count(*)::int FROM task_history WHERE task_id = ${taskId}::uuid) AS history,
+      (SELECT count(*)::int FROM outbox WHERE stream_id = ${taskId}) AS outbox,
+      (SELECT count(*)::int FROM idempotency_keys WHERE task_id = ${taskId}::uuid) AS keys`.execute(tdb.db);
+  return r.rows[0];
+}
+const NONE = { events: 0, current: 0, history: 0, outbox: 0, keys: 0 };
+
+describe('a task command is all or nothing', () => {
+  it('commits events, task_current, task_history and the outbox row together', async () => {
+    const task = spec();
+    const outcome = await tdb.db.transaction().execute((trx) => executeTaskCommands(trx, [submitItem(task)], names, new Set([task.taskId])));
+    expect(outcome.eventCount).toBe(2);
+    expect(outcome.refused.size).toBe(0);
+    expect(outcome.states.get(task.taskId)?.status).toBe('queued');
+    expect(await traces(task.taskId)).toEqual({ events: 2, current: 1, history: 2, outbox: 1, keys: 0 });
+  });
+
+  it('an error thrown after the append rolls everything back', async () => {
+    const task = spec();
+    let seenInside: unknown;
+    await expect(
+      tdb.db.transaction().execute(async (trx) => {
+        const outcome = await executeTaskCommands(trx, [submitItem(task)], names, new Set([task.taskId]));
+        expect(outcome.eventCount).toBe(2);
+        // Inside the transaction the writes are there...
+        const inside = await sql<{ n: number }>`SELECT count(*)::int AS n FROM outbox WHERE stream_id = ${task.taskId}`.execute(trx);
+        seenInside = inside.rows[0]?.n;
+        throw new Error('boom');
+      }),
+    ).rejects.toThrow('boom');
+    expect(seenInside).toBe(1);
+    // ...and after the rollback none of them is.
+    expect(await traces(task.taskId)).toEqual(NONE);
+  });
+
+  it('a later statement failing for real (unique violation on outbox.message_id) rolls the append back', async () => {
+    const task = spec();
+    const error = await tdb.db
+      .transaction()
+      .execute(async (trx) => {
+        await executeTaskCommands(trx, [submitItem(task)], names, new Set([task.taskId]));
+        const queued = await trx.selectFrom('events').select('event_id').where('stream_id', '=', task.taskId).where('type', '=', 'TaskQueued').executeTakeFirstOrThrow();
+        // The dispatch row already uses this message id: this insert violates outbox_message_id_key.
+        await trx
+          .insertInto('outbox')
+          .values({ message_id: queued.event_id, stream_id: task.taskId, exchange: names.tasks, routing_key: 'light.normal', headers: '{}', body: '{}' })
+          .execute();
+        return null;
+      })
+      .catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: '23505', constraint: 'outbox_message_id_key' });
+    expect(await traces(task.taskId)).toEqual(NONE);
+  });
+
+  it('a statement failing after the append poisons the transaction: nothing else commits either', async () => {
+    const task = spec();
+    const other = spec();
+    const error = await tdb.db
+      .transaction()
+      .execute(async (trx) => {
+        await executeTaskCommands(trx, [submitItem(task)], names, new Set([task.taskId]));
+        await sql`SELECT 1 / 0`.execute(trx).catch(() => undefined); // swallowed, but the transaction is aborted
+        await executeTaskCommands(trx, [submitItem(other)], names, new Set([other.taskId]));
+        return null;
+      })
+      .catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: '25P02' }); // in_failed_sql_transaction
+    expect(await traces(task.taskId)).toEqual(NONE);
+    expect(await traces(other.taskId)).toEqual(NONE);
+  });
+
+  it('a conflict on the second task of a batch leaves no trace of the first', async () => {
+    const first = spec();
+    const second = spec();
+    // Someone else already wrote version 1 of the second stream.
+    await appendToStream(tdb.db, { id: second.taskId, type: 'task', expectedVersion: 0 }, [{ eventId: randomUUID(), type: 'Foreign', data: {}, metadata: {} }]);
+    const error = await tdb.db
+      .transaction()
+      .execute((trx) => executeTaskCommands(trx, [submitItem(first), submitItem(second)], names, new Set([first.taskId, second.taskId])))
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ConcurrencyError);
+    expect((error as ConcurrencyError).streamId).toBe(second.taskId);
+    expect(await traces(first.taskId)).toEqual(NONE);
+    expect(await traces(second.taskId)).toEqual({ ...NONE, events: 1 });
+  });
+
+  it('a refused command changes nothing while the other commands of the batch commit', async () => {
+    const done = spec();
+    await tdb.db.transaction().execute((trx) => executeTaskCommands(trx, [submitItem(done)], names, new Set([done.taskId])));
+    const now = new Date().toISOString();
+    await tdb.db.transaction().execute((trx) =>
+      executeTaskCommands(
+        trx,
+        [{ taskId: done.taskId, command: { type: 'SucceedTask', data: { attempt: 1, nodeId: 'n1', output: null, durationMs: 1, startedAt: now, now } }, metadata: {} }],
+        names,
+      ),
+    );
+    const before = await traces(done.taskId);
+    const fresh = spec();
+    const outcome = await tdb.db.transaction().execute((trx) =>
+      executeTaskCommands(
+        trx,
+        [{ taskId: done.taskId, command: { type: 'CancelTask', data: { actor: 'test', reason: null, now } }, metadata: {} }, submitItem(fresh)],
+        names,
+        new Set([fresh.taskId]),
+      ),
+    );
+    expect(outcome.refused.get(0)?.code).toBe('TASK_NOT_CANCELLABLE');
+    expect(await traces(done.taskId)).toEqual(before);
+    expect(await traces(fresh.taskId)).toEqual({ events: 2, current: 1, history: 2, outbox: 1, keys: 0 });
+  });
+});
+
+describe('the task service is all or nothing', () => {
+  const service = () => createTaskService({ db: tdb.db, names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3, maxBatch: 500 });
+
+  it('submitBatch with one item reusing an idempotency key stores none of the batch (not even the other keys)', async () => {
+    const tasks = service();
+    const caller = { tenant: 'default', actor: 'test' };
+    const key = `k-${randomUUID()}`;
+    const { task: earlier } = await tasks.submit({ type: 'noop', idempotencyKey: key }, caller);
+    const before = await sql<{ events: number; outbox: number; keys: number }>`
+      SELECT (SELECT count(*)::int FROM events) AS events, (SELECT count(*)::int FROM outbox) AS outbox,
+        (SELECT count(*)::int FROM idempotency_keys) AS keys`.execute(tdb.db);
+    const freshKey = `k-${randomUUID()}`;
+    const error = await tasks
+      .submitBatch([{ type: 'a', idempotencyKey: freshKey }, { type: 'b' }, { type: 'different', idempotencyKey: key }], caller)
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(IdempotencyConflictError);
+    expect((error as IdempotencyConflictError).taskId).toBe(earlier.taskId);
+    const after = await sql<{ events: number; outbox: number; keys: number }>`
+      SELECT (SELECT count(*)::int FROM events) AS events, (SELECT count(*)::int FROM outbox) AS outbox,
+        (SELECT count(*)::int FROM idempotency_keys) AS keys`.execute(tdb.db);
+    expect(after.rows[0]).toEqual(before.rows[0]);
+    expect(await tdb.db.selectFrom('idempotency_keys').select('key').where('key', '=', freshKey).execute()).toEqual([]);
+  });
+
+  it('a single submit that fails in the group commit leaves no trace while its neighbours commit', async () => {
+    const tasks = service();
+    const caller = { tenant: 'default', actor: 'test' };
+    const key = `g-${randomUUID()}`;
+    await tasks.submit({ type: 'noop', idempotencyKey: key }, caller);
+    // Same tick: these three go into one group-commit transaction; the conflicting one is answered alone.
+    const results = await Promise.allSettled([
+      tasks.submit({ type: 'left' }, caller),
+      tasks.submit({ type: 'other', idempotencyKey: key }, caller),
+      tasks.submit({ type: 'right' }, caller),
+    ]);
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    expect((results[1] as PromiseRejectedResult).reason).toBeInstanceOf(IdempotencyConflictError);
+    for (const r of [results[0], results[2]]) {
+      const id = (r as PromiseFulfilledResult<{ task: { taskId: string } }>).value.task.taskId;
+      expect(await traces(id)).toEqual({ events: 2, current: 1, history: 2, outbox: 1, keys: 0 });
+    }
+    const other = await sql<{ n: number }>`SELECT count(*)::int AS n FROM events WHERE data->'task'->>'type' = 'other'`.execute(tdb.db);
+    expect(other.rows[0]?.n).toBe(0);
+  });
+});
