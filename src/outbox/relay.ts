@@ -48,6 +48,7 @@ const DEFAULT_LOCK_KEY = 0x0f065c4d; // "fogsched relay"
  */
 export function createRelay(options: RelayOptions): Role & { stats(): RelayStats } {
   const logger = options.logger.child({ role: 'relay' });
+  const knownExchanges = new Set(options.topology.exchanges.map((e) => e.name));
   const abort = new AbortController();
   const stats: RelayStats = { leader: false, published: 0, failed: 0, lagMs: 0, pending: 0 };
   let wake: (() => void) | undefined;
@@ -183,13 +184,19 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     }
     const ch = await ensureChannel();
     if (!ch) return false;
-    const { ok, failed } = await publishBatch(ch, claimed.rows);
+    // A row for an exchange this relay does not declare (say, written under another AMQP_PREFIX)
+    // would close the channel and fail its whole batch each round: set it aside instead.
+    const publishable = claimed.rows.filter((r) => knownExchanges.has(r.exchange));
+    const strays = claimed.rows.filter((r) => !knownExchanges.has(r.exchange)).map((r) => ({ id: r.id, error: `unknown exchange ${r.exchange}` }));
+    const published = await publishBatch(ch, publishable);
+    const ok = published.ok;
+    const failed = [...published.failed, ...strays];
     if (ok.length > 0) await db.query('UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])', [ok]);
     if (failed.length > 0) {
       // The rows stay unpublished and come due again after a backoff.
       const backoffs = failed.map((f) => {
         const attempts = (claimed.rows.find((r) => r.id === f.id)?.attempts ?? 0) + 1;
-        return Math.min(options.retryMaxMs, 100 * 2 ** Math.min(attempts, 12));
+        return f.error.startsWith('unknown exchange') ? 3_600_000 : Math.min(options.retryMaxMs, 100 * 2 ** Math.min(attempts, 12));
       });
       await db.query(
         `UPDATE outbox o SET attempts = o.attempts + 1, last_error = f.error, available_at = now() + f.backoff * interval '1 millisecond'
