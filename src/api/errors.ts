@@ -52,7 +52,7 @@ export function errorHandler(error: FastifyError, request: FastifyRequest, reply
     if (error.status >= 500) request.log.warn({ err: error }, 'request failed');
     return sendProblem(reply, problem(error.status, error.code, error.message, { instance, ...(error.details ?? {}) }));
   }
-  if (isConnectionError(error)) {
+  if (isConnectionError(error) || (error as { code?: string }).code === '57014') {
     request.log.warn({ err: error }, 'postgresql unavailable');
     return sendProblem(reply, problem(503, 'SERVICE_UNAVAILABLE', 'postgresql is unavailable; retry later', { instance }));
   }

@@ -38,6 +38,12 @@ export function createPostgres(options: PostgresOptions): Postgres {
   });
   // An idle client whose server went away emits here; without a listener it would crash the process.
   pool.on('error', () => {});
+  // pg-pool drops its listener while a client is checked out; a server that ends the connection
+  // mid-query (restart, pg_terminate_backend) would then emit an unhandled 'error' and crash the
+  // process. The query itself still rejects; the pool drops the dead client once it sees the close.
+  pool.on('connect', (client) => {
+    client.on('error', () => {});
+  });
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   let closed: Promise<void> | undefined;
   return {

@@ -75,11 +75,9 @@ export async function executeTaskCommands(
     const history: HistoryRow[] = pending.map((p, i) => ({ position: positions[i] ?? 0, state: p.state, event: p.event, metadata: p.metadata }));
     const outbox: OutboxRow[] = pending.flatMap((p) => dispatchRowFor(p.state, p.event, p.eventId, names) ?? []);
     const touched = new Set(pending.map((p) => p.state.taskId));
-    await Promise.all([
-      upsertTaskCurrent(trx, [...touched].map((id) => states.get(id) as TaskState)),
-      insertTaskHistory(trx, history),
-      insertOutboxRows(trx, outbox),
-    ]);
+    await upsertTaskCurrent(trx, [...touched].map((id) => states.get(id) as TaskState));
+    await insertTaskHistory(trx, history);
+    await insertOutboxRows(trx, outbox);
   }
   return { states, refused, eventCount: newEvents.length };
 }
