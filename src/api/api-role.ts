@@ -6,8 +6,14 @@ import { createPostgres, pendingMigrations } from '../infra/postgres.js';
 import type { Role } from '../infra/role.js';
 import { topologyNames } from '../outbox/index.js';
 import { createTaskService } from '../tasks/index.js';
+import { createScheduleService } from '../schedules/index.js';
+import { servedTiers } from '../domain/index.js';
 import { buildApi, type ReadinessCheck } from './app.js';
 import type { FastifyInstance } from 'fastify';
+import type { Redis } from 'ioredis';
+import { parseBrokers } from '../infra/config.js';
+import { readClusterView } from '../infra/cluster-view.js';
+import { createRedis, redisKeys } from '../infra/redis.js';
 
 export interface ApiRoleOptions {
   readonly config: Config;
@@ -22,6 +28,7 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
   const logger = options.logger.child({ role: 'api' });
   let pg: ReturnType<typeof createPostgres> | undefined;
   let app: FastifyInstance | undefined;
+  let redis: Redis | undefined;
   let address: string | null = null;
   let stopped: Promise<void> | undefined;
   return {
@@ -43,7 +50,29 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
         defaultMaxAttempts: config.DEFAULT_MAX_ATTEMPTS,
         maxBatch: config.SUBMIT_MAX_BATCH,
       });
+      // Lazy, no offline queue: a down Redis fails a cluster read at once and never holds a request.
+      redis = createRedis(config.REDIS_URL, { logger, name: 'fogsched-api', lazyConnect: true });
+      const client = redis;
+      client.connect().catch(() => {}); // retried by its retryStrategy; reads fail fast meanwhile
+      const keys = redisKeys(config.REDIS_PREFIX);
+      const brokers = parseBrokers(config.COORDINATOR_BROKERS, config.AMQP_URL);
+      const schedules = createScheduleService({ db: postgres.db, names: topologyNames(config.AMQP_PREFIX), tiers: parseTiers(config.TIERS), defaultMaxAttempts: config.DEFAULT_MAX_ATTEMPTS });
+      const tiers = parseTiers(config.TIERS);
+      let liveCache: { at: number; value: Promise<ReadonlySet<string> | null> } | undefined;
+      const liveTiers = () => {
+        // Cached for a second: a submit burst must not turn into a burst of Redis reads.
+        if (!liveCache || Date.now() - liveCache.at > 1000) {
+          const value = readClusterView(client, keys, { brokers, staleAfterMs: 2 * config.COORDINATOR_INTERVAL_MS })
+            .then((view) => (view.redis === 'ok' ? new Set(view.fogNodes.filter((n) => n.state === 'up' && n.tier).flatMap((n) => servedTiers(n.tier as string, tiers))) : null))
+            .catch(() => null);
+          liveCache = { at: Date.now(), value };
+        }
+        return liveCache.value;
+      };
       app = await buildApi({
+        liveTiers,
+        schedules,
+        cluster: { read: () => readClusterView(client, keys, { brokers, staleAfterMs: 2 * config.COORDINATOR_INTERVAL_MS }) },
         db: postgres.db,
         tasks,
         logger,
@@ -58,6 +87,13 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
               if (pending.length > 0) throw new Error(`migrations not applied: ${pending.join(', ')}`);
             },
           },
+          {
+            name: 'redis',
+            critical: false, // membership only: submit, dispatch, run and ingest work without it
+            async check() {
+              await client.ping();
+            },
+          },
           ...(options.extraReadiness ?? []),
         ],
       });
@@ -67,6 +103,7 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
     stop() {
       return (stopped ??= (async () => {
         await app?.close();
+        redis?.disconnect();
         await pg?.close();
       })());
     },

@@ -7,8 +7,12 @@ import type { Kysely } from 'kysely';
 import type { Logger } from '../infra/logger.js';
 import type { Database } from '../store/index.js';
 import type { TaskService } from '../tasks/index.js';
+import type { ScheduleService } from '../schedules/index.js';
 import { errorHandler, problem, sendProblem } from './errors.js';
 import { taskRoutes } from './routes/tasks.js';
+import { clusterRoutes, type ClusterReader } from './routes/cluster.js';
+import { dlqRoutes } from './routes/dlq.js';
+import { scheduleRoutes } from './routes/schedules.js';
 import { Problem } from './schemas.js';
 
 export interface ReadinessCheck {
@@ -21,9 +25,14 @@ export interface ReadinessCheck {
 export interface ApiDeps {
   readonly db: Kysely<Database>;
   readonly tasks: TaskService;
+  readonly schedules: ScheduleService;
   readonly logger: Logger;
   readonly readiness: readonly ReadinessCheck[];
   readonly version: string;
+  /** Membership from Redis for GET /v1/cluster; absent: the route answers `redis: "unavailable"`. */
+  readonly cluster?: ClusterReader;
+  /** Tiers some live fog node serves (from Redis), or null when unknown; a submit to another tier gets a warning. */
+  readonly liveTiers?: () => Promise<ReadonlySet<string> | null>;
 }
 
 /** Builds the Fastify app without listening (tests use `inject`). */
@@ -44,7 +53,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     openapi: {
       openapi: '3.1.0',
       info: { title: 'fogsched', version: deps.version, description: 'Event-sourced task scheduler for fog computing. Errors are application/problem+json.' },
-      tags: [{ name: 'tasks' }, { name: 'health' }],
+      tags: [{ name: 'tasks' }, { name: 'dlq' }, { name: 'schedules' }, { name: 'health' }],
     },
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
@@ -84,6 +93,9 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   );
 
   await app.register(taskRoutes, deps);
+  await app.register(clusterRoutes, deps);
+  await app.register(dlqRoutes, deps);
+  await app.register(scheduleRoutes, deps);
   return app as unknown as FastifyInstance;
 }
 

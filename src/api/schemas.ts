@@ -37,6 +37,16 @@ export const SubmitBody = Type.Object(
     timeoutMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 86_400_000 })),
     notBefore: Type.Optional(Type.String({ format: 'date-time', description: 'do not start before this time' })),
     deadline: Type.Optional(Type.String({ format: 'date-time', description: 'a task not started by then fails as expired' })),
+    retry: Type.Optional(
+      Type.Object(
+        {
+          baseMs: Type.Integer({ minimum: 0, maximum: 86_400_000 }),
+          factor: Type.Number({ minimum: 1, maximum: 10 }),
+          maxMs: Type.Integer({ minimum: 0, maximum: 86_400_000 }),
+        },
+        { additionalProperties: false, description: 'retry backoff of this task (default: the server settings RETRY_*)' },
+      ),
+    ),
   },
   { additionalProperties: false },
 );
@@ -80,6 +90,7 @@ export const TaskView = Type.Object(
     finishedAt: Nullable(Type.String()),
     updatedAt: Type.String(),
     version: Type.Integer({ description: 'events in the task stream' }),
+    warnings: Type.Optional(Type.Array(Type.String(), { description: 'e.g. no live fog node serves the tier (the task is accepted and waits)' })),
   },
   { $id: 'Task' },
 );
@@ -114,3 +125,33 @@ export const HistoryEntryT = Type.Object({
 });
 
 export const CancelBody = Type.Union([Type.Object({ reason: Type.Optional(Type.String({ maxLength: 1000 })) }, { additionalProperties: false }), Type.Null()]);
+
+export const FailureReasonT = Type.Union(['non-retryable', 'max-attempts', 'delivery-limit', 'rejected', 'expired', 'timeout'].map((r) => Type.Literal(r)));
+
+export const DlqFilter = Type.Object(
+  {
+    type: Type.Optional(Type.String({ maxLength: 200 })),
+    reason: Type.Optional(FailureReasonT),
+    since: Type.Optional(Type.String({ format: 'date-time', description: 'failed at or after' })),
+    until: Type.Optional(Type.String({ format: 'date-time', description: 'failed before' })),
+  },
+  { additionalProperties: false },
+);
+
+export const DlqQuery = Type.Object(
+  {
+    ...DlqFilter.properties,
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 50 })),
+    cursor: Type.Optional(Type.String({ pattern: '^[0-9]+$' })),
+  },
+  { additionalProperties: false },
+);
+
+export const DlqRequeueBody = Type.Object(
+  {
+    ...DlqFilter.properties,
+    dryRun: Type.Optional(Type.Boolean({ description: 'only count what would be requeued' })),
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 1000 })),
+  },
+  { additionalProperties: false },
+);

@@ -1,12 +1,15 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError } from 'commander';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { FogschedError } from '../domain/index.js';
 import { loadConfig, type Config } from '../infra/config.js';
 import { createLogger } from '../infra/logger.js';
 import { migrate } from '../infra/postgres.js';
 import { runDoctor } from './doctor.js';
-import { ROLE_NAMES, runStart } from './start.js';
+import { formatClusterStatus, readCluster } from './cluster-status.js';
+import { ROLE_NAMES, runStart, topologyOf } from './start.js';
+import { HEALTHCHECK_ROLES, runHealthcheck, type HealthcheckRole } from './healthcheck.js';
+import { DEFAULT_VHOST, formatDefinitions, topologyDefinitions } from './topology-export.js';
 
 const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -48,6 +51,45 @@ program
   .action(async () => {
     const ok = await runDoctor(config());
     process.exitCode = ok ? 0 : 1;
+  });
+
+program
+  .command('healthcheck')
+  .description('container health check: exit 0 when the role is healthy, 1 otherwise (one line)')
+  .option('--role <role>', `one of ${HEALTHCHECK_ROLES.join(', ')}`, parseHealthcheckRole, 'api')
+  .option('--timeout-ms <ms>', 'per check', parsePositiveInt, 3000)
+  .action(async (opts: { role: HealthcheckRole; timeoutMs: number }) => {
+    process.exitCode = (await runHealthcheck(config(), { role: opts.role, timeoutMs: opts.timeoutMs })) ? 0 : 1;
+  });
+
+program
+  .command('topology')
+  .description('broker topology')
+  .command('export')
+  .description('print RabbitMQ definitions JSON (vhost, exchanges, quorum queues, bindings) of the configured topology')
+  .option('--vhost <vhost>', 'vhost of every definition', DEFAULT_VHOST)
+  .option('--out <file>', 'write to this file instead of stdout')
+  .action((opts: { vhost: string; out?: string }) => {
+    const text = formatDefinitions(topologyDefinitions(topologyOf(config()), opts.vhost));
+    if (opts.out) writeFileSync(opts.out, text);
+    else process.stdout.write(text);
+  });
+
+function parseHealthcheckRole(value: string): HealthcheckRole {
+  if (!(HEALTHCHECK_ROLES as readonly string[]).includes(value)) throw new InvalidArgumentError(`roles are ${HEALTHCHECK_ROLES.join(', ')}`);
+  return value as HealthcheckRole;
+}
+
+program
+  .command('cluster')
+  .description('broker cluster and fog-node membership')
+  .command('status')
+  .description('print brokers (member, master, healthy, last heartbeat) and fog nodes from Redis; add --json for GET /v1/cluster\'s body')
+  .option('--json', 'print JSON')
+  .action(async (opts: { json?: boolean }) => {
+    const view = await readCluster(config());
+    process.stdout.write(opts.json ? `${JSON.stringify(view, null, 2)}\n` : formatClusterStatus(view));
+    process.exitCode = view.redis === 'ok' ? 0 : 2;
   });
 
 function parseRoles(value: string): string[] {

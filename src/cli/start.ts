@@ -9,8 +9,11 @@ import { FogschedError, servedTiers } from '../domain/index.js';
 import { createRelay, topology, topologyNames, type Topology } from '../outbox/index.js';
 import { createIngest } from '../ingest/index.js';
 import { createFogNode } from '../fog-node/index.js';
+import { createCoordinator } from '../coordinator/index.js';
+import { createScheduler } from '../schedules/index.js';
+import { parseBrokers } from '../infra/config.js';
 
-export const ROLE_NAMES = ['api', 'relay', 'ingest', 'fog-node'] as const;
+export const ROLE_NAMES = ['api', 'relay', 'ingest', 'fog-node', 'coordinator', 'scheduler'] as const;
 
 export interface StartOptions {
   readonly config: Config;
@@ -96,9 +99,38 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
           handlersModule: config.FOG_NODE_HANDLERS,
           workerMemoryMb: config.FOG_NODE_WORKER_MEMORY_MB,
           logger,
+          heartbeat: { redisUrl: config.REDIS_URL, prefix: config.REDIS_PREFIX, intervalMs: config.FOG_HEARTBEAT_INTERVAL_MS, ttlMs: config.FOG_HEARTBEAT_TTL_MS, version: options.version },
         }),
       );
     }
+  }
+  if (roles.includes('coordinator')) {
+    const pg = createPostgres({ url: config.DATABASE_URL, poolMax: 2, connectTimeoutMs: config.PG_CONNECT_TIMEOUT_MS, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, applicationName: 'fogsched-coordinator' });
+    const coordinator = createCoordinator({
+      redisUrl: config.REDIS_URL,
+      prefix: config.REDIS_PREFIX,
+      db: pg.db,
+      brokers: parseBrokers(config.COORDINATOR_BROKERS, config.AMQP_URL),
+      intervalMs: config.COORDINATOR_INTERVAL_MS,
+      brokerHeartbeatTtlMs: config.BROKER_HEARTBEAT_TTL_MS,
+      leaseMs: config.COORDINATOR_LEASE_MS,
+      coordinatorId: `${hostname()}-${process.pid}`,
+      logger,
+    });
+    list.push({ name: 'coordinator', start: () => coordinator.start(), stop: async () => { await coordinator.stop(); await pg.close(); } });
+  }
+  if (roles.includes('scheduler')) {
+    const pg = createPostgres({ url: config.DATABASE_URL, poolMax: 2, connectTimeoutMs: config.PG_CONNECT_TIMEOUT_MS, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, applicationName: 'fogsched-scheduler' });
+    const scheduler = createScheduler({
+      db: pg.db,
+      names,
+      tiers,
+      defaultMaxAttempts: config.DEFAULT_MAX_ATTEMPTS,
+      logger,
+      pollIntervalMs: config.SCHEDULER_POLL_INTERVAL_MS,
+      misfireGraceMs: config.SCHEDULER_MISFIRE_GRACE_MS,
+    });
+    list.push({ name: 'scheduler', start: () => scheduler.start(), stop: async () => { await scheduler.stop(); await pg.close(); } });
   }
   // The API starts last, so it takes requests only once the pipeline behind it runs.
   if (roles.includes('api')) list.push(createApiRole({ config, logger, version: options.version }));

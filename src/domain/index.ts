@@ -14,3 +14,4 @@ export * from './errors.js';
 export * from './task.js';
 export * from './policy.js';
 export * from './messages.js';
+export * from './schedule.js';

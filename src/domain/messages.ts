@@ -46,6 +46,9 @@ export interface ResultBatch {
   readonly records: readonly ResultRecord[];
 }
 
+/** Broadcast on the `system` fanout exchange to every fog node. */
+export type SystemMessage = { readonly kind: 'cancel'; readonly taskId: string; readonly at: string };
+
 export interface NodeMetricSample {
   readonly nodeId: string;
   readonly tier: string;

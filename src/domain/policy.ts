@@ -44,7 +44,8 @@ export interface BackoffOptions {
  */
 export function retryDelayMs(failedAttempt: number, options: BackoffOptions, random: number): number {
   const exp = Math.min(options.maxMs, options.baseMs * options.factor ** Math.max(0, failedAttempt - 1));
-  return Math.round(exp / 2 + (exp / 2) * random);
+  // Rounded up, so never earlier than exp/2; capped at exp (rounded up) for random = 1.
+  return Math.min(Math.ceil(exp), Math.ceil(exp / 2 + (exp / 2) * random));
 }
 
 /** Routing key of a task message on the `tasks` exchange. */

@@ -1,4 +1,5 @@
 import { TaskAlreadyExistsError, TaskNotCancellableError, TaskNotFoundError, TaskNotRequeueableError } from './errors.js';
+import { retryDelayMs, type BackoffOptions } from './policy.js';
 
 export const PRIORITIES = ['high', 'normal', 'low'] as const;
 export type Priority = (typeof PRIORITIES)[number];
@@ -29,6 +30,8 @@ export interface TaskSpec {
   readonly notBefore: string | null;
   readonly deadline: string | null;
   readonly idempotencyKey: string | null;
+  /** Retry backoff of this task; null means the scheduler's default. */
+  readonly retry?: BackoffOptions | null;
 }
 
 export interface TaskError {
@@ -57,7 +60,17 @@ export type TaskCommand =
   | { type: 'SucceedTask'; data: { attempt: number; nodeId: string; output: unknown; durationMs: number; startedAt: string; now: string } }
   | {
       type: 'FailTask';
-      data: { attempt: number; nodeId: string | null; error: TaskError; startedAt: string | null; retryDelayMs: number; now: string };
+      data: {
+        attempt: number;
+        nodeId: string | null;
+        error: TaskError;
+        startedAt: string | null;
+        /** Default backoff; the task's own `retry` wins. */
+        backoff: BackoffOptions;
+        /** In [0, 1): the jitter, drawn by the caller so decide stays pure. */
+        random: number;
+        now: string;
+      };
     }
   | { type: 'DeadLetterTask'; data: { attempt: number; reason: FailureReason; queue: string | null; now: string } }
   | { type: 'CancelTask'; data: { actor: string; reason: string | null; now: string } }
@@ -148,7 +161,7 @@ export function decide(state: TaskState, command: TaskCommand): TaskEvent[] {
       ];
     }
     case 'FailTask': {
-      const { attempt, nodeId, error, startedAt, retryDelayMs, now } = command.data;
+      const { attempt, nodeId, error, startedAt, backoff, random, now } = command.data;
       if (!isCurrentAttempt(state, attempt)) return [];
       const events: TaskEvent[] = [
         ...(nodeId && startedAt ? startedIfMissing(state, attempt, nodeId, startedAt) : []),
@@ -156,11 +169,14 @@ export function decide(state: TaskState, command: TaskCommand): TaskEvent[] {
       ];
       const attemptsUsed = attempt - state.firstAttempt + 1;
       const maxAttempts = state.spec?.maxAttempts ?? 1;
-      if (error.retryable && attemptsUsed < maxAttempts) {
-        const availableAt = new Date(Date.parse(now) + retryDelayMs).toISOString();
-        events.push({ type: 'TaskRetryScheduled', data: { attempt: attempt + 1, delayMs: retryDelayMs, availableAt, at: now } });
+      const expired = error.code === 'expired';
+      if (error.retryable && !expired && attemptsUsed < maxAttempts) {
+        const delayMs = retryDelayMs(attempt - state.firstAttempt + 1, state.spec?.retry ?? backoff, random);
+        const availableAt = new Date(Date.parse(now) + delayMs).toISOString();
+        events.push({ type: 'TaskRetryScheduled', data: { attempt: attempt + 1, delayMs, availableAt, at: now } });
       } else {
-        events.push({ type: 'TaskFailed', data: { attempt, reason: error.retryable ? 'max-attempts' : 'non-retryable', error, at: now } });
+        const reason: FailureReason = expired ? 'expired' : error.retryable ? 'max-attempts' : 'non-retryable';
+        events.push({ type: 'TaskFailed', data: { attempt, reason, error, at: now } });
       }
       return events;
     }

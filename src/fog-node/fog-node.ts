@@ -1,12 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib';
-import { PRIORITIES, type NodeMetricSample, type Priority, type ResultRecord, type TaskError, type TaskMessage } from '../domain/index.js';
+import { PRIORITIES, type NodeMetricSample, type Priority, type ResultRecord, type SystemMessage, type TaskError, type TaskMessage } from '../domain/index.js';
 import { connectAmqp } from '../infra/amqp.js';
 import type { Logger } from '../infra/logger.js';
 import { sleep, type Role } from '../infra/role.js';
 import { declareTopology, type Topology, type TopologyNames } from '../outbox/topology.js';
 import { loadHandlers, type Handler } from './handlers.js';
 import { createThreadPool, HandlerError, WorkerCrashedError, type ThreadPool } from './thread-pool.js';
+import { createFogHeartbeat, type FogHeartbeat } from './heartbeat.js';
 
 export interface FogNodeOptions {
   readonly amqpUrl: string;
@@ -25,6 +26,8 @@ export interface FogNodeOptions {
   readonly handlersModule: string;
   readonly workerMemoryMb: number;
   readonly logger: Logger;
+  /** Redis membership (fog:nodes, fog:node:{id}); Redis being down never stops task flow. */
+  readonly heartbeat?: { readonly redisUrl: string; readonly prefix: string; readonly intervalMs: number; readonly ttlMs: number; readonly version: string };
 }
 
 interface Delivery {
@@ -47,6 +50,10 @@ export interface FogNodeStats {
 }
 
 const MAX_RECORDS_PER_MESSAGE = 500;
+const MAX_REMEMBERED_CANCELS = 100_000;
+
+/** A task's run was stopped because the task was cancelled. */
+class CancelledError extends Error {}
 
 /**
  * A fog node: consumes its tier's task queues (and lighter tiers' when its own
@@ -76,8 +83,8 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
   let threads: ThreadPool | undefined;
   let connectLoop: Promise<void> | undefined;
   let stopped: Promise<void> | undefined;
-  let lastCpu = process.cpuUsage();
-  let lastCpuAt = Date.now();
+  const cancelled = new Set<string>();
+  let heartbeat: FogHeartbeat | undefined;
 
   // --- picking what runs next -------------------------------------------------
 
@@ -118,7 +125,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
   const runHandler = async (task: TaskMessage, signal: AbortSignal): Promise<unknown> => {
     const handler = handlers.get(task.type);
     if (!handler) throw new HandlerError({ message: `no handler for task type ${task.type} on node ${options.nodeId}`, code: 'unknown_handler', retryable: false });
-    if (handler.kind === 'inline') return handler.run(task.payload, signal);
+    if (handler.kind === 'inline') return handler.run(task.payload, signal, { taskId: task.taskId, attempt: task.attempt });
     threads ??= createThreadPool({ memoryMb: options.workerMemoryMb, keepIdle: 2, idleMs: 30_000 });
     return threads.run(handler.module, handler.exportName, task.payload, signal);
   };
@@ -152,6 +159,9 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
         stats.crashed++;
         logger.warn({ taskId: task.taskId, attempt: task.attempt, err: error.message }, 'worker thread crashed; returning the task');
         if (d.generation === generation) consumeChannel?.nack(d.msg, false, true);
+      } else if (controller.signal.reason instanceof CancelledError) {
+        // The cancellation is already in the log; nothing to report.
+        if (d.generation === generation) consumeChannel?.ack(d.msg);
       } else if (draining && controller.signal.aborted && !(controller.signal.reason instanceof HandlerError)) {
         // Stopped by shutdown, not by its timeout: let another node run it.
         if (d.generation === generation) consumeChannel?.nack(d.msg, false, true);
@@ -224,14 +234,27 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
 
   // --- metrics ---------------------------------------------------------------------
 
+  /** CPU use of this process since the previous call, in cores. */
+  const cpuMeter = () => {
+    let last = process.cpuUsage();
+    let lastAt = Date.now();
+    return () => {
+      const now = Date.now();
+      const used = process.cpuUsage(last);
+      const cores = (used.user + used.system) / 1000 / Math.max(1, now - lastAt);
+      last = process.cpuUsage();
+      lastAt = now;
+      return cores;
+    };
+  };
+  const metricsCpu = cpuMeter();
+  const heartbeatCpu = cpuMeter();
+
   const sampleMetrics = () => {
     const ch = publishChannel;
     if (!ch) return;
     const now = Date.now();
-    const cpu = process.cpuUsage(lastCpu);
-    const cpuCores = (cpu.user + cpu.system) / 1000 / Math.max(1, now - lastCpuAt);
-    lastCpu = process.cpuUsage();
-    lastCpuAt = now;
+    const cpuCores = metricsCpu();
     const sample: NodeMetricSample = {
       nodeId: options.nodeId,
       tier: options.tier,
@@ -260,9 +283,37 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
       return;
     }
     if (draining || gen !== generation) return; // the channel closes soon and returns it
+    if (cancelled.has(task.taskId)) {
+      consumeChannel?.ack(msg); // cancelled before it got here
+      return;
+    }
     (buffers.get(priority) as Delivery[]).push({ msg, task, priority, tierRank, receivedAt: Date.now(), generation: gen });
     stats.buffered++;
     pump();
+  };
+
+  /** A cancel broadcast: drop the task if it waits here, abort it if it runs here. */
+  const onSystem = (msg: ConsumeMessage | null) => {
+    if (!msg) return;
+    let body: SystemMessage | undefined;
+    try {
+      body = JSON.parse(msg.content.toString('utf8')) as SystemMessage;
+    } catch {
+      return;
+    }
+    if (body?.kind !== 'cancel' || typeof body.taskId !== 'string') return;
+    cancelled.add(body.taskId);
+    if (cancelled.size > MAX_REMEMBERED_CANCELS) cancelled.delete(cancelled.values().next().value as string);
+    for (const list of buffers.values()) {
+      for (let i = list.length - 1; i >= 0; i--) {
+        const d = list[i] as Delivery;
+        if (d.task.taskId !== body.taskId) continue;
+        list.splice(i, 1);
+        stats.buffered--;
+        if (d.generation === generation) consumeChannel?.ack(d.msg);
+      }
+    }
+    for (const [d, controller] of running) if (d.task.taskId === body.taskId) controller.abort(new CancelledError(`task ${body.taskId} cancelled`));
   };
 
   const connect = async () => {
@@ -287,6 +338,10 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
             consumerTags.push(consumerTag);
           }
         }
+        // Our own queue on the `system` fanout: it lives as long as this connection.
+        const system = await con.assertQueue('', { exclusive: true, autoDelete: true, durable: false });
+        await con.bindQueue(system.queue, options.names.system, '');
+        await con.consume(system.queue, onSystem, { noAck: true });
         logger.info({ served: options.servedTiers, slots: options.slots, prefetch: options.prefetch }, 'fog node consuming');
         await closed;
       } catch (error) {
@@ -314,6 +369,22 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
       connectLoop = connect();
       metricsTimer = setInterval(sampleMetrics, options.metricsIntervalMs);
       metricsTimer.unref();
+      if (options.heartbeat) {
+        heartbeat = createFogHeartbeat({
+          ...options.heartbeat,
+          nodeId: options.nodeId,
+          tier: options.tier,
+          slots: options.slots,
+          logger,
+          stats: () => ({
+            inFlight: running.size,
+            cpu: Math.round(heartbeatCpu() * 1000) / 1000,
+            rssMb: Math.round((process.memoryUsage.rss() / 1048576) * 10) / 10,
+            inFlightTaskIds: [...running.keys()].map((d) => d.task.taskId),
+          }),
+        });
+        heartbeat.start();
+      }
     },
     stop() {
       return (stopped ??= (async () => {
@@ -332,6 +403,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
         // With the broker down the records cannot go out; their tasks were not acked, so they return.
         await Promise.race([flush(), sleep(Math.max(1000, options.graceMs))]);
         clearInterval(metricsTimer);
+        await heartbeat?.stop();
         abort.abort();
         await connection?.close().catch(() => {});
         await connectLoop;

@@ -3,8 +3,14 @@ import { pathToFileURL } from 'node:url';
 
 /** How a task type runs: inline on the node's event loop, or in a worker thread. */
 export type Handler =
-  | { readonly kind: 'inline'; run(payload: unknown, signal: AbortSignal): Promise<unknown> | unknown }
+  | { readonly kind: 'inline'; run(payload: unknown, signal: AbortSignal, context: HandlerContext): Promise<unknown> | unknown }
   | { readonly kind: 'thread'; readonly module: string; readonly exportName: string };
+
+/** What a handler knows of the run it is part of. */
+export interface HandlerContext {
+  readonly taskId: string;
+  readonly attempt: number;
+}
 
 /** An error a handler throws may say whether a retry can help (default: it can). */
 export function handlerError(message: string, opts: { code?: string; retryable?: boolean } = {}): Error {
@@ -15,7 +21,7 @@ const THREAD_HANDLERS = import.meta.url.endsWith('.ts')
   ? new URL('../../dist/fog-node/thread-handlers.js', import.meta.url).href
   : new URL('./thread-handlers.js', import.meta.url).href;
 
-/** The built-ins: noop, sleep {ms}, fail {message, retryable, code}; in threads: checksum {bytes, rounds}, crash {mode}, spin {ms}. */
+/** The built-ins: noop, sleep {ms}, fail {message, retryable, code}, flaky {failTimes}; in threads: checksum {bytes, rounds}, crash {mode}, spin {ms}. */
 export function builtinHandlers(): Map<string, Handler> {
   return new Map<string, Handler>([
     ['noop', { kind: 'inline', run: () => null }],
@@ -45,6 +51,18 @@ export function builtinHandlers(): Map<string, Handler> {
         run: (payload) => {
           const p = (payload ?? {}) as { message?: string; retryable?: boolean; code?: string };
           throw handlerError(p.message ?? 'failed on purpose', { code: p.code ?? 'fail', retryable: p.retryable ?? false });
+        },
+      },
+    ],
+    [
+      'flaky',
+      {
+        kind: 'inline',
+        // Fails (retryably) on its first `failTimes` attempts, then succeeds: exercises retries.
+        run: (payload, _signal, context) => {
+          const failTimes = Number(((payload ?? {}) as { failTimes?: number }).failTimes ?? 1);
+          if (context.attempt <= failTimes) throw handlerError(`flaky failure on attempt ${context.attempt}`, { code: 'flaky', retryable: true });
+          return { attempt: context.attempt };
         },
       },
     ],

@@ -1,5 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
+import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { ConfigError } from './errors.js';
 
@@ -13,6 +14,8 @@ const Int = (min: number, def: number, description: string) =>
 export const ConfigSchema = Type.Object({
   DATABASE_URL: Type.String({ default: 'postgres://root@127.0.0.1:5432/fogsched', description: 'PostgreSQL; the database is created if missing' }),
   AMQP_URL: Type.String({ default: 'amqp://guest:guest@127.0.0.1:5672', description: 'RabbitMQ; a comma-separated list for a cluster (the vhost is the URL path)' }),
+  DATABASE_PASSWORD_FILE: Type.String({ default: '', description: 'file holding the PostgreSQL password (a Docker secret); put into DATABASE_URL' }),
+  AMQP_PASSWORD_FILE: Type.String({ default: '', description: 'file holding the RabbitMQ password (a Docker secret); put into every AMQP_URL' }),
   REDIS_URL: Type.String({ default: 'redis://127.0.0.1:6379' }),
   HOST: Type.String({ default: '127.0.0.1', description: 'address the API listens on' }),
   PORT: Int(0, 8080, 'port the API listens on'),
@@ -37,6 +40,8 @@ export const ConfigSchema = Type.Object({
   INGEST_BATCH_SIZE: Int(1, 500, 'messages per ingest transaction'),
   INGEST_FLUSH_MS: Int(0, 5, 'wait this long for a batch to fill'),
   METRICS_RETENTION_HOURS: Type.Number({ minimum: 0, default: 24, description: 'node_metrics rows older than this are deleted' }),
+  SCHEDULER_POLL_INTERVAL_MS: Int(10, 1000, 'longest the scheduler sleeps between looks for due schedules'),
+  SCHEDULER_MISFIRE_GRACE_MS: Int(0, 60000, 'a run later than this is missed (the catch-up policy decides)'),
   FOG_NODE_ID: Type.String({ default: '' , description: 'defaults to <hostname>-<pid>' }),
   FOG_NODE_TIER: Type.String({ default: 'light' }),
   FOG_NODE_SLOTS: Int(1, 32, 'tasks a fog node runs at once'),
@@ -47,12 +52,25 @@ export const ConfigSchema = Type.Object({
   FOG_NODE_METRICS_INTERVAL_MS: Int(100, 5000, 'metric sample period'),
   FOG_NODE_AGING_MS: Int(0, 2000, 'a lower-priority task waiting longer than this goes first'),
   FOG_NODE_WORKER_MEMORY_MB: Int(16, 256, 'heap limit of a worker thread'),
+  COORDINATOR_INTERVAL_MS: Int(100, 30000, 'the coordinator probes every broker and refreshes its heartbeat key this often'),
+  COORDINATOR_LEASE_MS: Int(300, 15000, 'leader lease of the coordinator (SET NX PX), renewed every third of it'),
+  COORDINATOR_BROKERS: Type.String({ default: '', description: 'node=amqp-url,... brokers the coordinator probes; empty means AMQP_URL with names rabbit@<host>' }),
+  BROKER_HEARTBEAT_TTL_MS: Int(100, 90000, 'TTL of rabbitmq:node:{node}:heartbeat; a member whose key expired leaves the cluster set'),
+  FOG_HEARTBEAT_INTERVAL_MS: Int(100, 10000, 'a fog node refreshes fog:node:{id} this often'),
+  FOG_HEARTBEAT_TTL_MS: Int(100, 30000, 'TTL of fog:node:{id}; the coordinator reaps a node whose hash expired'),
 });
 
 export type Config = Readonly<Static<typeof ConfigSchema>> & { readonly fogNodeId: string };
 
-/** Parses the environment once; throws ConfigError naming the first bad variable. */
-export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+/**
+ * Parses the environment once; throws ConfigError naming the first bad variable.
+ * `DATABASE_PASSWORD_FILE` / `AMQP_PASSWORD_FILE` name secret files (Docker secrets)
+ * whose content becomes the password of `DATABASE_URL` / each `AMQP_URL`.
+ */
+export function loadConfig(
+  env: Record<string, string | undefined> = process.env,
+  readSecret: (path: string) => string = (path) => readFileSync(path, 'utf8'),
+): Config {
   const raw: Record<string, unknown> = {};
   for (const key of Object.keys(ConfigSchema.properties)) {
     const value = env[key];
@@ -64,7 +82,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     const name = error.path.replace(/^\//, '');
     throw new ConfigError(`invalid configuration: ${name}=${JSON.stringify(env[name])} ${error.message}`);
   }
-  const config = withDefaults as Static<typeof ConfigSchema>;
+  const config = injectSecrets(withDefaults as Static<typeof ConfigSchema>, readSecret);
   for (const [name, url] of [['DATABASE_URL', config.DATABASE_URL], ...config.AMQP_URL.split(',').map((u) => ['AMQP_URL', u.trim()]), ['REDIS_URL', config.REDIS_URL]] as const) {
     try {
       new URL(url);
@@ -73,7 +91,34 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     }
   }
   parseTiers(config.TIERS);
+  parseBrokers(config.COORDINATOR_BROKERS, config.AMQP_URL);
   return Object.freeze({ ...config, fogNodeId: config.FOG_NODE_ID || `${hostname()}-${process.pid}` });
+}
+
+function injectSecrets(config: Static<typeof ConfigSchema>, readSecret: (path: string) => string): Static<typeof ConfigSchema> {
+  const read = (name: string, path: string): string => {
+    try {
+      return readSecret(path).replace(/\r?\n$/, '');
+    } catch (error) {
+      throw new ConfigError(`invalid configuration: ${name}=${JSON.stringify(path)} cannot be read (${(error as { code?: string }).code ?? (error as Error).message})`);
+    }
+  };
+  const withPassword = (name: string, url: string, password: string): string => {
+    try {
+      const u = new URL(url);
+      u.password = encodeURIComponent(password);
+      return u.toString();
+    } catch {
+      throw new ConfigError(`invalid configuration: ${name}=${JSON.stringify(url)} is not a URL`);
+    }
+  };
+  let { DATABASE_URL, AMQP_URL } = config;
+  if (config.DATABASE_PASSWORD_FILE) DATABASE_URL = withPassword('DATABASE_URL', DATABASE_URL, read('DATABASE_PASSWORD_FILE', config.DATABASE_PASSWORD_FILE));
+  if (config.AMQP_PASSWORD_FILE) {
+    const password = read('AMQP_PASSWORD_FILE', config.AMQP_PASSWORD_FILE);
+    AMQP_URL = AMQP_URL.split(',').map((u) => withPassword('AMQP_URL', u.trim(), password)).join(',');
+  }
+  return { ...config, DATABASE_URL, AMQP_URL };
 }
 
 export interface TierSpec {
@@ -94,4 +139,43 @@ export function parseTiers(text: string): readonly TierSpec[] {
     return Object.freeze({ name, maxCpu, maxMemoryMb });
   });
   return Object.freeze(tiers.sort((a, b) => a.maxCpu - b.maxCpu || a.maxMemoryMb - b.maxMemoryMb));
+}
+
+export interface BrokerSpec {
+  /** Erlang node name, as in `rabbitmq:node:{node}:heartbeat`. */
+  readonly node: string;
+  readonly url: string;
+}
+
+/**
+ * `rabbit@a=amqp://...,rabbit@b=amqp://...` → broker specs. Empty text means the
+ * AMQP_URL list, each named `rabbit@<host>` (`rabbit@<host>-<port>` when hosts repeat).
+ */
+export function parseBrokers(text: string, amqpUrl: string): readonly BrokerSpec[] {
+  const fail = (detail: string) => new ConfigError(`invalid configuration: COORDINATOR_BROKERS=${JSON.stringify(text)} ${detail}`);
+  const entries = text.split(',').map((p) => p.trim()).filter(Boolean);
+  let brokers: BrokerSpec[];
+  if (entries.length > 0) {
+    brokers = entries.map((entry) => {
+      const eq = entry.indexOf('=');
+      const node = entry.slice(0, eq).trim();
+      const url = entry.slice(eq + 1).trim();
+      if (eq <= 0 || !/^[^\s=]+$/.test(node)) throw fail('must be node=amqp-url,...');
+      try {
+        new URL(url);
+      } catch {
+        throw fail(`has ${JSON.stringify(url)}, not a URL`);
+      }
+      return Object.freeze({ node, url });
+    });
+  } else {
+    const urls = amqpUrl.split(',').map((u) => u.trim()).filter(Boolean).map((u) => new URL(u));
+    const hosts = urls.map((u) => u.hostname);
+    brokers = urls.map((u) => {
+      const unique = hosts.filter((h) => h === u.hostname).length === 1;
+      return Object.freeze({ node: unique ? `rabbit@${u.hostname}` : `rabbit@${u.hostname}-${u.port || 5672}`, url: u.toString() });
+    });
+  }
+  if (new Set(brokers.map((b) => b.node)).size !== brokers.length) throw fail('names a node twice');
+  return Object.freeze(brokers);
 }

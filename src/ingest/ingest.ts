@@ -4,7 +4,6 @@ import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
 import {
   invalidResultBatch,
   isUuid,
-  retryDelayMs,
   type BackoffOptions,
   type FailureReason,
   type NodeMetricSample,
@@ -268,7 +267,7 @@ export function resultCommands(batch: ResultBatch, backoff: BackoffOptions, rand
       case 'failed':
         command = {
           type: 'FailTask',
-          data: { attempt: r.attempt, nodeId: batch.nodeId, error: r.error, startedAt: r.startedAt, retryDelayMs: retryDelayMs(r.attempt, backoff, random()), now: r.at },
+          data: { attempt: r.attempt, nodeId: batch.nodeId, error: r.error, startedAt: r.startedAt, backoff, random: random(), now: r.at },
         };
         break;
     }

@@ -1,5 +1,5 @@
 import { sql } from 'kysely';
-import { dispatchOf, taskRoutingKey, type TaskEvent, type TaskMessage, type TaskState } from '../domain/index.js';
+import { dispatchOf, taskRoutingKey, type SystemMessage, type TaskEvent, type TaskMessage, type TaskState } from '../domain/index.js';
 import type { Executor } from '../store/index.js';
 import type { TopologyNames } from './topology.js';
 
@@ -14,14 +14,21 @@ export interface OutboxRow {
 }
 
 /**
- * The dispatch row an event causes, if any: a TaskQueued, TaskRetryScheduled or
- * TaskRequeued puts the attempt on its task queue at `availableAt`. Delays and
- * backoff are just future rows, so no timer lives in memory.
+ * The message an event causes, if any: a TaskQueued, TaskRetryScheduled or
+ * TaskRequeued puts the attempt on its task queue at `availableAt` (delays and
+ * backoff are just future rows, so no timer lives in memory); a TaskCancelled
+ * is broadcast to the fog nodes.
  */
-export function dispatchRowFor(state: TaskState, event: TaskEvent, eventId: string, names: TopologyNames): OutboxRow | null {
-  const dispatch = dispatchOf(event);
+export function outboxRowFor(state: TaskState, event: TaskEvent, eventId: string, names: TopologyNames): OutboxRow | null {
   const spec = state.spec;
-  if (!dispatch || !spec) return null;
+  if (!spec) return null;
+  if (event.type === 'TaskCancelled') {
+    // Every fog node hears it on the `system` fanout: a queued copy is skipped, a running one aborted.
+    const body: SystemMessage = { kind: 'cancel', taskId: spec.taskId, at: event.data.at };
+    return { messageId: eventId, streamId: spec.taskId, exchange: names.system, routingKey: '', headers: {}, body, availableAt: event.data.at };
+  }
+  const dispatch = dispatchOf(event);
+  if (!dispatch) return null;
   const body: TaskMessage = {
     taskId: spec.taskId,
     attempt: dispatch.attempt,

@@ -37,6 +37,8 @@ interface ClaimedRow {
 }
 
 const DEFAULT_LOCK_KEY = 0x0f065c4d; // "fogsched relay"
+/** How long one round tries to reach the broker before it gives up until the next round. */
+const CONNECT_ROUND_MS = 5000;
 
 /**
  * Publishes due outbox rows with publisher confirms, and marks them published
@@ -49,6 +51,8 @@ const DEFAULT_LOCK_KEY = 0x0f065c4d; // "fogsched relay"
 export function createRelay(options: RelayOptions): Role & { stats(): RelayStats } {
   const logger = options.logger.child({ role: 'relay' });
   const knownExchanges = new Set(options.topology.exchanges.map((e) => e.name));
+  // Task dispatches must reach a queue (an unroutable one is a failure); a broadcast may reach none.
+  const mandatory = new Set(options.topology.exchanges.filter((e) => e.type === 'direct').map((e) => e.name));
   const abort = new AbortController();
   const stats: RelayStats = { leader: false, published: 0, failed: 0, lagMs: 0, pending: 0 };
   let wake: (() => void) | undefined;
@@ -117,7 +121,21 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
 
   const ensureChannel = async (): Promise<ConfirmChannel | undefined> => {
     if (channel) return channel;
-    const conn = await connectAmqp(options.amqpUrl, { logger, signal: abort.signal, name: 'fogsched-relay', maxBackoffMs: options.retryMaxMs });
+    // Bounded: during a broker outage the round ends (rows stay due) instead of parking the
+    // loop inside connect, so the lag is still measured and reported, and the next round retries.
+    // (Not AbortSignal.any + AbortSignal.timeout: on Node 20 the timeout signal can be garbage
+    // collected before it fires, nodejs/node#57736, and every round would leave a listener behind.)
+    const round = new AbortController();
+    const endRound = () => round.abort();
+    const timer = setTimeout(endRound, CONNECT_ROUND_MS);
+    abort.signal.addEventListener('abort', endRound, { once: true });
+    let conn: ChannelModel | undefined;
+    try {
+      conn = await connectAmqp(options.amqpUrl, { logger, signal: round.signal, name: 'fogsched-relay', maxBackoffMs: options.retryMaxMs });
+    } finally {
+      clearTimeout(timer);
+      abort.signal.removeEventListener('abort', endRound);
+    }
     if (!conn) return undefined;
     connection = conn;
     conn.on('close', () => {
@@ -152,7 +170,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
                 row.exchange,
                 row.routing_key,
                 Buffer.from(row.body),
-                { persistent: true, mandatory: true, messageId: row.message_id, contentType: 'application/json', headers: row.headers, timestamp: Math.floor(Date.now() / 1000) },
+                { persistent: true, mandatory: mandatory.has(row.exchange), messageId: row.message_id, contentType: 'application/json', headers: row.headers, timestamp: Math.floor(Date.now() / 1000) },
                 (error: unknown) => (error ? reject(error instanceof Error ? error : new Error('nacked by the broker (queue full?)')) : resolve()),
               );
             }),
@@ -210,6 +228,15 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     return claimed.rows.length === options.batchSize && failed.length === 0;
   };
 
+  /** Sleep until the poll, or until a delayed row comes due if that is sooner (delays fire on time). */
+  const idleWaitMs = async (db: pg.Client): Promise<number> => {
+    const r = await db.query<{ ms: number | null }>(
+      `SELECT (extract(epoch FROM min(available_at) - now()) * 1000)::float8 AS ms FROM outbox WHERE published_at IS NULL AND available_at > now()`,
+    );
+    const ms = r.rows[0]?.ms;
+    return ms === null || ms === undefined ? options.pollIntervalMs : Math.max(1, Math.min(options.pollIntervalMs, Math.ceil(ms)));
+  };
+
   const measureLag = async (db: pg.Client) => {
     const r = await db.query<{ lag_ms: number | null; pending: number }>(
       `SELECT (extract(epoch FROM now() - min(available_at)) * 1000)::float8 AS lag_ms, count(*)::int AS pending
@@ -234,7 +261,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
           lastLagCheck = Date.now();
           await measureLag(db);
         }
-        if (!more) await waitForWork(options.pollIntervalMs);
+        if (!more) await waitForWork(await idleWaitMs(db));
       } catch (error) {
         failures++;
         const delay = Math.min(options.retryMaxMs, 100 * 2 ** Math.min(failures, 10));

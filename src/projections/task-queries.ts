@@ -77,3 +77,24 @@ export async function countTasksByState(db: Executor, tenant: string): Promise<R
     .execute();
   return Object.fromEntries(rows.map((r) => [r.state, r.n]));
 }
+
+export interface FailedTaskFilter {
+  readonly type?: string;
+  readonly reason?: string;
+  /** Failed at or after this time (ISO). */
+  readonly since?: string;
+  /** Failed before this time (ISO). */
+  readonly until?: string;
+}
+
+/** Failed tasks (the dead-letter view), newest first by seq. */
+export async function listFailedTasks(db: Executor, filter: FailedTaskFilter & { tenant: string; limit: number; beforeSeq?: number }): Promise<ListedTask[]> {
+  let q = db.selectFrom('task_current').selectAll().where('tenant', '=', filter.tenant).where('state', '=', 'failed');
+  if (filter.type) q = q.where('type', '=', filter.type);
+  if (filter.reason) q = q.where('failure_reason', '=', filter.reason);
+  if (filter.since) q = q.where('finished_at', '>=', new Date(filter.since));
+  if (filter.until) q = q.where('finished_at', '<', new Date(filter.until));
+  if (filter.beforeSeq !== undefined) q = q.where('seq', '<', filter.beforeSeq);
+  const rows = await q.orderBy('seq', 'desc').limit(filter.limit).execute();
+  return rows.map((row) => ({ seq: row.seq, state: rowToState(row) }));
+}

@@ -97,7 +97,27 @@ export interface NodeMetricsTable {
   failed: number;
 }
 
+export interface SchedulesTable {
+  schedule_id: string;
+  seq: Generated<number>;
+  tenant: string;
+  name: string;
+  cron: string;
+  timezone: string;
+  catch_up: string;
+  template: Json;
+  state: string;
+  next_fire_at: Date | null;
+  last_fired_at: Date | null;
+  last_task_id: string | null;
+  fired_count: number;
+  version: number;
+  created_at: Date;
+  updated_at: Date;
+}
+
 export interface Database {
+  schedules: SchedulesTable;
   events: EventsTable;
   outbox: OutboxTable;
   inbox: InboxTable;

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { decide, evolve, initialTaskState, FogschedError, type TaskCommand, type TaskEvent, type TaskState } from '../domain/index.js';
 import { appendEvents, type EventMetadata, type Executor, type NewEvent } from '../store/index.js';
 import { insertTaskHistory, loadTaskStates, upsertTaskCurrent, type HistoryRow } from '../projections/index.js';
-import { dispatchRowFor, insertOutboxRows, type OutboxRow, type TopologyNames } from '../outbox/index.js';
+import { outboxRowFor, insertOutboxRows, type OutboxRow, type TopologyNames } from '../outbox/index.js';
 
 export interface CommandItem {
   readonly taskId: string;
@@ -73,7 +73,7 @@ export async function executeTaskCommands(
   if (newEvents.length > 0) {
     const positions = await appendEvents(trx, newEvents);
     const history: HistoryRow[] = pending.map((p, i) => ({ position: positions[i] ?? 0, state: p.state, event: p.event, metadata: p.metadata }));
-    const outbox: OutboxRow[] = pending.flatMap((p) => dispatchRowFor(p.state, p.event, p.eventId, names) ?? []);
+    const outbox: OutboxRow[] = pending.flatMap((p) => outboxRowFor(p.state, p.event, p.eventId, names) ?? []);
     const touched = new Set(pending.map((p) => p.state.taskId));
     await upsertTaskCurrent(trx, [...touched].map((id) => states.get(id) as TaskState));
     await insertTaskHistory(trx, history);

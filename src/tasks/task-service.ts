@@ -2,6 +2,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { sql, type Kysely } from 'kysely';
 import {
   DEFAULT_RESOURCES,
+  FogschedError,
   IdempotencyConflictError,
   TaskNotFoundError,
   tierFor,
@@ -13,7 +14,7 @@ import {
   type Tier,
 } from '../domain/index.js';
 import type { Database, EventMetadata, Executor } from '../store/index.js';
-import { loadTaskStates } from '../projections/index.js';
+import { listFailedTasks, loadTaskStates, type FailedTaskFilter } from '../projections/index.js';
 import type { TopologyNames } from '../outbox/index.js';
 import { isConnectionError } from '../infra/postgres.js';
 import { executeTaskCommands } from './execute-commands.js';
@@ -30,6 +31,7 @@ export interface SubmitInput {
   readonly notBefore?: string | null;
   readonly deadline?: string | null;
   readonly idempotencyKey?: string | null;
+  readonly retry?: { readonly baseMs: number; readonly factor: number; readonly maxMs: number } | null;
 }
 
 export interface Caller {
@@ -65,21 +67,7 @@ export function createTaskService(options: TaskServiceOptions) {
   const { db, names } = options;
 
   const prepare = (input: SubmitInput, caller: Caller): PreparedSubmit => {
-    const resources = input.resources ?? DEFAULT_RESOURCES;
-    const spec: TaskSpec = {
-      taskId: randomUUID(),
-      tenant: caller.tenant,
-      type: input.type,
-      payload: input.payload ?? null,
-      priority: input.priority ?? 'normal',
-      resources,
-      tier: tierFor(resources, options.tiers), // throws NoTierFitsError before anything is written
-      maxAttempts: input.maxAttempts ?? options.defaultMaxAttempts,
-      timeoutMs: input.timeoutMs ?? null,
-      notBefore: input.notBefore ? new Date(input.notBefore).toISOString() : null,
-      deadline: input.deadline ? new Date(input.deadline).toISOString() : null,
-      idempotencyKey: input.idempotencyKey ?? null,
-    };
+    const spec = buildTaskSpec(input, caller.tenant, randomUUID(), options);
     const { taskId: _id, tenant: _t, idempotencyKey: _k, ...significant } = spec;
     const hash = createHash('sha256').update(JSON.stringify(significant)).digest('base64url');
     return { spec, hash, metadata: { tenant: caller.tenant, actor: caller.actor, ...(caller.traceId ? { traceId: caller.traceId } : {}) } };
@@ -178,14 +166,47 @@ export function createTaskService(options: TaskServiceOptions) {
     },
     /** Submits many tasks in one transaction: all or nothing. Throws on the first invalid item. */
     async submitBatch(inputs: readonly SubmitInput[], caller: Caller): Promise<SubmitResult[]> {
-      const prepared = inputs.map((input) => prepare(input, caller));
+      // Every item is checked before anything is written; the problem lists each bad one by index.
+      const itemErrors: { index: number; error: FogschedError }[] = [];
+      const prepared = inputs.flatMap((input, index) => {
+        try {
+          return [prepare(input, caller)];
+        } catch (error) {
+          if (error instanceof FogschedError) itemErrors.push({ index, error });
+          else throw error;
+          return [];
+        }
+      });
       const results = await db.transaction().execute(async (trx) => {
         const r = await writeSubmits(trx, prepared);
+        r.forEach((x, index) => {
+          if (x instanceof FogschedError) itemErrors.push({ index, error: x });
+        });
+        if (itemErrors.length > 0) throw batchRejected(itemErrors); // rolls the whole batch back
         const failed = r.find((x): x is Error => x instanceof Error);
-        if (failed) throw failed; // rolls the whole batch back
+        if (failed) throw failed;
         return r as SubmitResult[];
       });
       return results;
+    },
+    /** Requeues the failed tasks matching the filter (at most `limit`), one transaction; `dryRun` only counts. */
+    async requeueFailed(filter: FailedTaskFilter, caller: Caller, opts: { dryRun: boolean; limit: number }): Promise<{ matched: number; requeued: string[] }> {
+      return db.transaction().execute(async (trx) => {
+        const rows = await listFailedTasks(trx, { ...filter, tenant: caller.tenant, limit: opts.limit });
+        if (opts.dryRun) return { matched: rows.length, requeued: [] };
+        const now = new Date().toISOString();
+        const outcome = await executeTaskCommands(
+          trx,
+          rows.map((r) => ({
+            taskId: r.state.taskId,
+            command: { type: 'RequeueTask', data: { actor: caller.actor, now } } satisfies TaskCommand,
+            metadata: { tenant: caller.tenant, actor: caller.actor },
+          })),
+          names,
+        );
+        // A task requeued meanwhile by someone else is refused by decide and left out.
+        return { matched: rows.length, requeued: rows.filter((_, i) => !outcome.refused.has(i)).map((r) => r.state.taskId) };
+      });
     },
     cancel(taskId: string, caller: Caller, reason: string | null): Promise<TaskState> {
       return runCommand(taskId, caller, { type: 'CancelTask', data: { actor: caller.actor, reason, now: new Date().toISOString() } });
@@ -195,4 +216,40 @@ export function createTaskService(options: TaskServiceOptions) {
     },
     idle: () => group.idle(),
   };
+}
+
+/** The spec of a new task; throws NoTierFitsError when no tier fits its resources. */
+export function buildTaskSpec(
+  input: SubmitInput,
+  tenant: string,
+  taskId: string,
+  options: { readonly tiers: readonly Tier[]; readonly defaultMaxAttempts: number },
+): TaskSpec {
+  const resources = input.resources ?? DEFAULT_RESOURCES;
+  return {
+    taskId,
+    tenant,
+    type: input.type,
+    payload: input.payload ?? null,
+    priority: input.priority ?? 'normal',
+    resources,
+    tier: tierFor(resources, options.tiers), // before anything is written
+    maxAttempts: input.maxAttempts ?? options.defaultMaxAttempts,
+    timeoutMs: input.timeoutMs ?? null,
+    notBefore: input.notBefore ? new Date(input.notBefore).toISOString() : null,
+    deadline: input.deadline ? new Date(input.deadline).toISOString() : null,
+    idempotencyKey: input.idempotencyKey ?? null,
+    ...(input.retry ? { retry: input.retry } : {}),
+  };
+}
+
+function batchRejected(items: { index: number; error: FogschedError }[]): FogschedError {
+  const sorted = [...items].sort((a, b) => a.index - b.index);
+  const first = sorted[0] as { index: number; error: FogschedError };
+  return new FogschedError({
+    code: first.error.code,
+    status: first.error.status,
+    message: `batch rejected, nothing stored: ${sorted.length} invalid item(s); tasks/${first.index}: ${first.error.message}`,
+    details: { errors: sorted.map((i) => ({ path: `body/tasks/${i.index}`, message: i.error.message, code: i.error.code })) },
+  });
 }

@@ -10,6 +10,7 @@ import { createPostgres, pendingMigrations, type Postgres } from '../../src/infr
 import type { Database } from '../../src/store/index.js';
 import { topologyNames } from '../../src/outbox/index.js';
 import { createTaskService } from '../../src/tasks/index.js';
+import { createScheduleService } from '../../src/schedules/index.js';
 import { createTestDatabase, eventually, type TestDatabase } from '../helpers/database.js';
 
 const names = topologyNames('t_');
@@ -28,6 +29,7 @@ function postgresCheck(db: Kysely<Database>, pool: pg.Pool): ReadinessCheck {
 
 async function apiOver(postgres: Postgres): Promise<FastifyInstance> {
   const app = await buildApi({
+    schedules: createScheduleService({ db: postgres.db, names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3 }),
     db: postgres.db,
     tasks: createTaskService({ db: postgres.db, names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3, maxBatch: 500 }),
     logger: createLogger('silent'),

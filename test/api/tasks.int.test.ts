@@ -8,6 +8,7 @@ import { createLogger } from '../../src/infra/logger.js';
 import { pendingMigrations } from '../../src/infra/postgres.js';
 import { topologyNames } from '../../src/outbox/index.js';
 import { createTaskService, executeTaskCommands } from '../../src/tasks/index.js';
+import { createScheduleService } from '../../src/schedules/index.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 
 interface TaskBody {
@@ -59,6 +60,7 @@ beforeAll(async () => {
   tdb = await createTestDatabase('api');
   const tasks = createTaskService({ db: tdb.db, names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3, maxBatch: 500 });
   app = await buildApi({
+    schedules: createScheduleService({ db: tdb.db, names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3 }),
     db: tdb.db,
     tasks,
     logger: createLogger('silent'),

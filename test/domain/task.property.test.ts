@@ -133,7 +133,8 @@ function toCommand(t: CommandTemplate, state: TaskState, step: number, spec: Tas
           nodeId: t.nodeId,
           error: { message: `failure at step ${step}`, code: t.retryable ? 'E_TRANSIENT' : 'E_FATAL', retryable: t.retryable },
           startedAt: t.reportsStart ? startedAt : null,
-          retryDelayMs: t.retryDelayMs,
+          backoff: { baseMs: t.retryDelayMs, factor: 1, maxMs: t.retryDelayMs },
+          random: 1,
           now,
         },
       };

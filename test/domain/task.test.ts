@@ -123,7 +123,9 @@ const fail = (
     nodeId: opts.nodeId === undefined ? 'node-a' : opts.nodeId,
     error,
     startedAt: opts.startedAt === undefined ? T1 : opts.startedAt,
-    retryDelayMs: opts.retryDelayMs ?? 5000,
+    // factor 1 and random 1 make the delay exactly retryDelayMs.
+    backoff: { baseMs: opts.retryDelayMs ?? 5000, factor: 1, maxMs: opts.retryDelayMs ?? 5000 },
+    random: 1,
     now: opts.now ?? T2,
   },
 });

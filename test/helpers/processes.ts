@@ -65,7 +65,7 @@ export async function testEnv(label: string): Promise<{ env: Record<string, stri
     prefix,
     port,
     dbUrl,
-    env: { DATABASE_URL: dbUrl, AMQP_URL: inject('amqpUrl'), REDIS_URL: inject('redisUrl'), AMQP_PREFIX: prefix, PORT: String(port), RELAY_POLL_INTERVAL_MS: '200' },
+    env: { DATABASE_URL: dbUrl, AMQP_URL: inject('amqpUrl'), REDIS_URL: inject('redisUrl'), AMQP_PREFIX: prefix, REDIS_PREFIX: prefix, PORT: String(port), RELAY_POLL_INTERVAL_MS: '200' },
     async drop() {
       await adminQuery(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
     },

@@ -29,7 +29,13 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
     async (request, reply) => {
       validateTimes(request.body);
       const { task, created } = await deps.tasks.submit({ ...request.body, idempotencyKey: request.headers['idempotency-key'] ?? null }, callerOf(request));
-      return reply.code(created ? 202 : 200).header('location', `/v1/tasks/${task.taskId}`).send(toTaskView(task));
+      const view = toTaskView(task);
+      const live = await deps.liveTiers?.();
+      if (live && !live.has(view.tier)) {
+        // Accepted all the same: the dispatch waits on its queue until a node of that tier joins.
+        return reply.code(created ? 202 : 200).header('location', `/v1/tasks/${task.taskId}`).send({ ...view, warnings: [`no live fog node serves tier ${view.tier}; the task waits until one joins`] });
+      }
+      return reply.code(created ? 202 : 200).header('location', `/v1/tasks/${task.taskId}`).send(view);
     },
   );
 

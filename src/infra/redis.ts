@@ -1,0 +1,74 @@
+import { Redis } from 'ioredis';
+import type { Logger } from './logger.js';
+
+/**
+ * Redis key names of the live membership picture. The broker keys keep the seed
+ * deployment's names (`rabbitmq:cluster:members`, `rabbitmq:cluster:master`,
+ * `rabbitmq:node:{node}:heartbeat`) so its operators recognise them; every key
+ * gets REDIS_PREFIX in front.
+ */
+export function redisKeys(prefix: string) {
+  return Object.freeze({
+    brokerMembers: `${prefix}rabbitmq:cluster:members`,
+    brokerMaster: `${prefix}rabbitmq:cluster:master`,
+    brokerHeartbeat: (node: string) => `${prefix}rabbitmq:node:${node}:heartbeat`,
+    fogNodes: `${prefix}fog:nodes`,
+    fogNode: (id: string) => `${prefix}fog:node:${id}`,
+    coordinatorLease: `${prefix}coordinator:leader`,
+  });
+}
+
+export type RedisKeys = ReturnType<typeof redisKeys>;
+
+/**
+ * An ioredis client that never blocks its caller on a down Redis: no offline
+ * queue (a command fails at once while disconnected), one retry per command,
+ * and reconnects forever with a delay capped at `maxBackoffMs` (default 2000).
+ * Errors are logged at most once per outage.
+ */
+export function createRedis(url: string, opts: { logger: Logger; name: string; maxBackoffMs?: number; lazyConnect?: boolean }): Redis {
+  let down = false;
+  const redis = new Redis(url, {
+    connectionName: opts.name,
+    lazyConnect: opts.lazyConnect ?? false,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 1,
+    connectTimeout: 2000,
+    commandTimeout: 2000,
+    retryStrategy: (times) => Math.min(100 * 2 ** Math.min(times, 5), opts.maxBackoffMs ?? 2000),
+  });
+  redis.on('error', (error: Error) => {
+    if (!down) opts.logger.warn({ err: error.message, redis: redactRedisUrl(url) }, 'redis unavailable');
+    down = true;
+  });
+  redis.on('ready', () => {
+    if (down) opts.logger.info({ redis: redactRedisUrl(url) }, 'redis reconnected');
+    down = false;
+  });
+  return redis;
+}
+
+function redactRedisUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '(invalid url)';
+  }
+}
+
+/** Resolves once the client is ready (or at once if it is), false after `timeoutMs` without it. */
+export function whenReady(redis: Redis, timeoutMs: number): Promise<boolean> {
+  if (redis.status === 'ready') return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const done = (ok: boolean) => {
+      clearTimeout(timer);
+      redis.off('ready', onReady);
+      resolve(ok);
+    };
+    const onReady = () => done(true);
+    const timer = setTimeout(() => done(false), timeoutMs);
+    redis.on('ready', onReady);
+  });
+}

@@ -1,0 +1,266 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { Cron } from 'croner';
+import { sql, type Kysely } from 'kysely';
+import {
+  decideSchedule,
+  evolveSchedule,
+  FogschedError,
+  initialScheduleState,
+  ScheduleNotFoundError,
+  ValidationError,
+  type CatchUp,
+  type ScheduleCommand,
+  type ScheduleSpec,
+  type ScheduleState,
+  type ScheduleStatus,
+  type TaskCommand,
+  type TaskTemplate,
+  type Tier,
+} from '../domain/index.js';
+import type { Logger } from '../infra/logger.js';
+import { sleep, type Role } from '../infra/role.js';
+import type { TopologyNames } from '../outbox/index.js';
+import { appendEvents, type Database, type Executor } from '../store/index.js';
+import { buildTaskSpec, executeTaskCommands, type Caller } from '../tasks/index.js';
+
+export interface ScheduleInput {
+  readonly name?: string;
+  readonly cron: string;
+  readonly timezone?: string;
+  readonly catchUp?: CatchUp;
+  readonly template: TaskTemplate;
+}
+
+export interface ScheduleDeps {
+  readonly db: Kysely<Database>;
+  readonly names: TopologyNames;
+  readonly tiers: readonly Tier[];
+  readonly defaultMaxAttempts: number;
+}
+
+/** The next run strictly after `after`, or null when the expression has no more. Throws ValidationError on a bad cron or zone. */
+export function nextFireAt(cron: string, timezone: string, after: Date): string | null {
+  let job: Cron;
+  try {
+    job = new Cron(cron, { timezone, paused: true });
+  } catch (error) {
+    throw new ValidationError(`cron ${JSON.stringify(cron)} is invalid: ${(error as Error).message}`, { errors: [{ path: 'body/cron', message: (error as Error).message }] });
+  }
+  try {
+    return job.nextRun(after)?.toISOString() ?? null;
+  } catch (error) {
+    throw new ValidationError(`timezone ${JSON.stringify(timezone)} is invalid`, { errors: [{ path: 'body/timezone', message: (error as Error).message }] });
+  }
+}
+
+/** The id of the task a schedule's run at `fireAt` creates: the same run can never make two tasks. */
+export function firingTaskId(scheduleId: string, fireAt: string): string {
+  const h = createHash('sha256').update(`${scheduleId}|${fireAt}`).digest('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-8${h.slice(13, 16)}-${((parseInt(h.slice(16, 17), 16) & 3) | 8).toString(16)}${h.slice(17, 20)}-${h.slice(20, 32)}`;
+}
+
+type ScheduleRow = {
+  schedule_id: string;
+  seq: number;
+  tenant: string;
+  name: string;
+  cron: string;
+  timezone: string;
+  catch_up: string;
+  template: unknown;
+  state: string;
+  next_fire_at: Date | null;
+  last_fired_at: Date | null;
+  last_task_id: string | null;
+  fired_count: number;
+  version: number;
+  created_at: Date;
+  updated_at: Date;
+};
+
+export function scheduleRowToState(row: ScheduleRow): ScheduleState {
+  return {
+    scheduleId: row.schedule_id,
+    status: row.state as ScheduleStatus,
+    version: row.version,
+    spec: { scheduleId: row.schedule_id, tenant: row.tenant, name: row.name, cron: row.cron, timezone: row.timezone, catchUp: row.catch_up as CatchUp, template: row.template as TaskTemplate },
+    nextFireAt: row.next_fire_at?.toISOString() ?? null,
+    lastFiredAt: row.last_fired_at?.toISOString() ?? null,
+    lastTaskId: row.last_task_id,
+    firedCount: row.fired_count,
+    createdAt: row.created_at.toISOString(),
+    updatedAt: row.updated_at.toISOString(),
+  };
+}
+
+async function loadSchedule(db: Executor, scheduleId: string, forUpdate: boolean): Promise<ScheduleState> {
+  let q = db.selectFrom('schedules').selectAll().where('schedule_id', '=', scheduleId);
+  if (forUpdate) q = q.forUpdate();
+  const row = await q.executeTakeFirst();
+  return row ? scheduleRowToState(row) : initialScheduleState(scheduleId);
+}
+
+/** Decides, appends the schedule's events and writes its read-model row, in the caller's transaction. */
+async function applyScheduleCommand(trx: Executor, state: ScheduleState, command: ScheduleCommand, actor: string): Promise<ScheduleState> {
+  const events = decideSchedule(state, command);
+  if (events.length === 0) return state;
+  let next = state;
+  const newEvents = events.map((event) => {
+    next = evolveSchedule(next, event);
+    return { streamId: state.scheduleId, streamType: 'schedule', streamVersion: next.version, eventId: randomUUID(), type: event.type, data: event.data, metadata: { tenant: next.spec?.tenant, actor } };
+  });
+  await appendEvents(trx, newEvents);
+  const spec = next.spec as ScheduleSpec;
+  await sql`
+    INSERT INTO schedules (schedule_id, tenant, name, cron, timezone, catch_up, template, state, next_fire_at, last_fired_at, last_task_id, fired_count, version, created_at, updated_at)
+    VALUES (${next.scheduleId}, ${spec.tenant}, ${spec.name}, ${spec.cron}, ${spec.timezone}, ${spec.catchUp}, ${JSON.stringify(spec.template)}::jsonb, ${next.status},
+      ${next.nextFireAt}, ${next.lastFiredAt}, ${next.lastTaskId}, ${next.firedCount}, ${next.version}, ${next.createdAt}, ${next.updatedAt})
+    ON CONFLICT (schedule_id) DO UPDATE SET state = EXCLUDED.state, next_fire_at = EXCLUDED.next_fire_at, last_fired_at = EXCLUDED.last_fired_at,
+      last_task_id = EXCLUDED.last_task_id, fired_count = EXCLUDED.fired_count, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at
+    WHERE schedules.version < EXCLUDED.version`.execute(trx);
+  return next;
+}
+
+export function createScheduleService(deps: ScheduleDeps) {
+  const { db } = deps;
+  const mutate = (scheduleId: string, caller: Caller, command: (state: ScheduleState) => ScheduleCommand) =>
+    db.transaction().execute(async (trx) => {
+      const state = await loadSchedule(trx, scheduleId, true);
+      if (state.spec && state.spec.tenant !== caller.tenant) throw new ScheduleNotFoundError(scheduleId);
+      return applyScheduleCommand(trx, state, command(state), caller.actor);
+    });
+
+  return {
+    async create(input: ScheduleInput, caller: Caller): Promise<ScheduleState> {
+      const timezone = input.timezone ?? 'UTC';
+      const now = new Date();
+      const first = nextFireAt(input.cron, timezone, now);
+      // Checks the template the way a submit would (tier), before anything is stored.
+      buildTaskSpec(input.template, caller.tenant, randomUUID(), deps);
+      const scheduleId = randomUUID();
+      const schedule: ScheduleSpec = { scheduleId, tenant: caller.tenant, name: input.name ?? input.template.type, cron: input.cron, timezone, catchUp: input.catchUp ?? 'skip', template: input.template };
+      return db.transaction().execute((trx) =>
+        applyScheduleCommand(trx, initialScheduleState(scheduleId), { type: 'CreateSchedule', data: { schedule, nextFireAt: first, actor: caller.actor, now: now.toISOString() } }, caller.actor),
+      );
+    },
+    async get(scheduleId: string, caller: Caller): Promise<ScheduleState> {
+      const state = await loadSchedule(db, scheduleId, false);
+      if (state.status === 'new' || state.status === 'deleted' || state.spec?.tenant !== caller.tenant) throw new ScheduleNotFoundError(scheduleId);
+      return state;
+    },
+    async list(caller: Caller, opts: { limit: number; beforeSeq?: number }): Promise<{ seq: number; state: ScheduleState }[]> {
+      let q = db.selectFrom('schedules').selectAll().where('tenant', '=', caller.tenant).where('state', '!=', 'deleted');
+      if (opts.beforeSeq !== undefined) q = q.where('seq', '<', opts.beforeSeq);
+      const rows = await q.orderBy('seq', 'desc').limit(opts.limit).execute();
+      return rows.map((r) => ({ seq: r.seq, state: scheduleRowToState(r) }));
+    },
+    pause: (id: string, caller: Caller) => mutate(id, caller, () => ({ type: 'PauseSchedule', data: { actor: caller.actor, now: new Date().toISOString() } })),
+    resume: (id: string, caller: Caller) =>
+      mutate(id, caller, (state) => ({
+        type: 'ResumeSchedule',
+        data: { actor: caller.actor, nextFireAt: state.spec ? nextFireAt(state.spec.cron, state.spec.timezone, new Date()) : null, now: new Date().toISOString() },
+      })),
+    remove: (id: string, caller: Caller) => mutate(id, caller, () => ({ type: 'DeleteSchedule', data: { actor: caller.actor, now: new Date().toISOString() } })),
+  };
+}
+export type ScheduleService = ReturnType<typeof createScheduleService>;
+
+export interface SchedulerOptions extends ScheduleDeps {
+  readonly logger: Logger;
+  readonly pollIntervalMs: number;
+  /** A run late by more than this counts as missed (catch-up policy decides). */
+  readonly misfireGraceMs: number;
+}
+
+/**
+ * Fires due schedules. Replica-safe: due rows are claimed with FOR UPDATE SKIP
+ * LOCKED, the firing is checked against the schedule's state by decide, and
+ * the created task's id is derived from (schedule, run time), so a run can
+ * never create two tasks, across replicas and restarts.
+ */
+export function createScheduler(options: SchedulerOptions): Role & { tick(): Promise<number> } {
+  const logger = options.logger.child({ role: 'scheduler' });
+  const abort = new AbortController();
+  let loop: Promise<void> | undefined;
+  let stopped: Promise<void> | undefined;
+
+  const fire = async (trx: Executor, state: ScheduleState, now: Date): Promise<boolean> => {
+    const spec = state.spec as ScheduleSpec;
+    const fireAt = state.nextFireAt as string;
+    const late = now.getTime() - Date.parse(fireAt);
+    const upcoming = nextFireAt(spec.cron, spec.timezone, now);
+    if (spec.catchUp === 'skip' && late > options.misfireGraceMs) {
+      await applyScheduleCommand(trx, state, { type: 'SkipSchedule', data: { from: fireAt, nextFireAt: upcoming, now: now.toISOString() } }, 'scheduler');
+      return false;
+    }
+    // 'once' (or on time): one run for this due time; runs missed meanwhile fold into it.
+    const taskId = firingTaskId(state.scheduleId, fireAt);
+    const after = await applyScheduleCommand(trx, state, { type: 'FireSchedule', data: { fireAt, taskId, nextFireAt: upcoming, now: now.toISOString() } }, 'scheduler');
+    if (after === state) return false;
+    const task = buildTaskSpec(spec.template, spec.tenant, taskId, options);
+    const command: TaskCommand = { type: 'SubmitTask', data: { task, now: now.toISOString() } };
+    await executeTaskCommands(trx, [{ taskId, command, metadata: { tenant: spec.tenant, actor: `schedule:${state.scheduleId}`, causationId: state.scheduleId } }], options.names, new Set([taskId]));
+    return true;
+  };
+
+  /** Fires every due schedule once; returns the number of tasks created. */
+  const tick = async (): Promise<number> =>
+    options.db.transaction().execute(async (trx) => {
+      const rows = await trx
+        .selectFrom('schedules')
+        .selectAll()
+        .where('state', '=', 'active')
+        .where('next_fire_at', '<=', sql<Date>`now()`)
+        .orderBy('next_fire_at')
+        .limit(100)
+        .forUpdate()
+        .skipLocked()
+        .execute();
+      let fired = 0;
+      const now = new Date();
+      for (const row of rows) {
+        try {
+          if (await fire(trx, scheduleRowToState(row), now)) fired++;
+        } catch (error) {
+          if (!(error instanceof FogschedError)) throw error;
+          // A template that no longer fits (tiers changed): skip this run, keep the schedule.
+          logger.error({ scheduleId: row.schedule_id, err: error.message }, 'schedule run refused');
+        }
+      }
+      return fired;
+    });
+
+  const run = async () => {
+    let failures = 0;
+    while (!abort.signal.aborted) {
+      let wait = options.pollIntervalMs;
+      try {
+        await tick();
+        failures = 0;
+        const next = await sql<{ ms: number | null }>`
+          SELECT (extract(epoch FROM min(next_fire_at) - now()) * 1000)::float8 AS ms FROM schedules WHERE state = 'active'`.execute(options.db);
+        const ms = next.rows[0]?.ms;
+        if (ms !== null && ms !== undefined) wait = Math.max(5, Math.min(wait, Math.ceil(ms)));
+      } catch (error) {
+        failures++;
+        wait = Math.min(10_000, 200 * 2 ** Math.min(failures, 6));
+        logger.warn({ err: (error as Error).message, retryInMs: wait }, 'scheduler tick failed');
+      }
+      await sleep(wait, abort.signal);
+    }
+  };
+
+  return {
+    name: 'scheduler',
+    tick,
+    async start() {
+      loop = run();
+    },
+    stop() {
+      return (stopped ??= (async () => {
+        abort.abort();
+        await loop;
+      })());
+    },
+  };
+}
