@@ -1,0 +1,242 @@
+import pg from 'pg';
+import type { Metrics } from './fogsched.js';
+import type { Scenario, Settings } from './settings.js';
+import { closedLoop, createDatabase, dbQuery, dropDatabase, latencySummary, openLoop, sleep, suffix, waitForCount } from './util.js';
+
+type Payload = { i: number; t: number };
+type Handler = (p: Payload) => void;
+
+/** One fresh store (database or Redis prefix) of a peer, with the calls the scenarios need. */
+interface PeerStore {
+  addOne(p: Payload): Promise<unknown>;
+  addMany(ps: Payload[]): Promise<unknown>;
+  /** Starts workers (concurrency 50) calling `handler` at the start of each job. */
+  startWorkers(handler: Handler): Promise<void>;
+  /** Jobs completed so far (as the peer's store says). */
+  completed(total: number): Promise<number>;
+  cleanup(): Promise<void>;
+}
+
+export interface PeerVariant {
+  readonly system: string;
+  readonly peer: string;
+  readonly settings: string;
+  open(s: Settings): Promise<PeerStore>;
+}
+
+const TASK = 'bench';
+
+async function freshDb(label: string): Promise<{ name: string; url: string }> {
+  const name = `${label}_bench_${suffix()}`;
+  return { name, url: await createDatabase(name) };
+}
+
+function graphile(tuned: boolean): PeerVariant {
+  const preset = tuned ? { worker: { localQueue: { size: 500 }, completeJobBatchDelay: 250, failJobBatchDelay: 250 } } : undefined;
+  return {
+    system: tuned ? 'graphile-worker (tuned)' : 'graphile-worker',
+    peer: 'graphile-worker',
+    settings: tuned
+      ? 'concurrency 50, pollInterval default (2 s, LISTEN/NOTIFY), preset.worker.localQueue.size 500, completeJobBatchDelay 250 ms, failJobBatchDelay 250 ms (docs: performance#batching), maxPoolSize default 10'
+      : 'concurrency 50, every other option default (pollInterval 2 s + LISTEN/NOTIFY, no local queue, maxPoolSize 10)',
+    async open(s) {
+      const gw = await import('graphile-worker');
+      const logger = new gw.Logger(() => () => {});
+      const db = await freshDb('graphile');
+      // Our own pool with an error listener: dropping the database must not crash the bench.
+      const pgPool = new pg.Pool({ connectionString: db.url, max: 10 });
+      pgPool.on('error', () => {});
+      pgPool.on('connect', (c) => c.on('error', () => {}));
+      let runner: Awaited<ReturnType<typeof gw.run>> | undefined;
+      let utils: Awaited<ReturnType<typeof gw.makeWorkerUtils>> | undefined;
+      try {
+        await gw.runMigrations({ pgPool, logger });
+        utils = await gw.makeWorkerUtils({ pgPool, logger });
+      } catch (error) {
+        await pgPool.end().catch(() => {});
+        await dropDatabase(db.name);
+        throw error;
+      }
+      const u = utils;
+      return {
+        addOne: (p) => u.addJob(TASK, p),
+        addMany: (ps) => u.addJobs(ps.map((p) => ({ identifier: TASK, payload: p }))),
+        async startWorkers(handler) {
+          runner = await gw.run({
+            pgPool,
+            concurrency: s.concurrency,
+            noHandleSignals: true,
+            logger,
+            taskList: { [TASK]: async (payload) => handler(payload as Payload) },
+            ...(preset ? { preset } : {}),
+          });
+        },
+        async completed(total) {
+          const r = await dbQuery<{ n: string }>(db.url, 'SELECT count(*) AS n FROM graphile_worker._private_jobs');
+          return total - Number(r.rows[0]?.n ?? 0);
+        },
+        async cleanup() {
+          await runner?.stop().catch(() => {});
+          await Promise.resolve(u.release()).catch(() => {});
+          await pgPool.end().catch(() => {});
+          await dropDatabase(db.name);
+        },
+      };
+    },
+  };
+}
+
+function pgBoss(tuned: boolean): PeerVariant {
+  // pg-boss 10 waits pollingIntervalSeconds between fetches even when it found work, so throughput is
+  // about loops × batchSize / interval: defaults give 50 × 1 / 2 s = 25 jobs/s.
+  const loops = tuned ? 5 : 50;
+  const workOptions = tuned ? { batchSize: 100, pollingIntervalSeconds: 0.5 } : {};
+  return {
+    system: tuned ? 'pg-boss (tuned)' : 'pg-boss',
+    peer: 'pg-boss',
+    settings: tuned
+      ? '5 work() loops × batchSize 100, pollingIntervalSeconds 0.5 (the minimum), pool max default 10; handler runs a batch sequentially'
+      : '50 work() loops × batchSize 1 (default), pollingIntervalSeconds 2 (default), pool max default 10',
+    async open() {
+      const { default: PgBoss } = await import('pg-boss');
+      const db = await freshDb('pgboss');
+      const boss = new PgBoss({ connectionString: db.url });
+      boss.on('error', () => {});
+      try {
+        await boss.start();
+        await boss.createQueue(TASK);
+      } catch (error) {
+        await boss.stop({ graceful: false }).catch(() => {});
+        await dropDatabase(db.name);
+        throw error;
+      }
+      return {
+        addOne: (p) => boss.send(TASK, p),
+        addMany: (ps) => boss.insert(ps.map((p) => ({ name: TASK, data: p }))),
+        async startWorkers(handler) {
+          for (let k = 0; k < loops; k++) {
+            await boss.work<Payload>(TASK, workOptions, async (jobs) => {
+              for (const j of jobs) handler(j.data);
+            });
+          }
+        },
+        async completed() {
+          const r = await dbQuery<{ n: string }>(db.url, `SELECT count(*) AS n FROM pgboss.job WHERE name = $1 AND state = 'completed'`, [TASK]);
+          return Number(r.rows[0]?.n ?? 0);
+        },
+        async cleanup() {
+          await boss.stop({ graceful: false, wait: true, timeout: 2000 }).catch(() => {});
+          await dropDatabase(db.name);
+        },
+      };
+    },
+  };
+}
+
+function bullmq(): PeerVariant {
+  return {
+    system: 'bullmq',
+    peer: 'bullmq',
+    settings: 'Worker concurrency 50, every other option default (completed jobs kept), own key prefix per scenario',
+    async open(s) {
+      const { Queue, Worker } = await import('bullmq');
+      const url = new URL(process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379');
+      const connection = { host: url.hostname, port: Number(url.port || 6379), maxRetriesPerRequest: null };
+      const prefix = `bench${suffix()}`;
+      const queue = new Queue(TASK, { connection, prefix });
+      queue.on('error', () => {});
+      await queue.waitUntilReady();
+      let worker: InstanceType<typeof Worker> | undefined;
+      return {
+        addOne: (p) => queue.add(TASK, p),
+        addMany: (ps) => queue.addBulk(ps.map((p) => ({ name: TASK, data: p }))),
+        async startWorkers(handler) {
+          worker = new Worker(TASK, async (job) => handler(job.data as Payload), { connection, prefix, concurrency: s.concurrency });
+          worker.on('error', () => {});
+          await worker.waitUntilReady();
+        },
+        completed: () => queue.getCompletedCount(),
+        async cleanup() {
+          await worker?.close(true).catch(() => {});
+          await queue.obliterate({ force: true }).catch(() => {});
+          await queue.close().catch(() => {});
+        },
+      };
+    },
+  };
+}
+
+export function peerVariants(peers: readonly string[]): PeerVariant[] {
+  const list: PeerVariant[] = [];
+  if (peers.includes('graphile-worker')) list.push(graphile(false), graphile(true));
+  if (peers.includes('pg-boss')) list.push(pgBoss(false), pgBoss(true));
+  if (peers.includes('bullmq')) list.push(bullmq());
+  return list;
+}
+
+export const PEER_SCENARIOS: readonly Scenario[] = ['submit-single', 'submit-batch', 'drain', 'latency'];
+
+/** Runs one scenario against a fresh store of the variant. */
+export async function runPeerScenario(v: PeerVariant, scenario: Scenario, s: Settings): Promise<Metrics> {
+  const store = await v.open(s);
+  try {
+    switch (scenario) {
+      case 'submit-single': {
+        let i = 0;
+        const r = await closedLoop(s.singleClients, s.submitSeconds, async () => {
+          await store.addOne({ i: i++, t: Date.now() });
+          return 1;
+        });
+        return { tasksPerS: (r.done / r.elapsedMs) * 1000, tasks: r.done, errors: r.errors, ...(r.firstError ? { firstError: r.firstError } : {}) };
+      }
+      case 'submit-batch': {
+        let i = 0;
+        const r = await closedLoop(s.batchClients, s.submitSeconds, async () => {
+          const base = i;
+          i += s.batchSize;
+          await store.addMany(Array.from({ length: s.batchSize }, (_, k) => ({ i: base + k, t: Date.now() })));
+          return s.batchSize;
+        });
+        return { tasksPerS: (r.done / r.elapsedMs) * 1000, tasks: r.done, errors: r.errors, ...(r.firstError ? { firstError: r.firstError } : {}) };
+      }
+      case 'drain': {
+        for (let b = 0; b < s.drainN; b += s.batchSize) {
+          await store.addMany(Array.from({ length: Math.min(s.batchSize, s.drainN - b) }, (_, k) => ({ i: b + k, t: 0 })));
+        }
+        const t0 = performance.now();
+        let firstMs = NaN;
+        await store.startWorkers(() => {
+          if (Number.isNaN(firstMs)) firstMs = performance.now() - t0;
+        });
+        try {
+          const ms = await waitForCount(() => store.completed(s.drainN), s.drainN, t0, s.timeoutMs);
+          return { tasksPerS: (s.drainN / ms) * 1000, tasks: s.drainN, elapsedMs: ms, firstStartedMs: firstMs };
+        } catch {
+          // Too slow for the time limit: the rate so far, marked as cut short.
+          const done = await store.completed(s.drainN);
+          const ms = performance.now() - t0;
+          return { tasksPerS: (done / ms) * 1000, tasks: done, elapsedMs: ms, firstStartedMs: firstMs, cutShort: 1 };
+        }
+      }
+      case 'latency': {
+        const starts: number[] = [];
+        await store.startWorkers((p) => starts.push(Date.now() - p.t));
+        await sleep(200);
+        const r = await openLoop(s.latencyRate, s.latencySeconds, async (i) => {
+          await store.addOne({ i, t: Date.now() });
+        });
+        const ok = r.sent - r.errors;
+        const cutShort = await waitForCount(async () => starts.length, ok, performance.now(), s.timeoutMs).then(
+          () => 0,
+          () => 1,
+        );
+        // Cut short: jobs not started yet are left out, so the percentiles are a lower bound.
+        return { tasks: starts.length, cutShort,  errors: r.errors, ...latencySummary(starts, 'start'), ...(r.firstError ? { firstError: r.firstError } : {}) };
+      }
+      default:
+        throw new Error(`scenario ${scenario} does not apply to peers`);
+    }
+  } finally {
+    await store.cleanup();
+  }
+}

@@ -1,0 +1,161 @@
+import type { Metrics } from './fogsched.js';
+import type { Settings } from './settings.js';
+
+export interface Run {
+  readonly system: string;
+  readonly scenario: string;
+  readonly repeat: number;
+  readonly wallMs: number;
+  readonly metrics?: Metrics;
+  readonly error?: string;
+}
+
+export interface Results {
+  readonly startedAt: string;
+  readonly finishedAt: string;
+  readonly machine: Record<string, unknown>;
+  readonly versions: Record<string, string>;
+  readonly settings: Settings;
+  readonly systems: Record<string, string>;
+  readonly runs: readonly Run[];
+}
+
+/** Rows of the table: a scenario's metric; `higher` says which way is better. */
+const ROWS: readonly { scenario: string; metric: string; label: string; unit: string; higher: boolean; ratio: boolean }[] = [
+  { scenario: 'submit-single', metric: 'tasksPerS', label: 'submit-single', unit: 'tasks/s', higher: true, ratio: true },
+  { scenario: 'submit-batch', metric: 'tasksPerS', label: 'submit-batch', unit: 'tasks/s', higher: true, ratio: true },
+  { scenario: 'drain', metric: 'tasksPerS', label: 'drain', unit: 'tasks/s', higher: true, ratio: true },
+  { scenario: 'latency', metric: 'startP50Ms', label: 'latency submit→start p50', unit: 'ms', higher: false, ratio: true },
+  { scenario: 'latency', metric: 'startP95Ms', label: 'latency submit→start p95', unit: 'ms', higher: false, ratio: true },
+  { scenario: 'latency', metric: 'startP99Ms', label: 'latency submit→start p99', unit: 'ms', higher: false, ratio: true },
+  { scenario: 'latency', metric: 'startMaxMs', label: 'latency submit→start max', unit: 'ms', higher: false, ratio: false },
+  { scenario: 'latency', metric: 'doneP50Ms', label: 'latency submit→succeeded p50', unit: 'ms', higher: false, ratio: false },
+  { scenario: 'latency', metric: 'doneP99Ms', label: 'latency submit→succeeded p99', unit: 'ms', higher: false, ratio: false },
+  { scenario: 'relay', metric: 'rowsPerS', label: 'relay outbox→RabbitMQ', unit: 'rows/s', higher: true, ratio: false },
+  { scenario: 'relay', metric: 'rawAmqpPerS', label: 'raw amqplib confirms (500/batch)', unit: 'msgs/s', higher: true, ratio: false },
+  { scenario: 'relay', metric: 'relayToRaw', label: 'relay / raw', unit: '×', higher: true, ratio: false },
+  { scenario: 'drain', metric: 'workersPeakRssMb', label: 'drain: worker process peak RSS', unit: 'MiB', higher: false, ratio: false },
+  { scenario: 'drain', metric: 'workersIdleRssMb', label: 'drain: worker process RSS after (1 s quick, 2 s full)', unit: 'MiB', higher: false, ratio: false },
+  { scenario: 'memory', metric: 'fogNodeIdleRssMb', label: 'fog node alone, idle RSS', unit: 'MiB', higher: false, ratio: false },
+];
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+};
+
+const fmt = (x: number) => (!Number.isFinite(x) ? 'n/a' : Math.abs(x) >= 100 ? Math.round(x).toLocaleString('en-US') : x.toFixed(Math.abs(x) >= 10 ? 1 : 2));
+
+function values(r: Results, system: string, scenario: string, metric: string): { xs: number[]; errors: string[] } {
+  const runs = r.runs.filter((x) => x.system === system && x.scenario === scenario);
+  const xs = runs.map((x) => x.metrics?.[metric]).filter((v): v is number => typeof v === 'number' && Number.isFinite(v));
+  return { xs, errors: runs.filter((x) => x.error).map((x) => x.error as string) };
+}
+
+function cell(r: Results, system: string, scenario: string, metric: string): string {
+  const { xs, errors } = values(r, system, scenario, metric);
+  if (xs.length === 0) return errors.length ? 'error' : '–';
+  const cut = r.runs.some((x) => x.system === system && x.scenario === scenario && x.metrics?.cutShort === 1) ? '†' : '';
+  const m = fmt(median(xs)) + cut;
+  return xs.length > 1 ? `${m} (${fmt(Math.min(...xs))}–${fmt(Math.max(...xs))})` : m;
+}
+
+function systemsOf(r: Results): string[] {
+  return [...new Set(r.runs.map((x) => x.system))];
+}
+
+function visibleRows(r: Results) {
+  return ROWS.filter((row) => r.runs.some((x) => x.scenario === row.scenario));
+}
+
+export function table(r: Results): string {
+  const systems = systemsOf(r);
+  const header = ['scenario (unit)', ...systems];
+  const body = visibleRows(r)
+    .map((row) => [`${row.label} (${row.unit})`, ...systems.map((s) => cell(r, s, row.scenario, row.metric))])
+    .filter((cells) => cells.slice(1).some((c) => c !== '–'));
+  const rows = [header, ...body];
+  const widths = header.map((_, i) => Math.max(...rows.map((row) => (row[i] ?? '').length)));
+  const line = (row: string[]) => `| ${row.map((c, i) => c.padEnd(widths[i] ?? 0)).join(' | ')} |`;
+  return [line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...body.map(line)].join('\n');
+}
+
+/** fogsched ÷ peer per scenario (> 1 means fogsched is better for throughput; for latency peer ÷ fogsched). */
+export function ratioTable(r: Results): string {
+  const peers = systemsOf(r).filter((s) => s !== 'fogsched');
+  if (peers.length === 0) return '';
+  const header = ['scenario', ...peers.map((p) => `vs ${p}`)];
+  const body = visibleRows(r)
+    .filter((row) => row.ratio)
+    .map((row) => {
+      const f = values(r, 'fogsched', row.scenario, row.metric).xs;
+      return [
+        `${row.label}`,
+        ...peers.map((p) => {
+          const x = values(r, p, row.scenario, row.metric).xs;
+          if (!f.length || !x.length) return 'n/a';
+          const ratio = median(f) / median(x);
+          return `${ratio.toFixed(2)}×`;
+        }),
+      ];
+    });
+  const line = (row: string[]) => `| ${row.join(' | ')} |`;
+  return [line(header), `|${header.map(() => '---').join('|')}|`, ...body.map(line)].join('\n');
+}
+
+export function errorsOf(r: Results): string[] {
+  return r.runs.filter((x) => x.error).map((x) => `${x.system} / ${x.scenario} #${x.repeat}: ${x.error}`);
+}
+
+export function markdown(r: Results, jsonPath: string): string {
+  const s = r.settings;
+  const quickNote = s.quick
+    ? '\n> **Quick run, not representative.** These figures come from `npm run bench -- --quick` (short durations, small N, one repeat). Run `npm run bench` for the full figures.\n'
+    : '';
+  const errors = errorsOf(r);
+  return `# Benchmarks
+
+Generated by \`npm run bench${s.quick ? ' -- --quick' : ''}\` on ${r.finishedAt} from [${jsonPath}](../${jsonPath}). Do not edit by hand: rerun the bench.
+${quickNote}
+## Machine
+
+${Object.entries(r.machine)
+  .map(([k, v]) => `- ${k}: ${String(v)}`)
+  .join('\n')}
+- versions: ${Object.entries(r.versions)
+    .map(([k, v]) => `${k} ${v}`)
+    .join(', ')}
+
+PostgreSQL, RabbitMQ and Redis run on the same machine as the systems under test and the load generator, so every figure includes their CPU contention.
+
+## Method
+
+Every scenario runs ${s.repeat}× per system against fresh state (fogsched: a new database \`fogsched_bench_<random>\` migrated with \`migrate()\` and a new \`AMQP_PREFIX\`; graphile-worker and pg-boss: a new database; BullMQ: a new Redis key prefix), which is dropped afterwards. fogsched runs as \`node bin/fogsched.js start --roles ...\` child processes with \`LOG_LEVEL=warn\`; the peers run their client and workers inside the bench process (no HTTP hop). Handlers do nothing (fogsched: the built-in \`noop\`).
+
+- **submit-single**: ${s.singleClients} concurrent clients each submit one task at a time for ${s.submitSeconds} s (fogsched: \`POST /v1/tasks\` over keep-alive \`http.Agent\` to \`--roles api\` only; peers: \`addJob\` / \`send\` / \`add\`).
+- **submit-batch**: ${s.batchClients} clients submit ${s.batchSize} tasks per call for ${s.submitSeconds} s (\`POST /v1/tasks/batch\`; \`addJobs\` / \`insert\` / \`addBulk\`).
+- **drain**: ${s.drainN.toLocaleString('en-US')} tasks are submitted with no worker running, then the workers start (fogsched: one process \`--roles relay,ingest,fog-node --fog-nodes 2\` with \`FOG_NODE_SLOTS=25\`, \`FOG_NODE_PREFETCH=200\`, i.e. 50 concurrent; peers: concurrency ${s.concurrency}). Timed from spawning/starting the workers until the store says all ${s.drainN.toLocaleString('en-US')} completed (fogsched: \`task_current.state = 'succeeded'\`, polled every 50 ms; graphile-worker: no job left; pg-boss: \`state = 'completed'\`; BullMQ: completed count). fogsched's time includes the worker process boot.
+- **latency**: everything running, open loop of ${s.latencyRate} submits/s for ${s.latencySeconds} s; submit→start is \`started_at - submitted_at\` from \`task_current\` (fogsched; submit→succeeded is \`finished_at - submitted_at\`) and enqueue-call→handler-start measured in process for the peers.
+- **relay**: ${s.relayM.toLocaleString('en-US')} due outbox rows inserted with one \`INSERT ... SELECT generate_series\` (routing key \`light.normal\`), then \`--roles relay\` is spawned and timed until every row has \`published_at\`; next to it a raw amqplib loop publishes the same number of persistent messages to a quorum queue with the task queues' arguments, 500 per \`waitForConfirms\`. The task queues' \`x-max-length\` is raised to ${Math.max(10_000, s.relayM * 2).toLocaleString('en-US')} for this scenario only.
+- **memory**: \`--roles fog-node\` alone, VmRSS after 3 s idle; the drain scenario also samples the worker process RSS every 100 ms.
+
+Cells are median (min–max over the repeats). † = cut short at the time limit (${(s.timeoutMs / 1000).toFixed(0)} s): throughput is the rate until then, latency percentiles only cover the jobs started by then (a lower bound).
+
+## Settings per peer
+
+${Object.entries(r.systems)
+  .map(([k, v]) => `- **${k}**: ${v}`)
+  .join('\n')}
+
+## Results
+
+${table(r)}
+
+## fogsched ÷ peer (medians)
+
+Throughput rows: above 1× means fogsched is faster. Latency rows: above 1× means fogsched is slower.
+
+${ratioTable(r)}
+${errors.length ? `\n## Errors\n\n${errors.map((e) => `- ${e.replace(/\s+/g, ' ').slice(0, 400)}`).join('\n')}\n` : ''}`;
+}
