@@ -11,10 +11,10 @@ import { redactUrl } from '../infra/amqp.js';
  * | role | healthy when |
  * |---|---|
  * | api | `GET http://127.0.0.1:$PORT/readyz` answers 200 (PostgreSQL reachable and migrated) |
- * | relay, ingest, coordinator | PostgreSQL answers `SELECT 1` |
+ * | relay, ingest, coordinator, scheduler | PostgreSQL answers `SELECT 1` |
  * | fog-node | one broker of `AMQP_URL` accepts an AMQP connection (a fog node never sees PostgreSQL) |
  */
-export const HEALTHCHECK_ROLES = ['api', 'relay', 'ingest', 'fog-node', 'coordinator'] as const;
+export const HEALTHCHECK_ROLES = ['api', 'relay', 'ingest', 'fog-node', 'coordinator', 'scheduler'] as const;
 export type HealthcheckRole = (typeof HEALTHCHECK_ROLES)[number];
 
 export interface HealthcheckOptions {

@@ -163,13 +163,14 @@ export function decide(state: TaskState, command: TaskCommand): TaskEvent[] {
     case 'FailTask': {
       const { attempt, nodeId, error, startedAt, backoff, random, now } = command.data;
       if (!isCurrentAttempt(state, attempt)) return [];
+      const expired = error.code === 'expired';
       const events: TaskEvent[] = [
-        ...(nodeId && startedAt ? startedIfMissing(state, attempt, nodeId, startedAt) : []),
+        // A task refused for its passed deadline never ran: no TaskStarted is made up for it.
+        ...(nodeId && startedAt && !expired ? startedIfMissing(state, attempt, nodeId, startedAt) : []),
         { type: 'TaskAttemptFailed', data: { attempt, nodeId, error, at: now } },
       ];
       const attemptsUsed = attempt - state.firstAttempt + 1;
       const maxAttempts = state.spec?.maxAttempts ?? 1;
-      const expired = error.code === 'expired';
       if (error.retryable && !expired && attemptsUsed < maxAttempts) {
         const delayMs = retryDelayMs(attempt - state.firstAttempt + 1, state.spec?.retry ?? backoff, random);
         const availableAt = new Date(Date.parse(now) + delayMs).toISOString();

@@ -64,10 +64,19 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
   let stopped: Promise<void> | undefined;
   let lastRetention = 0;
 
+  /** Anything wrong with the channel (an error closed it, the broker cancelled a consumer): start over on a new connection. */
+  const restart = (why: string) => {
+    const conn = connection;
+    if (!conn || abort.signal.aborted) return;
+    logger.warn({ why }, 'ingest restarting its broker connection');
+    void conn.close().catch(() => {});
+  };
+
   const onMessage = (source: Source) => (msg: ConsumeMessage | null) => {
-    if (!msg) return;
+    if (!msg) return restart(`consumer of ${source} cancelled by the broker`);
     queue.push({ msg, source });
-    if (queue.length >= options.batchSize) wake?.();
+    // The first message ends the idle wait (the batch then fills for flushMs); a full batch ends any wait.
+    if (queue.length === 1 || queue.length >= options.batchSize) wake?.();
   };
 
   const waitForBatch = (ms: number) =>
@@ -88,6 +97,8 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
     try {
       const ch = await conn.createChannel();
       ch.on('error', (error: unknown) => logger.warn({ err: error }, 'ingest channel error'));
+      // A channel closed by the broker (e.g. an unknown delivery tag) leaves the connection up: reconnect.
+      ch.on('close', () => restart('channel closed'));
       await declareTopology(ch, options.topology);
       await ch.prefetch(options.batchSize * 2, false);
       const n = options.names;

@@ -32,6 +32,27 @@ function dockerAvailable(): boolean {
 }
 
 /**
+ * On CI nothing else uses the broker: queues that earlier, interrupted runs left
+ * behind (test prefixes only) are deleted, since every quorum queue holds broker
+ * file handles and a 3.10 node with its default limit stops accepting connections
+ * after about 300 of them.
+ */
+function removeLeftoverTestQueues(): void {
+  try {
+    const names = execFileSync('rabbitmqctl', ['list_queues', 'name', '-q'], { encoding: 'utf8', timeout: 30_000 })
+      .split('\n')
+      .map((n) => n.trim())
+      .filter((n) => /^(e2e[0-9a-f]{6}_|t[0-9a-f]{6}_|bench)/.test(n));
+    if (names.length === 0) return;
+    const list = names.map((n) => `<<"${n}">>`).join(',');
+    execFileSync('rabbitmqctl', ['eval', `[begin {ok,Q}=rabbit_amqqueue:lookup(rabbit_misc:r(<<"/">>,queue,N)), rabbit_amqqueue:delete(Q,false,false,<<"ci">>) end || N <- [${list}]], ok.`], { timeout: 120_000 });
+    console.log(`removed ${names.length} queues left by earlier test runs`);
+  } catch (error) {
+    console.log(`could not list leftover test queues (${(error as Error).message.split('\n')[0]}); continuing`);
+  }
+}
+
+/**
  * Checks the services (starting them with testcontainers where they are missing
  * and a Docker engine is there), then migrates one template database that each
  * test file clones.
@@ -71,6 +92,8 @@ export default async function setup(project: TestProject): Promise<() => Promise
       }
     }
   }
+
+  if (process.env.CI) removeLeftoverTestQueues();
 
   const migrationsHash = createHash('sha256');
   for (const f of readdirSync(MIGRATIONS_DIR).sort()) migrationsHash.update(f).update(readFileSync(join(MIGRATIONS_DIR, f)));

@@ -3,7 +3,24 @@ import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { inject } from 'vitest';
+import amqp from 'amqplib';
+import { topology } from '../../src/outbox/index.js';
 import { adminQuery, withDatabase } from './services.js';
+
+/** Deletes every queue and exchange of a prefix from the shared broker (quorum queues left behind cost it memory). */
+export async function deleteTopology(prefix: string): Promise<void> {
+  const t = topology({ prefix, tiers: ['light', 'medium', 'heavy'], taskQueueMaxLength: 1, deliveryLimit: 1, metricsQueueMaxLength: 1 });
+  const connection = await amqp.connect(inject('amqpUrl'));
+  connection.on('error', () => {});
+  try {
+    const channel = await connection.createChannel();
+    channel.on('error', () => {});
+    for (const q of t.queues) await channel.deleteQueue(q.name);
+    for (const e of t.exchanges) await channel.deleteExchange(e.name);
+  } finally {
+    await connection.close().catch(() => {});
+  }
+}
 
 const BIN = fileURLToPath(new URL('../../bin/fogsched.js', import.meta.url));
 
@@ -68,6 +85,7 @@ export async function testEnv(label: string): Promise<{ env: Record<string, stri
     env: { DATABASE_URL: dbUrl, AMQP_URL: inject('amqpUrl'), REDIS_URL: inject('redisUrl'), AMQP_PREFIX: prefix, REDIS_PREFIX: prefix, PORT: String(port), RELAY_POLL_INTERVAL_MS: '200' },
     async drop() {
       await adminQuery(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
+      await deleteTopology(prefix);
     },
   };
 }

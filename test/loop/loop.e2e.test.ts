@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import { eventually } from '../helpers/database.js';
 import { getJson, killAll, postJson, spawnFogsched, tcpProxy, testEnv, waitReady } from '../helpers/processes.js';
@@ -8,10 +8,9 @@ const pools: pg.Pool[] = [];
 const drops: (() => Promise<void>)[] = [];
 afterEach(async () => {
   await killAll();
-});
-afterAll(async () => {
-  for (const p of pools) await p.end();
-  for (const d of drops) await d();
+  // Drop each test's database and queues at once: quorum queues hold broker file handles.
+  for (const p of pools.splice(0)) await p.end();
+  for (const d of drops.splice(0)) await d();
 });
 
 async function setup(label: string) {
