@@ -13,7 +13,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Redis } from 'ioredis';
 import { parseBrokers } from '../infra/config.js';
 import { readClusterView } from '../infra/cluster-view.js';
-import { createRedis, redisKeys } from '../infra/redis.js';
+import { createRedis, redisKeys, recordCancelled } from '../infra/redis.js';
 
 export interface ApiRoleOptions {
   readonly config: Config;
@@ -71,6 +71,7 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
       };
       app = await buildApi({
         liveTiers,
+        recordCancelled: (taskId) => recordCancelled(client, keys, taskId),
         schedules,
         cluster: { read: () => readClusterView(client, keys, { brokers, staleAfterMs: 2 * config.COORDINATOR_INTERVAL_MS }) },
         db: postgres.db,

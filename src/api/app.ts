@@ -33,6 +33,8 @@ export interface ApiDeps {
   readonly cluster?: ClusterReader;
   /** Tiers some live fog node serves (from Redis), or null when unknown; a submit to another tier gets a warning. */
   readonly liveTiers?: () => Promise<ReadonlySet<string> | null>;
+  /** Tells fog nodes that join later about a cancel (best effort; the broadcast reaches the live ones). */
+  readonly recordCancelled?: (taskId: string) => Promise<void>;
 }
 
 /** Builds the Fastify app without listening (tests use `inject`). */

@@ -8,6 +8,8 @@ import { declareTopology, type Topology, type TopologyNames } from '../outbox/to
 import { loadHandlers, type Handler } from './handlers.js';
 import { createThreadPool, HandlerError, WorkerCrashedError, type ThreadPool } from './thread-pool.js';
 import { createFogHeartbeat, type FogHeartbeat } from './heartbeat.js';
+import type { Redis } from 'ioredis';
+import { createRedis, readCancelled, redisKeys, whenReady } from '../infra/redis.js';
 
 export interface FogNodeOptions {
   readonly amqpUrl: string;
@@ -292,6 +294,18 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
     pump();
   };
 
+  let redis: Redis | undefined;
+  /** Task ids cancelled in the last day, from Redis; empty (and no wait past a second) when Redis is down. */
+  const earlierCancels = async (): Promise<string[]> => {
+    const hb = options.heartbeat;
+    if (!hb) return [];
+    redis ??= createRedis(hb.redisUrl, { logger, name: `fogsched-fog-node-${options.nodeId}`, lazyConnect: true });
+    const client = redis;
+    if (client.status === 'wait') client.connect().catch(() => {});
+    if (!(await whenReady(client, 1000))) return [];
+    return readCancelled(client, redisKeys(hb.prefix)).catch(() => []);
+  };
+
   /** A cancel broadcast: drop the task if it waits here, abort it if it runs here. */
   const onSystem = (msg: ConsumeMessage | null) => {
     if (!msg) return;
@@ -331,6 +345,12 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
         publishChannel = pub;
         consumeChannel = con;
         const closed = new Promise<void>((resolve) => conn.once('close', () => resolve()));
+        // Before any task arrives: our own queue on the `system` fanout (it lives as long as this connection) on the `system` fanout: it lives as long as this connection.
+        const system = await con.assertQueue('', { exclusive: true, autoDelete: true, durable: false });
+        await con.bindQueue(system.queue, options.names.system, '');
+        await con.consume(system.queue, onSystem, { noAck: true });
+        // Cancels broadcast before this node was listening are kept in Redis.
+        for (const taskId of await earlierCancels()) cancelled.add(taskId);
         consumerTags = [];
         for (const [rank, tier] of options.servedTiers.entries()) {
           for (const priority of PRIORITIES) {
@@ -338,10 +358,6 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
             consumerTags.push(consumerTag);
           }
         }
-        // Our own queue on the `system` fanout: it lives as long as this connection.
-        const system = await con.assertQueue('', { exclusive: true, autoDelete: true, durable: false });
-        await con.bindQueue(system.queue, options.names.system, '');
-        await con.consume(system.queue, onSystem, { noAck: true });
         logger.info({ served: options.servedTiers, slots: options.slots, prefetch: options.prefetch }, 'fog node consuming');
         await closed;
       } catch (error) {
@@ -408,6 +424,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
         await connection?.close().catch(() => {});
         await connectLoop;
         await threads?.close();
+        redis?.disconnect();
         logger.info({ completed: stats.completed, failed: stats.failed }, 'fog node stopped');
       })());
     },

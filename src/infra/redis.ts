@@ -15,6 +15,8 @@ export function redisKeys(prefix: string) {
     fogNodes: `${prefix}fog:nodes`,
     fogNode: (id: string) => `${prefix}fog:node:${id}`,
     coordinatorLease: `${prefix}coordinator:leader`,
+    /** Sorted set of cancelled task ids (score: ms), read by fog nodes that join after the broadcast. */
+    cancelledTasks: `${prefix}fog:cancelled`,
   });
 }
 
@@ -71,4 +73,17 @@ export function whenReady(redis: Redis, timeoutMs: number): Promise<boolean> {
     const timer = setTimeout(() => done(false), timeoutMs);
     redis.on('ready', onReady);
   });
+}
+
+/** How long a cancelled task id stays in `fog:cancelled`. */
+export const CANCELLED_RETENTION_MS = 24 * 3600 * 1000;
+
+/** Records a cancelled task for fog nodes that join later; trims entries older than a day. Throws when Redis is down. */
+export async function recordCancelled(redis: Redis, keys: RedisKeys, taskId: string, now = Date.now()): Promise<void> {
+  await redis.multi().zadd(keys.cancelledTasks, now, taskId).zremrangebyscore(keys.cancelledTasks, 0, now - CANCELLED_RETENTION_MS).exec();
+}
+
+/** Task ids cancelled within the retention window (empty when Redis is down). */
+export async function readCancelled(redis: Redis, keys: RedisKeys, now = Date.now()): Promise<string[]> {
+  return redis.zrangebyscore(keys.cancelledTasks, now - CANCELLED_RETENTION_MS, '+inf');
 }

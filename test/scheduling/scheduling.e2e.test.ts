@@ -20,8 +20,8 @@ const FAST: Record<string, string> = {
 /** Lets wall-clock time pass; only where the behaviour under test is about time itself. */
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-const pools: pg.Pool[] = [];
-const drops: (() => Promise<void>)[] = [];
+/** Per environment: closes its pool, drops its database and deletes its queues and exchanges (once). */
+const teardowns = new Set<() => Promise<void>>();
 /** Processes one test started for itself; SIGKILLed after that test whatever happened. */
 const scoped: Spawned[] = [];
 
@@ -30,9 +30,14 @@ afterEach(async () => {
 });
 afterAll(async () => {
   await killAll();
-  for (const p of pools) await p.end();
-  for (const d of drops) await d();
+  for (const teardown of [...teardowns]) await teardown();
 });
+
+/** Ends a describe block: its processes, then its database and broker topology (quorum queues hold broker file handles). */
+async function finish(t: T | undefined): Promise<void> {
+  await killAll();
+  await t?.teardown();
+}
 
 interface HistoryEvent {
   type: string;
@@ -50,9 +55,13 @@ interface HistoryEvent {
 
 async function setup(label: string) {
   const env = await testEnv(label);
-  drops.push(() => env.drop());
   const pool = new pg.Pool({ connectionString: env.dbUrl, max: 3 });
-  pools.push(pool);
+  const teardown = async () => {
+    if (!teardowns.delete(teardown)) return;
+    await pool.end();
+    await env.drop();
+  };
+  teardowns.add(teardown);
   const base = `http://127.0.0.1:${env.port}`;
   const q = async <T = Record<string, unknown>>(text: string, values: unknown[] = []) => (await pool.query(text, values)).rows as T[];
   const count = async (text: string, values: unknown[] = []) => Number((await q<{ n: string }>(text, values))[0]?.n ?? 0);
@@ -61,6 +70,7 @@ async function setup(label: string) {
     ...env,
     env: allEnv,
     base,
+    teardown,
     q,
     count,
     /** Spawns `fogsched start --roles <roles>` with the block's environment plus `extra`. */
@@ -117,7 +127,7 @@ describe('delays, retries, timeouts, DLQ and batches on one pipeline', () => {
     const app = t.start('api,relay,ingest,fog-node', { FOG_NODE_ID: 'pipe-node', FOG_NODE_SLOTS: '16' });
     await waitReady(t.port, app);
   });
-  afterAll(() => killAll());
+  afterAll(() => finish(t));
 
   it('delayed task: scheduled with a future outbox row, starts within 1 s after notBefore and not before', async () => {
     const notBefore = new Date(Date.now() + 1500).toISOString();
@@ -399,7 +409,7 @@ describe('deadlines and cancellation', () => {
     const core = t.start('api,relay,ingest');
     await waitReady(t.port, core);
   });
-  afterAll(() => killAll());
+  afterAll(() => finish(t));
 
   it('deadline: a task not started by its deadline ends failed (expired) and is never run', async () => {
     const deadline = new Date(Date.now() + 300).toISOString();
@@ -508,7 +518,7 @@ describe('priority, aging and tiers', () => {
     const core = t.start('api,relay,ingest');
     await waitReady(t.port, core);
   });
-  afterAll(() => killAll());
+  afterAll(() => finish(t));
 
   it('with a backlog of low tasks, high tasks submitted after them start first', async () => {
     const lows = await t.post('/v1/tasks/batch', { tasks: Array.from({ length: 20 }, () => ({ type: 'sleep', payload: { ms: 30 }, priority: 'low' })) });
@@ -595,7 +605,7 @@ describe('recurring schedules', () => {
     const core = t.start('api,relay,ingest,fog-node', { FOG_NODE_ID: 'cron-node' });
     await waitReady(t.port, core);
   });
-  afterAll(() => killAll());
+  afterAll(() => finish(t));
 
   it('rejects an invalid cron, time zone or catch-up with 400 VALIDATION_FAILED', async () => {
     const badCron = await t.post('/v1/schedules', { cron: '61 * * * *', template: { type: 'noop' } });
@@ -634,8 +644,9 @@ describe('recurring schedules', () => {
     for (const run of runs.slice(0, 3)) {
       const task = await t.waitState(run.task_id, 'succeeded');
       expect(task.payload).toEqual({ from: 'cron' });
-      // Created on time: within a second of its run time.
-      expect(ms(task.submittedAt) - ms(run.fire_at)).toBeLessThan(1000);
+      // Created on time: the scheduler sleeps at most SCHEDULER_POLL_INTERVAL_MS (200) past a run; the
+      // margin is for a 2-core machine also booting RabbitMQ clusters in the other test worker.
+      expect(ms(task.submittedAt) - ms(run.fire_at)).toBeLessThan(2000);
       expect(ms(task.submittedAt)).toBeGreaterThanOrEqual(ms(run.fire_at));
     }
     const view = await t.get(`/v1/schedules/${scheduleId}`);
@@ -737,8 +748,11 @@ describe('recurring schedules', () => {
 });
 
 describe('restart', () => {
+  let t: T | undefined;
+  afterAll(() => finish(t));
+
   it('a scheduled (+2 s) and a retrying task survive SIGTERM of every role and complete on time', async () => {
-    const t = await setup('restart');
+    t = await setup('restart');
     const roles = 'api,relay,ingest,fog-node,scheduler';
     const first = t.start(roles, { FOG_NODE_ID: 'before' });
     await waitReady(t.port, first);

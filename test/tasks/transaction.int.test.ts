@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ConcurrencyError, DEFAULT_TIERS, IdempotencyConflictError, type TaskSpec } from '../../src/domain/index.js';
+import { ConcurrencyError, DEFAULT_TIERS, FogschedError, IdempotencyConflictError, type TaskSpec } from '../../src/domain/index.js';
 import { topologyNames } from '../../src/outbox/index.js';
 import { appendToStream } from '../../src/store/index.js';
 import { createTaskService, executeTaskCommands, type CommandItem } from '../../src/tasks/index.js';
@@ -172,8 +172,11 @@ describe('the task service is all or nothing', () => {
     const error = await tasks
       .submitBatch([{ type: 'a', idempotencyKey: freshKey }, { type: 'b' }, { type: 'different', idempotencyKey: key }], caller)
       .catch((e: unknown) => e);
-    expect(error).toBeInstanceOf(IdempotencyConflictError);
-    expect((error as IdempotencyConflictError).taskId).toBe(earlier.taskId);
+    // The batch is refused with the code of its bad item, which is named by index.
+    expect(error).toBeInstanceOf(FogschedError);
+    expect((error as FogschedError).code).toBe('IDEMPOTENCY_KEY_REUSED');
+    expect((error as FogschedError).message).toContain(earlier.taskId);
+    expect((error as FogschedError).details?.errors).toEqual([expect.objectContaining({ path: 'body/tasks/2', code: 'IDEMPOTENCY_KEY_REUSED' })]);
     const after = await sql<{ events: number; outbox: number; keys: number }>`
       SELECT (SELECT count(*)::int FROM events) AS events, (SELECT count(*)::int FROM outbox) AS outbox,
         (SELECT count(*)::int FROM idempotency_keys) AS keys`.execute(tdb.db);

@@ -129,6 +129,7 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
     },
     async (request) => {
       const task = await deps.tasks.cancel(request.params.id, callerOf(request), request.body?.reason ?? null);
+      await deps.recordCancelled?.(task.taskId).catch((error: unknown) => request.log.warn({ err: (error as Error).message, taskId: task.taskId }, 'cancel not recorded in redis'));
       return toTaskView(task);
     },
   );
