@@ -24,7 +24,7 @@ export async function upsertTaskCurrent(db: Executor, states: readonly TaskState
   // unnest keeps this one statement with a fixed number of parameters.
   await sql`
     INSERT INTO task_current (task_id, tenant, type, state, tier, priority, attempt, first_attempt, max_attempts, version,
-      spec, node_id, output, last_error, failure_reason, available_at, submitted_at, started_at, finished_at, updated_at)
+      spec, node_id, output, last_error, failure_reason, available_at, submitted_at, started_at, finished_at, updated_at, deadline)
     SELECT * FROM unnest(
       ${col((s) => s.taskId)}::uuid[], ${col((s) => spec(s).tenant)}::text[], ${col((s) => spec(s).type)}::text[],
       ${col((s) => s.status)}::text[], ${col((s) => spec(s).tier)}::text[], ${col((s) => spec(s).priority)}::text[],
@@ -33,7 +33,7 @@ export async function upsertTaskCurrent(db: Executor, states: readonly TaskState
       ${col((s) => (s.output === null || s.output === undefined ? null : JSON.stringify(s.output)))}::jsonb[],
       ${col((s) => (s.lastError ? JSON.stringify(s.lastError) : null))}::jsonb[], ${col((s) => s.failureReason)}::text[],
       ${col((s) => s.availableAt)}::timestamptz[], ${col((s) => s.submittedAt)}::timestamptz[], ${col((s) => s.startedAt)}::timestamptz[],
-      ${col((s) => s.finishedAt)}::timestamptz[], ${col((s) => s.updatedAt)}::timestamptz[]
+      ${col((s) => s.finishedAt)}::timestamptz[], ${col((s) => s.updatedAt)}::timestamptz[], ${col((s) => spec(s).deadline)}::timestamptz[]
     )
     ON CONFLICT (task_id) DO UPDATE SET
       state = EXCLUDED.state, attempt = EXCLUDED.attempt, first_attempt = EXCLUDED.first_attempt, version = EXCLUDED.version,

@@ -173,12 +173,12 @@ export interface SchedulerOptions extends ScheduleDeps {
 }
 
 /**
- * Fires due schedules. Replica-safe: due rows are claimed with FOR UPDATE SKIP
+ * Fires due schedules and expires waiting tasks past their deadline. Replica-safe: due rows are claimed with FOR UPDATE SKIP
  * LOCKED, the firing is checked against the schedule's state by decide, and
  * the created task's id is derived from (schedule, run time), so a run can
  * never create two tasks, across replicas and restarts.
  */
-export function createScheduler(options: SchedulerOptions): Role & { tick(): Promise<number> } {
+export function createScheduler(options: SchedulerOptions): Role & { tick(): Promise<number>; expireOverdue(): Promise<number> } {
   const logger = options.logger.child({ role: 'scheduler' });
   const abort = new AbortController();
   let loop: Promise<void> | undefined;
@@ -202,6 +202,48 @@ export function createScheduler(options: SchedulerOptions): Role & { tick(): Pro
     await executeTaskCommands(trx, [{ taskId, command, metadata: { tenant: spec.tenant, actor: `schedule:${state.scheduleId}`, causationId: state.scheduleId } }], options.names, new Set([taskId]));
     return true;
   };
+
+  /**
+   * Fails the waiting tasks whose deadline passed (reason `expired`), so a task
+   * no fog node picked up in time still ends; a node that gets its message later
+   * refuses it too. Returns how many expired.
+   */
+  const expireOverdue = async (): Promise<number> =>
+    options.db.transaction().execute(async (trx) => {
+      const rows = await trx
+        .selectFrom('task_current')
+        .select(['task_id', 'attempt', 'deadline'])
+        .where('deadline', '<=', sql<Date>`now()`)
+        .where('state', 'in', ['queued', 'scheduled', 'retrying'])
+        .orderBy('deadline')
+        .limit(500)
+        .forUpdate()
+        .skipLocked()
+        .execute();
+      if (rows.length === 0) return 0;
+      const now = new Date().toISOString();
+      const outcome = await executeTaskCommands(
+        trx,
+        rows.map((r) => ({
+          taskId: r.task_id,
+          command: {
+            type: 'FailTask',
+            data: {
+              attempt: r.attempt,
+              nodeId: null,
+              error: { message: `deadline ${r.deadline?.toISOString()} passed before the task started`, code: 'expired', retryable: false },
+              startedAt: null,
+              backoff: { baseMs: 0, factor: 1, maxMs: 0 },
+              random: 0,
+              now,
+            },
+          } satisfies TaskCommand,
+          metadata: { actor: 'scheduler' },
+        })),
+        options.names,
+      );
+      return outcome.eventCount > 0 ? rows.length : 0;
+    });
 
   /** Fires every due schedule once; returns the number of tasks created. */
   const tick = async (): Promise<number> =>
@@ -236,9 +278,13 @@ export function createScheduler(options: SchedulerOptions): Role & { tick(): Pro
       let wait = options.pollIntervalMs;
       try {
         await tick();
+        await expireOverdue();
         failures = 0;
         const next = await sql<{ ms: number | null }>`
-          SELECT (extract(epoch FROM min(next_fire_at) - now()) * 1000)::float8 AS ms FROM schedules WHERE state = 'active'`.execute(options.db);
+          SELECT (extract(epoch FROM least(
+            (SELECT min(next_fire_at) FROM schedules WHERE state = 'active'),
+            (SELECT min(deadline) FROM task_current WHERE deadline IS NOT NULL AND state IN ('queued', 'scheduled', 'retrying'))
+          ) - now()) * 1000)::float8 AS ms`.execute(options.db);
         const ms = next.rows[0]?.ms;
         if (ms !== null && ms !== undefined) wait = Math.max(5, Math.min(wait, Math.ceil(ms)));
       } catch (error) {
@@ -253,6 +299,7 @@ export function createScheduler(options: SchedulerOptions): Role & { tick(): Pro
   return {
     name: 'scheduler',
     tick,
+    expireOverdue,
     async start() {
       loop = run();
     },

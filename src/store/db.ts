@@ -69,6 +69,7 @@ export interface TaskCurrentTable {
   started_at: Date | null;
   finished_at: Date | null;
   updated_at: Date;
+  deadline: ColumnType<Date | null, Date | string | null | undefined, Date | string | null>;
 }
 
 export interface TaskHistoryTable {
