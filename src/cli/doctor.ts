@@ -2,6 +2,7 @@ import pg from 'pg';
 import amqp from 'amqplib';
 import { Redis } from 'ioredis';
 import type { Config } from '../infra/config.js';
+import { redactUrl } from '../infra/logger.js';
 import { pendingMigrations } from '../infra/postgres.js';
 
 interface Check {
@@ -11,22 +12,12 @@ interface Check {
   run(): Promise<string>;
 }
 
-function redact(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return url;
-  }
-}
-
 /** Checks each service, prints one line per check, returns whether all passed. */
 export async function runDoctor(config: Config, write: (line: string) => void = (l) => process.stdout.write(`${l}\n`)): Promise<boolean> {
   const checks: Check[] = [
     {
       name: 'postgresql',
-      target: redact(config.DATABASE_URL),
+      target: redactUrl(config.DATABASE_URL),
       howToStart: "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start   (or: docker run -d -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:15)",
       async run() {
         const admin = new URL(config.DATABASE_URL);
@@ -49,7 +40,7 @@ export async function runDoctor(config: Config, write: (line: string) => void = 
     },
     ...config.AMQP_URL.split(',').map((url) => ({
       name: 'rabbitmq',
-      target: redact(url.trim()),
+      target: redactUrl(url.trim()),
       howToStart: 'rabbitmq-server -detached   (or: docker run -d -p 5672:5672 rabbitmq:3.13-management)',
       async run() {
         const conn = await amqp.connect(url.trim(), { timeout: 3000 });
@@ -60,7 +51,7 @@ export async function runDoctor(config: Config, write: (line: string) => void = 
     })),
     {
       name: 'redis',
-      target: redact(config.REDIS_URL),
+      target: redactUrl(config.REDIS_URL),
       howToStart: 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no   (or: docker run -d -p 6379:6379 redis:7)',
       async run() {
         const redis = new Redis(config.REDIS_URL, { lazyConnect: true, connectTimeout: 3000, maxRetriesPerRequest: 0, retryStrategy: () => null });

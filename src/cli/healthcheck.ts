@@ -1,7 +1,7 @@
 import pg from 'pg';
 import amqp from 'amqplib';
 import type { Config } from '../infra/config.js';
-import { redactUrl } from '../infra/amqp.js';
+import { redactUrl } from '../infra/logger.js';
 
 /**
  * `fogsched healthcheck [--role R]`: the container health check of each role.

@@ -1,5 +1,5 @@
 import amqp, { type ChannelModel } from 'amqplib';
-import type { Logger } from './logger.js';
+import { redactUrl, type Logger } from './logger.js';
 import { sleep } from './role.js';
 
 /**
@@ -33,14 +33,4 @@ export async function connectAmqp(
     }
   }
   return undefined;
-}
-
-export function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return '(invalid url)';
-  }
 }

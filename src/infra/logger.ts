@@ -10,3 +10,14 @@ export function createLogger(level: string, base: Record<string, unknown> = {}):
     redact: { paths: ['req.headers.authorization', 'req.headers["x-api-key"]', '*.password', 'config.DATABASE_URL', 'config.AMQP_URL'], censor: '[redacted]' },
   });
 }
+
+/** A URL fit for a log line or an error message: its password replaced. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '(invalid url)';
+  }
+}

@@ -1,5 +1,5 @@
 import { Redis } from 'ioredis';
-import type { Logger } from './logger.js';
+import { redactUrl, type Logger } from './logger.js';
 
 /**
  * Redis key names of the live membership picture. The broker keys keep the seed
@@ -40,24 +40,14 @@ export function createRedis(url: string, opts: { logger: Logger; name: string; m
     retryStrategy: (times) => Math.min(100 * 2 ** Math.min(times, 5), opts.maxBackoffMs ?? 2000),
   });
   redis.on('error', (error: Error) => {
-    if (!down) opts.logger.warn({ err: error.message, redis: redactRedisUrl(url) }, 'redis unavailable');
+    if (!down) opts.logger.warn({ err: error.message, redis: redactUrl(url) }, 'redis unavailable');
     down = true;
   });
   redis.on('ready', () => {
-    if (down) opts.logger.info({ redis: redactRedisUrl(url) }, 'redis reconnected');
+    if (down) opts.logger.info({ redis: redactUrl(url) }, 'redis reconnected');
     down = false;
   });
   return redis;
-}
-
-function redactRedisUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return '(invalid url)';
-  }
 }
 
 /** Resolves once the client is ready (or at once if it is), false after `timeoutMs` without it. */

@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { Cron } from 'croner';
-import { sql, type Kysely } from 'kysely';
+import { sql, type Kysely, type Selectable } from 'kysely';
 import {
   decideSchedule,
   evolveSchedule,
@@ -20,7 +20,7 @@ import {
 import type { Logger } from '../infra/logger.js';
 import { sleep, type Role } from '../infra/role.js';
 import type { TopologyNames } from '../outbox/index.js';
-import { appendEvents, type Database, type Executor } from '../store/index.js';
+import { appendEvents, type Database, type Executor, type SchedulesTable } from '../store/index.js';
 import { buildTaskSpec, executeTaskCommands, type Caller } from '../tasks/index.js';
 
 export interface ScheduleInput {
@@ -59,24 +59,7 @@ export function firingTaskId(scheduleId: string, fireAt: string): string {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-8${h.slice(13, 16)}-${((parseInt(h.slice(16, 17), 16) & 3) | 8).toString(16)}${h.slice(17, 20)}-${h.slice(20, 32)}`;
 }
 
-type ScheduleRow = {
-  schedule_id: string;
-  seq: number;
-  tenant: string;
-  name: string;
-  cron: string;
-  timezone: string;
-  catch_up: string;
-  template: unknown;
-  state: string;
-  next_fire_at: Date | null;
-  last_fired_at: Date | null;
-  last_task_id: string | null;
-  fired_count: number;
-  version: number;
-  created_at: Date;
-  updated_at: Date;
-};
+type ScheduleRow = Selectable<SchedulesTable>;
 
 export function scheduleRowToState(row: ScheduleRow): ScheduleState {
   return {
