@@ -15,3 +15,4 @@ export * from './task.js';
 export * from './policy.js';
 export * from './messages.js';
 export * from './schedule.js';
+export * from './event-versions.js';

@@ -1,2 +1,3 @@
 export * from './task-projections.js';
 export * from './task-queries.js';
+export * from './rebuild.js';

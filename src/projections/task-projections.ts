@@ -10,11 +10,24 @@ export interface HistoryRow {
   readonly metadata: EventMetadata;
 }
 
+/** The live read models; a rebuild writes the same rows into shadow tables of the same shape. */
+export interface TaskTables {
+  readonly current: string;
+  readonly history: string;
+}
+export const LIVE_TASK_TABLES: TaskTables = { current: 'task_current', history: 'task_history' };
+
 /**
  * Writes task_current for each state (insert or move forward; a row never goes
- * back to an older version, so a replayed batch is harmless).
+ * back to an older version, so a replayed batch is harmless). `seqs` gives a new
+ * task's row its list order: the position of its TaskSubmitted event.
  */
-export async function upsertTaskCurrent(db: Executor, states: readonly TaskState[]): Promise<void> {
+export async function upsertTaskCurrent(
+  db: Executor,
+  states: readonly TaskState[],
+  seqs: ReadonlyMap<string, number>,
+  table: string = LIVE_TASK_TABLES.current,
+): Promise<void> {
   if (states.length === 0) return;
   const col = <T>(f: (s: TaskState) => T) => states.map(f);
   const spec = (s: TaskState): TaskSpec => {
@@ -23,10 +36,10 @@ export async function upsertTaskCurrent(db: Executor, states: readonly TaskState
   };
   // unnest keeps this one statement with a fixed number of parameters.
   await sql`
-    INSERT INTO task_current (task_id, tenant, type, state, tier, priority, attempt, first_attempt, max_attempts, version,
+    INSERT INTO ${sql.table(table)} AS cur (task_id, seq, tenant, type, state, tier, priority, attempt, first_attempt, max_attempts, version,
       spec, node_id, output, last_error, failure_reason, available_at, submitted_at, started_at, finished_at, updated_at, deadline)
     SELECT * FROM unnest(
-      ${col((s) => s.taskId)}::uuid[], ${col((s) => spec(s).tenant)}::text[], ${col((s) => spec(s).type)}::text[],
+      ${col((s) => s.taskId)}::uuid[], ${col((s) => seqs.get(s.taskId) ?? 0)}::bigint[], ${col((s) => spec(s).tenant)}::text[], ${col((s) => spec(s).type)}::text[],
       ${col((s) => s.status)}::text[], ${col((s) => spec(s).tier)}::text[], ${col((s) => spec(s).priority)}::text[],
       ${col((s) => s.attempt)}::int[], ${col((s) => s.firstAttempt)}::int[], ${col((s) => spec(s).maxAttempts)}::int[],
       ${col((s) => s.version)}::int[], ${col((s) => JSON.stringify(spec(s)))}::jsonb[], ${col((s) => s.nodeId)}::text[],
@@ -40,15 +53,15 @@ export async function upsertTaskCurrent(db: Executor, states: readonly TaskState
       node_id = EXCLUDED.node_id, output = EXCLUDED.output, last_error = EXCLUDED.last_error,
       failure_reason = EXCLUDED.failure_reason, available_at = EXCLUDED.available_at, started_at = EXCLUDED.started_at,
       finished_at = EXCLUDED.finished_at, updated_at = EXCLUDED.updated_at
-    WHERE task_current.version < EXCLUDED.version`.execute(db);
+    WHERE cur.version < EXCLUDED.version`.execute(db);
 }
 
 /** Appends task_history rows; a row already there (same position) is left alone. */
-export async function insertTaskHistory(db: Executor, rows: readonly HistoryRow[]): Promise<void> {
+export async function insertTaskHistory(db: Executor, rows: readonly HistoryRow[], table: string = LIVE_TASK_TABLES.history): Promise<void> {
   if (rows.length === 0) return;
   const col = <T>(f: (r: HistoryRow) => T) => rows.map(f);
   await sql`
-    INSERT INTO task_history (position, task_id, version, type, state, attempt, node_id, actor, reason, error, at, data)
+    INSERT INTO ${sql.table(table)} (position, task_id, version, type, state, attempt, node_id, actor, reason, error, at, data)
     SELECT * FROM unnest(
       ${col((r) => r.position)}::bigint[], ${col((r) => r.state.taskId)}::uuid[], ${col((r) => r.state.version)}::int[],
       ${col((r) => r.event.type)}::text[], ${col((r) => (r.state.status === 'new' ? 'submitted' : r.state.status))}::text[], ${col((r) => attemptOf(r))}::int[],
@@ -60,12 +73,17 @@ export async function insertTaskHistory(db: Executor, rows: readonly HistoryRow[
 }
 
 /** Loads the states of tasks from task_current, locking the rows when asked (absent ids are left out). */
-export async function loadTaskStates(db: Executor, taskIds: readonly string[], opts: { forUpdate: boolean }): Promise<Map<string, TaskState>> {
+export async function loadTaskStates(
+  db: Executor,
+  taskIds: readonly string[],
+  opts: { forUpdate: boolean; table?: string },
+): Promise<Map<string, TaskState>> {
   const states = new Map<string, TaskState>();
   if (taskIds.length === 0) return states;
-  let query = db.selectFrom('task_current').selectAll().where('task_id', '=', sql<string>`ANY(${[...taskIds]}::uuid[])`);
-  if (opts.forUpdate) query = query.forUpdate();
-  for (const row of await query.execute()) states.set(row.task_id, rowToState(row));
+  const { rows } = await sql<TaskCurrentRow>`
+    SELECT * FROM ${sql.table(opts.table ?? LIVE_TASK_TABLES.current)}
+    WHERE task_id = ANY(${[...taskIds]}::uuid[]) ${opts.forUpdate ? sql`FOR UPDATE` : sql``}`.execute(db);
+  for (const row of rows) states.set(row.task_id, rowToState(row));
   return states;
 }
 

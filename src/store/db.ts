@@ -100,7 +100,8 @@ export interface NodeMetricsTable {
 
 export interface SchedulesTable {
   schedule_id: string;
-  seq: Generated<number>;
+  /** Position of the task's TaskSubmitted event: the list order, the same in a rebuilt table. */
+  seq: number;
   tenant: string;
   name: string;
   cron: string;
@@ -117,6 +118,13 @@ export interface SchedulesTable {
   updated_at: Date;
 }
 
+export interface ProjectionVersionsTable {
+  projection: string;
+  version: number;
+  rebuilt_at: Date | null;
+  rebuilt_events: number | null;
+}
+
 export interface Database {
   schedules: SchedulesTable;
   events: EventsTable;
@@ -126,4 +134,5 @@ export interface Database {
   task_current: TaskCurrentTable;
   task_history: TaskHistoryTable;
   node_metrics: NodeMetricsTable;
+  projection_versions: ProjectionVersionsTable;
 }

@@ -1,5 +1,6 @@
 import { sql, type Kysely, type Transaction } from 'kysely';
 import { ConcurrencyError } from '../domain/errors.js';
+import { currentSchemaVersion, upcast } from '../domain/event-versions.js';
 import type { Database } from './db.js';
 
 export type Executor = Kysely<Database> | Transaction<Database>;
@@ -27,9 +28,20 @@ export interface NewEvent {
 
 export interface StoredEvent extends NewEvent {
   readonly position: number;
-  readonly schemaVersion: number;
+  /** The schema version `data` was stored at; `data` itself is already upcast to the current one. */
+  readonly storedSchemaVersion: number;
   readonly recordedAt: Date;
+  /** The writing transaction (xid8, as text): with `position`, the reading order of the log. */
+  readonly transactionId: string;
 }
+
+/** Where a reader of the whole log stands: the last event it has read. */
+export interface LogCursor {
+  readonly transactionId: string;
+  readonly position: number;
+}
+
+export const LOG_START: LogCursor = { transactionId: '0', position: 0 };
 
 /**
  * Appends events of any number of streams in one statement. A stream whose
@@ -40,18 +52,19 @@ export interface StoredEvent extends NewEvent {
 export async function appendEvents(db: Executor, events: readonly NewEvent[]): Promise<number[]> {
   if (events.length === 0) return [];
   try {
-    // unnest: one statement and five array parameters whatever the batch size.
+    // unnest: one statement and eight array parameters whatever the batch size.
     const result = await sql<{ position: number }>`
-      INSERT INTO events (stream_id, stream_type, stream_version, event_id, type, data, metadata)
-      SELECT stream_id, stream_type, stream_version, event_id, type, data, metadata FROM unnest(
+      INSERT INTO events (stream_id, stream_type, stream_version, event_id, type, schema_version, data, metadata)
+      SELECT stream_id, stream_type, stream_version, event_id, type, schema_version, data, metadata FROM unnest(
         ${events.map((e) => e.streamId)}::text[],
         ${events.map((e) => e.streamType)}::text[],
         ${events.map((e) => e.streamVersion)}::int[],
         ${events.map((e) => e.eventId)}::uuid[],
         ${events.map((e) => e.type)}::text[],
+        ${events.map((e) => currentSchemaVersion(e.type))}::smallint[],
         ${events.map((e) => JSON.stringify(e.data))}::jsonb[],
         ${events.map((e) => JSON.stringify(e.metadata))}::jsonb[]
-      ) WITH ORDINALITY AS t(stream_id, stream_type, stream_version, event_id, type, data, metadata, n)
+      ) WITH ORDINALITY AS t(stream_id, stream_type, stream_version, event_id, type, schema_version, data, metadata, n)
       ORDER BY n
       RETURNING position`.execute(db);
     return result.rows.map((r) => r.position);
@@ -84,21 +97,43 @@ export async function readStream(db: Executor, streamId: string, fromVersion = 1
 }
 
 /**
- * Reads the log in position order after `afterPosition`, only from transactions
- * that finished before every transaction still running began
- * (`pg_snapshot_xmin`): a lower position can commit after a higher one is
- * read, and this bound keeps a tailing reader from skipping it.
+ * Reads the whole log after `after`, in (transaction id, position) order, only from
+ * transactions that finished before every transaction still running began
+ * (`pg_snapshot_xmin`). Reading by position alone has gaps: a transaction can take a lower
+ * position and commit after a higher one has been read (even when its xid is the higher one,
+ * e.g. when it wrote something else first). Every transaction not yet below the horizon has an
+ * xid at or above it, so a cursor on (xid, position) never passes over an event that commits
+ * later.
+ *
+ * The price: the order is transaction order, not position order. Within one stream it can
+ * differ (a transaction that took its xid early can append the next version after a younger
+ * one appended the previous): a reader that folds streams applies each stream's events by
+ * stream_version (see projections/rebuild).
+ *
+ * `settled: false` drops the horizon: every committed event is returned. Only for a reader that
+ * holds locks which keep the writers it cares about out (the rebuild's final swap).
  */
-export async function readAll(db: Executor, afterPosition: number, limit: number): Promise<StoredEvent[]> {
-  const rows = await db
+export async function readAll(db: Executor, after: LogCursor, limit: number, opts: { settled?: boolean } = {}): Promise<StoredEvent[]> {
+  let query = db
     .selectFrom('events')
     .selectAll()
-    .where('position', '>', afterPosition)
-    .where(sql<boolean>`transaction_id < pg_snapshot_xmin(pg_current_snapshot())`)
-    .orderBy('position')
-    .limit(limit)
-    .execute();
+    .where(sql<boolean>`(transaction_id, position) > (${after.transactionId}::xid8, ${after.position}::bigint)`);
+  if (opts.settled !== false) query = query.where(sql<boolean>`transaction_id < pg_snapshot_xmin(pg_current_snapshot())`);
+  const rows = await query.orderBy('transaction_id').orderBy('position').limit(limit).execute();
   return rows.map(toStoredEvent);
+}
+
+/** The events at the given positions, in position order. */
+export async function readPositions(db: Executor, positions: readonly number[]): Promise<StoredEvent[]> {
+  if (positions.length === 0) return [];
+  const rows = await db.selectFrom('events').selectAll().where('position', '=', sql<number>`ANY(${[...positions]}::bigint[])`).orderBy('position').execute();
+  return rows.map(toStoredEvent);
+}
+
+/** The cursor just past `events` (or `after` when there are none). */
+export function cursorAfter(after: LogCursor, events: readonly StoredEvent[]): LogCursor {
+  const last = events.at(-1);
+  return last ? { transactionId: last.transactionId, position: last.position } : after;
 }
 
 function toStoredEvent(row: {
@@ -112,6 +147,7 @@ function toStoredEvent(row: {
   data: unknown;
   metadata: unknown;
   recorded_at: Date;
+  transaction_id: string;
 }): StoredEvent {
   return {
     position: row.position,
@@ -120,10 +156,11 @@ function toStoredEvent(row: {
     streamVersion: row.stream_version,
     eventId: row.event_id,
     type: row.type,
-    schemaVersion: row.schema_version,
-    data: row.data,
+    storedSchemaVersion: row.schema_version,
+    data: upcast(row.type, row.schema_version, row.data),
     metadata: row.metadata as EventMetadata,
     recordedAt: row.recorded_at,
+    transactionId: String(row.transaction_id),
   };
 }
 

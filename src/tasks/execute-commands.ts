@@ -75,7 +75,8 @@ export async function executeTaskCommands(
     const history: HistoryRow[] = pending.map((p, i) => ({ position: positions[i] ?? 0, state: p.state, event: p.event, metadata: p.metadata }));
     const outbox: OutboxRow[] = pending.flatMap((p) => outboxRowFor(p.state, p.event, p.eventId, names) ?? []);
     const touched = new Set(pending.map((p) => p.state.taskId));
-    await upsertTaskCurrent(trx, [...touched].map((id) => states.get(id) as TaskState));
+    const seqs = new Map(pending.flatMap((p, i) => (p.event.type === 'TaskSubmitted' ? [[p.state.taskId, positions[i] ?? 0] as const] : [])));
+    await upsertTaskCurrent(trx, [...touched].map((id) => states.get(id) as TaskState), seqs);
     await insertTaskHistory(trx, history);
     await insertOutboxRows(trx, outbox);
   }

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConcurrencyError } from '../../src/domain/index.js';
-import { appendToStream, readAll, readStream } from '../../src/store/index.js';
+import { appendToStream, cursorAfter, LOG_START, readAll, readStream, type LogCursor } from '../../src/store/index.js';
 import { createTestDatabase, eventually, type TestDatabase } from '../helpers/database.js';
 
 let tdb: TestDatabase;
@@ -53,8 +53,7 @@ describe('event store', () => {
   });
 
   it('readAll stays below the oldest running transaction (no gaps for a tailing reader)', async () => {
-    const before = await readAll(tdb.db, 0, 100_000);
-    const start = before[before.length - 1]?.position ?? 0;
+    const start = await tail();
     const client = await tdb.pool.connect();
     try {
       await client.query('BEGIN');
@@ -71,11 +70,63 @@ describe('event store', () => {
     } finally {
       client.release();
     }
-    // Another test file's open transaction can hold the horizon back for a moment.
-    const after = await eventually(async () => {
-      const rows = await readAll(tdb.db, start, 100);
-      return rows.length === 2 ? rows : null;
-    });
+    const after = await readUntil(start, 2);
     expect(after.map((e) => e.type)).toEqual(['Slow', 'Fast']);
   });
+
+  it('readAll does not pass over a lower position that commits after a higher one from an older transaction', async () => {
+    const start = await tail();
+    const older = await tdb.pool.connect();
+    const younger = await tdb.pool.connect();
+    try {
+      // The older transaction takes its xid first (any write does), the younger one then takes
+      // the lower position, the older one the higher position and commits first.
+      await older.query('BEGIN');
+      await older.query(`INSERT INTO inbox (message_id, source) VALUES ($1, 'test')`, [randomUUID()]);
+      await younger.query('BEGIN');
+      const insert = `INSERT INTO events (stream_id, stream_type, stream_version, event_id, type, data) VALUES ($1, 'task', 1, $2, $3, '{}') RETURNING position`;
+      const low = await younger.query<{ position: string }>(insert, [randomUUID(), randomUUID(), 'LowPosition']);
+      const high = await older.query<{ position: string }>(insert, [randomUUID(), randomUUID(), 'HighPosition']);
+      expect(Number(low.rows[0]?.position)).toBeLessThan(Number(high.rows[0]?.position));
+      await older.query('COMMIT');
+      // A reader now sees the higher position (its transaction is below the horizon) ...
+      const first = await readUntil(start, 1);
+      expect(first.map((e) => e.type)).toEqual(['HighPosition']);
+      // ... and its cursor must still let the lower one through once it commits.
+      await younger.query('COMMIT');
+      const next = await readUntil(cursorAfter(start, first), 1);
+      expect(next.map((e) => e.type)).toEqual(['LowPosition']);
+    } finally {
+      older.release();
+      younger.release();
+    }
+  });
+
+  it('reads old schema versions through their upcasters', async () => {
+    const id = randomUUID();
+    await sql`
+      INSERT INTO events (stream_id, stream_type, stream_version, event_id, type, schema_version, data)
+      VALUES (${id}, 'task', 1, ${randomUUID()}, 'TaskAttemptFailed', 1, ${JSON.stringify({ attempt: 1, nodeId: 'n1', error: 'disk full', retryable: false, at: '2026-01-01T00:00:00.000Z' })}::jsonb)`.execute(tdb.db);
+    const [event] = await readStream(tdb.db, id);
+    expect(event?.storedSchemaVersion).toBe(1);
+    expect(event?.data).toEqual({ attempt: 1, nodeId: 'n1', error: { message: 'disk full', code: 'non_retryable', retryable: false }, at: '2026-01-01T00:00:00.000Z' });
+  });
 });
+
+/** The cursor at the end of what is readable now. */
+async function tail(): Promise<LogCursor> {
+  let cursor = LOG_START;
+  for (;;) {
+    const batch = await readAll(tdb.db, cursor, 10_000);
+    if (batch.length === 0) return cursor;
+    cursor = cursorAfter(cursor, batch);
+  }
+}
+
+/** Reads after `from` until `n` events are there (another test file's open transaction can hold the horizon back for a moment). */
+async function readUntil(from: LogCursor, n: number) {
+  return eventually(async () => {
+    const rows = await readAll(tdb.db, from, 100);
+    return rows.length >= n ? rows : null;
+  });
+}
