@@ -10,6 +10,8 @@ import { formatClusterStatus, readCluster } from './cluster-status.js';
 import { ROLE_NAMES, runStart, topologyOf } from './start.js';
 import { HEALTHCHECK_ROLES, runHealthcheck, type HealthcheckRole } from './healthcheck.js';
 import { DEFAULT_VHOST, formatDefinitions, topologyDefinitions } from './topology-export.js';
+import { registerProjectionCommands } from './projection-commands.js';
+import { registerLogCommands } from './log-commands.js';
 
 const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -41,8 +43,9 @@ program
   .option('--fog-nodes <n>', 'local fog nodes to run when the fog-node role is on', parsePositiveInt, 1)
   .option('--tier <tier>', 'tier of the local fog nodes (default FOG_NODE_TIER)')
   .option('--no-migrate', 'do not apply migrations first')
-  .action(async (opts: { roles: string[]; fogNodes: number; tier?: string; migrate: boolean }) => {
-    await runStart({ config: config(), version, roles: opts.roles, fogNodes: opts.fogNodes, tier: opts.tier, migrate: opts.migrate });
+  .option('--rebuild-stale', 'rebuild read models older than this code\'s projection versions before serving (else start refuses them)')
+  .action(async (opts: { roles: string[]; fogNodes: number; tier?: string; migrate: boolean; rebuildStale?: boolean }) => {
+    await runStart({ config: config(), version, roles: opts.roles, fogNodes: opts.fogNodes, tier: opts.tier, migrate: opts.migrate, rebuildStale: opts.rebuildStale === true });
   });
 
 program
@@ -91,6 +94,9 @@ program
     process.stdout.write(opts.json ? `${JSON.stringify(view, null, 2)}\n` : formatClusterStatus(view));
     process.exitCode = view.redis === 'ok' ? 0 : 2;
   });
+
+registerProjectionCommands(program, { config });
+registerLogCommands(program, { config });
 
 function parseRoles(value: string): string[] {
   const roles = value.split(',').map((r) => r.trim()).filter(Boolean);

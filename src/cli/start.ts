@@ -3,6 +3,8 @@ import type { Config } from '../infra/config.js';
 import { parseTiers } from '../infra/config.js';
 import { createLogger, type Logger } from '../infra/logger.js';
 import { createPostgres, isConnectionError, migrate } from '../infra/postgres.js';
+import { staleProjections } from '../projections/index.js';
+import { runRebuild, withPostgres } from './projection-commands.js';
 import type { Role } from '../infra/role.js';
 import { createApiRole } from '../api/api-role.js';
 import { FogschedError, servedTiers } from '../domain/index.js';
@@ -22,7 +24,12 @@ export interface StartOptions {
   readonly fogNodes: number;
   readonly tier: string | undefined;
   readonly migrate: boolean;
+  /** Rebuild stale read models before serving instead of refusing to start. */
+  readonly rebuildStale?: boolean;
 }
+
+/** Roles that read or write the task read models. */
+const PROJECTION_ROLES = new Set(['api', 'ingest', 'scheduler']);
 
 export function topologyOf(config: Config): Topology {
   return topology({
@@ -151,6 +158,7 @@ export async function runStart(options: StartOptions): Promise<void> {
       throw error;
     }
   }
+  if (options.roles.some((r) => PROJECTION_ROLES.has(r))) await checkProjections(options, logger);
   const roles = createRoles(options, logger);
   const started: Role[] = [];
   let stopping = false;
@@ -187,4 +195,29 @@ export async function runStart(options: StartOptions): Promise<void> {
     throw error;
   }
   logger.info({ roles: roles.map((r) => r.name) }, 'fogsched started');
+}
+
+/**
+ * Refuses to serve read models older than the code's projection versions (their rows would
+ * not mean what this code thinks), or rebuilds them first with --rebuild-stale.
+ */
+async function checkProjections(options: StartOptions, logger: Logger): Promise<void> {
+  // PostgreSQL down: the roles start degraded (503s) as before; they cannot serve stale rows either.
+  await withPostgres(options.config, async (pg) => {
+    const stale = await staleProjections(pg.db);
+    if (stale.length === 0) return;
+    const list = stale.map((s) => `${s.projection} (stored version ${s.stored ?? 'none'}, code version ${s.code})`).join(', ');
+    if (!options.rebuildStale) {
+      throw new FogschedError({
+        code: 'PROJECTIONS_STALE',
+        status: 503,
+        message: `stale read models: ${list}; run \`fogsched projections rebuild\`, or start with --rebuild-stale`,
+      });
+    }
+    logger.warn({ stale }, 'stale read models: rebuilding before serving');
+    await runRebuild(pg, { projections: stale.map((s) => s.projection) });
+  }).catch((error: unknown) => {
+    if ((error as { code?: string }).code !== 'SERVICE_UNAVAILABLE') throw error;
+    logger.warn({ err: error }, 'PostgreSQL unreachable: projection versions not checked');
+  });
 }

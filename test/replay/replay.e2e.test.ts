@@ -1,0 +1,159 @@
+import pg from 'pg';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createPostgres } from '../../src/infra/postgres.js';
+import { topologyNames } from '../../src/outbox/index.js';
+import { eventually } from '../helpers/database.js';
+import { killAll, postJson, spawnFogsched, testEnv, waitReady } from '../helpers/processes.js';
+import { seedTasks } from '../helpers/seed-tasks.js';
+
+const pools: pg.Pool[] = [];
+const drops: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  await killAll();
+  for (const p of pools.splice(0)) await p.end();
+  for (const d of drops.splice(0)) await d();
+});
+
+async function setup(label: string) {
+  const env = await testEnv(label);
+  drops.push(() => env.drop());
+  const pool = new pg.Pool({ connectionString: env.dbUrl, max: 2 });
+  pool.on('error', () => {}); // the database is dropped WITH (FORCE) at the end
+  pools.push(pool);
+  const q = async <T = Record<string, unknown>>(text: string, values: unknown[] = []) => (await pool.query(text, values)).rows as T[];
+  const count = async (text: string, values: unknown[] = []) => Number((await q<{ n: string }>(text, values))[0]?.n ?? 0);
+  return { ...env, q, count, base: `http://127.0.0.1:${env.port}` };
+}
+
+/** Runs a fogsched command to its end; its exit code and output. */
+async function run(args: string[], env: Record<string, string>): Promise<{ code: number | null; out: string }> {
+  const p = spawnFogsched(args, env);
+  const code = await p.exited;
+  return { code, out: p.output() };
+}
+
+async function seed(dbUrl: string, n: number) {
+  const db = createPostgres({ url: dbUrl, poolMax: 2, connectTimeoutMs: 3000, statementTimeoutMs: 0 });
+  try {
+    return await seedTasks(db.db, topologyNames('unused_'), n);
+  } finally {
+    await db.close();
+  }
+}
+
+describe('projection rebuild, verify and the log in a terminal', () => {
+  it('rebuilds while tasks are submitted and run: nothing committed meanwhile is missing, and verify finds the tables equal', async () => {
+    const t = await setup('rblive');
+    const app = spawnFogsched(['start', '--fog-nodes', '2'], t.env);
+    await waitReady(t.port, app);
+    // A log to replay first, then keep submitting (successes, failures, retries) during the rebuild.
+    expect((await run(['migrate'], t.env)).code).toBe(0);
+    await seed(t.dbUrl, 3000);
+    const ids: string[] = [];
+    let submitting = true;
+    const bodies = [{ type: 'noop' }, { type: 'fail', payload: { retryable: false } }, { type: 'flaky', payload: { failTimes: 1 }, retry: { baseMs: 50, factor: 2, maxMs: 100 } }];
+    const submitter = (async () => {
+      for (let i = 0; submitting; i++) {
+        const res = await postJson(`${t.base}/v1/tasks`, bodies[i % bodies.length]);
+        expect(res.status).toBe(202);
+        ids.push(res.body.id as string);
+      }
+    })();
+    await new Promise((r) => setTimeout(r, 500));
+    const rebuild = await run(['projections', 'rebuild', '--batch-size', '500'], t.env);
+    const submittedDuringRebuild = ids.length;
+    submitting = false;
+    await submitter;
+    expect(rebuild.code, rebuild.out).toBe(0);
+    expect(rebuild.out).toMatch(/rebuilt task_current, task_history from [\d,]+ events/);
+    expect(rebuild.out).toContain('swapped in');
+    expect(submittedDuringRebuild).toBeGreaterThan(0);
+
+    // Every task submitted over HTTP is in the swapped-in tables and reaches its end there.
+    await eventually(
+      async () => (await t.count(`SELECT count(*) AS n FROM task_current WHERE task_id = ANY($1::uuid[]) AND state IN ('succeeded', 'failed')`, [ids])) === ids.length,
+      { timeoutMs: 60_000, message: 'tasks submitted during the rebuild did not all finish' },
+    );
+    const verify = await run(['projections', 'verify'], t.env);
+    expect(verify.code, verify.out).toBe(0);
+    expect(verify.out).toMatch(/task_current: \d+ rows, equal to the log/);
+    expect(verify.out).toMatch(/task_history: \d+ rows, equal to the log/);
+    expect(await t.count(`SELECT count(*) AS n FROM task_current`)).toBe(3000 + ids.length);
+  });
+
+  it('a rebuild SIGKILLed half-way resumes from its checkpoint and ends equal', async () => {
+    const t = await setup('rbkill');
+    expect((await run(['migrate'], t.env)).code).toBe(0);
+    await seed(t.dbUrl, 14_000);
+    const first = spawnFogsched(['projections', 'rebuild', '--batch-size', '200'], t.env);
+    await eventually(async () => (await t.count(`SELECT events_applied AS n FROM projection_rebuilds`)) > 5000, { timeoutMs: 60_000, intervalMs: 20 });
+    await first.kill('SIGKILL');
+    const checkpoint = await t.count(`SELECT events_applied AS n FROM projection_rebuilds`);
+    expect(checkpoint).toBeGreaterThan(0);
+
+    const status = await run(['projections', 'status'], t.env);
+    expect(status.out).toMatch(/rebuild of task_current, task_history in progress or interrupted/);
+    const second = await run(['projections', 'rebuild', '--verify'], t.env);
+    expect(second.code, second.out).toBe(0);
+    expect(second.out).toContain('resumed from a checkpoint');
+    expect(second.out).toMatch(/task_current: 14000 rows, equal to the log/);
+    expect(await t.count(`SELECT count(*) AS n FROM projection_rebuilds`)).toBe(0);
+    expect(await t.count(`SELECT count(*) AS n FROM pg_class WHERE relname LIKE '%__rebuild'`)).toBe(0);
+  });
+
+  it('verify exits 1 and names the row when a projection row was changed behind the log\'s back', async () => {
+    const t = await setup('rbverify');
+    expect((await run(['migrate'], t.env)).code).toBe(0);
+    const seeded = await seed(t.dbUrl, 70);
+    const victim = seeded.get('succeeded')?.[0] as string;
+    await t.q(`UPDATE task_current SET attempt = 9 WHERE task_id = $1`, [victim]);
+    await t.q(`DELETE FROM task_history WHERE position = (SELECT min(position) FROM task_history)`);
+    const verify = await run(['projections', 'verify'], t.env);
+    expect(verify.code).toBe(1);
+    expect(verify.out).toContain(`${victim}: attempt live=9 rebuilt=1`);
+    expect(verify.out).toMatch(/task_history: DIFFERS: 359 live rows, 360 rebuilt/);
+    expect(verify.out).toMatch(/missing from the live table/);
+    // verify changes nothing.
+    expect(await t.count(`SELECT attempt AS n FROM task_current WHERE task_id = $1`, [victim])).toBe(9);
+  });
+
+  it('start refuses stale read models and names the fix; --rebuild-stale rebuilds them, then serves', async () => {
+    const t = await setup('rbstale');
+    expect((await run(['migrate'], t.env)).code).toBe(0);
+    await seed(t.dbUrl, 20);
+    await t.q(`UPDATE projection_versions SET version = 0 WHERE projection = 'task_current'`);
+    const refused = await run(['start', '--roles', 'api'], t.env);
+    expect(refused.code).toBe(1);
+    expect(refused.out).toContain('stale read models: task_current (stored version 0, code version 1); run `fogsched projections rebuild`, or start with --rebuild-stale');
+    expect(refused.out).not.toMatch(/\n\s+at /);
+
+    const app = spawnFogsched(['start', '--roles', 'api', '--rebuild-stale'], t.env);
+    await waitReady(t.port, app);
+    expect(await t.count(`SELECT version AS n FROM projection_versions WHERE projection = 'task_current'`)).toBe(1);
+    const list = (await (await fetch(`${t.base}/v1/tasks?limit=100`)).json()) as { items: unknown[] };
+    expect(list.items).toHaveLength(20);
+  });
+
+  it('task show prints a timeline; events tail follows the log with a type filter', async () => {
+    const t = await setup('rbshow');
+    expect((await run(['migrate'], t.env)).code).toBe(0);
+    const seeded = await seed(t.dbUrl, 7);
+    const retried = seeded.get('retried-then-succeeded')?.[0] as string;
+    const show = await run(['task', 'show', retried], t.env);
+    expect(show.code, show.out).toBe(0);
+    const lines = show.out.trim().split('\n');
+    expect(lines.map((l) => /v\d+ (\w+)/.exec(l)?.[1])).toEqual([
+      'TaskSubmitted', 'TaskQueued', 'TaskStarted', 'TaskAttemptFailed', 'TaskRetryScheduled', 'TaskStarted', 'TaskSucceeded',
+    ]);
+    expect(lines[3]).toContain('error=flaky: boom 1');
+    expect((await run(['task', 'show', 'not-a-uuid'], t.env)).out).toContain('task id must be a UUID');
+
+    const tail = spawnFogsched(['events', 'tail', '--type', 'TaskCancelled', '--limit', '2'], t.env);
+    await new Promise((r) => setTimeout(r, 1500));
+    await seed(t.dbUrl, 14);
+    expect(await tail.exited).toBe(0);
+    const tailed = tail.output().trim().split('\n');
+    expect(tailed).toHaveLength(2);
+    for (const line of tailed) expect(line).toMatch(/task:[0-9a-f-]{36}\s+v3 TaskCancelled\s+actor=alice reason=not needed/);
+  });
+});
