@@ -1,7 +1,8 @@
 import amqp from 'amqplib';
 import { topologyOf } from '../cli/start.js';
 import { loadConfig } from '../infra/config.js';
-import { migrate } from '../infra/postgres.js';
+import { createPostgres, migrate } from '../infra/postgres.js';
+import { rebuildProjections } from '../projections/index.js';
 import { declareTopology } from '../outbox/topology.js';
 import type { Settings } from './settings.js';
 import {
@@ -290,6 +291,45 @@ export async function relay(s: Settings): Promise<Metrics> {
     { TASK_QUEUE_MAX_LENGTH: maxLen },
   );
 }
+
+/**
+ * Replays a log of 4 events per task (submitted, queued, started, succeeded: the shape the loop
+ * writes) into fresh projections, swapping them in: events/s of `rebuildProjections`, the code
+ * behind `fogsched projections rebuild`, in this process.
+ */
+export async function rebuild(s: Settings): Promise<Metrics> {
+  return withEnv(async (e) => {
+    const chunk = 50_000;
+    for (let from = 0; from < s.rebuildTasks; from += chunk) {
+      await dbQuery(e.dbUrl, SYNTHETIC_LOG, [Math.min(chunk, s.rebuildTasks - from)]);
+    }
+    const pg = createPostgres({ url: e.dbUrl, poolMax: 4, connectTimeoutMs: 3000, statementTimeoutMs: 0 });
+    try {
+      const rss = sampleRss(process.pid);
+      const report = await rebuildProjections(pg);
+      const peakRssMb = rss.stop();
+      if (report.events !== s.rebuildTasks * 4) throw new Error(`replayed ${report.events} events, expected ${s.rebuildTasks * 4}`);
+      return { eventsPerS: (report.events / report.durationMs) * 1000, events: report.events, ms: report.durationMs, peakRssMb };
+    } finally {
+      await pg.close();
+    }
+  });
+}
+
+/** $1 tasks' worth of lifecycle events, in the shapes the domain writes. */
+const SYNTHETIC_LOG = `
+  INSERT INTO events (stream_id, stream_type, stream_version, event_id, type, schema_version, data, metadata)
+  SELECT t.id::text, 'task', v.version, gen_random_uuid(), v.type, v.schema_version, v.data, '{"tenant":"default","actor":"bench"}'::jsonb
+  FROM (SELECT gen_random_uuid() AS id, g, to_jsonb(clock_timestamp()) AS at FROM generate_series(1, $1::int) g) t
+  CROSS JOIN LATERAL (VALUES
+    (1, 'TaskSubmitted', 2, jsonb_build_object('task', jsonb_build_object('taskId', t.id, 'tenant', 'default', 'type', 'noop', 'payload', jsonb_build_object('i', t.g),
+      'priority', 'normal', 'resources', '{"cpu":0.1,"memoryMb":64}'::jsonb, 'tier', 'light', 'maxAttempts', 3, 'timeoutMs', null, 'notBefore', null,
+      'deadline', null, 'idempotencyKey', null, 'retry', null), 'at', t.at)),
+    (2, 'TaskQueued', 1, jsonb_build_object('attempt', 1, 'tier', 'light', 'priority', 'normal', 'availableAt', t.at, 'at', t.at)),
+    (3, 'TaskStarted', 1, jsonb_build_object('attempt', 1, 'nodeId', 'bench-node', 'at', t.at)),
+    (4, 'TaskSucceeded', 1, jsonb_build_object('attempt', 1, 'nodeId', 'bench-node', 'output', null, 'durationMs', 1, 'at', t.at))
+  ) AS v(version, type, schema_version, data)
+  ORDER BY t.g, v.version`;
 
 /** A fog node alone (no database), idle: VmRSS after 3 s. */
 export async function memory(): Promise<Metrics> {

@@ -3,7 +3,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { drain, latency, memory, relay, submitBatchScenario, submitSingle, type Metrics } from './fogsched.js';
+import { drain, latency, memory, rebuild, relay, submitBatchScenario, submitSingle, type Metrics } from './fogsched.js';
 import { PEER_SCENARIOS, peerVariants, runPeerScenario } from './peers.js';
 import { errorsOf, markdown, table, type Results, type Run } from './report.js';
 import { PEERS, SCENARIOS, settingsFor, type Scenario, type Settings } from './settings.js';
@@ -32,6 +32,7 @@ const FOGSCHED: Record<Scenario, (s: Settings) => Promise<Metrics>> = {
   drain,
   latency,
   relay,
+  rebuild,
   memory: () => memory(),
 };
 

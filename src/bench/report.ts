@@ -36,6 +36,8 @@ const ROWS: readonly { scenario: string; metric: string; label: string; unit: st
   { scenario: 'relay', metric: 'relayToRaw', label: 'relay / raw', unit: '×', higher: true, ratio: false },
   { scenario: 'drain', metric: 'workersPeakRssMb', label: 'drain: worker process peak RSS', unit: 'MiB', higher: false, ratio: false },
   { scenario: 'drain', metric: 'workersIdleRssMb', label: 'drain: worker process RSS after (1 s quick, 2 s full)', unit: 'MiB', higher: false, ratio: false },
+  { scenario: 'rebuild', metric: 'eventsPerS', label: 'projection rebuild (replay + swap)', unit: 'events/s', higher: true, ratio: false },
+  { scenario: 'rebuild', metric: 'peakRssMb', label: 'rebuild peak RSS', unit: 'MiB', higher: false, ratio: false },
   { scenario: 'memory', metric: 'fogNodeIdleRssMb', label: 'fog node alone, idle RSS', unit: 'MiB', higher: false, ratio: false },
 ];
 
@@ -138,6 +140,7 @@ Every scenario runs ${s.repeat}× per system against fresh state (fogsched: a ne
 - **drain**: ${s.drainN.toLocaleString('en-US')} tasks are submitted with no worker running, then the workers start (fogsched: one process \`--roles relay,ingest,fog-node --fog-nodes 2\` with \`FOG_NODE_SLOTS=25\`, \`FOG_NODE_PREFETCH=200\`, i.e. 50 concurrent; peers: concurrency ${s.concurrency}). Timed from spawning/starting the workers until the store says all ${s.drainN.toLocaleString('en-US')} completed (fogsched: \`task_current.state = 'succeeded'\`, polled every 50 ms; graphile-worker: no job left; pg-boss: \`state = 'completed'\`; BullMQ: completed count). fogsched's time includes the worker process boot.
 - **latency**: everything running, open loop of ${s.latencyRate} submits/s for ${s.latencySeconds} s; submit→start is \`started_at - submitted_at\` from \`task_current\` (fogsched; submit→succeeded is \`finished_at - submitted_at\`) and enqueue-call→handler-start measured in process for the peers.
 - **relay**: ${s.relayM.toLocaleString('en-US')} due outbox rows inserted with one \`INSERT ... SELECT generate_series\` (routing key \`light.normal\`), then \`--roles relay\` is spawned and timed until every row has \`published_at\`; next to it a raw amqplib loop publishes the same number of persistent messages to a quorum queue with the task queues' arguments, 500 per \`waitForConfirms\`. The task queues' \`x-max-length\` is raised to ${Math.max(10_000, s.relayM * 2).toLocaleString('en-US')} for this scenario only.
+- **rebuild**: ${(s.rebuildTasks * 4).toLocaleString('en-US')} events (${s.rebuildTasks.toLocaleString('en-US')} tasks × submitted, queued, started, succeeded) inserted with \`INSERT ... SELECT generate_series\`, then \`rebuildProjections\` (what \`fogsched projections rebuild\` runs) replays them into fresh task_current and task_history tables in batches of 10,000 (a checkpoint every 100,000 events) and swaps them in; timed from its start to the swap.
 - **memory**: \`--roles fog-node\` alone, VmRSS after 3 s idle; the drain scenario also samples the worker process RSS every 100 ms.
 
 Cells are median (min–max over the repeats). † = cut short at the time limit (${(s.timeoutMs / 1000).toFixed(0)} s): throughput is the rate until then, latency percentiles only cover the jobs started by then (a lower bound).

@@ -10,6 +10,7 @@ export interface Settings {
   readonly latencyRate: number;
   readonly latencySeconds: number;
   readonly relayM: number;
+  readonly rebuildTasks: number;
   readonly concurrency: number;
   readonly timeoutMs: number;
 }
@@ -26,12 +27,14 @@ export function settingsFor(quick: boolean, repeat?: number): Settings {
     latencyRate: 200,
     latencySeconds: quick ? 5 : 20,
     relayM: quick ? 5_000 : 50_000,
+    // 4 events per task: 1,000,000 events in the full run.
+    rebuildTasks: quick ? 10_000 : 250_000,
     concurrency: 50,
     timeoutMs: quick ? 4_000 : 120_000,
   };
 }
 
-export const SCENARIOS = ['submit-single', 'submit-batch', 'drain', 'latency', 'relay', 'memory'] as const;
+export const SCENARIOS = ['submit-single', 'submit-batch', 'drain', 'latency', 'relay', 'rebuild', 'memory'] as const;
 export type Scenario = (typeof SCENARIOS)[number];
 export const PEERS = ['graphile-worker', 'pg-boss', 'bullmq'] as const;
 export type Peer = (typeof PEERS)[number];

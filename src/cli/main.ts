@@ -12,6 +12,7 @@ import { HEALTHCHECK_ROLES, runHealthcheck, type HealthcheckRole } from './healt
 import { DEFAULT_VHOST, formatDefinitions, topologyDefinitions } from './topology-export.js';
 import { registerProjectionCommands } from './projection-commands.js';
 import { registerLogCommands } from './log-commands.js';
+import { registerAuditCommands } from './audit-commands.js';
 
 const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -97,6 +98,7 @@ program
 
 registerProjectionCommands(program, { config });
 registerLogCommands(program, { config });
+registerAuditCommands(program, { config });
 
 function parseRoles(value: string): string[] {
   const roles = value.split(',').map((r) => r.trim()).filter(Boolean);

@@ -28,7 +28,7 @@ export function registerProjectionCommands(program: Command, deps: { config: () 
     .option('--projection <list>', `comma-separated: ${PROJECTION_NAMES.join(', ')}`, parseProjections, [...PROJECTION_NAMES])
     .option('--verify', 'compare with the live tables before swapping; swap only when equal, exit 1 on any difference')
     .option('--dry-run', 'replay and compare, then drop the rebuilt tables: the live tables are left alone')
-    .option('--batch-size <n>', 'events per batch', parseBatchSize, 5000)
+    .option('--batch-size <n>', 'events read per query (a checkpoint every 10 batches)', parseBatchSize, 10_000)
     .action(async (opts: { projection: ProjectionName[]; verify?: boolean; dryRun?: boolean; batchSize: number }) => {
       await withPostgres(deps.config(), async (pg) => {
         const report = await runRebuild(pg, { projections: opts.projection, verify: opts.verify, dryRun: opts.dryRun, batchSize: opts.batchSize });
@@ -40,7 +40,7 @@ export function registerProjectionCommands(program: Command, deps: { config: () 
     .command('verify')
     .description('replay the log into scratch tables and compare them with the live ones row for row; exit 1 on any difference')
     .option('--projection <list>', `comma-separated: ${PROJECTION_NAMES.join(', ')}`, parseProjections, [...PROJECTION_NAMES])
-    .option('--batch-size <n>', 'events per batch', parseBatchSize, 5000)
+    .option('--batch-size <n>', 'events read per query (a checkpoint every 10 batches)', parseBatchSize, 10_000)
     .action(async (opts: { projection: ProjectionName[]; batchSize: number }) => {
       await withPostgres(deps.config(), async (pg) => {
         const report = await runRebuild(pg, { projections: opts.projection, dryRun: true, batchSize: opts.batchSize });
@@ -157,7 +157,7 @@ function progressReporter(): { update: (p: RebuildProgress) => void; stop: () =>
 
 /** A small pool for a one-shot command, refused (one line) while migrations are pending. */
 export async function withPostgres<T>(config: Config, fn: (pg: Postgres) => Promise<T>): Promise<T> {
-  const pg = createPostgres({ url: config.DATABASE_URL, poolMax: 3, connectTimeoutMs: config.PG_CONNECT_TIMEOUT_MS, statementTimeoutMs: 0 });
+  const pg = createPostgres({ url: config.DATABASE_URL, poolMax: 4, connectTimeoutMs: config.PG_CONNECT_TIMEOUT_MS, statementTimeoutMs: 0 });
   try {
     let pending: string[];
     try {

@@ -1,8 +1,25 @@
-import { sql } from 'kysely';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { Kysely, PostgresDialect, sql, type PostgresPool, type PostgresPoolClient } from 'kysely';
+import type pg from 'pg';
+import pgCopy from 'pg-copy-streams';
 import { evolve, FogschedError, initialTaskState, type TaskEvent, type TaskState } from '../domain/index.js';
-import { cursorAfter, LOG_START, readAll, readPositions, type Executor, type LogCursor, type StoredEvent } from '../store/index.js';
+import { cursorAfter, LOG_START, readAll, readPositions, type Database, type Executor, type LogCursor, type StoredEvent } from '../store/index.js';
 import type { Postgres } from '../infra/postgres.js';
-import { insertTaskHistory, LIVE_TASK_TABLES, loadTaskStates, upsertTaskCurrent, type HistoryRow, type TaskTables } from './task-projections.js';
+import {
+  columnList,
+  CURRENT_COLUMNS,
+  CURRENT_ON_CONFLICT,
+  HISTORY_COLUMNS,
+  LIVE_TASK_TABLES,
+  loadTaskStates,
+  type Column,
+  type CurrentRow,
+  type HistoryRow,
+  type TaskTables,
+} from './task-projections.js';
+
+const { from: copyFrom } = pgCopy;
 
 /**
  * Projection rebuild: replays the log into shadow tables while the live system keeps writing
@@ -84,16 +101,32 @@ export class RebuildRunningError extends FogschedError {
   }
 }
 
+/**
+ * The replay in memory: task states (those not yet written to the shadow table always among them)
+ * and the rows not yet written. What is not written is lost with the process; the checkpoint
+ * says what was.
+ */
 interface ReplayState {
+  /** The last event folded. */
   cursor: LogCursor;
   held: StoredEvent[];
   applied: number;
+  /** Events folded since the last checkpoint. */
+  pending: number;
   readonly cache: Map<string, TaskState>;
+  readonly dirty: Set<string>;
+  readonly seqs: Map<string, number>;
+  history: HistoryRow[];
+}
+
+function freshState(cursor: LogCursor, held: StoredEvent[], applied: number): ReplayState {
+  return { cursor, held, applied, pending: 0, cache: new Map(), dirty: new Set(), seqs: new Map(), history: [] };
 }
 
 export async function rebuildProjections(pg: Postgres, options: RebuildOptions = {}): Promise<RebuildReport> {
   const projections = normalise(options.projections ?? PROJECTION_NAMES);
-  const batchSize = options.batchSize ?? 5000;
+  const batchSize = options.batchSize ?? 10_000;
+  const checkpointEvery = batchSize * 10;
   const started = Date.now();
   const lockClient = await pg.pool.connect();
   try {
@@ -105,19 +138,37 @@ export async function rebuildProjections(pg: Postgres, options: RebuildOptions =
       const progress = (phase: RebuildProgress['phase']) =>
         options.onProgress?.({ phase, applied: state.applied, position: state.cursor.position, headPosition });
 
-      // Replay below the horizon until a batch comes back short: the log's head is near.
-      for (;;) {
-        options.signal?.throwIfAborted();
-        const events = await readAll(pg.db, state.cursor, batchSize);
-        await pg.db.transaction().execute(async (trx) => {
-          await applyEvents(trx, events, state, projections);
-          await saveCheckpoint(trx, state);
-        });
-        progress('replay');
-        if (events.length < batchSize) break;
+      // Replay below the horizon until a batch comes back short: the log's head is near. The
+      // next batch is read while this one is folded and written (separate connections); rows
+      // and the checkpoint are written together every `checkpointEvery` events, with COPY.
+      const writer = await connect(pg.pool);
+      try {
+        let next = readAll(pg.db, state.cursor, batchSize);
+        // One checkpoint written at a time, in order, while the next batches are folded.
+        let writing: Promise<void> = Promise.resolve();
+        for (;;) {
+          options.signal?.throwIfAborted();
+          const events = await next;
+          const short = events.length < batchSize;
+          if (!short) next = readAll(pg.db, cursorAfter(state.cursor, events), batchSize);
+          await fold(pg.db, events, state);
+          if (short || state.pending >= checkpointEvery) {
+            const checkpoint = takeCheckpoint(state);
+            await writing;
+            evictWritten(state, checkpoint);
+            writing = inTransaction(writer.client, () => writeCheckpoint(writer, checkpoint, projections));
+            writing.catch(() => {}); // awaited (and thrown) at the next checkpoint
+            progress('replay');
+          }
+          if (short) break;
+        }
+        await writing;
+      } finally {
+        writer.release();
       }
+      await buildIndexes(pg.db);
       await sql`ANALYZE ${sql.table(SHADOW.current)}`.execute(pg.db);
-      if (projections.includes('task_history')) await sql`ANALYZE ${sql.table(SHADOW.history)}`.execute(pg.db);
+      await sql`ANALYZE ${sql.table(SHADOW.history)}`.execute(pg.db);
 
       const compare = options.verify === true || options.dryRun === true;
       const outcome = await swapPhase(pg, state, projections, {
@@ -177,29 +228,27 @@ async function prepare(pg: Postgres, projections: readonly ProjectionName[]): Pr
     const held = await readPositions(pg.db, saved.held_positions.map(Number));
     return {
       resumed: true,
-      state: {
-        cursor: { transactionId: saved.last_transaction_id, position: Number(saved.last_position) },
-        held,
-        applied: Number(saved.events_applied),
-        cache: new Map(),
-      },
+      state: freshState({ transactionId: saved.last_transaction_id, position: Number(saved.last_position) }, held, Number(saved.events_applied)),
     };
   }
   await pg.db.transaction().execute(async (trx) => {
     await dropShadowIn(trx);
-    await sql`CREATE TABLE ${sql.table(SHADOW.current)} (LIKE task_current INCLUDING ALL)`.execute(trx);
-    await sql`CREATE TABLE ${sql.table(SHADOW.history)} (LIKE task_history INCLUDING ALL)`.execute(trx);
+    // Indexes slow a bulk load down: only task_current's primary key (the fold's upsert needs
+    // it) now; the rest are built once the replay is done (buildIndexes).
+    await sql`CREATE TABLE ${sql.table(SHADOW.current)} (LIKE task_current INCLUDING ALL EXCLUDING INDEXES)`.execute(trx);
+    await sql`CREATE TABLE ${sql.table(SHADOW.history)} (LIKE task_history INCLUDING ALL EXCLUDING INDEXES)`.execute(trx);
+    await sql`ALTER TABLE ${sql.table(SHADOW.current)} ADD PRIMARY KEY (task_id)`.execute(trx);
     await sql`INSERT INTO projection_rebuilds (projections) VALUES (${[...projections]}::text[])`.execute(trx);
   });
-  return { resumed: false, state: { cursor: LOG_START, held: [], applied: 0, cache: new Map() } };
+  return { resumed: false, state: freshState(LOG_START, [], 0) };
 }
 
 /**
- * Folds `events` (in log reading order) into the shadow tables. Each stream's events are applied
- * by stream_version: one already applied is skipped, one that arrives ahead of a missing
- * earlier version is held until that version is read.
+ * Folds `events` (in log reading order) into the states in memory. Each stream's events are
+ * applied by stream_version: one already applied is skipped, one that arrives ahead of a
+ * missing earlier version is held until that version is read.
  */
-async function applyEvents(trx: Executor, events: readonly StoredEvent[], state: ReplayState, projections: readonly ProjectionName[]): Promise<void> {
+async function fold(db: Executor, events: readonly StoredEvent[], state: ReplayState): Promise<void> {
   state.cursor = cursorAfter(state.cursor, events);
   const byStream = new Map<string, StoredEvent[]>();
   for (const e of [...state.held, ...events]) {
@@ -209,19 +258,13 @@ async function applyEvents(trx: Executor, events: readonly StoredEvent[], state:
     else byStream.set(e.streamId, [e]);
   }
   state.held = [];
-  if (byStream.size === 0) return;
-
-  if (state.cache.size > CACHE_LIMIT) state.cache.clear();
   const missing = [...byStream.keys()].filter((id) => !state.cache.has(id));
-  for (const [id, s] of await loadTaskStates(trx, missing, { forUpdate: false, table: SHADOW.current })) state.cache.set(id, s);
+  // States written at an earlier checkpoint (a changed state stays in the cache until written).
+  for (const [id, s] of await loadTaskStates(db, missing, { forUpdate: false, table: SHADOW.current })) state.cache.set(id, s);
 
-  const touched: TaskState[] = [];
-  const seqs = new Map<string, number>();
-  const history: HistoryRow[] = [];
   for (const [id, list] of byStream) {
     list.sort((a, b) => a.streamVersion - b.streamVersion);
     let current = state.cache.get(id) ?? initialTaskState(id);
-    const before = current;
     for (const [i, e] of list.entries()) {
       if (e.streamVersion <= current.version) continue;
       if (e.streamVersion > current.version + 1) {
@@ -230,24 +273,125 @@ async function applyEvents(trx: Executor, events: readonly StoredEvent[], state:
       }
       const event = { type: e.type, data: e.data } as TaskEvent;
       current = evolve(current, event);
-      if (event.type === 'TaskSubmitted') seqs.set(id, e.position);
-      history.push({ position: e.position, state: current, event, metadata: e.metadata });
+      if (event.type === 'TaskSubmitted') state.seqs.set(id, e.position);
+      state.history.push({ position: e.position, state: current, event, metadata: e.metadata });
       state.applied++;
+      state.pending++;
+      state.dirty.add(id);
     }
-    if (current !== before) {
-      state.cache.set(id, current);
-      touched.push(current);
-    }
+    state.cache.set(id, current);
   }
-  await upsertTaskCurrent(trx, touched, seqs, SHADOW.current);
-  if (projections.includes('task_history')) await insertTaskHistory(trx, history, SHADOW.history);
 }
 
-async function saveCheckpoint(trx: Executor, state: ReplayState): Promise<void> {
+/** What was folded since the last checkpoint, taken out of the replay state to be written. */
+interface Checkpoint {
+  readonly cursor: LogCursor;
+  readonly held: readonly number[];
+  readonly applied: number;
+  readonly history: readonly HistoryRow[];
+  readonly rows: readonly CurrentRow[];
+}
+
+function takeCheckpoint(state: ReplayState): Checkpoint {
+  const checkpoint: Checkpoint = {
+    cursor: state.cursor,
+    held: state.held.map((e) => e.position),
+    applied: state.applied,
+    history: state.history,
+    rows: [...state.dirty].map((id) => ({ state: state.cache.get(id) as TaskState, seq: state.seqs.get(id) ?? 0 })),
+  };
+  state.history = [];
+  state.dirty.clear();
+  state.seqs.clear();
+  state.pending = 0;
+  return checkpoint;
+}
+
+/**
+ * Bounds the cache once every earlier checkpoint is written: drops the states that are in the
+ * shadow table, keeping those of `writing` and those changed since.
+ */
+function evictWritten(state: ReplayState, writing: Checkpoint): void {
+  if (state.cache.size <= CACHE_LIMIT) return;
+  const keep = new Set([...state.dirty, ...writing.rows.map((r) => r.state.taskId)]);
+  for (const id of state.cache.keys()) if (!keep.has(id)) state.cache.delete(id);
+}
+
+/** Writes a checkpoint's rows and position in the caller's transaction. */
+async function writeCheckpoint(conn: Connection, cp: Checkpoint, projections: readonly ProjectionName[]): Promise<void> {
+  const { client, db } = conn;
+  if (projections.includes('task_history')) await copyRows(client, SHADOW.history, HISTORY_COLUMNS, cp.history);
+  if (cp.rows.length > 0) {
+    await client.query(`CREATE TEMP TABLE IF NOT EXISTS rebuild_stage (LIKE ${quote(SHADOW.current)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS`);
+    await copyRows(client, 'rebuild_stage', CURRENT_COLUMNS, cp.rows);
+    const cols = columnList(CURRENT_COLUMNS);
+    await sql`INSERT INTO ${sql.table(SHADOW.current)} AS cur (${cols}) SELECT ${cols} FROM rebuild_stage ${CURRENT_ON_CONFLICT}`.execute(db);
+    await client.query('DELETE FROM rebuild_stage');
+  }
   await sql`
     UPDATE projection_rebuilds SET
-      last_transaction_id = ${state.cursor.transactionId}::xid8, last_position = ${state.cursor.position},
-      held_positions = ${state.held.map((e) => e.position)}::bigint[], events_applied = ${state.applied}, updated_at = now()`.execute(trx);
+      last_transaction_id = ${cp.cursor.transactionId}::xid8, last_position = ${cp.cursor.position},
+      held_positions = ${[...cp.held]}::bigint[], events_applied = ${cp.applied}, updated_at = now()`.execute(db);
+}
+
+/** COPY ... FROM STDIN of the rows in text format (several times faster than INSERT for a bulk load). */
+async function copyRows<T>(client: pg.PoolClient, table: string, columns: readonly Column<T>[], rows: readonly T[]): Promise<void> {
+  if (rows.length === 0) return;
+  const stream = client.query(copyFrom(`COPY ${quote(table)} (${columns.map((c) => quote(c.name)).join(', ')}) FROM STDIN`));
+  // Values of these types never hold a backslash, tab or newline: no escaping needed.
+  const plain = columns.map((c) => PLAIN_TYPES.has(c.type));
+  function* chunks() {
+    let chunk = '';
+    for (const row of rows) {
+      for (let i = 0; i < columns.length; i++) {
+        const value = (columns[i] as Column<T>).value(row);
+        if (i > 0) chunk += '\t';
+        chunk += value === null || value === undefined ? '\\N' : plain[i] ? String(value) : copyText(value);
+      }
+      chunk += '\n';
+      if (chunk.length > 1 << 20) {
+        yield chunk;
+        chunk = '';
+      }
+    }
+    if (chunk) yield chunk;
+  }
+  await pipeline(Readable.from(chunks()), stream);
+}
+
+const PLAIN_TYPES = new Set(['uuid', 'bigint', 'int', 'timestamptz']);
+
+/** A value in COPY's text format: \N for null, backslash escapes for backslash, tab, newline, CR. */
+export function copyText(value: string | number | null): string {
+  if (value === null || value === undefined) return '\\N';
+  const text = typeof value === 'number' ? String(value) : value;
+  return /[\\\t\n\r]/.test(text) ? text.replace(/[\\\t\n\r]/g, (c) => COPY_ESCAPES[c] as string) : text;
+}
+const COPY_ESCAPES: Record<string, string> = { '\\': '\\\\', '\t': '\\t', '\n': '\\n', '\r': '\\r' };
+
+async function inTransaction<T>(client: pg.PoolClient, fn: () => Promise<T>): Promise<T> {
+  await client.query('BEGIN');
+  try {
+    const result = await fn();
+    await client.query('COMMIT');
+    return result;
+  } catch (error) {
+    await client.query('ROLLBACK').catch(() => {});
+    throw error;
+  }
+}
+
+/** One checked-out client, raw (for COPY) and through Kysely (typed queries in the same transaction). */
+interface Connection {
+  readonly client: pg.PoolClient;
+  readonly db: Kysely<Database>;
+}
+
+async function connect(pool: pg.Pool): Promise<Connection & { release(): void }> {
+  const client = await pool.connect();
+  const query = client.query.bind(client) as unknown as PostgresPoolClient['query'];
+  const single: PostgresPool = { connect: async () => ({ query, release() {} }), end: async () => {} };
+  return { client, db: new Kysely<Database>({ dialect: new PostgresDialect({ pool: single }) }), release: () => client.release() };
 }
 
 async function swapPhase(
@@ -258,44 +402,71 @@ async function swapPhase(
 ): Promise<{ swapped: boolean; comparisons: ProjectionComparison[] | null }> {
   // A reader holding the live tables for long must not make every writer wait behind us:
   // give up the lock after a while and try again.
+  const saved = { cursor: state.cursor, held: state.held, applied: state.applied };
   for (let attempt = 1; ; attempt++) {
-    const saved = { cursor: state.cursor, held: state.held, applied: state.applied };
+    const conn = await connect(pg.pool);
     try {
-      return await pg.db.transaction().execute(async (trx) => {
-        await sql`SET LOCAL lock_timeout = '5s'`.execute(trx);
-        await sql`SET LOCAL statement_timeout = 0`.execute(trx);
-        await sql`LOCK TABLE task_current, task_history IN EXCLUSIVE MODE`.execute(trx);
+      return await inTransaction(conn.client, async () => {
+        const { db } = conn;
+        await sql`SET LOCAL lock_timeout = '5s'`.execute(db);
+        await sql`SET LOCAL statement_timeout = 0`.execute(db);
+        await sql`LOCK TABLE task_current, task_history IN EXCLUSIVE MODE`.execute(db);
         for (;;) {
-          const events = await readAll(trx, state.cursor, opts.batchSize, { settled: false });
-          await applyEvents(trx, events, state, projections);
+          const events = await readAll(db, state.cursor, opts.batchSize, { settled: false });
+          await fold(db, events, state);
           if (events.length < opts.batchSize) break;
         }
         if (state.held.length > 0) {
           const e = state.held[0] as StoredEvent;
           throw new Error(`the log has no version ${e.streamVersion - 1} of stream ${e.streamId} before position ${e.position}: not swapping`);
         }
-        await saveCheckpoint(trx, state);
-        const comparisons = opts.compare ? await compareAll(trx, projections, opts.maxDifferences) : null;
+        await writeCheckpoint(conn, takeCheckpoint(state), projections);
+        const comparisons = opts.compare ? await compareAll(db, projections, opts.maxDifferences) : null;
         const equal = comparisons?.every((c) => c.liveOnly === 0 && c.rebuiltOnly === 0) ?? true;
         if (!opts.swap || !equal) return { swapped: false, comparisons };
-        for (const projection of projections) await swapTable(trx, projection);
+        for (const projection of projections) await swapTable(db, projection);
         for (const projection of projections) {
           await sql`
             INSERT INTO projection_versions (projection, version, rebuilt_at, rebuilt_events)
             VALUES (${projection}, ${PROJECTION_VERSIONS[projection]}, now(), ${state.applied})
-            ON CONFLICT (projection) DO UPDATE SET version = EXCLUDED.version, rebuilt_at = EXCLUDED.rebuilt_at, rebuilt_events = EXCLUDED.rebuilt_events`.execute(trx);
+            ON CONFLICT (projection) DO UPDATE SET version = EXCLUDED.version, rebuilt_at = EXCLUDED.rebuilt_at, rebuilt_events = EXCLUDED.rebuilt_events`.execute(db);
         }
-        await dropShadowIn(trx);
+        await dropShadowIn(db);
         return { swapped: true, comparisons };
       });
     } catch (error) {
-      state.cursor = saved.cursor;
-      state.held = saved.held;
-      state.applied = saved.applied;
-      state.cache.clear(); // it may hold states of the rolled-back catch-up
+      // Back to the last checkpoint: what the rolled-back transaction folded is folded again.
+      Object.assign(state, freshState(saved.cursor, saved.held, saved.applied));
       if ((error as { code?: string }).code !== '55P03' || attempt >= 5) throw error;
+    } finally {
+      conn.release();
     }
   }
+}
+
+/**
+ * Gives each shadow table the live table's indexes and key constraints (same definitions, names
+ * with a `__rebuild` suffix until the swap). Idempotent: a resumed rebuild may find some built.
+ */
+async function buildIndexes(db: Executor): Promise<void> {
+  for (const kind of ['current', 'history'] as const) {
+    const live = LIVE_TASK_TABLES[kind];
+    const shadow = SHADOW[kind];
+    const have = new Set((await indexesOf(db, shadow)).map((i) => i.shape));
+    for (const index of await indexesOf(db, live)) {
+      if (have.has(index.shape)) continue;
+      const name = `${index.name}__rebuild`;
+      const def = index.def.replace(/ INDEX \S+ ON (\S+)/, (_m, on: string) => ` INDEX ${quote(name)} ON ${on.replace(/[^.]+$/, quote(shadow))}`);
+      await sql.raw(def).execute(db);
+      if (index.constraint) {
+        await sql`ALTER TABLE ${sql.table(shadow)} ADD CONSTRAINT ${sql.ref(name)} ${sql.raw(index.constraint === 'p' ? 'PRIMARY KEY' : 'UNIQUE')} USING INDEX ${sql.ref(name)}`.execute(db);
+      }
+    }
+  }
+}
+
+function quote(identifier: string): string {
+  return `"${identifier.replace(/"/g, '""')}"`;
 }
 
 /** Renames the shadow table over the live one, and its indexes to the live indexes' names. */
@@ -312,13 +483,14 @@ async function swapTable(trx: Executor, projection: ProjectionName): Promise<voi
   }
 }
 
-async function indexesOf(db: Executor, table: string): Promise<{ name: string; shape: string }[]> {
-  const { rows } = await sql<{ name: string; def: string }>`
-    SELECT i.relname AS name, pg_get_indexdef(x.indexrelid) AS def
+async function indexesOf(db: Executor, table: string): Promise<{ name: string; def: string; shape: string; constraint: 'p' | 'u' | null }[]> {
+  const { rows } = await sql<{ name: string; def: string; constraint: 'p' | 'u' | null }>`
+    SELECT i.relname AS name, pg_get_indexdef(x.indexrelid) AS def,
+      (SELECT c.contype::text FROM pg_constraint c WHERE c.conindid = x.indexrelid AND c.contype IN ('p', 'u')) AS constraint
     FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
     WHERE x.indrelid = to_regclass(${table})`.execute(db);
   // "CREATE UNIQUE INDEX <name> ON public.<table> USING btree (seq)" → "CREATE UNIQUE INDEX USING btree (seq)"
-  return rows.map((r) => ({ name: r.name, shape: r.def.replace(/ INDEX \S+ ON \S+/, ' INDEX') }));
+  return rows.map((r) => ({ ...r, shape: `${r.constraint ?? ''}${r.def.replace(/ INDEX \S+ ON \S+/, ' INDEX')}` }));
 }
 
 async function compareAll(db: Executor, projections: readonly ProjectionName[], maxDifferences: number): Promise<ProjectionComparison[]> {

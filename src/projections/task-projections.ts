@@ -17,10 +17,88 @@ export interface TaskTables {
 }
 export const LIVE_TASK_TABLES: TaskTables = { current: 'task_current', history: 'task_history' };
 
+/** A column of a read model: its name, its PostgreSQL type, and its value from a row source. */
+export interface Column<T> {
+  readonly name: string;
+  readonly type: string;
+  readonly value: (row: T) => string | number | null;
+}
+
+/** A task's row source: its state and its list order (the position of its TaskSubmitted event). */
+export interface CurrentRow {
+  readonly state: TaskState;
+  readonly seq: number;
+}
+
+const spec = (s: TaskState): TaskSpec => {
+  if (!s.spec) throw new Error(`task ${s.taskId} has no TaskSubmitted event`);
+  return s.spec;
+};
+const json = (v: unknown) => (v === null || v === undefined ? null : JSON.stringify(v));
+
+/** task_current's columns: what each holds of a task's state (one definition for every writer). */
+export const CURRENT_COLUMNS: readonly Column<CurrentRow>[] = [
+  { name: 'task_id', type: 'uuid', value: (r) => r.state.taskId },
+  { name: 'seq', type: 'bigint', value: (r) => r.seq },
+  { name: 'tenant', type: 'text', value: (r) => spec(r.state).tenant },
+  { name: 'type', type: 'text', value: (r) => spec(r.state).type },
+  { name: 'state', type: 'text', value: (r) => r.state.status },
+  { name: 'tier', type: 'text', value: (r) => spec(r.state).tier },
+  { name: 'priority', type: 'text', value: (r) => spec(r.state).priority },
+  { name: 'attempt', type: 'int', value: (r) => r.state.attempt },
+  { name: 'first_attempt', type: 'int', value: (r) => r.state.firstAttempt },
+  { name: 'max_attempts', type: 'int', value: (r) => spec(r.state).maxAttempts },
+  { name: 'version', type: 'int', value: (r) => r.state.version },
+  { name: 'spec', type: 'jsonb', value: (r) => JSON.stringify(spec(r.state)) },
+  { name: 'node_id', type: 'text', value: (r) => r.state.nodeId },
+  { name: 'output', type: 'jsonb', value: (r) => json(r.state.output) },
+  { name: 'last_error', type: 'jsonb', value: (r) => json(r.state.lastError) },
+  { name: 'failure_reason', type: 'text', value: (r) => r.state.failureReason },
+  { name: 'available_at', type: 'timestamptz', value: (r) => r.state.availableAt },
+  { name: 'submitted_at', type: 'timestamptz', value: (r) => r.state.submittedAt },
+  { name: 'started_at', type: 'timestamptz', value: (r) => r.state.startedAt },
+  { name: 'finished_at', type: 'timestamptz', value: (r) => r.state.finishedAt },
+  { name: 'updated_at', type: 'timestamptz', value: (r) => r.state.updatedAt },
+  { name: 'deadline', type: 'timestamptz', value: (r) => spec(r.state).deadline },
+];
+
+/** task_history's columns: one row per event, with the state the event left the task in. */
+export const HISTORY_COLUMNS: readonly Column<HistoryRow>[] = [
+  { name: 'position', type: 'bigint', value: (r) => r.position },
+  { name: 'task_id', type: 'uuid', value: (r) => r.state.taskId },
+  { name: 'version', type: 'int', value: (r) => r.state.version },
+  { name: 'type', type: 'text', value: (r) => r.event.type },
+  { name: 'state', type: 'text', value: (r) => (r.state.status === 'new' ? 'submitted' : r.state.status) },
+  { name: 'attempt', type: 'int', value: (r) => attemptOf(r) },
+  { name: 'node_id', type: 'text', value: (r) => nodeOf(r.event) },
+  { name: 'actor', type: 'text', value: (r) => actorOf(r) },
+  { name: 'reason', type: 'text', value: (r) => reasonOf(r.event) },
+  { name: 'error', type: 'jsonb', value: (r) => errorOf(r.event) },
+  { name: 'at', type: 'timestamptz', value: (r) => r.event.data.at },
+  { name: 'data', type: 'jsonb', value: (r) => JSON.stringify(r.event.data) },
+];
+
+/** Moves a task_current row forward, never back to an older version (a replayed batch is harmless). */
+export const CURRENT_ON_CONFLICT = sql`
+    ON CONFLICT (task_id) DO UPDATE SET
+      state = EXCLUDED.state, attempt = EXCLUDED.attempt, first_attempt = EXCLUDED.first_attempt, version = EXCLUDED.version,
+      node_id = EXCLUDED.node_id, output = EXCLUDED.output, last_error = EXCLUDED.last_error,
+      failure_reason = EXCLUDED.failure_reason, available_at = EXCLUDED.available_at, started_at = EXCLUDED.started_at,
+      finished_at = EXCLUDED.finished_at, updated_at = EXCLUDED.updated_at
+    WHERE cur.version < EXCLUDED.version`;
+
+/** `unnest($1::t1[], $2::t2[], ...)` of the rows: one statement, one parameter per column, whatever the row count. */
+function unnestOf<T>(columns: readonly Column<T>[], rows: readonly T[]) {
+  return sql`unnest(${sql.join(columns.map((c) => sql`${rows.map(c.value)}::${sql.raw(c.type)}[]`))})`;
+}
+
+export function columnList<T>(columns: readonly Column<T>[]) {
+  return sql.join(columns.map((c) => sql.ref(c.name)));
+}
+
 /**
- * Writes task_current for each state (insert or move forward; a row never goes
- * back to an older version, so a replayed batch is harmless). `seqs` gives a new
- * task's row its list order: the position of its TaskSubmitted event.
+ * Writes task_current for each state (insert or move forward). `seqs` gives a new task's row its
+ * list order: the position of its TaskSubmitted event.
  */
 export async function upsertTaskCurrent(
   db: Executor,
@@ -29,46 +107,19 @@ export async function upsertTaskCurrent(
   table: string = LIVE_TASK_TABLES.current,
 ): Promise<void> {
   if (states.length === 0) return;
-  const col = <T>(f: (s: TaskState) => T) => states.map(f);
-  const spec = (s: TaskState): TaskSpec => {
-    if (!s.spec) throw new Error(`task ${s.taskId} has no TaskSubmitted event`);
-    return s.spec;
-  };
-  // unnest keeps this one statement with a fixed number of parameters.
+  const rows = states.map((state) => ({ state, seq: seqs.get(state.taskId) ?? 0 }));
   await sql`
-    INSERT INTO ${sql.table(table)} AS cur (task_id, seq, tenant, type, state, tier, priority, attempt, first_attempt, max_attempts, version,
-      spec, node_id, output, last_error, failure_reason, available_at, submitted_at, started_at, finished_at, updated_at, deadline)
-    SELECT * FROM unnest(
-      ${col((s) => s.taskId)}::uuid[], ${col((s) => seqs.get(s.taskId) ?? 0)}::bigint[], ${col((s) => spec(s).tenant)}::text[], ${col((s) => spec(s).type)}::text[],
-      ${col((s) => s.status)}::text[], ${col((s) => spec(s).tier)}::text[], ${col((s) => spec(s).priority)}::text[],
-      ${col((s) => s.attempt)}::int[], ${col((s) => s.firstAttempt)}::int[], ${col((s) => spec(s).maxAttempts)}::int[],
-      ${col((s) => s.version)}::int[], ${col((s) => JSON.stringify(spec(s)))}::jsonb[], ${col((s) => s.nodeId)}::text[],
-      ${col((s) => (s.output === null || s.output === undefined ? null : JSON.stringify(s.output)))}::jsonb[],
-      ${col((s) => (s.lastError ? JSON.stringify(s.lastError) : null))}::jsonb[], ${col((s) => s.failureReason)}::text[],
-      ${col((s) => s.availableAt)}::timestamptz[], ${col((s) => s.submittedAt)}::timestamptz[], ${col((s) => s.startedAt)}::timestamptz[],
-      ${col((s) => s.finishedAt)}::timestamptz[], ${col((s) => s.updatedAt)}::timestamptz[], ${col((s) => spec(s).deadline)}::timestamptz[]
-    )
-    ON CONFLICT (task_id) DO UPDATE SET
-      state = EXCLUDED.state, attempt = EXCLUDED.attempt, first_attempt = EXCLUDED.first_attempt, version = EXCLUDED.version,
-      node_id = EXCLUDED.node_id, output = EXCLUDED.output, last_error = EXCLUDED.last_error,
-      failure_reason = EXCLUDED.failure_reason, available_at = EXCLUDED.available_at, started_at = EXCLUDED.started_at,
-      finished_at = EXCLUDED.finished_at, updated_at = EXCLUDED.updated_at
-    WHERE cur.version < EXCLUDED.version`.execute(db);
+    INSERT INTO ${sql.table(table)} AS cur (${columnList(CURRENT_COLUMNS)})
+    SELECT * FROM ${unnestOf(CURRENT_COLUMNS, rows)}
+    ${CURRENT_ON_CONFLICT}`.execute(db);
 }
 
 /** Appends task_history rows; a row already there (same position) is left alone. */
 export async function insertTaskHistory(db: Executor, rows: readonly HistoryRow[], table: string = LIVE_TASK_TABLES.history): Promise<void> {
   if (rows.length === 0) return;
-  const col = <T>(f: (r: HistoryRow) => T) => rows.map(f);
   await sql`
-    INSERT INTO ${sql.table(table)} (position, task_id, version, type, state, attempt, node_id, actor, reason, error, at, data)
-    SELECT * FROM unnest(
-      ${col((r) => r.position)}::bigint[], ${col((r) => r.state.taskId)}::uuid[], ${col((r) => r.state.version)}::int[],
-      ${col((r) => r.event.type)}::text[], ${col((r) => (r.state.status === 'new' ? 'submitted' : r.state.status))}::text[], ${col((r) => attemptOf(r))}::int[],
-      ${col((r) => nodeOf(r.event))}::text[], ${col((r) => actorOf(r))}::text[], ${col((r) => reasonOf(r.event))}::text[],
-      ${col((r) => errorOf(r.event))}::jsonb[], ${col((r) => r.event.data.at)}::timestamptz[],
-      ${col((r) => JSON.stringify(r.event.data))}::jsonb[]
-    )
+    INSERT INTO ${sql.table(table)} (${columnList(HISTORY_COLUMNS)})
+    SELECT * FROM ${unnestOf(HISTORY_COLUMNS, rows)}
     ON CONFLICT (position) DO NOTHING`.execute(db);
 }
 
