@@ -165,7 +165,11 @@ function toStoredEvent(row: {
 }
 
 function asConcurrencyError(error: unknown, events: readonly NewEvent[]): ConcurrencyError | undefined {
-  const e = error as { code?: string; constraint?: string; detail?: string };
+  const e = error as { code?: string; constraint?: string; detail?: string; message?: string };
+  // The hash-chain trigger refuses a version whose predecessor is missing: the stream is behind
+  // the expected version, which is a concurrency conflict too (and the log stays gap-free).
+  const behind = e.code === '23503' ? /stream (.*) has no version (\d+),/.exec(e.message ?? '') : null;
+  if (behind) return new ConcurrencyError(behind[1] as string, Number(behind[2]));
   if (e.code !== '23505' || e.constraint !== 'events_stream_version_key') return undefined;
   // detail: Key (stream_id, stream_version)=(<id>, <version>) already exists.
   const match = /=\((.*), (\d+)\)/.exec(e.detail ?? '');

@@ -43,6 +43,15 @@ describe('event store', () => {
     expect(await readStream(tdb.db, id)).toHaveLength(2);
   });
 
+  it('refuses an append that would leave a gap in the stream with a typed ConcurrencyError', async () => {
+    const id = randomUUID();
+    await appendToStream(tdb.db, { id, type: 'task', expectedVersion: 0 }, [ev('A')]);
+    const error = await appendToStream(tdb.db, { id, type: 'task', expectedVersion: 3 }, [ev('B')]).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ConcurrencyError);
+    expect((error as ConcurrencyError).expectedVersion).toBe(3);
+    expect(await readStream(tdb.db, id)).toHaveLength(1);
+  });
+
   it('rejects UPDATE, DELETE and TRUNCATE of events', async () => {
     const id = randomUUID();
     await appendToStream(tdb.db, { id, type: 'task', expectedVersion: 0 }, [ev('A')]);
