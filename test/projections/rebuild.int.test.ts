@@ -70,6 +70,35 @@ describe('projection rebuild', () => {
     expect((await first).projections).toEqual(['task_history']);
   });
 
+  it('replays hand-written v1 events through their upcasters', async () => {
+    const id = '0b5c9a1e-0000-4000-8000-000000000001';
+    const at = (s: number) => new Date(Date.UTC(2025, 0, 1, 0, 0, s)).toISOString();
+    // v1 shapes: resources.memory (no memoryMb, no deadline/retry/idempotencyKey); error as a string.
+    const v1Task = { taskId: id, tenant: 'default', type: 'legacy', payload: null, priority: 'low', resources: { cpu: 0.2, memory: 128 }, tier: 'light', maxAttempts: 1, timeoutMs: null, notBefore: null };
+    const rows: [number, string, number, unknown][] = [
+      [1, 'TaskSubmitted', 1, { task: v1Task, at: at(0) }],
+      [2, 'TaskQueued', 1, { attempt: 1, tier: 'light', priority: 'low', availableAt: at(0), at: at(0) }],
+      [3, 'TaskStarted', 1, { attempt: 1, nodeId: 'old-node', at: at(1) }],
+      [4, 'TaskAttemptFailed', 1, { attempt: 1, nodeId: 'old-node', error: 'disk full', retryable: false, at: at(2) }],
+      [5, 'TaskFailed', 1, { attempt: 1, reason: 'non-retryable', error: null, at: at(2) }],
+    ];
+    for (const [version, type, schemaVersion, data] of rows) {
+      await sql`INSERT INTO events (stream_id, stream_type, stream_version, event_id, type, schema_version, data)
+        VALUES (${id}, 'task', ${version}, gen_random_uuid(), ${type}, ${schemaVersion}, ${JSON.stringify(data)}::jsonb)`.execute(tdb.db);
+    }
+    const report = await rebuildProjections(tdb, {});
+    expect(report.swapped).toBe(true);
+    const { rows: current } = await sql<{ state: string; spec: { resources: unknown; deadline: unknown }; last_error: unknown; failure_reason: string }>`
+      SELECT state, spec, last_error, failure_reason FROM task_current WHERE task_id = ${id}::uuid`.execute(tdb.db);
+    expect(current[0]?.state).toBe('failed');
+    expect(current[0]?.spec.resources).toEqual({ cpu: 0.2, memoryMb: 128 });
+    expect(current[0]?.spec.deadline).toBeNull();
+    expect(current[0]?.last_error).toEqual({ message: 'disk full', code: 'non_retryable', retryable: false });
+    const { rows: history } = await sql<{ type: string; error: unknown }>`SELECT type, error FROM task_history WHERE task_id = ${id}::uuid ORDER BY version`.execute(tdb.db);
+    expect(history.map((h) => h.type)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskStarted', 'TaskAttemptFailed', 'TaskFailed']);
+    expect(history[3]?.error).toEqual({ message: 'disk full', code: 'non_retryable', retryable: false });
+  });
+
   it('marks projections stale when the code has a newer version', async () => {
     expect(await staleProjections(tdb.db)).toEqual([]);
     await sql`UPDATE projection_versions SET version = 0 WHERE projection = 'task_history'`.execute(tdb.db);
