@@ -144,13 +144,17 @@ export async function rebuildProjections(pg: Postgres, options: RebuildOptions =
       const writer = await connect(pg.pool);
       try {
         let next = readAll(pg.db, state.cursor, batchSize);
+        next.catch(() => {});
         // One checkpoint written at a time, in order, while the next batches are folded.
         let writing: Promise<void> = Promise.resolve();
         for (;;) {
           options.signal?.throwIfAborted();
           const events = await next;
           const short = events.length < batchSize;
-          if (!short) next = readAll(pg.db, cursorAfter(state.cursor, events), batchSize);
+          if (!short) {
+            next = readAll(pg.db, cursorAfter(state.cursor, events), batchSize);
+            next.catch(() => {}); // awaited (and thrown) at the top of the loop
+          }
           await fold(pg.db, events, state);
           if (short || state.pending >= checkpointEvery) {
             const checkpoint = takeCheckpoint(state);
