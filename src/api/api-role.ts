@@ -1,6 +1,6 @@
 import { sql } from 'kysely';
 import type { Config } from '../infra/config.js';
-import { parseTiers } from '../infra/config.js';
+import { parseApiKeys, parseTiers } from '../infra/config.js';
 import type { Logger } from '../infra/logger.js';
 import { createPostgres, pendingMigrations } from '../infra/postgres.js';
 import type { Role } from '../infra/role.js';
@@ -69,7 +69,10 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
         }
         return liveCache.value;
       };
+      const apiKeys = parseApiKeys(config.API_KEYS);
+      if (apiKeys.length === 0) logger.warn('no API keys configured (API_KEYS, API_KEYS_FILE): /v1 is open and every caller is tenant default');
       app = await buildApi({
+        apiKeys,
         liveTiers,
         recordCancelled: (taskId) => recordCancelled(client, keys, taskId),
         schedules,

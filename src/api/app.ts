@@ -9,6 +9,8 @@ import type { Database } from '../store/index.js';
 import type { TaskService } from '../tasks/index.js';
 import type { ScheduleService } from '../schedules/index.js';
 import { errorHandler, problem, sendProblem } from './errors.js';
+import { apiKeyHook } from './auth.js';
+import type { ApiKey } from '../infra/config.js';
 import { taskRoutes } from './routes/tasks.js';
 import { clusterRoutes, type ClusterReader } from './routes/cluster.js';
 import { dlqRoutes } from './routes/dlq.js';
@@ -35,6 +37,8 @@ export interface ApiDeps {
   readonly liveTiers?: () => Promise<ReadonlySet<string> | null>;
   /** Tells fog nodes that join later about a cancel (best effort; the broadcast reaches the live ones). */
   readonly recordCancelled?: (taskId: string) => Promise<void>;
+  /** API keys for /v1 (each with its tenant); none: no authentication, every caller is tenant `default`. */
+  readonly apiKeys?: readonly ApiKey[];
 }
 
 /** Builds the Fastify app without listening (tests use `inject`). */
@@ -48,6 +52,8 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   app.setErrorHandler(errorHandler);
+  app.decorateRequest('tenant', 'default');
+  app.addHook('onRequest', apiKeyHook(deps.apiKeys ?? []));
   app.setNotFoundHandler((request, reply) => sendProblem(reply, problem(404, 'ROUTE_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}`)));
   app.addSchema(Problem);
 
@@ -56,6 +62,13 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
       openapi: '3.1.0',
       info: { title: 'fogsched', version: deps.version, description: 'Event-sourced task scheduler for fog computing. Errors are application/problem+json.' },
       tags: [{ name: 'tasks' }, { name: 'dlq' }, { name: 'schedules' }, { name: 'health' }],
+      components: {
+        securitySchemes: {
+          bearer: { type: 'http', scheme: 'bearer', description: 'an API key (API_KEYS / API_KEYS_FILE); not needed when the server has none' },
+          apiKey: { type: 'apiKey', in: 'header', name: 'X-API-Key' },
+        },
+      },
+      security: [{ bearer: [] }, { apiKey: [] }],
     },
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });

@@ -4,6 +4,7 @@ import { isConnectionError } from '../infra/postgres.js';
 
 const TITLES: Record<number, string> = {
   400: 'Bad Request',
+  401: 'Unauthorized',
   404: 'Not Found',
   405: 'Method Not Allowed',
   409: 'Conflict',

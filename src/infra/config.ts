@@ -17,6 +17,11 @@ export const ConfigSchema = Type.Object({
   DATABASE_PASSWORD_FILE: Type.String({ default: '', description: 'file holding the PostgreSQL password (a Docker secret); put into DATABASE_URL' }),
   AMQP_PASSWORD_FILE: Type.String({ default: '', description: 'file holding the RabbitMQ password (a Docker secret); put into every AMQP_URL' }),
   REDIS_URL: Type.String({ default: 'redis://127.0.0.1:6379' }),
+  API_KEYS: Type.String({
+    default: '',
+    description: 'API keys, comma-separated, each `key` (tenant default) or `tenant:key`; with none (and no API_KEYS_FILE) /v1 needs no key',
+  }),
+  API_KEYS_FILE: Type.String({ default: '', description: 'file with more API keys, one per line (a Docker secret)' }),
   HOST: Type.String({ default: '127.0.0.1', description: 'address the API listens on' }),
   PORT: Int(0, 8080, 'port the API listens on'),
   LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }),
@@ -92,6 +97,7 @@ export function loadConfig(
   }
   parseTiers(config.TIERS);
   parseBrokers(config.COORDINATOR_BROKERS, config.AMQP_URL);
+  parseApiKeys(config.API_KEYS);
   return Object.freeze({ ...config, fogNodeId: config.FOG_NODE_ID || `${hostname()}-${process.pid}` });
 }
 
@@ -118,7 +124,33 @@ function injectSecrets(config: Static<typeof ConfigSchema>, readSecret: (path: s
     const password = read('AMQP_PASSWORD_FILE', config.AMQP_PASSWORD_FILE);
     AMQP_URL = AMQP_URL.split(',').map((u) => withPassword('AMQP_URL', u.trim(), password)).join(',');
   }
-  return { ...config, DATABASE_URL, AMQP_URL };
+  let { API_KEYS } = config;
+  if (config.API_KEYS_FILE) {
+    const lines = read('API_KEYS_FILE', config.API_KEYS_FILE).split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+    API_KEYS = [API_KEYS, ...lines].filter(Boolean).join(',');
+  }
+  return { ...config, DATABASE_URL, AMQP_URL, API_KEYS };
+}
+
+export interface ApiKey {
+  readonly tenant: string;
+  readonly key: string;
+}
+
+/** `key` or `tenant:key`, comma-separated; a key shorter than 16 characters is refused. */
+export function parseApiKeys(value: string): ApiKey[] {
+  return value
+    .split(',')
+    .map((entry) => entry.trim())
+    .filter(Boolean)
+    .map((entry) => {
+      const colon = entry.indexOf(':');
+      const tenant = colon > 0 ? entry.slice(0, colon) : 'default';
+      const key = colon > 0 ? entry.slice(colon + 1) : entry;
+      if (key.length < 16) throw new ConfigError(`invalid configuration: API_KEYS has a key of ${key.length} characters (tenant ${tenant}); use at least 16`);
+      if (!/^[\w.-]{1,100}$/.test(tenant)) throw new ConfigError(`invalid configuration: API_KEYS tenant ${JSON.stringify(tenant)} must be letters, digits, '.', '_' or '-'`);
+      return { tenant, key };
+    });
 }
 
 export interface TierSpec {
