@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import type { Metrics } from './fogsched.js';
 import type { Settings } from './settings.js';
 
@@ -160,5 +161,14 @@ ${table(r)}
 Throughput rows: above 1× means fogsched is faster. Latency rows: above 1× means fogsched is slower.
 
 ${ratioTable(r)}
-${errors.length ? `\n## Errors\n\n${errors.map((e) => `- ${e.replace(/\s+/g, ' ').slice(0, 400)}`).join('\n')}\n` : ''}`;
+${boundsNotes()}${errors.length ? `\n## Errors\n\n${errors.map((e) => `- ${e.replace(/\s+/g, ' ').slice(0, 400)}`).join('\n')}\n` : ''}`;
+}
+
+/** The hand-written analysis (what bounds each figure), kept in docs/benchmark-notes.md and copied in. */
+function boundsNotes(): string {
+  try {
+    return `\n${readFileSync(new URL('../../docs/benchmark-notes.md', import.meta.url), 'utf8').trim()}\n`;
+  } catch {
+    return '';
+  }
 }
