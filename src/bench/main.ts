@@ -66,7 +66,7 @@ async function timed(system: string, scenario: string, repeat: number, f: () => 
   }
 }
 
-async function main(): Promise<void> {
+async function main(): Promise<number> {
   const program = new Command()
     .name('fogsched-bench')
     .description('Benchmarks fogsched and peer job queues on the local PostgreSQL, RabbitMQ and Redis')
@@ -127,6 +127,10 @@ async function main(): Promise<void> {
   const errors = errorsOf(results);
   if (errors.length) console.log(`errors (recorded, run continued):\n${errors.map((e) => `  ${e.split('\n')[0]?.slice(0, 300)}`).join('\n')}\n`);
   console.log(`results: ${jsonPath}${opts.docs ? '; docs/benchmarks.md regenerated' : ''}`);
+  // A peer may fail on its own; fogsched's scenarios failing means the benchmark (or fogsched) broke.
+  const broken = runs.filter((r) => r.system === 'fogsched' && 'error' in r && r.error);
+  if (broken.length > 0) console.log(`fogsched failed ${broken.length} scenario run(s): exit 1`);
+  return broken.length > 0 ? 1 : 0;
 }
 
 function versionOfRoot(): string {
@@ -134,7 +138,7 @@ function versionOfRoot(): string {
 }
 
 main().then(
-  () => process.exit(0),
+  (code) => process.exit(code),
   (error: unknown) => {
     killAllSpawned();
     process.stderr.write(`bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
