@@ -43,7 +43,11 @@ export type ProjectionName = keyof typeof PROJECTION_VERSIONS;
 export const PROJECTION_NAMES = Object.keys(PROJECTION_VERSIONS) as ProjectionName[];
 
 const SHADOW: TaskTables = { current: 'task_current__rebuild', history: 'task_history__rebuild' };
-const KEYS: Record<ProjectionName, string> = { task_current: 'task_id', task_history: 'position' };
+/** Each projection's live table, shadow table and key. */
+const TABLES: Record<ProjectionName, { live: string; shadow: string; key: string }> = {
+  task_current: { live: LIVE_TASK_TABLES.current, shadow: SHADOW.current, key: 'task_id' },
+  task_history: { live: LIVE_TASK_TABLES.history, shadow: SHADOW.history, key: 'position' },
+};
 /** pg_try_advisory_lock key: one rebuild at a time. */
 const REBUILD_LOCK = 0x6f6773_7262; // "fogs" "rb"
 /** Task states kept between batches (most of a task's events are close together in the log). */
@@ -366,7 +370,7 @@ async function copyRows<T>(client: pg.PoolClient, table: string, columns: readon
 const PLAIN_TYPES = new Set(['uuid', 'bigint', 'int', 'timestamptz']);
 
 /** A value in COPY's text format: \N for null, backslash escapes for backslash, tab, newline, CR. */
-export function copyText(value: string | number | null): string {
+function copyText(value: string | number | null): string {
   if (value === null || value === undefined) return '\\N';
   const text = typeof value === 'number' ? String(value) : value;
   return /[\\\t\n\r]/.test(text) ? text.replace(/[\\\t\n\r]/g, (c) => COPY_ESCAPES[c] as string) : text;
@@ -453,9 +457,7 @@ async function swapPhase(
  * with a `__rebuild` suffix until the swap). Idempotent: a resumed rebuild may find some built.
  */
 async function buildIndexes(db: Executor): Promise<void> {
-  for (const kind of ['current', 'history'] as const) {
-    const live = LIVE_TASK_TABLES[kind];
-    const shadow = SHADOW[kind];
+  for (const { live, shadow } of Object.values(TABLES)) {
     const have = new Set((await indexesOf(db, shadow)).map((i) => i.shape));
     for (const index of await indexesOf(db, live)) {
       if (have.has(index.shape)) continue;
@@ -475,8 +477,7 @@ function quote(identifier: string): string {
 
 /** Renames the shadow table over the live one, and its indexes to the live indexes' names. */
 async function swapTable(trx: Executor, projection: ProjectionName): Promise<void> {
-  const live = LIVE_TASK_TABLES[projection === 'task_current' ? 'current' : 'history'];
-  const shadow = SHADOW[projection === 'task_current' ? 'current' : 'history'];
+  const { live, shadow } = TABLES[projection];
   const liveIndexes = await indexesOf(trx, live);
   const shadowIndexes = await indexesOf(trx, shadow);
   await sql`DROP TABLE ${sql.table(live)}`.execute(trx);
@@ -500,15 +501,14 @@ async function indexesOf(db: Executor, table: string): Promise<{ name: string; d
 async function compareAll(db: Executor, projections: readonly ProjectionName[], maxDifferences: number): Promise<ProjectionComparison[]> {
   const result: ProjectionComparison[] = [];
   for (const projection of projections) {
-    const live = LIVE_TASK_TABLES[projection === 'task_current' ? 'current' : 'history'];
-    const shadow = SHADOW[projection === 'task_current' ? 'current' : 'history'];
-    result.push(await compareTables(db, projection, live, shadow, KEYS[projection], maxDifferences));
+    const { live, shadow, key } = TABLES[projection];
+    result.push(await compareTables(db, projection, live, shadow, key, maxDifferences));
   }
   return result;
 }
 
 /** Row-for-row comparison of two tables of the same shape (EXCEPT ALL both ways). */
-export async function compareTables(
+async function compareTables(
   db: Executor,
   projection: ProjectionName,
   live: string,

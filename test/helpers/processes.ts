@@ -4,6 +4,7 @@ import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { inject } from 'vitest';
 import amqp from 'amqplib';
+import pg from 'pg';
 import { topology } from '../../src/outbox/index.js';
 import { adminQuery, withDatabase } from './services.js';
 
@@ -88,6 +89,31 @@ export async function testEnv(label: string): Promise<{ env: Record<string, stri
       await deleteTopology(prefix);
     },
   };
+}
+
+const e2eTeardowns: (() => Promise<void>)[] = [];
+
+/**
+ * A test's own environment (testEnv) and a small pool on its database, with `q` (rows) and
+ * `count` (the `n` column of the first row). `dropE2eEnvs()` in afterEach removes them all.
+ */
+export async function e2eEnv(label: string) {
+  const env = await testEnv(label);
+  const pool = new pg.Pool({ connectionString: env.dbUrl, max: 2 });
+  pool.on('error', () => {}); // the database is dropped WITH (FORCE) at the end
+  e2eTeardowns.push(async () => {
+    await pool.end();
+    await env.drop();
+  });
+  const q = async <T = Record<string, unknown>>(text: string, values: unknown[] = []) => (await pool.query(text, values)).rows as T[];
+  const count = async (text: string, values: unknown[] = []) => Number((await q<{ n: string }>(text, values))[0]?.n ?? 0);
+  return { ...env, q, count, base: `http://127.0.0.1:${env.port}` };
+}
+
+/** SIGKILLs what the test started, then drops each e2eEnv at once: quorum queues hold broker file handles. */
+export async function dropE2eEnvs(): Promise<void> {
+  await killAll();
+  for (const teardown of e2eTeardowns.splice(0)) await teardown();
 }
 
 /**

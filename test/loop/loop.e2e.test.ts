@@ -1,27 +1,9 @@
-import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import { eventually } from '../helpers/database.js';
-import { getJson, killAll, postJson, spawnFogsched, tcpProxy, testEnv, waitReady } from '../helpers/processes.js';
+import { getJson, dropE2eEnvs, e2eEnv, postJson, spawnFogsched, tcpProxy, waitReady } from '../helpers/processes.js';
 
-const pools: pg.Pool[] = [];
-const drops: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  await killAll();
-  // Drop each test's database and queues at once: quorum queues hold broker file handles.
-  for (const p of pools.splice(0)) await p.end();
-  for (const d of drops.splice(0)) await d();
-});
-
-async function setup(label: string) {
-  const env = await testEnv(label);
-  drops.push(() => env.drop());
-  const pool = new pg.Pool({ connectionString: env.dbUrl, max: 2 });
-  pools.push(pool);
-  const q = async <T = Record<string, unknown>>(text: string, values: unknown[] = []) => (await pool.query(text, values)).rows as T[];
-  const count = async (text: string, values: unknown[] = []) => Number((await q<{ n: string }>(text, values))[0]?.n ?? 0);
-  return { ...env, q, count, base: `http://127.0.0.1:${env.port}` };
-}
+afterEach(dropE2eEnvs);
 
 /** Submits n tasks over HTTP with `concurrency` requests in flight; returns their ids. */
 async function submitMany(base: string, n: number, body: unknown, concurrency = 50): Promise<string[]> {
@@ -46,7 +28,7 @@ const DOUBLE_TERMINAL = `SELECT stream_id, data->>'attempt' AS attempt, count(*)
 
 describe('the loop: HTTP → outbox → relay → RabbitMQ → fog node → results → ingest → PostgreSQL', () => {
   it('runs 1,000 noop tasks submitted over HTTP to succeeded, with a consistent log and read models', async () => {
-    const t = await setup('thousand');
+    const t = await e2eEnv('thousand');
     const app = spawnFogsched(['start', '--fog-nodes', '2'], t.env);
     await waitReady(t.port, app);
     const ids = await submitMany(t.base, 1000, { type: 'noop' });
@@ -72,7 +54,7 @@ describe('the loop: HTTP → outbox → relay → RabbitMQ → fog node → resu
   });
 
   it('loses no task when a fog node is SIGKILLed holding unacked tasks; none gets a second terminal event', async () => {
-    const t = await setup('nodekill');
+    const t = await e2eEnv('nodekill');
     const core = spawnFogsched(['start', '--roles', 'api,relay,ingest'], t.env);
     await waitReady(t.port, core);
     const victim = spawnFogsched(['start', '--roles', 'fog-node'], { ...t.env, FOG_NODE_ID: 'victim', FOG_NODE_SLOTS: '10' });
@@ -89,7 +71,7 @@ describe('the loop: HTTP → outbox → relay → RabbitMQ → fog node → resu
   });
 
   it('loses no outbox row when the relay is SIGKILLed mid-batch and restarted', async () => {
-    const t = await setup('relaykill');
+    const t = await e2eEnv('relaykill');
     const core = spawnFogsched(['start', '--roles', 'api,ingest,fog-node'], { ...t.env, FOG_NODE_SLOTS: '64' });
     await waitReady(t.port, core);
     for (let b = 0; b < 4; b++) {
@@ -111,7 +93,7 @@ describe('the loop: HTTP → outbox → relay → RabbitMQ → fog node → resu
   });
 
   it('dead-letters a poison task (it crashes its worker thread every time): failed with reason delivery-limit', async () => {
-    const t = await setup('poison');
+    const t = await e2eEnv('poison');
     const app = spawnFogsched(['start'], t.env);
     await waitReady(t.port, app);
     const poison = await postJson(`${t.base}/v1/tasks`, { type: 'crash', payload: { mode: 'exit' } });
@@ -135,7 +117,7 @@ describe('the loop: HTTP → outbox → relay → RabbitMQ → fog node → resu
   });
 
   it('keeps accepting submits while the broker is unreachable and drains the backlog when it returns', async () => {
-    const t = await setup('brokerdown');
+    const t = await e2eEnv('brokerdown');
     const amqp = new URL(inject('amqpUrl'));
     const proxy = await tcpProxy({ host: amqp.hostname, port: Number(amqp.port || 5672) });
     const viaProxy = new URL(inject('amqpUrl'));

@@ -1,29 +1,11 @@
-import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createPostgres } from '../../src/infra/postgres.js';
 import { topologyNames } from '../../src/outbox/index.js';
 import { eventually } from '../helpers/database.js';
-import { killAll, postJson, spawnFogsched, testEnv, waitReady } from '../helpers/processes.js';
+import { dropE2eEnvs, e2eEnv, postJson, spawnFogsched, waitReady } from '../helpers/processes.js';
 import { seedTasks } from '../helpers/seed-tasks.js';
 
-const pools: pg.Pool[] = [];
-const drops: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  await killAll();
-  for (const p of pools.splice(0)) await p.end();
-  for (const d of drops.splice(0)) await d();
-});
-
-async function setup(label: string) {
-  const env = await testEnv(label);
-  drops.push(() => env.drop());
-  const pool = new pg.Pool({ connectionString: env.dbUrl, max: 2 });
-  pool.on('error', () => {}); // the database is dropped WITH (FORCE) at the end
-  pools.push(pool);
-  const q = async <T = Record<string, unknown>>(text: string, values: unknown[] = []) => (await pool.query(text, values)).rows as T[];
-  const count = async (text: string, values: unknown[] = []) => Number((await q<{ n: string }>(text, values))[0]?.n ?? 0);
-  return { ...env, q, count, base: `http://127.0.0.1:${env.port}` };
-}
+afterEach(dropE2eEnvs);
 
 /** Runs a fogsched command to its end; its exit code and output. */
 async function run(args: string[], env: Record<string, string>): Promise<{ code: number | null; out: string }> {
@@ -43,7 +25,7 @@ async function seed(dbUrl: string, n: number) {
 
 describe('projection rebuild, verify and the log in a terminal', () => {
   it('rebuilds while tasks are submitted and run: nothing committed meanwhile is missing, and verify finds the tables equal', async () => {
-    const t = await setup('rblive');
+    const t = await e2eEnv('rblive');
     const app = spawnFogsched(['start', '--fog-nodes', '2'], t.env);
     await waitReady(t.port, app);
     // A log to replay first, then keep submitting (successes, failures, retries) during the rebuild.
@@ -82,7 +64,7 @@ describe('projection rebuild, verify and the log in a terminal', () => {
   });
 
   it('a rebuild SIGKILLed half-way resumes from its checkpoint and ends equal', async () => {
-    const t = await setup('rbkill');
+    const t = await e2eEnv('rbkill');
     expect((await run(['migrate'], t.env)).code).toBe(0);
     await seed(t.dbUrl, 14_000);
     const first = spawnFogsched(['projections', 'rebuild', '--batch-size', '200'], t.env);
@@ -102,7 +84,7 @@ describe('projection rebuild, verify and the log in a terminal', () => {
   });
 
   it('verify exits 1 and names the row when a projection row was changed behind the log\'s back', async () => {
-    const t = await setup('rbverify');
+    const t = await e2eEnv('rbverify');
     expect((await run(['migrate'], t.env)).code).toBe(0);
     const seeded = await seed(t.dbUrl, 70);
     const victim = seeded.get('succeeded')?.[0] as string;
@@ -118,7 +100,7 @@ describe('projection rebuild, verify and the log in a terminal', () => {
   });
 
   it('start refuses stale read models and names the fix; --rebuild-stale rebuilds them, then serves', async () => {
-    const t = await setup('rbstale');
+    const t = await e2eEnv('rbstale');
     expect((await run(['migrate'], t.env)).code).toBe(0);
     await seed(t.dbUrl, 20);
     await t.q(`UPDATE projection_versions SET version = 0 WHERE projection = 'task_current'`);
@@ -135,7 +117,7 @@ describe('projection rebuild, verify and the log in a terminal', () => {
   });
 
   it('task show prints a timeline; events tail follows the log with a type filter', async () => {
-    const t = await setup('rbshow');
+    const t = await e2eEnv('rbshow');
     expect((await run(['migrate'], t.env)).code).toBe(0);
     const seeded = await seed(t.dbUrl, 7);
     const retried = seeded.get('retried-then-succeeded')?.[0] as string;

@@ -6,6 +6,7 @@ import { topologyNames } from '../../src/outbox/index.js';
 import { appendToStream } from '../../src/store/index.js';
 import { createTaskService, executeTaskCommands, type CommandItem } from '../../src/tasks/index.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
+import { taskSpec } from '../helpers/seed-tasks.js';
 
 const names = topologyNames('t_');
 let tdb: TestDatabase;
@@ -18,21 +19,7 @@ afterAll(async () => {
 });
 
 function spec(overrides: Partial<TaskSpec> = {}): TaskSpec {
-  return {
-    taskId: randomUUID(),
-    tenant: 'default',
-    type: 'noop',
-    payload: { hello: 'world' },
-    priority: 'normal',
-    resources: { cpu: 0.1, memoryMb: 64 },
-    tier: 'light',
-    maxAttempts: 3,
-    timeoutMs: null,
-    notBefore: null,
-    deadline: null,
-    idempotencyKey: null,
-    ...overrides,
-  };
+  return taskSpec({ payload: { hello: 'world' }, ...overrides });
 }
 
 function submitItem(task: TaskSpec): CommandItem {
