@@ -3,7 +3,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { topologyNames } from '../../src/outbox/index.js';
 import { PROJECTION_VERSIONS, rebuildProjections, staleProjections, type RebuildReport } from '../../src/projections/index.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
-import { OUTCOMES, seedTasks } from '../helpers/seed-tasks.js';
+import { OUTCOMES, seedTasks, taskSpec } from '../helpers/seed-tasks.js';
+import { appendToStream } from '../../src/store/index.js';
+import { randomUUID } from 'node:crypto';
 
 const names = topologyNames('rb_');
 let tdb: TestDatabase;
@@ -97,6 +99,41 @@ describe('projection rebuild', () => {
     const { rows: history } = await sql<{ type: string; error: unknown }>`SELECT type, error FROM task_history WHERE task_id = ${id}::uuid ORDER BY version`.execute(tdb.db);
     expect(history.map((h) => h.type)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskStarted', 'TaskAttemptFailed', 'TaskFailed']);
     expect(history[3]?.error).toEqual({ message: 'disk full', code: 'non_retryable', retryable: false });
+  });
+
+  it('applies a stream by version when an older transaction commits its next version after a younger one wrote the first', async () => {
+    // Its own database: batches of one over the 10,000 tasks above would take minutes.
+    const own = await createTestDatabase('rbhold');
+    const task = taskSpec();
+    const at = new Date().toISOString();
+    const older = await own.pool.connect();
+    try {
+      await older.query('BEGIN');
+      await older.query(`INSERT INTO inbox (message_id, source) VALUES ($1, 'test')`, [task.taskId]); // takes its xid now
+      // A younger transaction writes version 1 and commits ...
+      await appendToStream(own.db, { id: task.taskId, type: 'task', expectedVersion: 0 }, [
+        { eventId: randomUUID(), type: 'TaskSubmitted', data: { task, at }, metadata: {} },
+      ]);
+      // ... then the older one writes version 2: in (xid, position) order version 2 comes first.
+      await older.query(
+        `INSERT INTO events (stream_id, stream_type, stream_version, event_id, type, schema_version, data) VALUES ($1, 'task', 2, $2, 'TaskQueued', 1, $3)`,
+        [task.taskId, randomUUID(), JSON.stringify({ attempt: 1, tier: 'light', priority: 'normal', availableAt: at, at })],
+      );
+      await older.query('COMMIT');
+    } finally {
+      older.release();
+    }
+    // Batches of one: version 2 is read (and held) a batch before version 1.
+    try {
+      const report = await rebuildProjections(own, { batchSize: 1 });
+      expect(report.swapped).toBe(true);
+      const { rows } = await sql<{ state: string; version: number }>`SELECT state, version FROM task_current WHERE task_id = ${task.taskId}::uuid`.execute(own.db);
+      expect(rows[0]).toEqual({ state: 'queued', version: 2 });
+      const history = await sql<{ type: string }>`SELECT type FROM task_history WHERE task_id = ${task.taskId}::uuid ORDER BY version`.execute(own.db);
+      expect(history.rows.map((r) => r.type)).toEqual(['TaskSubmitted', 'TaskQueued']);
+    } finally {
+      await own.drop();
+    }
   });
 
   it('marks projections stale when the code has a newer version', async () => {

@@ -116,6 +116,27 @@ describe('projection rebuild, verify and the log in a terminal', () => {
     expect(list.items).toHaveLength(20);
   });
 
+  it('says in one line what is wrong: PostgreSQL down, database not migrated, bad arguments; exit 1, no stack trace', async () => {
+    const t = await e2eEnv('rbbad');
+    const down = await run(['projections', 'verify'], { ...t.env, DATABASE_URL: 'postgres://root@127.0.0.1:1/nowhere' });
+    expect(down.code).toBe(1);
+    expect(down.out).toMatch(/^fogsched: cannot reach PostgreSQL \(connect ECONNREFUSED 127\.0\.0\.1:1\); run `fogsched doctor`\n$/);
+    // The database exists but has no migrations: nothing is created, the fix is named.
+    await run(['migrate'], t.env);
+    await t.q('DROP TABLE pgmigrations');
+    const unmigrated = await run(['projections', 'rebuild'], t.env);
+    expect(unmigrated.code).toBe(1);
+    expect(unmigrated.out).toMatch(/the database lacks \d+ migration\(s\) .*run `fogsched migrate` first/);
+    expect(await t.count(`SELECT count(*) AS n FROM pg_class WHERE relname LIKE '%__rebuild'`)).toBe(0);
+    const batch = await run(['projections', 'rebuild', '--batch-size', '0'], t.env);
+    expect(batch.code).toBe(1);
+    expect(batch.out).toContain("option '--batch-size <n>' argument '0' is invalid. must be a whole number from 1 to 100000");
+    const metrics = await run(['projections', 'rebuild', '--projection', 'node_metrics'], t.env);
+    expect(metrics.code).toBe(1);
+    expect(metrics.out).toContain('node_metrics holds metric samples, not events');
+    for (const r of [down, unmigrated, batch, metrics]) expect(r.out).not.toMatch(/\n\s+at /);
+  });
+
   it('task show prints a timeline; events tail follows the log with a type filter', async () => {
     const t = await e2eEnv('rbshow');
     expect((await run(['migrate'], t.env)).code).toBe(0);
