@@ -201,7 +201,10 @@ export async function closedLoop(clients: number, seconds: number, op: () => Pro
     Array.from({ length: clients }, async () => {
       while (performance.now() < end) {
         try {
-          done += await op();
+          // Not `done += await op()`: that reads `done` before the await, and concurrent loops
+          // would overwrite each other's counts.
+          const n = await op();
+          done += n;
         } catch (error) {
           errors++;
           firstError ??= (error as Error).message;
