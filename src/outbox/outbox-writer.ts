@@ -1,6 +1,6 @@
 import { sql } from 'kysely';
 import { dispatchOf, taskRoutingKey, type SystemMessage, type TaskEvent, type TaskMessage, type TaskState } from '../domain/index.js';
-import type { Executor } from '../store/index.js';
+import { jsonRecordset, type Column, type Executor } from '../store/index.js';
 import type { TopologyNames } from './topology.js';
 
 export interface OutboxRow {
@@ -52,16 +52,20 @@ export function outboxRowFor(state: TaskState, event: TaskEvent, eventId: string
   };
 }
 
+const OUTBOX_COLUMNS: readonly Column<OutboxRow>[] = [
+  { name: 'message_id', type: 'uuid', value: (r) => r.messageId },
+  { name: 'stream_id', type: 'text', value: (r) => r.streamId },
+  { name: 'exchange', type: 'text', value: (r) => r.exchange },
+  { name: 'routing_key', type: 'text', value: (r) => r.routingKey },
+  { name: 'headers', type: 'jsonb', value: (r) => JSON.stringify(r.headers) },
+  { name: 'body', type: 'jsonb', value: (r) => JSON.stringify(r.body) },
+  { name: 'available_at', type: 'timestamptz', value: (r) => r.availableAt },
+];
+
 /** Inserts outbox rows in one statement (inside the caller's transaction). */
 export async function insertOutboxRows(db: Executor, rows: readonly OutboxRow[]): Promise<void> {
   if (rows.length === 0) return;
-  const col = <T>(f: (r: OutboxRow) => T) => rows.map(f);
-  // unnest: a fixed parameter count for any batch size.
   await sql`
     INSERT INTO outbox (message_id, stream_id, exchange, routing_key, headers, body, available_at)
-    SELECT * FROM unnest(
-      ${col((r) => r.messageId)}::uuid[], ${col((r) => r.streamId)}::text[], ${col((r) => r.exchange)}::text[],
-      ${col((r) => r.routingKey)}::text[], ${col((r) => JSON.stringify(r.headers))}::jsonb[],
-      ${col((r) => JSON.stringify(r.body))}::jsonb[], ${col((r) => r.availableAt)}::timestamptz[]
-    )`.execute(db);
+    SELECT * FROM ${jsonRecordset(OUTBOX_COLUMNS, rows)}`.execute(db);
 }

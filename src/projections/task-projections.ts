@@ -1,6 +1,8 @@
 import { sql } from 'kysely';
 import { initialTaskState, type TaskEvent, type TaskSpec, type TaskState, type TaskStatus, type FailureReason, type TaskError } from '../domain/index.js';
-import type { EventMetadata, Executor } from '../store/index.js';
+import { jsonRecordset, type Column, type EventMetadata, type Executor } from '../store/index.js';
+
+export type { Column } from '../store/index.js';
 
 /** One task_history row: the event, and the state it left the task in. */
 export interface HistoryRow {
@@ -17,12 +19,6 @@ export interface TaskTables {
 }
 export const LIVE_TASK_TABLES: TaskTables = { current: 'task_current', history: 'task_history' };
 
-/** A column of a read model: its name, its PostgreSQL type, and its value from a row source. */
-export interface Column<T> {
-  readonly name: string;
-  readonly type: string;
-  readonly value: (row: T) => string | number | null;
-}
 
 /** A task's row source: its state and its list order (the position of its TaskSubmitted event). */
 export interface CurrentRow {
@@ -87,11 +83,6 @@ export const CURRENT_ON_CONFLICT = sql`
       finished_at = EXCLUDED.finished_at, updated_at = EXCLUDED.updated_at
     WHERE cur.version < EXCLUDED.version`;
 
-/** `unnest($1::t1[], $2::t2[], ...)` of the rows: one statement, one parameter per column, whatever the row count. */
-function unnestOf<T>(columns: readonly Column<T>[], rows: readonly T[]) {
-  return sql`unnest(${sql.join(columns.map((c) => sql`${rows.map(c.value)}::${sql.raw(c.type)}[]`))})`;
-}
-
 export function columnList<T>(columns: readonly Column<T>[]) {
   return sql.join(columns.map((c) => sql.ref(c.name)));
 }
@@ -110,7 +101,7 @@ export async function upsertTaskCurrent(
   const rows = states.map((state) => ({ state, seq: seqs.get(state.taskId) ?? 0 }));
   await sql`
     INSERT INTO ${sql.table(table)} AS cur (${columnList(CURRENT_COLUMNS)})
-    SELECT * FROM ${unnestOf(CURRENT_COLUMNS, rows)}
+    SELECT * FROM ${jsonRecordset(CURRENT_COLUMNS, rows)}
     ${CURRENT_ON_CONFLICT}`.execute(db);
 }
 
@@ -119,7 +110,7 @@ export async function insertTaskHistory(db: Executor, rows: readonly HistoryRow[
   if (rows.length === 0) return;
   await sql`
     INSERT INTO ${sql.table(table)} (${columnList(HISTORY_COLUMNS)})
-    SELECT * FROM ${unnestOf(HISTORY_COLUMNS, rows)}
+    SELECT * FROM ${jsonRecordset(HISTORY_COLUMNS, rows)}
     ON CONFLICT (position) DO NOTHING`.execute(db);
 }
 

@@ -2,6 +2,7 @@ import { sql, type Kysely, type Transaction } from 'kysely';
 import { ConcurrencyError } from '../domain/errors.js';
 import { currentSchemaVersion, upcast } from '../domain/event-versions.js';
 import type { Database } from './db.js';
+import { jsonRecordset, type Column } from './json-rows.js';
 
 export type Executor = Kysely<Database> | Transaction<Database>;
 
@@ -43,6 +44,17 @@ export interface LogCursor {
 
 export const LOG_START: LogCursor = { transactionId: '0', position: 0 };
 
+const EVENT_COLUMNS: readonly Column<NewEvent>[] = [
+  { name: 'stream_id', type: 'text', value: (e) => e.streamId },
+  { name: 'stream_type', type: 'text', value: (e) => e.streamType },
+  { name: 'stream_version', type: 'int', value: (e) => e.streamVersion },
+  { name: 'event_id', type: 'uuid', value: (e) => e.eventId },
+  { name: 'type', type: 'text', value: (e) => e.type },
+  { name: 'schema_version', type: 'smallint', value: (e) => currentSchemaVersion(e.type) },
+  { name: 'data', type: 'jsonb', value: (e) => JSON.stringify(e.data) ?? null },
+  { name: 'metadata', type: 'jsonb', value: (e) => JSON.stringify(e.metadata) },
+];
+
 /**
  * Appends events of any number of streams in one statement. A stream whose
  * version was taken by a concurrent writer fails the whole statement with a
@@ -52,19 +64,11 @@ export const LOG_START: LogCursor = { transactionId: '0', position: 0 };
 export async function appendEvents(db: Executor, events: readonly NewEvent[]): Promise<number[]> {
   if (events.length === 0) return [];
   try {
-    // unnest: one statement and eight array parameters whatever the batch size.
+    // One JSON parameter for the whole batch (see jsonRecordset); ordinality keeps input order.
     const result = await sql<{ position: number }>`
       INSERT INTO events (stream_id, stream_type, stream_version, event_id, type, schema_version, data, metadata)
-      SELECT stream_id, stream_type, stream_version, event_id, type, schema_version, data, metadata FROM unnest(
-        ${events.map((e) => e.streamId)}::text[],
-        ${events.map((e) => e.streamType)}::text[],
-        ${events.map((e) => e.streamVersion)}::int[],
-        ${events.map((e) => e.eventId)}::uuid[],
-        ${events.map((e) => e.type)}::text[],
-        ${events.map((e) => currentSchemaVersion(e.type))}::smallint[],
-        ${events.map((e) => JSON.stringify(e.data))}::jsonb[],
-        ${events.map((e) => JSON.stringify(e.metadata))}::jsonb[]
-      ) WITH ORDINALITY AS t(stream_id, stream_type, stream_version, event_id, type, schema_version, data, metadata, n)
+      SELECT stream_id, stream_type, stream_version, event_id, type, schema_version, data, metadata
+        FROM ${jsonRecordset(EVENT_COLUMNS, events, { ordinality: true })}
       ORDER BY n
       RETURNING position`.execute(db);
     return result.rows.map((r) => r.position);

@@ -1,2 +1,3 @@
 export * from './db.js';
 export * from './event-store.js';
+export * from './json-rows.js';
