@@ -65,7 +65,12 @@ const OUTBOX_COLUMNS: readonly Column<OutboxRow>[] = [
 /** Inserts outbox rows in one statement (inside the caller's transaction). */
 export async function insertOutboxRows(db: Executor, rows: readonly OutboxRow[]): Promise<void> {
   if (rows.length === 0) return;
-  await sql`
+  await insertOutbox(rows).execute(db);
+}
+
+/** The INSERT of outbox rows (alone, or as a CTE of a larger write). Insert none rather than zero: it NOTIFYs the relay. */
+export function insertOutbox(rows: readonly OutboxRow[]) {
+  return sql`
     INSERT INTO outbox (message_id, stream_id, exchange, routing_key, headers, body, available_at)
-    SELECT * FROM ${jsonRecordset(OUTBOX_COLUMNS, rows)}`.execute(db);
+    SELECT * FROM ${jsonRecordset(OUTBOX_COLUMNS, rows)}`;
 }

@@ -114,6 +114,38 @@ export async function insertTaskHistory(db: Executor, rows: readonly HistoryRow[
     ON CONFLICT (position) DO NOTHING`.execute(db);
 }
 
+/**
+ * The task_current and task_history writes of a command batch as data-modifying CTEs that take
+ * their positions from the `events` insert in the CTE named `eventsCte` (which must return
+ * event_id and position): a new task's seq is the position of its TaskSubmitted event
+ * (`seqEventId`), each history row the position of its event (`eventId`). Same rows and conflict
+ * rules as upsertTaskCurrent and insertTaskHistory, without a round trip per table.
+ */
+export function taskProjectionCtes(
+  eventsCte: string,
+  current: readonly { state: TaskState; seqEventId: string | null }[],
+  history: readonly (HistoryRow & { eventId: string })[],
+) {
+  const ev = sql.raw(eventsCte);
+  const currentColumns: Column<{ state: TaskState; seqEventId: string | null }>[] = CURRENT_COLUMNS.map((c) =>
+    c.name === 'seq' ? { name: 'seq_event', type: 'uuid', value: (r) => r.seqEventId } : { ...c, value: (r) => c.value({ state: r.state, seq: 0 }) },
+  );
+  const currentSelect = sql.join(CURRENT_COLUMNS.map((c) => (c.name === 'seq' ? sql`coalesce(s.position, 0)` : sql`r.${sql.ref(c.name)}`)));
+  const historyColumns: Column<HistoryRow & { eventId: string }>[] = HISTORY_COLUMNS.map((c) => (c.name === 'position' ? { name: 'event_id', type: 'uuid', value: (r) => r.eventId } : c));
+  const historySelect = sql.join(HISTORY_COLUMNS.map((c) => (c.name === 'position' ? sql`e.position` : sql`r.${sql.ref(c.name)}`)));
+  return sql`
+    task_current_written AS (
+      INSERT INTO task_current AS cur (${columnList(CURRENT_COLUMNS)})
+      SELECT ${currentSelect} FROM ${jsonRecordset(currentColumns, current)} LEFT JOIN ${ev} s ON s.event_id = r.seq_event
+      ${CURRENT_ON_CONFLICT}
+    ),
+    task_history_written AS (
+      INSERT INTO task_history (${columnList(HISTORY_COLUMNS)})
+      SELECT ${historySelect} FROM ${jsonRecordset(historyColumns, history)} JOIN ${ev} e ON e.event_id = r.event_id
+      ON CONFLICT (position) DO NOTHING
+    )`;
+}
+
 /** Loads the states of tasks from task_current, locking the rows when asked (absent ids are left out). */
 export async function loadTaskStates(
   db: Executor,

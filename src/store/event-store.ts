@@ -64,17 +64,36 @@ const EVENT_COLUMNS: readonly Column<NewEvent>[] = [
 export async function appendEvents(db: Executor, events: readonly NewEvent[]): Promise<number[]> {
   if (events.length === 0) return [];
   try {
-    // One JSON parameter for the whole batch (see jsonRecordset); ordinality keeps input order.
-    const result = await sql<{ position: number }>`
+    const result = await insertEvents(events).execute(db);
+    return positionsInOrder(events, result.rows);
+  } catch (error) {
+    throw asConcurrencyError(error, events) ?? error;
+  }
+}
+
+/**
+ * The INSERT of `events` in input order (so a statement may carry versions v, v+1, ... of a
+ * stream), returning each row's event_id and position: run alone by appendEvents, or as a
+ * data-modifying CTE of a larger write (the task command path). One JSON parameter for the
+ * whole batch (see jsonRecordset). Map its errors with asConcurrencyError.
+ */
+export function insertEvents(events: readonly NewEvent[]) {
+  return sql<{ event_id: string; position: number }>`
       INSERT INTO events (stream_id, stream_type, stream_version, event_id, type, schema_version, data, metadata)
       SELECT stream_id, stream_type, stream_version, event_id, type, schema_version, data, metadata
         FROM ${jsonRecordset(EVENT_COLUMNS, events, { ordinality: true })}
       ORDER BY n
-      RETURNING position`.execute(db);
-    return result.rows.map((r) => r.position);
-  } catch (error) {
-    throw asConcurrencyError(error, events) ?? error;
-  }
+      RETURNING event_id, position`;
+}
+
+/** The positions of `events`, in input order, from insertEvents' rows. */
+export function positionsInOrder(events: readonly NewEvent[], rows: readonly { event_id: string; position: number }[]): number[] {
+  const byId = new Map(rows.map((r) => [r.event_id, r.position]));
+  return events.map((e) => {
+    const position = byId.get(e.eventId);
+    if (position === undefined) throw new Error(`event ${e.eventId} was not stored`);
+    return position;
+  });
 }
 
 /** Appends to one stream, expecting it to be at `expectedVersion` (0 for a new stream). */
@@ -168,7 +187,8 @@ function toStoredEvent(row: {
   };
 }
 
-function asConcurrencyError(error: unknown, events: readonly NewEvent[]): ConcurrencyError | undefined {
+/** A write that lost a stream version to a concurrent writer, as the typed ConcurrencyError (else undefined). */
+export function asConcurrencyError(error: unknown, events: readonly NewEvent[]): ConcurrencyError | undefined {
   const e = error as { code?: string; constraint?: string; detail?: string; message?: string };
   // The hash-chain trigger refuses a version whose predecessor is missing: the stream is behind
   // the expected version, which is a concurrency conflict too (and the log stays gap-free).

@@ -1,8 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { decide, evolve, initialTaskState, FogschedError, type TaskCommand, type TaskEvent, type TaskState } from '../domain/index.js';
-import { appendEvents, type EventMetadata, type Executor, type NewEvent } from '../store/index.js';
-import { insertTaskHistory, loadTaskStates, upsertTaskCurrent, type HistoryRow } from '../projections/index.js';
-import { outboxRowFor, insertOutboxRows, type OutboxRow, type TopologyNames } from '../outbox/index.js';
+import { sql } from 'kysely';
+import { asConcurrencyError, insertEvents, positionsInOrder, type EventMetadata, type Executor, type NewEvent } from '../store/index.js';
+import { loadTaskStates, taskProjectionCtes } from '../projections/index.js';
+import { insertOutbox, outboxRowFor, type OutboxRow, type TopologyNames } from '../outbox/index.js';
 
 export interface CommandItem {
   readonly taskId: string;
@@ -22,7 +23,7 @@ export interface CommandOutcome {
  * Runs task commands in the caller's transaction: locks and loads each task's
  * state (from its task_current snapshot), decides in input order, then appends
  * every event, updates task_current and task_history, and writes dispatch rows
- * to the outbox — four statements for the whole batch. A refused command
+ * to the outbox — one statement for the whole batch. A refused command
  * (typed domain error) is reported and changes nothing; anything else throws.
  *
  * `newTasks`: ids known to have no stream yet (a submit), so no load is needed.
@@ -71,14 +72,23 @@ export async function executeTaskCommands(
   });
 
   if (newEvents.length > 0) {
-    const positions = await appendEvents(trx, newEvents);
-    const history: HistoryRow[] = pending.map((p, i) => ({ position: positions[i] ?? 0, state: p.state, event: p.event, metadata: p.metadata }));
+    const history = pending.map((p) => ({ position: 0, eventId: p.eventId, state: p.state, event: p.event, metadata: p.metadata }));
     const outbox: OutboxRow[] = pending.flatMap((p) => outboxRowFor(p.state, p.event, p.eventId, names) ?? []);
-    const touched = new Set(pending.map((p) => p.state.taskId));
-    const seqs = new Map(pending.flatMap((p, i) => (p.event.type === 'TaskSubmitted' ? [[p.state.taskId, positions[i] ?? 0] as const] : [])));
-    await upsertTaskCurrent(trx, [...touched].map((id) => states.get(id) as TaskState), seqs);
-    await insertTaskHistory(trx, history);
-    await insertOutboxRows(trx, outbox);
+    const submittedEvent = new Map(pending.flatMap((p) => (p.event.type === 'TaskSubmitted' ? [[p.state.taskId, p.eventId] as const] : [])));
+    const touched = [...new Set(pending.map((p) => p.state.taskId))];
+    const current = touched.map((id) => ({ state: states.get(id) as TaskState, seqEventId: submittedEvent.get(id) ?? null }));
+    // One statement for the four tables: the events, then task_current, task_history and the
+    // outbox as CTEs that take their positions from the events' RETURNING.
+    try {
+      const result = await sql<{ event_id: string; position: number }>`
+        WITH appended AS (${insertEvents(newEvents)}),
+        ${taskProjectionCtes('appended', current, history)}
+        ${outbox.length > 0 ? sql`, outbox_written AS (${insertOutbox(outbox)})` : sql``}
+        SELECT event_id, position FROM appended`.execute(trx);
+      positionsInOrder(newEvents, result.rows);
+    } catch (error) {
+      throw asConcurrencyError(error, newEvents) ?? error;
+    }
   }
   return { states, refused, eventCount: newEvents.length };
 }
