@@ -1,19 +1,10 @@
 import { hostname } from 'node:os';
 import type { Config } from '../infra/config.js';
-import { parseTiers } from '../infra/config.js';
+import { parseBrokers, parseTiers } from '../infra/config.js';
 import { createLogger, type Logger } from '../infra/logger.js';
-import { createPostgres, isConnectionError, migrate } from '../infra/postgres.js';
-import { staleProjections } from '../projections/index.js';
-import { runRebuild, withPostgres } from './projection-commands.js';
 import type { Role } from '../infra/role.js';
-import { createApiRole } from '../api/api-role.js';
 import { FogschedError, servedTiers } from '../domain/index.js';
-import { createRelay, topology, topologyNames, type Topology } from '../outbox/index.js';
-import { createIngest } from '../ingest/index.js';
-import { createFogNode } from '../fog-node/index.js';
-import { createCoordinator } from '../coordinator/index.js';
-import { createScheduler } from '../schedules/index.js';
-import { parseBrokers } from '../infra/config.js';
+import { topology, topologyNames, type Topology } from '../outbox/topology.js';
 
 export const ROLE_NAMES = ['api', 'relay', 'ingest', 'fog-node', 'coordinator', 'scheduler'] as const;
 
@@ -41,7 +32,29 @@ export function topologyOf(config: Config): Topology {
   });
 }
 
-/** Builds the roles asked for; each runs alone in its own process too (`--roles relay`). */
+/**
+ * A role whose module is imported when it starts, so a process loads only the roles it runs:
+ * `--roles fog-node` never loads Fastify, pg, Kysely or node-pg-migrate.
+ */
+function lazyRole<R extends Role>(name: string, load: () => Promise<R>): Role & { readonly loaded: () => R | undefined } {
+  let role: R | undefined;
+  return {
+    name,
+    loaded: () => role,
+    async start() {
+      role ??= await load();
+      await role.start();
+    },
+    async stop() {
+      await role?.stop();
+    },
+  };
+}
+
+/**
+ * Builds the roles asked for; each runs alone in its own process too (`--roles relay`).
+ * Configuration errors throw here; each role's modules load when it starts.
+ */
 export function createRoles(options: StartOptions, logger: Logger): Role[] {
   const { config, roles } = options;
   const names = topologyNames(config.AMQP_PREFIX);
@@ -50,37 +63,42 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
   const list: Role[] = [];
   if (roles.includes('relay')) {
     list.push(
-      createRelay({
-        databaseUrl: config.DATABASE_URL,
-        amqpUrl: config.AMQP_URL,
-        topology: topo,
-        logger,
-        batchSize: config.RELAY_BATCH_SIZE,
-        pollIntervalMs: config.RELAY_POLL_INTERVAL_MS,
-        retryMaxMs: config.RELAY_RETRY_MAX_MS,
-      }),
+      lazyRole('relay', async () =>
+        (await import('../outbox/relay.js')).createRelay({
+          databaseUrl: config.DATABASE_URL,
+          amqpUrl: config.AMQP_URL,
+          topology: topo,
+          logger,
+          batchSize: config.RELAY_BATCH_SIZE,
+          pollIntervalMs: config.RELAY_POLL_INTERVAL_MS,
+          retryMaxMs: config.RELAY_RETRY_MAX_MS,
+        }),
+      ),
     );
   }
   if (roles.includes('ingest')) {
-    const pg = createPostgres({
-      url: config.DATABASE_URL,
-      poolMax: 2,
-      connectTimeoutMs: config.PG_CONNECT_TIMEOUT_MS,
-      statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS,
-      applicationName: 'fogsched-ingest',
-    });
-    const ingest = createIngest({
-      db: pg.db,
-      amqpUrl: config.AMQP_URL,
-      topology: topo,
-      names,
-      batchSize: config.INGEST_BATCH_SIZE,
-      flushMs: config.INGEST_FLUSH_MS,
-      backoff: { baseMs: config.RETRY_BASE_MS, factor: config.RETRY_FACTOR, maxMs: config.RETRY_MAX_MS },
-      metricsRetentionHours: config.METRICS_RETENTION_HOURS,
-      logger,
-    });
-    list.push({ name: 'ingest', start: () => ingest.start(), stop: async () => { await ingest.stop(); await pg.close(); } });
+    list.push(lazyRole('ingest', async () => {
+      const [{ createPostgres }, { createIngest }] = await Promise.all([import('../infra/postgres.js'), import('../ingest/index.js')]);
+      const pg = createPostgres({
+        url: config.DATABASE_URL,
+        poolMax: 2,
+        connectTimeoutMs: config.PG_CONNECT_TIMEOUT_MS,
+        statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS,
+        applicationName: 'fogsched-ingest',
+      });
+      const ingest = createIngest({
+        db: pg.db,
+        amqpUrl: config.AMQP_URL,
+        topology: topo,
+        names,
+        batchSize: config.INGEST_BATCH_SIZE,
+        flushMs: config.INGEST_FLUSH_MS,
+        backoff: { baseMs: config.RETRY_BASE_MS, factor: config.RETRY_FACTOR, maxMs: config.RETRY_MAX_MS },
+        metricsRetentionHours: config.METRICS_RETENTION_HOURS,
+        logger,
+      });
+      return { name: 'ingest', start: () => ingest.start(), stop: async () => { await ingest.stop(); await pg.close(); } };
+    }));
   }
   if (roles.includes('fog-node')) {
     const tier = options.tier ?? config.FOG_NODE_TIER;
@@ -90,57 +108,68 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
     for (let i = 0; i < options.fogNodes; i++) {
       const nodeId = options.fogNodes > 1 || !config.FOG_NODE_ID ? `${config.FOG_NODE_ID || `${hostname()}-${process.pid}`}${options.fogNodes > 1 ? `-${i + 1}` : ''}` : config.FOG_NODE_ID;
       list.push(
-        createFogNode({
-          amqpUrl: config.AMQP_URL,
-          topology: topo,
-          names,
-          nodeId,
-          tier,
-          servedTiers: servedTiers(tier, tiers),
-          slots: config.FOG_NODE_SLOTS,
-          prefetch: config.FOG_NODE_PREFETCH || config.FOG_NODE_SLOTS,
-          graceMs: config.FOG_NODE_GRACE_MS,
-          resultFlushMs: config.FOG_NODE_RESULT_FLUSH_MS,
-          metricsIntervalMs: config.FOG_NODE_METRICS_INTERVAL_MS,
-          agingMs: config.FOG_NODE_AGING_MS,
-          handlersModule: config.FOG_NODE_HANDLERS,
-          workerMemoryMb: config.FOG_NODE_WORKER_MEMORY_MB,
-          logger,
-          heartbeat: { redisUrl: config.REDIS_URL, prefix: config.REDIS_PREFIX, intervalMs: config.FOG_HEARTBEAT_INTERVAL_MS, ttlMs: config.FOG_HEARTBEAT_TTL_MS, version: options.version },
-        }),
+        lazyRole(`fog-node:${nodeId}`, async () =>
+          (await import('../fog-node/index.js')).createFogNode({
+            amqpUrl: config.AMQP_URL,
+            topology: topo,
+            names,
+            nodeId,
+            tier,
+            servedTiers: servedTiers(tier, tiers),
+            slots: config.FOG_NODE_SLOTS,
+            prefetch: config.FOG_NODE_PREFETCH || config.FOG_NODE_SLOTS,
+            graceMs: config.FOG_NODE_GRACE_MS,
+            resultFlushMs: config.FOG_NODE_RESULT_FLUSH_MS,
+            metricsIntervalMs: config.FOG_NODE_METRICS_INTERVAL_MS,
+            agingMs: config.FOG_NODE_AGING_MS,
+            handlersModule: config.FOG_NODE_HANDLERS,
+            workerMemoryMb: config.FOG_NODE_WORKER_MEMORY_MB,
+            logger,
+            heartbeat: { redisUrl: config.REDIS_URL, prefix: config.REDIS_PREFIX, intervalMs: config.FOG_HEARTBEAT_INTERVAL_MS, ttlMs: config.FOG_HEARTBEAT_TTL_MS, version: options.version },
+          }),
+        ),
       );
     }
   }
   if (roles.includes('coordinator')) {
-    const pg = createPostgres({ url: config.DATABASE_URL, poolMax: 2, connectTimeoutMs: config.PG_CONNECT_TIMEOUT_MS, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, applicationName: 'fogsched-coordinator' });
-    const coordinator = createCoordinator({
-      redisUrl: config.REDIS_URL,
-      prefix: config.REDIS_PREFIX,
-      db: pg.db,
-      brokers: parseBrokers(config.COORDINATOR_BROKERS, config.AMQP_URL),
-      intervalMs: config.COORDINATOR_INTERVAL_MS,
-      brokerHeartbeatTtlMs: config.BROKER_HEARTBEAT_TTL_MS,
-      leaseMs: config.COORDINATOR_LEASE_MS,
-      coordinatorId: `${hostname()}-${process.pid}`,
-      logger,
-    });
-    list.push({ name: 'coordinator', start: () => coordinator.start(), stop: async () => { await coordinator.stop(); await pg.close(); } });
+    list.push(lazyRole('coordinator', async () => {
+      const [{ createPostgres }, { createCoordinator }] = await Promise.all([import('../infra/postgres.js'), import('../coordinator/index.js')]);
+      const pg = createPostgres({ url: config.DATABASE_URL, poolMax: 2, connectTimeoutMs: config.PG_CONNECT_TIMEOUT_MS, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, applicationName: 'fogsched-coordinator' });
+      const coordinator = createCoordinator({
+        redisUrl: config.REDIS_URL,
+        prefix: config.REDIS_PREFIX,
+        db: pg.db,
+        brokers: parseBrokers(config.COORDINATOR_BROKERS, config.AMQP_URL),
+        intervalMs: config.COORDINATOR_INTERVAL_MS,
+        brokerHeartbeatTtlMs: config.BROKER_HEARTBEAT_TTL_MS,
+        leaseMs: config.COORDINATOR_LEASE_MS,
+        coordinatorId: `${hostname()}-${process.pid}`,
+        logger,
+      });
+      return { name: 'coordinator', start: () => coordinator.start(), stop: async () => { await coordinator.stop(); await pg.close(); } };
+    }));
   }
   if (roles.includes('scheduler')) {
-    const pg = createPostgres({ url: config.DATABASE_URL, poolMax: 2, connectTimeoutMs: config.PG_CONNECT_TIMEOUT_MS, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, applicationName: 'fogsched-scheduler' });
-    const scheduler = createScheduler({
-      db: pg.db,
-      names,
-      tiers,
-      defaultMaxAttempts: config.DEFAULT_MAX_ATTEMPTS,
-      logger,
-      pollIntervalMs: config.SCHEDULER_POLL_INTERVAL_MS,
-      misfireGraceMs: config.SCHEDULER_MISFIRE_GRACE_MS,
-    });
-    list.push({ name: 'scheduler', start: () => scheduler.start(), stop: async () => { await scheduler.stop(); await pg.close(); } });
+    list.push(lazyRole('scheduler', async () => {
+      const [{ createPostgres }, { createScheduler }] = await Promise.all([import('../infra/postgres.js'), import('../schedules/index.js')]);
+      const pg = createPostgres({ url: config.DATABASE_URL, poolMax: 2, connectTimeoutMs: config.PG_CONNECT_TIMEOUT_MS, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, applicationName: 'fogsched-scheduler' });
+      const scheduler = createScheduler({
+        db: pg.db,
+        names,
+        tiers,
+        defaultMaxAttempts: config.DEFAULT_MAX_ATTEMPTS,
+        logger,
+        pollIntervalMs: config.SCHEDULER_POLL_INTERVAL_MS,
+        misfireGraceMs: config.SCHEDULER_MISFIRE_GRACE_MS,
+      });
+      return { name: 'scheduler', start: () => scheduler.start(), stop: async () => { await scheduler.stop(); await pg.close(); } };
+    }));
   }
   // The API starts last, so it takes requests only once the pipeline behind it runs.
-  if (roles.includes('api')) list.push(createApiRole({ config, logger, version: options.version }));
+  if (roles.includes('api')) {
+    const api = lazyRole('api', async () => (await import('../api/api-role.js')).createApiRole({ config, logger, version: options.version }));
+    list.push(Object.assign(api, { address: () => api.loaded()?.address() ?? null }));
+  }
   return list;
 }
 
@@ -149,6 +178,7 @@ export async function runStart(options: StartOptions): Promise<void> {
   const logger = createLogger(options.config.LOG_LEVEL, { service: 'fogsched' });
   const needsDb = options.roles.some((r) => r !== 'fog-node');
   if (options.migrate && needsDb) {
+    const { isConnectionError, migrate } = await import('../infra/postgres.js');
     try {
       await migrate(options.config.DATABASE_URL, logger);
     } catch (error) {
@@ -203,6 +233,7 @@ export async function runStart(options: StartOptions): Promise<void> {
  */
 async function checkProjections(options: StartOptions, logger: Logger): Promise<void> {
   // PostgreSQL down: the roles start degraded (503s) as before; they cannot serve stale rows either.
+  const [{ staleProjections }, { runRebuild, withPostgres }] = await Promise.all([import('../projections/index.js'), import('./projection-commands.js')]);
   await withPostgres(options.config, async (pg) => {
     const stale = await staleProjections(pg.db);
     if (stale.length === 0) return;
