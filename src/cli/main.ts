@@ -4,15 +4,16 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { FogschedError } from '../domain/index.js';
 import { loadConfig, type Config } from '../infra/config.js';
 import { createLogger } from '../infra/logger.js';
-import { migrate } from '../infra/postgres.js';
-import { runDoctor } from './doctor.js';
-import { formatClusterStatus, readCluster } from './cluster-status.js';
 import { ROLE_NAMES, runStart, topologyOf } from './start.js';
-import { HEALTHCHECK_ROLES, runHealthcheck, type HealthcheckRole } from './healthcheck.js';
 import { DEFAULT_VHOST, formatDefinitions, topologyDefinitions } from './topology-export.js';
-import { registerProjectionCommands } from './projection-commands.js';
-import { registerLogCommands } from './log-commands.js';
-import { registerAuditCommands } from './audit-commands.js';
+import type { HealthcheckRole } from './healthcheck.js';
+
+/**
+ * `start` runs for as long as the process lives, so it loads only what its roles need (a fog
+ * node alone never loads pg, Kysely, node-pg-migrate or Fastify); the other commands' modules
+ * load only when one of them runs.
+ */
+const starting = process.argv[2] === 'start';
 
 const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -33,6 +34,7 @@ program
   .action(async () => {
     const c = config();
     const logger = createLogger(c.LOG_LEVEL);
+    const { migrate } = await import('../infra/postgres.js');
     await migrate(c.DATABASE_URL, logger);
     process.stdout.write('migrations applied\n');
   });
@@ -53,18 +55,26 @@ program
   .command('doctor')
   .description('check PostgreSQL, RabbitMQ and Redis and say how to start what is missing')
   .action(async () => {
+    const { runDoctor } = await import('./doctor.js');
     const ok = await runDoctor(config());
     process.exitCode = ok ? 0 : 1;
   });
 
-program
-  .command('healthcheck')
-  .description('container health check: exit 0 when the role is healthy, 1 otherwise (one line)')
-  .option('--role <role>', `one of ${HEALTHCHECK_ROLES.join(', ')}`, parseHealthcheckRole, 'api')
-  .option('--timeout-ms <ms>', 'per check', parsePositiveInt, 3000)
-  .action(async (opts: { role: HealthcheckRole; timeoutMs: number }) => {
-    process.exitCode = (await runHealthcheck(config(), { role: opts.role, timeoutMs: opts.timeoutMs })) ? 0 : 1;
-  });
+if (!starting) {
+  const { HEALTHCHECK_ROLES, runHealthcheck } = await import('./healthcheck.js');
+  const parseHealthcheckRole = (value: string): HealthcheckRole => {
+    if (!(HEALTHCHECK_ROLES as readonly string[]).includes(value)) throw new InvalidArgumentError(`roles are ${HEALTHCHECK_ROLES.join(', ')}`);
+    return value as HealthcheckRole;
+  };
+  program
+    .command('healthcheck')
+    .description('container health check: exit 0 when the role is healthy, 1 otherwise (one line)')
+    .option('--role <role>', `one of ${HEALTHCHECK_ROLES.join(', ')}`, parseHealthcheckRole, 'api')
+    .option('--timeout-ms <ms>', 'per check', parsePositiveInt, 3000)
+    .action(async (opts: { role: HealthcheckRole; timeoutMs: number }) => {
+      process.exitCode = (await runHealthcheck(config(), { role: opts.role, timeoutMs: opts.timeoutMs })) ? 0 : 1;
+    });
+}
 
 program
   .command('topology')
@@ -79,11 +89,6 @@ program
     else process.stdout.write(text);
   });
 
-function parseHealthcheckRole(value: string): HealthcheckRole {
-  if (!(HEALTHCHECK_ROLES as readonly string[]).includes(value)) throw new InvalidArgumentError(`roles are ${HEALTHCHECK_ROLES.join(', ')}`);
-  return value as HealthcheckRole;
-}
-
 program
   .command('cluster')
   .description('broker cluster and fog-node membership')
@@ -91,14 +96,22 @@ program
   .description('print brokers (member, master, healthy, last heartbeat) and fog nodes from Redis; add --json for GET /v1/cluster\'s body')
   .option('--json', 'print JSON')
   .action(async (opts: { json?: boolean }) => {
+    const { formatClusterStatus, readCluster } = await import('./cluster-status.js');
     const view = await readCluster(config());
     process.stdout.write(opts.json ? `${JSON.stringify(view, null, 2)}\n` : formatClusterStatus(view));
     process.exitCode = view.redis === 'ok' ? 0 : 2;
   });
 
-registerProjectionCommands(program, { config });
-registerLogCommands(program, { config });
-registerAuditCommands(program, { config });
+if (!starting) {
+  const [{ registerProjectionCommands }, { registerLogCommands }, { registerAuditCommands }] = await Promise.all([
+    import('./projection-commands.js'),
+    import('./log-commands.js'),
+    import('./audit-commands.js'),
+  ]);
+  registerProjectionCommands(program, { config });
+  registerLogCommands(program, { config });
+  registerAuditCommands(program, { config });
+}
 
 function parseRoles(value: string): string[] {
   const roles = value.split(',').map((r) => r.trim()).filter(Boolean);
