@@ -15,6 +15,8 @@ export interface RelayOptions {
   readonly retryMaxMs: number;
   /** Advisory lock key: one relay per database publishes at a time. */
   readonly lockKey?: number;
+  /** Batches published and awaiting their confirms and UPDATE at once (default 3; 1 = strictly one after another). */
+  readonly pipelineDepth?: number;
 }
 
 export interface RelayStats {
@@ -36,9 +38,32 @@ interface ClaimedRow {
   attempts: number;
 }
 
+interface FailedRow {
+  id: number;
+  attempts: number;
+  error: string;
+}
+
+interface BatchOutcome {
+  ok: number[];
+  failed: FailedRow[];
+}
+
+interface Claim {
+  rows: ClaimedRow[];
+  /** Highest id the claim looked at: the next claim starts after it. */
+  lastId: number;
+  /** It returned as many rows as it asked for: more may follow. */
+  full: boolean;
+  /** At least half the rows it looked at were due (a claim from the index always is). */
+  dense: boolean;
+}
+
 const DEFAULT_LOCK_KEY = 0x0f065c4d; // "fogsched relay"
 /** How long one round tries to reach the broker before it gives up until the next round. */
 const CONNECT_ROUND_MS = 5000;
+const DEFAULT_PIPELINE_DEPTH = 3;
+const LAG_CHECK_MS = 5000;
 
 /**
  * Publishes due outbox rows with publisher confirms, and marks them published
@@ -53,6 +78,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
   const knownExchanges = new Set(options.topology.exchanges.map((e) => e.name));
   // Task dispatches must reach a queue (an unroutable one is a failure); a broadcast may reach none.
   const mandatory = new Set(options.topology.exchanges.filter((e) => e.type === 'direct').map((e) => e.name));
+  const pipelineDepth = Math.max(1, options.pipelineDepth ?? DEFAULT_PIPELINE_DEPTH);
   const abort = new AbortController();
   const stats: RelayStats = { leader: false, published: 0, failed: 0, lagMs: 0, pending: 0 };
   let wake: (() => void) | undefined;
@@ -61,6 +87,11 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
   let client: pg.Client | undefined;
   let connection: ChannelModel | undefined;
   let channel: ConfirmChannel | undefined;
+  /** Message ids the broker returned as unroutable, per channel, until their batch settles. */
+  const returnedOf = new WeakMap<ConfirmChannel, Set<string>>();
+  let lastLagCheck = 0;
+  /** A NOTIFY came while a round ran (nobody was waiting to be woken): go again at once. */
+  let notified = false;
 
   const waitForWork = (ms: number) =>
     new Promise<void>((resolve) => {
@@ -74,6 +105,17 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
       wake = done;
       abort.signal.addEventListener('abort', done, { once: true });
     });
+
+  /**
+   * Queries of one round on the leader's connection, one after another: pg.Client runs one query at
+   * a time and warns (pg@9 will refuse) when handed another before the first returns.
+   */
+  let dbTail: Promise<unknown> = Promise.resolve();
+  const inTurn = <T>(f: () => Promise<T>): Promise<T> => {
+    const p = dbTail.then(f, f);
+    dbTail = p.catch(() => {});
+    return p;
+  };
 
   const closeDb = async () => {
     const c = client;
@@ -105,7 +147,10 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
             return undefined;
           }
         }
-        c.on('notification', () => wake?.());
+        c.on('notification', () => {
+          notified = true;
+          wake?.();
+        });
         await c.query('LISTEN fogsched_outbox');
         stats.leader = true;
         logger.info('relay is the publishing replica');
@@ -149,83 +194,205 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     ch.on('close', () => {
       if (channel === ch) channel = undefined;
     });
+    const returned = new Set<string>();
+    returnedOf.set(ch, returned);
+    ch.on('return', (msg: { properties: { messageId?: string } }) => {
+      if (msg.properties.messageId) returned.add(msg.properties.messageId);
+    });
     await declareTopology(ch, options.topology);
     channel = ch;
     return ch;
   };
 
-  /** Publishes one claimed batch; returns ids confirmed and ids refused (nack, return, or channel loss). */
-  const publishBatch = async (ch: ConfirmChannel, rows: ClaimedRow[]) => {
-    const returned = new Set<string>();
-    const onReturn = (msg: { properties: { messageId?: string } }) => {
-      if (msg.properties.messageId) returned.add(msg.properties.messageId);
-    };
-    ch.on('return', onReturn);
-    try {
-      const results = await Promise.allSettled(
-        rows.map(
-          (row) =>
-            new Promise<void>((resolve, reject) => {
-              ch.publish(
-                row.exchange,
-                row.routing_key,
-                Buffer.from(row.body),
-                { persistent: true, mandatory: mandatory.has(row.exchange), messageId: row.message_id, contentType: 'application/json', headers: row.headers, timestamp: Math.floor(Date.now() / 1000) },
-                (error: unknown) => (error ? reject(error instanceof Error ? error : new Error('nacked by the broker (queue full?)')) : resolve()),
-              );
-            }),
-        ),
-      );
-      const ok: number[] = [];
-      const failed: { id: number; error: string }[] = [];
-      results.forEach((r, i) => {
+  /**
+   * Publishes one claimed batch on `ch` (in id order) and resolves once every row is confirmed or
+   * refused (nack, return, channel loss). One callback per row, no promise per row.
+   */
+  const publishBatch = (ch: ConfirmChannel, returned: Set<string>, rows: readonly ClaimedRow[]): Promise<BatchOutcome> =>
+    new Promise((resolve) => {
+      const errors: (string | undefined)[] = new Array<string | undefined>(rows.length);
+      let waiting = rows.length;
+      const finish = () => {
+        const ok: number[] = [];
+        const failed: FailedRow[] = [];
+        rows.forEach((row, i) => {
+          // The broker sends basic.return before the confirm of that message.
+          const wasReturned = returned.delete(row.message_id);
+          const error = errors[i] ?? (wasReturned ? `unroutable: no queue bound to ${row.exchange}/${row.routing_key}` : undefined);
+          if (error === undefined) ok.push(row.id);
+          else failed.push({ id: row.id, attempts: row.attempts, error });
+        });
+        resolve({ ok, failed });
+      };
+      if (waiting === 0) return finish();
+      const timestamp = Math.floor(Date.now() / 1000);
+      for (let i = 0; i < rows.length; i++) {
         const row = rows[i] as ClaimedRow;
-        if (r.status === 'fulfilled' && !returned.has(row.message_id)) ok.push(row.id);
-        else failed.push({ id: row.id, error: r.status === 'rejected' ? String((r.reason as Error).message ?? r.reason) : `unroutable: no queue bound to ${row.exchange}/${row.routing_key}` });
-      });
-      return { ok, failed };
-    } finally {
-      ch.off('return', onReturn);
-    }
+        try {
+          ch.publish(
+            row.exchange,
+            row.routing_key,
+            Buffer.from(row.body),
+            { persistent: true, mandatory: mandatory.has(row.exchange), messageId: row.message_id, contentType: 'application/json', headers: row.headers, timestamp },
+            (error: unknown) => {
+              if (error) errors[i] = error instanceof Error ? error.message : 'nacked by the broker (queue full?)';
+              if (--waiting === 0) finish();
+            },
+          );
+        } catch (error) {
+          // The channel is closed (or the frame could not be encoded): this row and the rest of the
+          // batch never went out. amqplib queued a confirm callback for this row that no delivery tag
+          // will ever match, so later confirms on this channel would land on the wrong rows: drop it.
+          if (channel === ch) channel = undefined;
+          ch.close().catch(() => {});
+          const reason = `not sent: ${(error as Error).message ?? String(error)}`;
+          for (let j = i; j < rows.length; j++) errors[j] = reason;
+          waiting -= rows.length - i;
+          if (waiting === 0) finish();
+          break;
+        }
+      }
+    });
+
+  /** Gives refused rows their backoff: they stay unpublished and come due again later. */
+  const backOff = async (db: pg.Client, failed: readonly FailedRow[]) => {
+    const backoffs = failed.map((f) =>
+      f.error.startsWith('unknown exchange') ? 3_600_000 : Math.min(options.retryMaxMs, 100 * 2 ** Math.min(f.attempts + 1, 12)),
+    );
+    // unnest: one statement sets a different error and backoff per row.
+    await inTurn(() =>
+      db.query(
+        `UPDATE outbox o SET attempts = o.attempts + 1, last_error = f.error, available_at = now() + f.backoff * interval '1 millisecond'
+           FROM unnest($1::bigint[], $2::text[], $3::int[]) AS f(id, error, backoff) WHERE o.id = f.id`,
+        [failed.map((f) => f.id), failed.map((f) => f.error.slice(0, 500)), backoffs],
+      ),
+    );
+    stats.failed += failed.length;
+    logger.warn({ failed: failed.length, firstError: failed[0]?.error }, 'outbox rows not confirmed; will retry');
   };
 
-  const runOnce = async (db: pg.Client): Promise<boolean> => {
-    const claimed = await db.query<ClaimedRow>(
-      `SELECT id, message_id, exchange, routing_key, headers, body::text AS body, attempts
-         FROM outbox WHERE published_at IS NULL AND available_at <= now()
-        ORDER BY id LIMIT $1`,
-      [options.batchSize],
+  /** The first claim of a round: the oldest due rows, through the partial index of unpublished rows. */
+  const claimDue = async (db: pg.Client): Promise<Claim> => {
+    const r = await inTurn(() =>
+      db.query<ClaimedRow>(
+        `SELECT id, message_id, exchange, routing_key, headers, body::text AS body, attempts
+           FROM outbox WHERE published_at IS NULL AND available_at <= now()
+          ORDER BY id LIMIT $1`,
+        [options.batchSize],
+      ),
     );
-    if (claimed.rows.length === 0) {
+    const last = r.rows[r.rows.length - 1];
+    return { rows: r.rows, lastId: last?.id ?? 0, full: r.rows.length === options.batchSize, dense: true };
+  };
+
+  /**
+   * The next claim while earlier batches are in flight: the next `batchSize` rows after `afterId`
+   * in primary-key order, keeping the due, unpublished ones. It walks the primary key rather than
+   * the partial index, whose plan sorts every due row (and every dead entry) on each call.
+   * Rows in flight are below `afterId`, so none is claimed twice.
+   */
+  const claimAfter = async (db: pg.Client, afterId: number): Promise<Claim> => {
+    const r = await inTurn(() =>
+      db.query<ClaimedRow & { due: boolean }>(
+        `SELECT id, message_id, exchange, routing_key, headers, body::text AS body, attempts,
+                published_at IS NULL AND available_at <= now() AS due
+           FROM outbox WHERE id > $1 ORDER BY id LIMIT $2`,
+        [afterId, options.batchSize],
+      ),
+    );
+    const rows = r.rows.filter((x) => x.due);
+    const last = r.rows[r.rows.length - 1];
+    return { rows, lastId: last?.id ?? afterId, full: r.rows.length === options.batchSize, dense: rows.length * 2 >= r.rows.length };
+  };
+
+  /**
+   * One round: claims due rows in id order and publishes them on one channel, keeping up to
+   * `pipelineDepth` batches awaiting their confirms: the next batch is claimed and published
+   * while the earlier ones wait for theirs, and confirmed rows are marked published behind them.
+   * It claims no further batch once a row was refused, the channel changed, the rows thin out
+   * (the next round starts over from the index) or the relay stops; either way every batch in
+   * flight gets its confirms and every confirmed row its UPDATE before it returns.
+   * True when more rows may be due right away.
+   */
+  const runOnce = async (db: pg.Client): Promise<boolean> => {
+    let claim = await claimDue(db);
+    if (claim.rows.length === 0) {
       stats.lagMs = 0;
       return false;
     }
     const ch = await ensureChannel();
     if (!ch) return false;
-    // A row for an exchange this relay does not declare (say, written under another AMQP_PREFIX)
-    // would close the channel and fail its whole batch each round: set it aside instead.
-    const publishable = claimed.rows.filter((r) => knownExchanges.has(r.exchange));
-    const strays = claimed.rows.filter((r) => !knownExchanges.has(r.exchange)).map((r) => ({ id: r.id, error: `unknown exchange ${r.exchange}` }));
-    const published = await publishBatch(ch, publishable);
-    const ok = published.ok;
-    const failed = [...published.failed, ...strays];
-    if (ok.length > 0) await db.query('UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])', [ok]);
-    if (failed.length > 0) {
-      // The rows stay unpublished and come due again after a backoff.
-      const backoffs = failed.map((f) => {
-        const attempts = (claimed.rows.find((r) => r.id === f.id)?.attempts ?? 0) + 1;
-        return f.error.startsWith('unknown exchange') ? 3_600_000 : Math.min(options.retryMaxMs, 100 * 2 ** Math.min(attempts, 12));
-      });
-      await db.query(
-        `UPDATE outbox o SET attempts = o.attempts + 1, last_error = f.error, available_at = now() + f.backoff * interval '1 millisecond'
-           FROM unnest($1::bigint[], $2::text[], $3::int[]) AS f(id, error, backoff) WHERE o.id = f.id`,
-        [failed.map((f) => f.id), failed.map((f) => f.error.slice(0, 500)), backoffs],
-      );
-      stats.failed += failed.length;
-      logger.warn({ failed: failed.length, firstError: failed[0]?.error }, 'outbox rows not confirmed; will retry');
+    const returned = returnedOf.get(ch) ?? new Set<string>();
+    const inFlight = new Set<Promise<void>>();
+    let refused = false;
+    let failure: unknown;
+    let next: Promise<Claim> | undefined;
+    // Confirmed ids wait here for their UPDATE; one UPDATE at a time takes all that have gathered,
+    // so a slow commit makes the next UPDATE bigger instead of holding back the publishing.
+    let toMark: number[] = [];
+    let marking: Promise<void> | undefined;
+    const markPublished = (ids: readonly number[]) => {
+      for (const id of ids) toMark.push(id);
+      marking ??= (async () => {
+        try {
+          while (toMark.length > 0) {
+            const batch = toMark;
+            toMark = [];
+            await inTurn(() => db.query('UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])', [batch]));
+            stats.published += batch.length;
+          }
+        } catch (error) {
+          failure ??= error; // the rows not marked stay due and go out again: at least once
+        } finally {
+          marking = undefined;
+        }
+      })();
+    };
+    const stopping = () => refused || failure !== undefined || channel !== ch || abort.signal.aborted;
+    try {
+      for (;;) {
+        // A row for an exchange this relay does not declare (say, written under another AMQP_PREFIX)
+        // would close the channel and fail its whole batch each round: set it aside instead.
+        const publishable = claim.rows.filter((r) => knownExchanges.has(r.exchange));
+        const strays: FailedRow[] = claim.rows
+          .filter((r) => !knownExchanges.has(r.exchange))
+          .map((r) => ({ id: r.id, attempts: r.attempts, error: `unknown exchange ${r.exchange}` }));
+        const settled = publishBatch(ch, returned, publishable)
+          .then(async (outcome) => {
+            if (outcome.ok.length > 0) markPublished(outcome.ok);
+            const failed = [...outcome.failed, ...strays];
+            if (failed.length > 0) {
+              refused = true;
+              await backOff(db, failed);
+            }
+          })
+          .catch((error: unknown) => {
+            failure ??= error;
+          });
+        inFlight.add(settled);
+        void settled.then(() => inFlight.delete(settled));
+        if (!claim.full || !claim.dense || stopping()) break;
+        // Claim the next batch now; publish it once a batch in flight is confirmed and the
+        // confirmed rows awaiting their UPDATE are no more than a few batches.
+        next = claimAfter(db, claim.lastId);
+        while (inFlight.size >= pipelineDepth) await Promise.race(inFlight);
+        while (marking && toMark.length >= pipelineDepth * options.batchSize) await marking;
+        claim = await next;
+        next = undefined;
+        if (claim.rows.length === 0 || stopping()) break;
+        if (Date.now() - lastLagCheck > LAG_CHECK_MS) await measureLag(db);
+      }
+    } catch (error) {
+      failure ??= error;
+    } finally {
+      // Claimed but not published: those rows simply stay due. Every batch in flight gets its
+      // confirms, and every confirmed row its UPDATE, before the round ends.
+      await next?.catch(() => {});
+      await Promise.all(inFlight);
+      while (marking) await marking;
     }
-    stats.published += ok.length;
-    return claimed.rows.length === options.batchSize && failed.length === 0;
+    if (failure !== undefined) throw failure;
+    return claim.full && !refused;
   };
 
   /** Sleep until the poll, or until a delayed row comes due if that is sooner (delays fire on time). */
@@ -238,9 +405,12 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
   };
 
   const measureLag = async (db: pg.Client) => {
-    const r = await db.query<{ lag_ms: number | null; pending: number }>(
-      `SELECT (extract(epoch FROM now() - min(available_at)) * 1000)::float8 AS lag_ms, count(*)::int AS pending
-         FROM outbox WHERE published_at IS NULL AND available_at <= now()`,
+    lastLagCheck = Date.now();
+    const r = await inTurn(() =>
+      db.query<{ lag_ms: number | null; pending: number }>(
+        `SELECT (extract(epoch FROM now() - min(available_at)) * 1000)::float8 AS lag_ms, count(*)::int AS pending
+           FROM outbox WHERE published_at IS NULL AND available_at <= now()`,
+      ),
     );
     stats.lagMs = Math.max(0, r.rows[0]?.lag_ms ?? 0);
     stats.pending = r.rows[0]?.pending ?? 0;
@@ -249,19 +419,16 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
 
   const run = async () => {
     let failures = 0;
-    let lastLagCheck = 0;
     while (!abort.signal.aborted) {
       client ??= await becomeLeader();
       const db = client;
       if (!db) break;
       try {
+        notified = false;
         const more = await runOnce(db);
         failures = 0;
-        if (Date.now() - lastLagCheck > 5000) {
-          lastLagCheck = Date.now();
-          await measureLag(db);
-        }
-        if (!more) await waitForWork(await idleWaitMs(db));
+        if (Date.now() - lastLagCheck > LAG_CHECK_MS) await measureLag(db);
+        if (!more && !notified) await waitForWork(await idleWaitMs(db));
       } catch (error) {
         failures++;
         const delay = Math.min(options.retryMaxMs, 100 * 2 ** Math.min(failures, 10));

@@ -272,9 +272,9 @@ describe('outbox relay', () => {
     const fullService = createTaskService({ db: tdb.db, names: full.names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3, maxBatch: 100 });
     const queue = full.names.taskQueue('light', 'normal');
     await declareTopology(broker.channel, full.topology);
-    // Batches of one: each publish is confirmed before the next, so the queue's limit is exact enough
-    // (a quorum queue takes the publishes already in flight when it fills).
-    const relay = startRelay({ topology: full.topology, batchSize: 1 });
+    // Batches of one, one in flight: each publish is confirmed before the next, so the queue's limit
+    // is exact enough (a quorum queue takes the publishes already in flight when it fills).
+    const relay = startRelay({ topology: full.topology, batchSize: 1, pipelineDepth: 1 });
     try {
       await fullService.submitBatch(Array.from({ length: 8 }, () => ({ type: 'noop' })), caller);
       const refused = await eventually(async () => {
