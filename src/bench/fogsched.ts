@@ -7,7 +7,9 @@ import { declareTopology } from '../outbox/topology.js';
 import type { Settings } from './settings.js';
 import {
   AMQP_URL,
+  PG_URL,
   REDIS_URL,
+  adminQuery,
   closedLoop,
   createDatabase,
   dbQuery,
@@ -23,6 +25,7 @@ import {
   suffix,
   waitForCount,
   waitReady,
+  withDatabase,
   type Proc,
 } from './util.js';
 
@@ -44,16 +47,24 @@ interface Env {
 export const WORKER_ENV = { FOG_NODE_SLOTS: '25', FOG_NODE_PREFETCH: '200' } as const;
 const WORKER_ARGS = ['--fog-nodes', '2'];
 
-async function makeEnv(extra: Record<string, string> = {}, withDb = true): Promise<Env> {
+/**
+ * `template`: the database starts as a copy of that (already migrated) one instead of a freshly
+ * migrated one.
+ */
+async function makeEnv(extra: Record<string, string> = {}, withDb = true, template?: string): Promise<Env> {
   const id = suffix();
   const dbName = `fogsched_bench_${id}`;
   const prefix = `bench${id}_`;
   const port = await freePort();
-  const dbUrl = withDb ? await createDatabase(dbName) : `postgres://root@127.0.0.1:5432/${dbName}`;
+  const dbUrl = !withDb
+    ? `postgres://root@127.0.0.1:5432/${dbName}`
+    : template
+      ? await cloneDatabase(template, dbName)
+      : await createDatabase(dbName);
   const env: Record<string, string> = { DATABASE_URL: dbUrl, AMQP_URL, REDIS_URL, AMQP_PREFIX: prefix, REDIS_PREFIX: prefix, PORT: String(port), ...extra };
   const procs: Proc[] = [];
   try {
-    if (withDb) await migrate(dbUrl);
+    if (withDb && !template) await migrate(dbUrl);
   } catch (error) {
     await dropDatabase(dbName);
     throw error;
@@ -100,8 +111,14 @@ export async function deletePrefix(env: Record<string, string>, extraQueues: str
   }
 }
 
-async function withEnv<T>(f: (e: Env) => Promise<T>, extra: Record<string, string> = {}, withDb = true): Promise<T> {
-  const e = await makeEnv(extra, withDb);
+/** A copy of database `template` named `name` (a file copy: seconds for gigabytes); its URL. */
+async function cloneDatabase(template: string, name: string): Promise<string> {
+  await adminQuery(`CREATE DATABASE ${name} TEMPLATE ${template} STRATEGY FILE_COPY`);
+  return withDatabase(PG_URL, name);
+}
+
+async function withEnv<T>(f: (e: Env) => Promise<T>, extra: Record<string, string> = {}, withDb = true, template?: string): Promise<T> {
+  const e = await makeEnv(extra, withDb, template);
   try {
     return await f(e);
   } finally {
@@ -129,8 +146,11 @@ async function submitBatch(port: number, n: number, base: number): Promise<numbe
   return n;
 }
 
-const succeededCount = (dbUrl: string) => async () =>
-  Number((await dbQuery<{ n: string }>(dbUrl, `SELECT count(*) AS n FROM task_current WHERE state = 'succeeded'`)).rows[0]?.n ?? 0);
+/** Succeeded tasks with seq above `afterSeq`: a range of task_current's seq index, however many older rows there are. */
+const succeededCount = (dbUrl: string, afterSeq = 0) => async () =>
+  Number(
+    (await dbQuery<{ n: string }>(dbUrl, `SELECT count(*) AS n FROM task_current WHERE seq > $1 AND state = 'succeeded'`, [afterSeq])).rows[0]?.n ?? 0,
+  );
 
 export async function submitSingle(s: Settings): Promise<Metrics> {
   return withEnv(async (e) => {
@@ -158,53 +178,66 @@ export async function submitBatchScenario(s: Settings): Promise<Metrics> {
 
 /** Pre-submits N tasks, then starts relay+ingest+2 fog nodes and times until all succeeded. */
 export async function drain(s: Settings): Promise<Metrics> {
-  return withEnv(async (e) => {
-    await startApi(e);
-    const batches = Math.ceil(s.drainN / s.batchSize);
-    let next = 0;
-    await Promise.all(
-      Array.from({ length: 4 }, async () => {
-        while (next < batches) {
-          const b = next++;
-          await submitBatch(e.port, Math.min(s.batchSize, s.drainN - b * s.batchSize), b * s.batchSize);
-        }
-      }),
-    );
-    const count = succeededCount(e.dbUrl);
-    const t0 = performance.now();
-    const workers = e.spawn('relay,ingest,fog-node', WORKER_ARGS, WORKER_ENV);
-    const rss = sampleRss(workers.pid);
-    let firstMs = NaN;
-    const ms = await waitForCount(
-      async () => {
-        if (workers.proc.exitCode !== null) throw new Error(`workers exited: ${workers.output().slice(-2000)}`);
-        const n = await count();
-        if (n > 0 && Number.isNaN(firstMs)) firstMs = performance.now() - t0;
-        return n;
-      },
-      s.drainN,
-      t0,
-      s.timeoutMs,
-    );
-    const peak = rss.stop();
-    await sleep(s.quick ? 1000 : 2000);
-    const idle = rssMb(workers.pid);
-    const span = await dbQuery<{ ms: number }>(e.dbUrl, `SELECT extract(epoch FROM max(finished_at) - min(started_at)) * 1000 AS ms FROM task_current`);
-    const spanMs = Number(span.rows[0]?.ms ?? NaN);
-    const outbox = await dbQuery<{ attempts: string; errors: string }>(e.dbUrl, `SELECT coalesce(sum(attempts),0) AS attempts, count(last_error) AS errors FROM outbox`);
-    return {
-      tasksPerS: (s.drainN / ms) * 1000,
-      tasks: s.drainN,
-      elapsedMs: ms,
-      firstSucceededMs: firstMs,
-      firstStartToLastFinishMs: spanMs,
-      tasksPerSFirstStartToLastFinish: (s.drainN / spanMs) * 1000,
-      workersPeakRssMb: peak,
-      workersIdleRssMb: idle,
-      outboxRetries: Number(outbox.rows[0]?.attempts ?? 0),
-      outboxRowsWithError: Number(outbox.rows[0]?.errors ?? 0),
-    };
-  });
+  return withEnv((e) => drainIn(e, s));
+}
+
+/**
+ * The drain with `longLogTasks` finished tasks (4 events each) already in the log, their
+ * projections and their published outbox rows: does the drain slow down as the log grows?
+ */
+export async function drainLongLog(s: Settings): Promise<Metrics> {
+  const template = await seededTemplate(s.longLogTasks, true);
+  return withEnv(async (e) => ({ ...(await drainIn(e, s)), earlierEvents: s.longLogTasks * 4 }), {}, true, template);
+}
+
+/** The drain in `e`, counting only the tasks it submits (seq past the tasks already there). */
+async function drainIn(e: Env, s: Settings): Promise<Metrics> {
+  const before = Number((await dbQuery<{ seq: string }>(e.dbUrl, 'SELECT coalesce(max(seq), 0) AS seq FROM task_current')).rows[0]?.seq ?? 0);
+  await startApi(e);
+  const batches = Math.ceil(s.drainN / s.batchSize);
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: 4 }, async () => {
+      while (next < batches) {
+        const b = next++;
+        await submitBatch(e.port, Math.min(s.batchSize, s.drainN - b * s.batchSize), b * s.batchSize);
+      }
+    }),
+  );
+  const count = succeededCount(e.dbUrl, before);
+  const t0 = performance.now();
+  const workers = e.spawn('relay,ingest,fog-node', WORKER_ARGS, WORKER_ENV);
+  const rss = sampleRss(workers.pid);
+  let firstMs = NaN;
+  const ms = await waitForCount(
+    async () => {
+      if (workers.proc.exitCode !== null) throw new Error(`workers exited: ${workers.output().slice(-2000)}`);
+      const n = await count();
+      if (n > 0 && Number.isNaN(firstMs)) firstMs = performance.now() - t0;
+      return n;
+    },
+    s.drainN,
+    t0,
+    s.timeoutMs,
+  );
+  const peak = rss.stop();
+  await sleep(s.quick ? 1000 : 2000);
+  const idle = rssMb(workers.pid);
+  const span = await dbQuery<{ ms: number }>(e.dbUrl, `SELECT extract(epoch FROM max(finished_at) - min(started_at)) * 1000 AS ms FROM task_current WHERE seq > $1`, [before]);
+  const spanMs = Number(span.rows[0]?.ms ?? NaN);
+  const outbox = await dbQuery<{ attempts: string; errors: string }>(e.dbUrl, `SELECT coalesce(sum(attempts),0) AS attempts, count(last_error) AS errors FROM outbox`);
+  return {
+    tasksPerS: (s.drainN / ms) * 1000,
+    tasks: s.drainN,
+    elapsedMs: ms,
+    firstSucceededMs: firstMs,
+    firstStartToLastFinishMs: spanMs,
+    tasksPerSFirstStartToLastFinish: (s.drainN / spanMs) * 1000,
+    workersPeakRssMb: peak,
+    workersIdleRssMb: idle,
+    outboxRetries: Number(outbox.rows[0]?.attempts ?? 0),
+    outboxRowsWithError: Number(outbox.rows[0]?.errors ?? 0),
+  };
 }
 
 /** Open loop at `latencyRate`/s with every role running; latencies from task_current. */
@@ -298,11 +331,8 @@ export async function relay(s: Settings): Promise<Metrics> {
  * behind `fogsched projections rebuild`, in this process.
  */
 export async function rebuild(s: Settings): Promise<Metrics> {
+  const template = await seededTemplate(s.rebuildTasks, false);
   return withEnv(async (e) => {
-    const chunk = 50_000;
-    for (let from = 0; from < s.rebuildTasks; from += chunk) {
-      await dbQuery(e.dbUrl, SYNTHETIC_LOG, [Math.min(chunk, s.rebuildTasks - from)]);
-    }
     const pg = createPostgres({ url: e.dbUrl, poolMax: 4, connectTimeoutMs: 3000, statementTimeoutMs: 0 });
     try {
       const rss = sampleRss(process.pid);
@@ -313,23 +343,144 @@ export async function rebuild(s: Settings): Promise<Metrics> {
     } finally {
       await pg.close();
     }
-  });
+  }, {}, true, template);
 }
 
-/** $1 tasks' worth of lifecycle events, in the shapes the domain writes. */
+/** Seeded databases by content (`tasks:projections`), loaded once per bench run and copied for each repeat. */
+const templates = new Map<string, Promise<string>>();
+
+/**
+ * The name of a migrated database holding `tasks` finished tasks (seedFinishedTasks), made on
+ * first use. Each repeat starts from a copy of it (`cloneDatabase`), so a full run loads the
+ * 2,000,000 events once instead of three times.
+ */
+function seededTemplate(tasks: number, projections: boolean): Promise<string> {
+  const key = `${tasks}:${projections}`;
+  let made = templates.get(key);
+  if (!made) {
+    made = (async () => {
+      const name = `fogsched_bench_tpl_${suffix()}`;
+      const url = await createDatabase(name);
+      try {
+        await migrate(url);
+        await seedFinishedTasks(url, tasks, { projections });
+        return name;
+      } catch (error) {
+        await dropDatabase(name);
+        throw error;
+      }
+    })();
+    made.catch(() => templates.delete(key));
+    templates.set(key, made);
+  }
+  return made;
+}
+
+/** Drops the seeded databases made by this run. */
+export async function dropTemplates(): Promise<void> {
+  const names = await Promise.allSettled(templates.values());
+  templates.clear();
+  for (const n of names) if (n.status === 'fulfilled') await dropDatabase(n.value);
+}
+
+/** Tasks per INSERT of the seed, and the connections inserting at once. */
+const SEED_CHUNK = 25_000;
+const SEED_CONNECTIONS = 2;
+
+/**
+ * Loads `tasks` finished tasks into a fresh, empty database as the loop would have left them:
+ * 4 events each (submitted, queued, started, succeeded) with their hash chains, and with
+ * `projections`, their task_current row (succeeded), 4 task_history rows and the published
+ * outbox row of the TaskQueued (on `exchange`; `tasks` is its name with the default empty
+ * AMQP_PREFIX). Set-based SQL instead of the write path, so 2M
+ * events load in tens of seconds: the hashes are computed by the same `event_hash` the chain
+ * trigger calls (the trigger is off while loading, since it would look each predecessor up
+ * again), and the projection rows are what `rebuildProjections` writes for these events.
+ */
+export async function seedFinishedTasks(dbUrl: string, tasks: number, opts: { projections: boolean; exchange?: string }): Promise<void> {
+  await dbQuery(dbUrl, 'ALTER TABLE events DISABLE TRIGGER events_zz_chain_hash');
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: SEED_CONNECTIONS }, async () => {
+      while (next < tasks) {
+        const n = Math.min(SEED_CHUNK, tasks - next);
+        next += n;
+        await dbQuery(dbUrl, SYNTHETIC_LOG, [n]);
+      }
+    }),
+  );
+  await dbQuery(dbUrl, 'ALTER TABLE events ENABLE TRIGGER events_zz_chain_hash');
+  if (opts.projections) {
+    await Promise.all([
+      dbQuery(dbUrl, SEED_HISTORY),
+      dbQuery(dbUrl, SEED_CURRENT).then(() => dbQuery(dbUrl, SEED_OUTBOX, [opts.exchange ?? 'tasks'])),
+    ]);
+  }
+  // As a log that has been there a while would be: vacuumed (hint bits and visibility map set,
+  // so autovacuum does not pick the fresh rows up during the measurement) and analyzed.
+  await dbQuery(dbUrl, 'VACUUM (ANALYZE)');
+}
+
+/**
+ * $1 tasks' worth of lifecycle events, in the shapes the domain writes, with the hash each
+ * would get from the chain trigger (OFFSET 0 keeps each step from being inlined, and so
+ * recomputed, into the next).
+ */
 const SYNTHETIC_LOG = `
-  INSERT INTO events (stream_id, stream_type, stream_version, event_id, type, schema_version, data, metadata)
-  SELECT t.id::text, 'task', v.version, gen_random_uuid(), v.type, v.schema_version, v.data, '{"tenant":"default","actor":"bench"}'::jsonb
-  FROM (SELECT gen_random_uuid() AS id, g, to_jsonb(clock_timestamp()) AS at FROM generate_series(1, $1::int) g) t
-  CROSS JOIN LATERAL (VALUES
-    (1, 'TaskSubmitted', 2, jsonb_build_object('task', jsonb_build_object('taskId', t.id, 'tenant', 'default', 'type', 'noop', 'payload', jsonb_build_object('i', t.g),
+  INSERT INTO events (stream_id, stream_type, stream_version, event_id, type, schema_version, data, metadata, recorded_at, hash)
+  SELECT t.id::text, 'task', v.version, v.event_id, v.type, v.schema_version, v.data, t.metadata, t.recorded_at, v.hash
+  FROM (SELECT gen_random_uuid() AS id, g, to_jsonb(clock_timestamp()) AS at, now() AS recorded_at,
+               '{"tenant":"default","actor":"bench"}'::jsonb AS metadata,
+               gen_random_uuid() AS e1, gen_random_uuid() AS e2, gen_random_uuid() AS e3, gen_random_uuid() AS e4
+          FROM generate_series(1, $1::int) g OFFSET 0) t
+  CROSS JOIN LATERAL (SELECT
+    jsonb_build_object('task', jsonb_build_object('taskId', t.id, 'tenant', 'default', 'type', 'noop', 'payload', jsonb_build_object('i', t.g),
       'priority', 'normal', 'resources', '{"cpu":0.1,"memoryMb":64}'::jsonb, 'tier', 'light', 'maxAttempts', 3, 'timeoutMs', null, 'notBefore', null,
-      'deadline', null, 'idempotencyKey', null, 'retry', null), 'at', t.at)),
-    (2, 'TaskQueued', 1, jsonb_build_object('attempt', 1, 'tier', 'light', 'priority', 'normal', 'availableAt', t.at, 'at', t.at)),
-    (3, 'TaskStarted', 1, jsonb_build_object('attempt', 1, 'nodeId', 'bench-node', 'at', t.at)),
-    (4, 'TaskSucceeded', 1, jsonb_build_object('attempt', 1, 'nodeId', 'bench-node', 'output', null, 'durationMs', 1, 'at', t.at))
-  ) AS v(version, type, schema_version, data)
+      'deadline', null, 'idempotencyKey', null, 'retry', null), 'at', t.at) AS d1,
+    jsonb_build_object('attempt', 1, 'tier', 'light', 'priority', 'normal', 'availableAt', t.at, 'at', t.at) AS d2,
+    jsonb_build_object('attempt', 1, 'nodeId', 'bench-node', 'at', t.at) AS d3,
+    jsonb_build_object('attempt', 1, 'nodeId', 'bench-node', 'output', null, 'durationMs', 1, 'at', t.at) AS d4
+    OFFSET 0) d
+  CROSS JOIN LATERAL (SELECT event_hash(NULL, t.id::text, 'task', 1, t.e1, 'TaskSubmitted', 2::smallint, d.d1, t.metadata, t.recorded_at) AS h1 OFFSET 0) h1
+  CROSS JOIN LATERAL (SELECT event_hash(h1.h1, t.id::text, 'task', 2, t.e2, 'TaskQueued', 1::smallint, d.d2, t.metadata, t.recorded_at) AS h2 OFFSET 0) h2
+  CROSS JOIN LATERAL (SELECT event_hash(h2.h2, t.id::text, 'task', 3, t.e3, 'TaskStarted', 1::smallint, d.d3, t.metadata, t.recorded_at) AS h3 OFFSET 0) h3
+  CROSS JOIN LATERAL (SELECT event_hash(h3.h3, t.id::text, 'task', 4, t.e4, 'TaskSucceeded', 1::smallint, d.d4, t.metadata, t.recorded_at) AS h4 OFFSET 0) h4
+  CROSS JOIN LATERAL (VALUES
+    (1, t.e1, 'TaskSubmitted', 2::smallint, d.d1, h1.h1),
+    (2, t.e2, 'TaskQueued', 1::smallint, d.d2, h2.h2),
+    (3, t.e3, 'TaskStarted', 1::smallint, d.d3, h3.h3),
+    (4, t.e4, 'TaskSucceeded', 1::smallint, d.d4, h4.h4)
+  ) AS v(version, event_id, type, schema_version, data, hash)
   ORDER BY t.g, v.version`;
+
+/** task_history of the seeded log: each event and the state it left its task in. */
+const SEED_HISTORY = `
+  INSERT INTO task_history (position, task_id, version, type, state, attempt, node_id, actor, reason, error, at, data)
+  SELECT position, stream_id::uuid, stream_version, type,
+         CASE type WHEN 'TaskSubmitted' THEN 'submitted' WHEN 'TaskQueued' THEN 'queued' WHEN 'TaskStarted' THEN 'running' ELSE 'succeeded' END,
+         coalesce((data->>'attempt')::int, 0), data->>'nodeId', metadata->>'actor', NULL, NULL, (data->>'at')::timestamptz, data
+    FROM events`;
+
+/** task_current of the seeded log: one succeeded row per task, its seq the position of its TaskSubmitted. */
+const SEED_CURRENT = `
+  INSERT INTO task_current (task_id, seq, tenant, type, state, tier, priority, attempt, first_attempt, max_attempts, version, spec,
+                            node_id, output, last_error, failure_reason, available_at, submitted_at, started_at, finished_at, updated_at, deadline)
+  SELECT s.stream_id::uuid, s.position, s.data#>>'{task,tenant}', s.data#>>'{task,type}', 'succeeded', s.data#>>'{task,tier}',
+         s.data#>>'{task,priority}', 1, 1, (s.data#>>'{task,maxAttempts}')::int, 4, s.data->'task', 'bench-node', NULL, NULL, NULL,
+         (s.data->>'at')::timestamptz, (s.data->>'at')::timestamptz, (s.data->>'at')::timestamptz, (s.data->>'at')::timestamptz,
+         (s.data->>'at')::timestamptz, NULL
+    FROM events s WHERE s.type = 'TaskSubmitted'`;
+
+/** The outbox row each seeded TaskQueued wrote ($1: the tasks exchange), published. */
+const SEED_OUTBOX = `
+  INSERT INTO outbox (message_id, stream_id, exchange, routing_key, headers, body, created_at, available_at, published_at)
+  SELECT q.event_id, q.stream_id, $1, 'light.normal', jsonb_build_object('x-task-id', c.task_id, 'x-attempt', 1),
+         jsonb_build_object('taskId', c.task_id, 'attempt', 1, 'type', c.type, 'payload', c.spec->'payload', 'tenant', c.tenant, 'tier', c.tier,
+                            'priority', c.priority, 'timeoutMs', null, 'deadline', null, 'availableAt', q.data->'availableAt'),
+         q.recorded_at, (q.data->>'availableAt')::timestamptz, q.recorded_at
+    FROM events q JOIN task_current c ON c.task_id = q.stream_id::uuid
+   WHERE q.type = 'TaskQueued'
+   ORDER BY q.position`;
 
 /** A fog node alone (no database), idle: VmRSS after 3 s. */
 export async function memory(): Promise<Metrics> {

@@ -3,7 +3,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { drain, latency, memory, rebuild, relay, submitBatchScenario, submitSingle, type Metrics } from './fogsched.js';
+import { drain, drainLongLog, dropTemplates, latency, memory, rebuild, relay, submitBatchScenario, submitSingle, type Metrics } from './fogsched.js';
 import { PEER_SCENARIOS, peerVariants, runPeerScenario } from './peers.js';
 import { errorsOf, markdown, table, type Results, type Run } from './report.js';
 import { PEERS, SCENARIOS, settingsFor, type Scenario, type Settings } from './settings.js';
@@ -30,6 +30,7 @@ const FOGSCHED: Record<Scenario, (s: Settings) => Promise<Metrics>> = {
   'submit-single': submitSingle,
   'submit-batch': submitBatchScenario,
   drain,
+  'drain-long-log': drainLongLog,
   latency,
   relay,
   rebuild,
@@ -83,7 +84,9 @@ async function main(): Promise<number> {
   const runs: Run[] = [];
   const onSignal = () => {
     killAllSpawned();
-    process.exit(130);
+    // The seeded template databases are gigabytes: drop them, but do not hang on it.
+    setTimeout(() => process.exit(130), 5000).unref();
+    void dropTemplates().finally(() => process.exit(130));
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
@@ -92,14 +95,18 @@ async function main(): Promise<number> {
   process.on('unhandledRejection', (error) => process.stderr.write(`bench: unhandled rejection ${String(error)}\n`));
 
   console.log(`fogsched bench (${settings.quick ? 'quick' : 'full'}, ${settings.repeat} repeat(s)): ${opts.scenarios.join(', ')}; peers: ${opts.peers.join(', ') || 'none'}`);
-  for (let rep = 1; rep <= settings.repeat; rep++) {
-    for (const scenario of opts.scenarios) {
-      runs.push(await timed('fogsched', scenario, rep, () => FOGSCHED[scenario](settings)));
-      if (!PEER_SCENARIOS.includes(scenario)) continue;
-      for (const v of variants) runs.push(await timed(v.system, scenario, rep, () => runPeerScenario(v, scenario, settings)));
+  try {
+    for (let rep = 1; rep <= settings.repeat; rep++) {
+      for (const scenario of opts.scenarios) {
+        runs.push(await timed('fogsched', scenario, rep, () => FOGSCHED[scenario](settings)));
+        if (!PEER_SCENARIOS.includes(scenario)) continue;
+        for (const v of variants) runs.push(await timed(v.system, scenario, rep, () => runPeerScenario(v, scenario, settings)));
+      }
     }
+  } finally {
+    killAllSpawned();
+    await dropTemplates();
   }
-  killAllSpawned();
 
   const results: Results = {
     startedAt,

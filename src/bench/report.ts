@@ -21,11 +21,36 @@ export interface Results {
   readonly runs: readonly Run[];
 }
 
-/** Rows of the table: a scenario's metric; `higher` says which way is better. */
-const ROWS: readonly { scenario: string; metric: string; label: string; unit: string; higher: boolean; ratio: boolean }[] = [
+/** A row's values per system, one per repeat, when they are not a metric of one run. */
+type Derive = (r: Results, system: string) => number[];
+
+/** drain-long-log ÷ drain of the same repeat. */
+const longLogRatio: Derive = (r, system) =>
+  r.runs
+    .filter((x) => x.system === system && x.scenario === 'drain-long-log')
+    .map((long) => {
+      const empty = r.runs.find((x) => x.system === system && x.scenario === 'drain' && x.repeat === long.repeat);
+      const a = long.metrics?.tasksPerS;
+      const b = empty?.metrics?.tasksPerS;
+      return typeof a === 'number' && typeof b === 'number' ? a / b : NaN;
+    })
+    .filter(Number.isFinite);
+
+/** Rows of the table: a scenario's metric (or `derive`d values); `higher` says which way is better. */
+const ROWS: readonly { scenario: string; metric: string; label: string; unit: string; higher: boolean; ratio: boolean; derive?: Derive }[] = [
   { scenario: 'submit-single', metric: 'tasksPerS', label: 'submit-single', unit: 'tasks/s', higher: true, ratio: true },
   { scenario: 'submit-batch', metric: 'tasksPerS', label: 'submit-batch', unit: 'tasks/s', higher: true, ratio: true },
   { scenario: 'drain', metric: 'tasksPerS', label: 'drain', unit: 'tasks/s', higher: true, ratio: true },
+  { scenario: 'drain-long-log', metric: 'tasksPerS', label: 'drain with a long log (see method)', unit: 'tasks/s', higher: true, ratio: false },
+  {
+    scenario: 'drain-long-log',
+    metric: 'longLogRatio',
+    label: 'drain long log ÷ empty log, same repeat (target ≥ 0.9)',
+    unit: '×',
+    higher: true,
+    ratio: false,
+    derive: longLogRatio,
+  },
   { scenario: 'latency', metric: 'startP50Ms', label: 'latency submit→start p50', unit: 'ms', higher: false, ratio: true },
   { scenario: 'latency', metric: 'startP95Ms', label: 'latency submit→start p95', unit: 'ms', higher: false, ratio: true },
   { scenario: 'latency', metric: 'startP99Ms', label: 'latency submit→start p99', unit: 'ms', higher: false, ratio: true },
@@ -50,14 +75,16 @@ const median = (xs: number[]) => {
 
 const fmt = (x: number) => (!Number.isFinite(x) ? 'n/a' : Math.abs(x) >= 100 ? Math.round(x).toLocaleString('en-US') : x.toFixed(Math.abs(x) >= 10 ? 1 : 2));
 
-function values(r: Results, system: string, scenario: string, metric: string): { xs: number[]; errors: string[] } {
+function values(r: Results, system: string, scenario: string, metric: string, derive?: Derive): { xs: number[]; errors: string[] } {
   const runs = r.runs.filter((x) => x.system === system && x.scenario === scenario);
-  const xs = runs.map((x) => x.metrics?.[metric]).filter((v): v is number => typeof v === 'number' && Number.isFinite(v));
+  const xs = derive
+    ? derive(r, system)
+    : runs.map((x) => x.metrics?.[metric]).filter((v): v is number => typeof v === 'number' && Number.isFinite(v));
   return { xs, errors: runs.filter((x) => x.error).map((x) => x.error as string) };
 }
 
-function cell(r: Results, system: string, scenario: string, metric: string): string {
-  const { xs, errors } = values(r, system, scenario, metric);
+function cell(r: Results, system: string, scenario: string, metric: string, derive?: Derive): string {
+  const { xs, errors } = values(r, system, scenario, metric, derive);
   if (xs.length === 0) return errors.length ? 'error' : '–';
   const cut = r.runs.some((x) => x.system === system && x.scenario === scenario && x.metrics?.cutShort === 1) ? '†' : '';
   const m = fmt(median(xs)) + cut;
@@ -76,7 +103,7 @@ export function table(r: Results): string {
   const systems = systemsOf(r);
   const header = ['scenario (unit)', ...systems];
   const body = visibleRows(r)
-    .map((row) => [`${row.label} (${row.unit})`, ...systems.map((s) => cell(r, s, row.scenario, row.metric))])
+    .map((row) => [`${row.label} (${row.unit})`, ...systems.map((s) => cell(r, s, row.scenario, row.metric, row.derive))])
     .filter((cells) => cells.slice(1).some((c) => c !== '–'));
   const rows = [header, ...body];
   const widths = header.map((_, i) => Math.max(...rows.map((row) => (row[i] ?? '').length)));
@@ -113,6 +140,7 @@ export function errorsOf(r: Results): string[] {
 
 export function markdown(r: Results, jsonPath: string): string {
   const s = r.settings;
+  const n = (x: number) => x.toLocaleString('en-US');
   const quickNote = s.quick
     ? '\n> **Quick run, not representative.** These figures come from `npm run bench -- --quick` (short durations, small N, one repeat). Run `npm run bench` for the full figures.\n'
     : '';
@@ -139,9 +167,10 @@ Every scenario runs ${s.repeat}× per system against fresh state (fogsched: a ne
 - **submit-single**: ${s.singleClients} concurrent clients each submit one task at a time for ${s.submitSeconds} s (fogsched: \`POST /v1/tasks\` over keep-alive \`http.Agent\` to \`--roles api\` only; peers: \`addJob\` / \`send\` / \`add\`).
 - **submit-batch**: ${s.batchClients} clients submit ${s.batchSize} tasks per call for ${s.submitSeconds} s (\`POST /v1/tasks/batch\`; \`addJobs\` / \`insert\` / \`addBulk\`).
 - **drain**: ${s.drainN.toLocaleString('en-US')} tasks are submitted with no worker running, then the workers start (fogsched: one process \`--roles relay,ingest,fog-node --fog-nodes 2\` with \`FOG_NODE_SLOTS=25\`, \`FOG_NODE_PREFETCH=200\`, i.e. 50 concurrent; peers: concurrency ${s.concurrency}). Timed from spawning/starting the workers until the store says all ${s.drainN.toLocaleString('en-US')} completed (fogsched: \`task_current.state = 'succeeded'\`, polled every 50 ms; graphile-worker: no job left; pg-boss: \`state = 'completed'\`; BullMQ: completed count). fogsched's time includes the worker process boot.
+- **drain-long-log** (fogsched): the drain above, in a database that already holds ${n(s.longLogTasks)} finished tasks: ${n(s.longLogTasks * 4)} earlier events (submitted, queued, started, succeeded, each stream with its hash chain), their task_current rows (succeeded), task_history rows and published outbox rows, as the loop leaves them. They are loaded once per bench run with set-based \`INSERT ... SELECT generate_series\` (hashes from \`event_hash\`, the chain trigger's function, with the trigger off while loading; projection rows equal to what \`rebuildProjections\` writes for these events), then \`VACUUM (ANALYZE)\`; each repeat drains in a fresh copy (\`CREATE DATABASE ... TEMPLATE ... STRATEGY FILE_COPY\`). Only the tasks it submits are counted (task_current rows with \`seq\` past the seeded ones; drain runs the same query). The ratio row divides each repeat's rate by the drain's of the same repeat (target ≥ 0.9: at most 10% slower).
 - **latency**: everything running, open loop of ${s.latencyRate} submits/s for ${s.latencySeconds} s; submit→start is \`started_at - submitted_at\` from \`task_current\` (fogsched; submit→succeeded is \`finished_at - submitted_at\`) and enqueue-call→handler-start measured in process for the peers.
 - **relay**: ${s.relayM.toLocaleString('en-US')} due outbox rows inserted with one \`INSERT ... SELECT generate_series\` (routing key \`light.normal\`), then \`--roles relay\` is spawned and timed until every row has \`published_at\`; next to it a raw amqplib loop publishes the same number of persistent messages to a quorum queue with the task queues' arguments, 500 per \`waitForConfirms\`. The task queues' \`x-max-length\` is raised to ${Math.max(10_000, s.relayM * 2).toLocaleString('en-US')} for this scenario only.
-- **rebuild**: ${(s.rebuildTasks * 4).toLocaleString('en-US')} events (${s.rebuildTasks.toLocaleString('en-US')} tasks × submitted, queued, started, succeeded) inserted with \`INSERT ... SELECT generate_series\`, then \`rebuildProjections\` (what \`fogsched projections rebuild\` runs) replays them into fresh task_current and task_history tables in batches of 10,000 (a checkpoint every 100,000 events) and swaps them in; timed from its start to the swap.
+- **rebuild**: ${(s.rebuildTasks * 4).toLocaleString('en-US')} events (${s.rebuildTasks.toLocaleString('en-US')} tasks × submitted, queued, started, succeeded) loaded as in drain-long-log (events only, once per bench run, a fresh copy per repeat), then \`rebuildProjections\` (what \`fogsched projections rebuild\` runs) replays them into fresh task_current and task_history tables in batches of 10,000 (a checkpoint every 100,000 events) and swaps them in; timed from its start to the swap.
 - **memory**: \`--roles fog-node\` alone, VmRSS after 3 s idle; the drain scenario also samples the worker process RSS every 100 ms.
 
 Cells are median (min–max over the repeats). † = cut short at the time limit (${(s.timeoutMs / 1000).toFixed(0)} s): throughput is the rate until then, latency percentiles only cover the jobs started by then (a lower bound).
