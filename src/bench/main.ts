@@ -74,11 +74,12 @@ async function main(): Promise<number> {
     .option('--quick', 'short run (< 2 min), not representative', false)
     .option('--scenarios <list>', `comma-separated: ${SCENARIOS.join(', ')}`, list(SCENARIOS), [...SCENARIOS])
     .option('--peers <list>', `comma-separated: ${PEERS.join(', ')} (empty string for none)`, (v: string) => (v.trim() === '' ? [] : list(PEERS)(v)), [...PEERS])
-    .option('--repeat <n>', 'repeats per scenario (default 3; 1 with --quick)', positiveInt)
+    .option('--repeat <n>', "repeats of fogsched's scenarios (default 3; 1 with --quick)", positiveInt)
+    .option('--peer-repeat <n>', "repeats of the peers' scenarios, at most --repeat (default 1)", positiveInt)
     .option('--no-docs', 'do not rewrite docs/benchmarks.md');
   program.parse(process.argv);
-  const opts = program.opts<{ quick: boolean; scenarios: Scenario[]; peers: string[]; repeat?: number; docs: boolean }>();
-  const settings = settingsFor(opts.quick, opts.repeat);
+  const opts = program.opts<{ quick: boolean; scenarios: Scenario[]; peers: string[]; repeat?: number; peerRepeat?: number; docs: boolean }>();
+  const settings = settingsFor(opts.quick, opts.repeat, opts.peerRepeat);
   const startedAt = new Date().toISOString();
   const variants = peerVariants(opts.peers);
   const runs: Run[] = [];
@@ -94,12 +95,14 @@ async function main(): Promise<number> {
   process.on('uncaughtException', (error) => process.stderr.write(`bench: uncaught exception ${error.message}\n`));
   process.on('unhandledRejection', (error) => process.stderr.write(`bench: unhandled rejection ${String(error)}\n`));
 
-  console.log(`fogsched bench (${settings.quick ? 'quick' : 'full'}, ${settings.repeat} repeat(s)): ${opts.scenarios.join(', ')}; peers: ${opts.peers.join(', ') || 'none'}`);
+  console.log(
+    `fogsched bench (${settings.quick ? 'quick' : 'full'}, ${settings.repeat} repeat(s), peers ${settings.peerRepeat}): ${opts.scenarios.join(', ')}; peers: ${opts.peers.join(', ') || 'none'}`,
+  );
   try {
     for (let rep = 1; rep <= settings.repeat; rep++) {
       for (const scenario of opts.scenarios) {
         runs.push(await timed('fogsched', scenario, rep, () => FOGSCHED[scenario](settings)));
-        if (!PEER_SCENARIOS.includes(scenario)) continue;
+        if (!PEER_SCENARIOS.includes(scenario) || rep > settings.peerRepeat) continue;
         for (const v of variants) runs.push(await timed(v.system, scenario, rep, () => runPeerScenario(v, scenario, settings)));
       }
     }

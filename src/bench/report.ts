@@ -140,6 +140,7 @@ export function errorsOf(r: Results): string[] {
 
 export function markdown(r: Results, jsonPath: string): string {
   const s = r.settings;
+  const peerRepeat = s.peerRepeat ?? s.repeat;
   const n = (x: number) => x.toLocaleString('en-US');
   const quickNote = s.quick
     ? '\n> **Quick run, not representative.** These figures come from `npm run bench -- --quick` (short durations, small N, one repeat). Run `npm run bench` for the full figures.\n'
@@ -162,7 +163,7 @@ PostgreSQL, RabbitMQ and Redis run on the same machine as the systems under test
 
 ## Method
 
-Every scenario runs ${s.repeat}× per system against fresh state (fogsched: a new database \`fogsched_bench_<random>\` migrated with \`migrate()\` and a new \`AMQP_PREFIX\`; graphile-worker and pg-boss: a new database; BullMQ: a new Redis key prefix), which is dropped afterwards. fogsched runs as \`node bin/fogsched.js start --roles ...\` child processes with \`LOG_LEVEL=warn\`; the peers run their client and workers inside the bench process (no HTTP hop). Handlers do nothing (fogsched: the built-in \`noop\`).
+fogsched's scenarios run ${s.repeat}×, the peers' ${peerRepeat}× (in the first ${peerRepeat === 1 ? 'repeat' : `${peerRepeat} repeats`}; \`--peer-repeat\` sets it): the peers' fixed-length scenarios alone take 40 s per variant and repeat, so three repeats of all five variants would put a full run past 15 minutes on 2 cores. Every run starts from fresh state (fogsched: a new database \`fogsched_bench_<random>\` migrated with \`migrate()\` and a new \`AMQP_PREFIX\`; graphile-worker and pg-boss: a new database; BullMQ: a new Redis key prefix), which is dropped afterwards. fogsched runs as \`node bin/fogsched.js start --roles ...\` child processes with \`LOG_LEVEL=warn\`; the peers run their client and workers inside the bench process (no HTTP hop). Handlers do nothing (fogsched: the built-in \`noop\`).
 
 - **submit-single**: ${s.singleClients} concurrent clients each submit one task at a time for ${s.submitSeconds} s (fogsched: \`POST /v1/tasks\` over keep-alive \`http.Agent\` to \`--roles api\` only; peers: \`addJob\` / \`send\` / \`add\`).
 - **submit-batch**: ${s.batchClients} clients submit ${s.batchSize} tasks per call for ${s.submitSeconds} s (\`POST /v1/tasks/batch\`; \`addJobs\` / \`insert\` / \`addBulk\`).
@@ -173,7 +174,7 @@ Every scenario runs ${s.repeat}× per system against fresh state (fogsched: a ne
 - **rebuild**: ${(s.rebuildTasks * 4).toLocaleString('en-US')} events (${s.rebuildTasks.toLocaleString('en-US')} tasks × submitted, queued, started, succeeded) loaded as in drain-long-log (events only, once per bench run, a fresh copy per repeat), then \`rebuildProjections\` (what \`fogsched projections rebuild\` runs) replays them into fresh task_current and task_history tables in batches of 10,000 (a checkpoint every 100,000 events) and swaps them in; timed from its start to the swap.
 - **memory**: \`--roles fog-node\` alone, VmRSS after 3 s idle; the drain scenario also samples the worker process RSS every 100 ms.
 
-Cells are median (min–max over the repeats). † = cut short at the time limit (${(s.timeoutMs / 1000).toFixed(0)} s): throughput is the rate until then, latency percentiles only cover the jobs started by then (a lower bound).
+Cells are median (min–max over the repeats). † = cut short at the time limit (${(s.timeoutMs / 1000).toFixed(0)} s), or, for a peer, as soon as it has waited ${((s.earlyCutMs ?? s.timeoutMs) / 1000).toFixed(0)} s and its rate so far would only finish after the limit: throughput is the rate until then, latency percentiles only cover the jobs started by then (a lower bound). fogsched has no such cut: a fogsched run that hits the limit is an error.
 
 ## Settings per peer
 

@@ -1,7 +1,10 @@
 /** Sizes and durations of one bench run (full or quick). */
 export interface Settings {
   readonly quick: boolean;
+  /** Repeats of fogsched's scenarios. */
   readonly repeat: number;
+  /** Repeats of the peers' scenarios (at most `repeat`): the first `peerRepeat` repeats run them. */
+  readonly peerRepeat: number;
   readonly submitSeconds: number;
   readonly singleClients: number;
   readonly batchClients: number;
@@ -14,13 +17,23 @@ export interface Settings {
   /** Finished tasks (4 events each) in the log before drain-long-log starts. */
   readonly longLogTasks: number;
   readonly concurrency: number;
+  /** A wait ends at this limit (cut short, or an error for fogsched). */
   readonly timeoutMs: number;
+  /**
+   * A peer's wait is also cut short once it has run this long and the rate so far would take it
+   * past `timeoutMs`: such a run ends the same way, only sooner.
+   */
+  readonly earlyCutMs: number;
 }
 
-export function settingsFor(quick: boolean, repeat?: number): Settings {
+export function settingsFor(quick: boolean, repeat?: number, peerRepeat?: number): Settings {
+  const repeats = repeat ?? (quick ? 1 : 3);
   return {
     quick,
-    repeat: repeat ?? (quick ? 1 : 3),
+    repeat: repeats,
+    // One repeat of each of the 5 peer variants already takes ~5 minutes (their fixed-length
+    // scenarios alone are 5 × 40 s); three would put a full run past 15 minutes on 2 cores.
+    peerRepeat: Math.min(repeats, peerRepeat ?? 1),
     submitSeconds: quick ? 3 : 10,
     singleClients: 50,
     batchClients: 4,
@@ -35,6 +48,7 @@ export function settingsFor(quick: boolean, repeat?: number): Settings {
     longLogTasks: quick ? 12_500 : 500_000,
     concurrency: 50,
     timeoutMs: quick ? 4_000 : 120_000,
+    earlyCutMs: quick ? 2_000 : 20_000,
   };
 }
 
