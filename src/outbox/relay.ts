@@ -375,6 +375,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
         // Claim the next batch now; publish it once a batch in flight is confirmed and the
         // confirmed rows awaiting their UPDATE are no more than a few batches.
         next = claimAfter(db, claim.lastId);
+        next.catch(() => {}); // awaited below; until then a failure must not count as unhandled
         while (inFlight.size >= pipelineDepth) await Promise.race(inFlight);
         while (marking && toMark.length >= pipelineDepth * options.batchSize) await marking;
         claim = await next;
@@ -428,7 +429,10 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
         const more = await runOnce(db);
         failures = 0;
         if (Date.now() - lastLagCheck > LAG_CHECK_MS) await measureLag(db);
-        if (!more && !notified) await waitForWork(await idleWaitMs(db));
+        if (!more) {
+          const ms = await idleWaitMs(db);
+          if (!notified) await waitForWork(ms);
+        }
       } catch (error) {
         failures++;
         const delay = Math.min(options.retryMaxMs, 100 * 2 ** Math.min(failures, 10));

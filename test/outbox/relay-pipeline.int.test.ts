@@ -185,6 +185,28 @@ describe('outbox relay pipeline', () => {
     expect(relay.stats()).toMatchObject({ published: 5000, failed: 0 });
   });
 
+  it('stop mid-pipeline: the batches in flight get their confirms and UPDATE, a new relay goes on from there', async () => {
+    const t = await ownTopology('stop', 50_000);
+    const n = 20_000;
+    await insertRows(t.names.tasks, n);
+    const first = startRelay({ topology: t.topology, batchSize: 200 });
+    await eventually(() => first.stats().published >= 2000, { timeoutMs: 30_000, intervalMs: 5 });
+    await first.stop();
+    const atStop = await rows();
+    const marked = atStop.filter((r) => r.published);
+    expect(marked.length).toBeLessThan(n);
+    expect(first.stats().published).toBe(marked.length);
+    // Nothing confirmed was left unmarked and nothing marked is missing: the queue holds exactly the marked rows,
+    // and they are the oldest ones.
+    await eventually(async () => (await broker.messageCount(t.queue)) === marked.length, { timeoutMs: 5000, message: 'queue and marks differ' });
+    expect(atStop.slice(0, marked.length).every((r) => r.published)).toBe(true);
+
+    const second = startRelay({ topology: t.topology, batchSize: 200 });
+    await eventually(async () => (await rows()).every((r) => r.published), { timeoutMs: 30_000 });
+    await eventually(() => second.stats().published === n - marked.length);
+    await eventually(async () => (await broker.messageCount(t.queue)) === n, { timeoutMs: 5000 });
+  });
+
   it('the broker connection lost mid-pipeline: no row is marked without its confirm, every row goes out', async () => {
     const t = await ownTopology('cut', 50_000);
     const proxy = await cuttableProxy();
