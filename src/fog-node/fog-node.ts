@@ -334,6 +334,13 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
     while (!abort.signal.aborted) {
       const conn = await connectAmqp(options.amqpUrl, { logger, signal: abort.signal, name: `fogsched-fog-node-${options.nodeId}` });
       if (!conn) return;
+      // A stop (or SIGTERM) while this connection is still being set up closes it too: stop()
+      // only knows the connection once it consumes, and the setup below would otherwise wait
+      // on `closed` forever.
+      const closed = new Promise<void>((resolve) => conn.once('close', () => resolve()));
+      const closeOnStop = () => void conn.close().catch(() => {});
+      if (abort.signal.aborted) closeOnStop();
+      else abort.signal.addEventListener('abort', closeOnStop, { once: true });
       try {
         const gen = ++generation;
         const pub = await conn.createConfirmChannel();
@@ -344,7 +351,6 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
         connection = conn;
         publishChannel = pub;
         consumeChannel = con;
-        const closed = new Promise<void>((resolve) => conn.once('close', () => resolve()));
         // Before any task arrives: our own queue on the `system` fanout (it lives as long as this connection) on the `system` fanout: it lives as long as this connection.
         const system = await con.assertQueue('', { exclusive: true, autoDelete: true, durable: false });
         await con.bindQueue(system.queue, options.names.system, '');
@@ -361,8 +367,10 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
         logger.info({ served: options.servedTiers, slots: options.slots, prefetch: options.prefetch }, 'fog node consuming');
         await closed;
       } catch (error) {
-        logger.warn({ err: (error as Error).message }, 'fog node connection failed');
+        if (!abort.signal.aborted) logger.warn({ err: (error as Error).message }, 'fog node connection failed');
         await conn.close().catch(() => {});
+      } finally {
+        abort.signal.removeEventListener('abort', closeOnStop);
       }
       if (abort.signal.aborted) return;
       // Lost the broker: deliveries of the old channel come back to the queues by themselves.
