@@ -1,4 +1,5 @@
-import { createHash, randomUUID } from 'node:crypto';
+import { createHash } from 'node:crypto';
+import { v7 as uuidv7 } from 'uuid';
 import { Cron } from 'croner';
 import { sql, type Kysely, type Selectable } from 'kysely';
 import {
@@ -90,7 +91,7 @@ async function applyScheduleCommand(trx: Executor, state: ScheduleState, command
   let next = state;
   const newEvents = events.map((event) => {
     next = evolveSchedule(next, event);
-    return { streamId: state.scheduleId, streamType: 'schedule', streamVersion: next.version, eventId: randomUUID(), type: event.type, data: event.data, metadata: { tenant: next.spec?.tenant, actor } };
+    return { streamId: state.scheduleId, streamType: 'schedule', streamVersion: next.version, eventId: uuidv7(), type: event.type, data: event.data, metadata: { tenant: next.spec?.tenant, actor } };
   });
   await appendEvents(trx, newEvents);
   const spec = next.spec as ScheduleSpec;
@@ -119,8 +120,8 @@ export function createScheduleService(deps: ScheduleDeps) {
       const now = new Date();
       const first = nextFireAt(input.cron, timezone, now);
       // Checks the template the way a submit would (tier), before anything is stored.
-      buildTaskSpec(input.template, caller.tenant, randomUUID(), deps);
-      const scheduleId = randomUUID();
+      buildTaskSpec(input.template, caller.tenant, uuidv7(), deps);
+      const scheduleId = uuidv7();
       const schedule: ScheduleSpec = { scheduleId, tenant: caller.tenant, name: input.name ?? input.template.type, cron: input.cron, timezone, catchUp: input.catchUp ?? 'skip', template: input.template };
       return db.transaction().execute((trx) =>
         applyScheduleCommand(trx, initialScheduleState(scheduleId), { type: 'CreateSchedule', data: { schedule, nextFireAt: first, actor: caller.actor, now: now.toISOString() } }, caller.actor),

@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { v7 as uuidv7 } from 'uuid';
 import { decide, evolve, initialTaskState, FogschedError, type TaskCommand, type TaskEvent, type TaskState } from '../domain/index.js';
 import { sql } from 'kysely';
 import { asConcurrencyError, insertEvents, positionsInOrder, type EventMetadata, type Executor, type NewEvent } from '../store/index.js';
@@ -56,7 +56,7 @@ export async function executeTaskCommands(
     let state = before;
     for (const event of events) {
       state = evolve(state, event);
-      const eventId = randomUUID();
+      const eventId = uuidv7(); // time-ordered, like task ids: events_event_id_key grows at its right edge
       newEvents.push({
         streamId: item.taskId,
         streamType: 'task',

@@ -1,4 +1,5 @@
-import { createHash, randomUUID } from 'node:crypto';
+import { createHash } from 'node:crypto';
+import { v7 as uuidv7 } from 'uuid';
 import { sql, type Kysely } from 'kysely';
 import {
   DEFAULT_RESOURCES,
@@ -67,7 +68,9 @@ export function createTaskService(options: TaskServiceOptions) {
   const { db, names } = options;
 
   const prepare = (input: SubmitInput, caller: Caller): PreparedSubmit => {
-    const spec = buildTaskSpec(input, caller.tenant, randomUUID(), options);
+    // Time-ordered ids (UUIDv7): every per-task index then grows at its right edge, so a long log
+    // does not turn each insert into a random page write (and a full-page image in the WAL).
+    const spec = buildTaskSpec(input, caller.tenant, uuidv7(), options);
     const { taskId: _id, tenant: _t, idempotencyKey: _k, ...significant } = spec;
     const hash = createHash('sha256').update(JSON.stringify(significant)).digest('base64url');
     return { spec, hash, metadata: { tenant: caller.tenant, actor: caller.actor, ...(caller.traceId ? { traceId: caller.traceId } : {}) } };
