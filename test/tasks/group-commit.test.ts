@@ -130,6 +130,43 @@ describe('createGroupCommit', () => {
     expect(calls).toEqual([[1], [2, 3, 4]]);
   });
 
+  it('splits a long queue over the free slots, so the transactions run side by side', async () => {
+    const gate = deferred<void>();
+    const { calls, run } = recordingRun(async (items) => {
+      await gate.promise;
+      return items.map((n) => n * 2);
+    });
+    const group = createGroupCommit({ maxBatch: 100, concurrency: 2, run, isolate: () => true });
+    const items = Array.from({ length: 20 }, (_, i) => i + 1);
+    const all = Promise.all(items.map((n) => group.submit(n)));
+    await flush();
+    expect(calls).toEqual([items.slice(0, 10), items.slice(10)]);
+    gate.resolve();
+    expect(await all).toEqual(items.map((n) => n * 2));
+  });
+
+  it('while a transaction runs, gathers items arriving one by one for gatherMs before starting another', async () => {
+    const first = deferred<void>();
+    let call = 0;
+    const { calls, run } = recordingRun(async (items) => {
+      if (call++ === 0) await first.promise;
+      return items.map((n) => n * 2);
+    });
+    const group = createGroupCommit({ maxBatch: 10, concurrency: 2, gatherMs: 40, run, isolate: () => true });
+    const p1 = group.submit(1);
+    await flush();
+    expect(calls).toEqual([[1]]); // nothing was running: no wait
+    const p2 = group.submit(2);
+    await flush();
+    const p3 = group.submit(3);
+    await flush();
+    expect(calls).toEqual([[1]]); // a slot is free, but the window is open
+    expect(await Promise.all([p2, p3])).toEqual([4, 6]);
+    expect(calls).toEqual([[1], [2, 3]]);
+    first.resolve();
+    expect(await p1).toBe(2);
+  });
+
   it('rejects only the item whose result is an Error', async () => {
     const bad = new Error('item 2 is invalid');
     const { calls, run } = recordingRun(async (items) => items.map((n) => (n === 2 ? bad : n * 2)));
