@@ -317,9 +317,19 @@ export async function relay(s: Settings): Promise<Metrics> {
         t0,
         s.timeoutMs,
       );
+      // The raw loop is timed without its connect and declares; the relay's publishing window
+      // likewise leaves out its process start (node, config, PostgreSQL lock, AMQP connect):
+      // from its first confirmed batch to its last, over the rows after that first batch.
+      const span = await dbQuery<{ ms: number; first: string }>(
+        e.dbUrl,
+        `SELECT extract(epoch FROM max(published_at) - min(published_at)) * 1000 AS ms,
+                count(*) FILTER (WHERE published_at = (SELECT min(published_at) FROM outbox)) AS first FROM outbox`,
+      );
+      const windowMs = Number(span.rows[0]?.ms ?? NaN);
       const relayRate = (s.relayM / ms) * 1000;
+      const windowRate = ((s.relayM - Number(span.rows[0]?.first ?? 0)) / windowMs) * 1000;
       const rawRate = (s.relayM / rawMs) * 1000;
-      return { rowsPerS: relayRate, rawAmqpPerS: rawRate, relayToRaw: relayRate / rawRate, rows: s.relayM, relayMs: ms, rawMs };
+      return { rowsPerS: relayRate, publishingRowsPerS: windowRate, rawAmqpPerS: rawRate, relayToRaw: windowRate / rawRate, rows: s.relayM, relayMs: ms, publishingMs: windowMs, rawMs };
     },
     { TASK_QUEUE_MAX_LENGTH: maxLen },
   );
