@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import pg from 'pg';
 import { Kysely, PostgresDialect } from 'kysely';
 import { runner } from 'node-pg-migrate';
@@ -43,6 +44,7 @@ export function createPostgres(options: PostgresOptions): Postgres {
   // process. The query itself still rejects; the pool drops the dead client once it sees the close.
   pool.on('connect', (client) => {
     client.on('error', () => {});
+    preparing(client);
   });
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   let closed: Promise<void> | undefined;
@@ -50,6 +52,35 @@ export function createPostgres(options: PostgresOptions): Postgres {
     pool,
     db,
     close: () => (closed ??= db.destroy()),
+  };
+}
+
+/**
+ * Marks a statement to run as a prepared statement on each connection (see `preparing`). For
+ * hot statements whose text takes a few variants at most: each variant stays prepared in every
+ * backend for the connection's life.
+ */
+export const PREPARE_MARK = '/* prepared */';
+
+/**
+ * Runs statements that start with PREPARE_MARK as named prepared statements (the name is a hash
+ * of the text), so PostgreSQL parses and plans them once per connection instead of on every call.
+ * The task write (events, task_current, task_history and outbox in one statement) spends ~1.5 ms
+ * in parse and plan against ~0.3 ms of execution for one task. Kysely sends every query as
+ * `query(text, values)`; anything else passes through unchanged. PostgreSQL re-plans a prepared
+ * statement by itself when a table it names changes (a projection swap renames tables).
+ */
+function preparing(client: pg.PoolClient): void {
+  const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+  const names = new Map<string, string>();
+  (client as { query: (...args: unknown[]) => unknown }).query = (text: unknown, ...rest: unknown[]) => {
+    if (typeof text !== 'string' || !text.startsWith(PREPARE_MARK) || typeof rest[0] === 'function') return query(text, ...rest);
+    let name = names.get(text);
+    if (name === undefined) {
+      name = `fogsched_${createHash('sha1').update(text).digest('hex').slice(0, 16)}`;
+      names.set(text, name);
+    }
+    return query({ name, text, values: rest[0] as unknown[] | undefined });
   };
 }
 

@@ -13,7 +13,7 @@ import {
 } from '../domain/index.js';
 import { connectAmqp } from '../infra/amqp.js';
 import type { Logger } from '../infra/logger.js';
-import { isConnectionError } from '../infra/postgres.js';
+import { isConnectionError, PREPARE_MARK } from '../infra/postgres.js';
 import { sleep, type Role } from '../infra/role.js';
 import { declareTopology, type Topology, type TopologyNames } from '../outbox/index.js';
 import { appendEvents, type Database, type Executor } from '../store/index.js';
@@ -182,7 +182,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
 
   const applyMessages = async (trx: Executor, batch: Pending[]) => {
     const ids = batch.map((p) => messageIdOf(p.msg));
-    const fresh = await sql<{ message_id: string }>`
+    const fresh = await sql<{ message_id: string }>`${sql.raw(PREPARE_MARK)}
       INSERT INTO inbox (message_id, source)
       SELECT * FROM unnest(${ids}::text[], ${batch.map((p) => p.source)}::text[])
       ON CONFLICT DO NOTHING RETURNING message_id`.execute(trx);

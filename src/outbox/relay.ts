@@ -429,7 +429,8 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
         const more = await runOnce(db);
         failures = 0;
         if (Date.now() - lastLagCheck > LAG_CHECK_MS) await measureLag(db);
-        if (!more) {
+        // Notified during the round: start the next at once, without the idle-wait query.
+        if (!more && !notified) {
           const ms = await idleWaitMs(db);
           if (!notified) await waitForWork(ms);
         }

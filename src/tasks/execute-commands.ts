@@ -3,6 +3,7 @@ import { decide, evolve, initialTaskState, FogschedError, type TaskCommand, type
 import { sql } from 'kysely';
 import { asConcurrencyError, insertEvents, positionsInOrder, type EventMetadata, type Executor, type NewEvent } from '../store/index.js';
 import { loadTaskStates, taskProjectionCtes } from '../projections/index.js';
+import { PREPARE_MARK } from '../infra/postgres.js';
 import { insertOutbox, outboxRowFor, type OutboxRow, type TopologyNames } from '../outbox/index.js';
 
 export interface CommandItem {
@@ -80,7 +81,7 @@ export async function executeTaskCommands(
     // One statement for the four tables: the events, then task_current, task_history and the
     // outbox as CTEs that take their positions from the events' RETURNING.
     try {
-      const result = await sql<{ event_id: string; position: number }>`
+      const result = await sql<{ event_id: string; position: number }>`${sql.raw(PREPARE_MARK)}
         WITH appended AS (${insertEvents(newEvents)}),
         ${taskProjectionCtes('appended', current, history)}
         ${outbox.length > 0 ? sql`, outbox_written AS (${insertOutbox(outbox)})` : sql``}
