@@ -70,15 +70,16 @@ export const PREPARE_MARK = '/* prepared */';
  * `query(text, values)`; anything else passes through unchanged. PostgreSQL re-plans a prepared
  * statement by itself when a table it names changes (a projection swap renames tables).
  */
+const preparedNames = new Map<string, string>();
+
 function preparing(client: pg.PoolClient): void {
   const query = client.query.bind(client) as (...args: unknown[]) => unknown;
-  const names = new Map<string, string>();
   (client as { query: (...args: unknown[]) => unknown }).query = (text: unknown, ...rest: unknown[]) => {
     if (typeof text !== 'string' || !text.startsWith(PREPARE_MARK) || typeof rest[0] === 'function') return query(text, ...rest);
-    let name = names.get(text);
+    let name = preparedNames.get(text);
     if (name === undefined) {
       name = `fogsched_${createHash('sha1').update(text).digest('hex').slice(0, 16)}`;
-      names.set(text, name);
+      preparedNames.set(text, name);
     }
     return query({ name, text, values: rest[0] as unknown[] | undefined });
   };

@@ -62,13 +62,7 @@ const OUTBOX_COLUMNS: readonly Column<OutboxRow>[] = [
   { name: 'available_at', type: 'timestamptz', value: (r) => r.availableAt },
 ];
 
-/** Inserts outbox rows in one statement (inside the caller's transaction). */
-export async function insertOutboxRows(db: Executor, rows: readonly OutboxRow[]): Promise<void> {
-  if (rows.length === 0) return;
-  await insertOutbox(rows).execute(db);
-}
-
-/** The INSERT of outbox rows (alone, or as a CTE of a larger write). Insert none rather than zero: it NOTIFYs the relay. */
+/** The INSERT of outbox rows, as a CTE of the task write. Leave it out rather than insert zero rows: it NOTIFYs the relay. */
 export function insertOutbox(rows: readonly OutboxRow[]) {
   return sql`
     INSERT INTO outbox (message_id, stream_id, exchange, routing_key, headers, body, available_at)

@@ -88,38 +88,11 @@ export function columnList<T>(columns: readonly Column<T>[]) {
 }
 
 /**
- * Writes task_current for each state (insert or move forward). `seqs` gives a new task's row its
- * list order: the position of its TaskSubmitted event.
- */
-export async function upsertTaskCurrent(
-  db: Executor,
-  states: readonly TaskState[],
-  seqs: ReadonlyMap<string, number>,
-  table: string = LIVE_TASK_TABLES.current,
-): Promise<void> {
-  if (states.length === 0) return;
-  const rows = states.map((state) => ({ state, seq: seqs.get(state.taskId) ?? 0 }));
-  await sql`
-    INSERT INTO ${sql.table(table)} AS cur (${columnList(CURRENT_COLUMNS)})
-    SELECT * FROM ${jsonRecordset(CURRENT_COLUMNS, rows)}
-    ${CURRENT_ON_CONFLICT}`.execute(db);
-}
-
-/** Appends task_history rows; a row already there (same position) is left alone. */
-export async function insertTaskHistory(db: Executor, rows: readonly HistoryRow[], table: string = LIVE_TASK_TABLES.history): Promise<void> {
-  if (rows.length === 0) return;
-  await sql`
-    INSERT INTO ${sql.table(table)} (${columnList(HISTORY_COLUMNS)})
-    SELECT * FROM ${jsonRecordset(HISTORY_COLUMNS, rows)}
-    ON CONFLICT (position) DO NOTHING`.execute(db);
-}
-
-/**
  * The task_current and task_history writes of a command batch as data-modifying CTEs that take
  * their positions from the `events` insert in the CTE named `eventsCte` (which must return
  * event_id and position): a new task's seq is the position of its TaskSubmitted event
- * (`seqEventId`), each history row the position of its event (`eventId`). Same rows and conflict
- * rules as upsertTaskCurrent and insertTaskHistory, without a round trip per table.
+ * (`seqEventId`), each history row the position of its event (`eventId`). A task_current row only
+ * moves forward (CURRENT_ON_CONFLICT); a history row already there (same position) is left alone.
  */
 export function taskProjectionCtes(
   eventsCte: string,

@@ -1,7 +1,7 @@
 import { v7 as uuidv7 } from 'uuid';
 import { decide, evolve, initialTaskState, FogschedError, type TaskCommand, type TaskEvent, type TaskState } from '../domain/index.js';
 import { sql } from 'kysely';
-import { asConcurrencyError, insertEvents, positionsInOrder, type EventMetadata, type Executor, type NewEvent } from '../store/index.js';
+import { asConcurrencyError, insertEvents, type EventMetadata, type Executor, type NewEvent } from '../store/index.js';
 import { loadTaskStates, taskProjectionCtes } from '../projections/index.js';
 import { PREPARE_MARK } from '../infra/postgres.js';
 import { insertOutbox, outboxRowFor, type OutboxRow, type TopologyNames } from '../outbox/index.js';
@@ -81,12 +81,11 @@ export async function executeTaskCommands(
     // One statement for the four tables: the events, then task_current, task_history and the
     // outbox as CTEs that take their positions from the events' RETURNING.
     try {
-      const result = await sql<{ event_id: string; position: number }>`${sql.raw(PREPARE_MARK)}
+      await sql`${sql.raw(PREPARE_MARK)}
         WITH appended AS (${insertEvents(newEvents)}),
         ${taskProjectionCtes('appended', current, history)}
         ${outbox.length > 0 ? sql`, outbox_written AS (${insertOutbox(outbox)})` : sql``}
-        SELECT event_id, position FROM appended`.execute(trx);
-      positionsInOrder(newEvents, result.rows);
+        SELECT count(*) FROM appended`.execute(trx);
     } catch (error) {
       throw asConcurrencyError(error, newEvents) ?? error;
     }
