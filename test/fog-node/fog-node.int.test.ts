@@ -158,6 +158,7 @@ describe('fog node: graceful restarts', () => {
       taskId: (JSON.parse(m.content.toString()) as TaskMessage).taskId,
       reason: String(m.properties.headers?.['x-first-death-reason']),
     }));
+    console.log(`${returned.length} returned by a record, ${queued.length} still queued, ${deadLettered.length} dead-lettered by the broker's delivery limit`);
     // Each task is in exactly one place: given back by a record, still queued, or dead-lettered by the broker.
     expect([...returned.map((t) => t.taskId), ...queued, ...deadLettered.map((d) => d.taskId)].sort()).toEqual(tasks.map((t) => t.taskId).sort());
     expect(returned).toHaveLength(8);
