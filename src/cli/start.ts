@@ -124,6 +124,7 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
             agingMs: config.FOG_NODE_AGING_MS,
             handlersModule: config.FOG_NODE_HANDLERS,
             workerMemoryMb: config.FOG_NODE_WORKER_MEMORY_MB,
+            maxOutputBytes: config.FOG_NODE_MAX_OUTPUT_BYTES,
             logger,
             heartbeat: { redisUrl: config.REDIS_URL, prefix: config.REDIS_PREFIX, intervalMs: config.FOG_HEARTBEAT_INTERVAL_MS, ttlMs: config.FOG_HEARTBEAT_TTL_MS, version: options.version },
           }),

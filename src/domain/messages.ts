@@ -38,7 +38,16 @@ export type ResultRecord =
       readonly at: string;
       readonly durationMs: number;
       readonly error: TaskError;
-    };
+    }
+  /**
+   * The node gives back an attempt it had started (and whose task message it
+   * had acked) without an outcome: it was stopped past FOG_NODE_GRACE_MS. Not a
+   * failure of the task; the same attempt is dispatched again.
+   */
+  | { readonly kind: 'returned'; readonly taskId: string; readonly attempt: number; readonly at: string; readonly reason: 'node-shutdown' };
+
+/** Why a node gives an attempt back (a `returned` record). */
+export const RETURN_REASONS = ['node-shutdown'] as const;
 
 export interface ResultBatch {
   readonly nodeId: string;
@@ -71,10 +80,11 @@ export function invalidResultBatch(value: unknown): string | null {
   for (const record of batch.records as unknown[]) {
     const r = record as Partial<Record<string, unknown>>;
     if (typeof r !== 'object' || r === null) return 'record is not an object';
-    if (!['started', 'succeeded', 'failed'].includes(r.kind as string)) return `unknown record kind ${String(r.kind)}`;
+    if (!['started', 'succeeded', 'failed', 'returned'].includes(r.kind as string)) return `unknown record kind ${String(r.kind)}`;
     if (typeof r.taskId !== 'string' || !UUID.test(r.taskId)) return 'record taskId is not a uuid';
     if (!Number.isInteger(r.attempt) || typeof r.at !== 'string' || Number.isNaN(Date.parse(r.at))) return 'record attempt or at is invalid';
     if (r.kind === 'failed' && (typeof r.error !== 'object' || r.error === null)) return 'failed record has no error';
+    if (r.kind === 'returned' && !(RETURN_REASONS as readonly unknown[]).includes(r.reason)) return `returned record has an unknown reason ${String(r.reason)}`;
   }
   return null;
 }

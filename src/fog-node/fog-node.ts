@@ -8,6 +8,9 @@ import { declareTopology, type Topology, type TopologyNames } from '../outbox/to
 import { loadHandlers, type Handler } from './handlers.js';
 import { createThreadPool, HandlerError, WorkerCrashedError, type ThreadPool } from './thread-pool.js';
 import { createFogHeartbeat, type FogHeartbeat } from './heartbeat.js';
+import { createLocalQueue, type Queued } from './local-queue.js';
+import { checkOutput, storableTaskError, MAX_ERROR_MESSAGE_CHARS } from './output-check.js';
+import { createRecentMap } from './recent-map.js';
 import type { Redis } from 'ioredis';
 import { createRedis, readCancelled, redisKeys, whenReady } from '../infra/redis.js';
 
@@ -27,20 +30,44 @@ export interface FogNodeOptions {
   readonly agingMs: number;
   readonly handlersModule: string;
   readonly workerMemoryMb: number;
+  /** FOG_NODE_MAX_OUTPUT_BYTES: a larger output (as JSON) is reported as failed `output-not-storable`. */
+  readonly maxOutputBytes: number;
   readonly logger: Logger;
   /** Redis membership (fog:nodes, fog:node:{id}); Redis being down never stops task flow. */
   readonly heartbeat?: { readonly redisUrl: string; readonly prefix: string; readonly intervalMs: number; readonly ttlMs: number; readonly version: string };
 }
 
-interface Delivery {
+interface Delivery extends Queued {
   readonly msg: ConsumeMessage;
   readonly task: TaskMessage;
-  readonly priority: Priority;
-  /** 0 for the node's own tier, higher for lighter tiers it also serves. */
-  readonly tierRank: number;
-  readonly receivedAt: number;
-  /** Channel generation: an ack for an older channel is dropped (the broker redelivers). */
+  /** Consume channel generation: a delivery is settled only on the channel that delivered it. */
   readonly generation: number;
+  /** Acked or nacked once: a second settle of one tag would make the broker close the channel. */
+  settled: boolean;
+}
+
+/**
+ * One attempt (taskId, attempt) as this node runs or ran it. Every delivery of
+ * the attempt is settled through it: acked once the broker confirmed any record
+ * of the run (from then on the records, not the delivery, carry its fate).
+ */
+interface Attempt {
+  durable: boolean;
+  /** Deliveries of this attempt waiting for that confirm. */
+  readonly unacked: Delivery[];
+}
+
+interface Run {
+  readonly task: TaskMessage;
+  readonly controller: AbortController;
+  readonly attempt: Attempt;
+}
+
+interface PendingRecord {
+  readonly record: ResultRecord;
+  readonly attempt: Attempt;
+  /** Rough size in the message, to keep a result message far below the broker's limit. */
+  readonly bytes: number;
 }
 
 export interface FogNodeStats {
@@ -48,38 +75,56 @@ export interface FogNodeStats {
   buffered: number;
   completed: number;
   failed: number;
+  /** Runs whose worker thread died (also counted in `failed`). */
   crashed: number;
+  /** Runs given back at shutdown with a `returned` record. */
+  returned: number;
+  /** Task-queue consumers open now; 0 while the node has none (it is consuming again within seconds). */
+  consumers: number;
+  /** Times the consume channel was lost (closed or a consumer cancelled by the broker) and opened again. */
+  consumerRestarts: number;
 }
 
 const MAX_RECORDS_PER_MESSAGE = 500;
+/** A result message stays far below RabbitMQ's max_message_size (128 MiB by default). */
+const MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
+const RECORD_OVERHEAD_BYTES = 400;
 const MAX_REMEMBERED_CANCELS = 100_000;
+/** Finished attempts remembered, so a late redelivery of one is acked without a second run. */
+const RECENT_ATTEMPTS = { max: 10_000, ttlMs: 10 * 60_000 };
 
 /** A task's run was stopped because the task was cancelled. */
 class CancelledError extends Error {}
+/** A run was stopped because the node stops and FOG_NODE_GRACE_MS passed. */
+class ShutdownError extends Error {}
 
 /**
  * A fog node: consumes its tier's task queues (and lighter tiers' when its own
- * are empty), runs each task's handler, and reports started/succeeded/failed
- * records to `results`, many per message. A task message is acked only after
- * the broker confirmed the message carrying its final record, so a crash at any
- * point leaves the task on its queue. It never talks to PostgreSQL.
+ * are empty), runs each task's handler, and reports started/succeeded/failed/
+ * returned records to `results`, many per message. A task message is acked as
+ * soon as the broker confirmed the message carrying its `started` record (or a
+ * later one): a crash before that leaves the task on its queue; after it the
+ * records that follow are retried until confirmed, and the scheduler's running
+ * lease covers a node that dies before it can send them. It never talks to
+ * PostgreSQL.
  */
 export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNodeStats } {
   const logger = options.logger.child({ role: 'fog-node', nodeId: options.nodeId, tier: options.tier });
   const abort = new AbortController();
-  const stats: FogNodeStats = { inFlight: 0, buffered: 0, completed: 0, failed: 0, crashed: 0 };
-  const buffers = new Map<Priority, Delivery[]>(PRIORITIES.map((p) => [p, []]));
-  const running = new Map<Delivery, AbortController>();
-  let records: ResultRecord[] = [];
-  let acks: Delivery[] = [];
+  const stats: FogNodeStats = { inFlight: 0, buffered: 0, completed: 0, failed: 0, crashed: 0, returned: 0, consumers: 0, consumerRestarts: 0 };
+  const queue = createLocalQueue<Delivery>(options.agingMs);
+  const running = new Map<string, Run>();
+  const recent = createRecentMap<string, Attempt>(RECENT_ATTEMPTS);
+  let pending: PendingRecord[] = [];
+  let pendingBytes = 0;
   let flushing: Promise<void> | undefined;
   let flushTimer: NodeJS.Timeout | undefined;
   let metricsTimer: NodeJS.Timeout | undefined;
   let connection: ChannelModel | undefined;
-  let consumeChannel: Channel | undefined;
   let publishChannel: ConfirmChannel | undefined;
-  let consumerTags: string[] = [];
-  let generation = 0;
+  /** The consume channel now; deliveries of any other generation are never settled (their channel is gone). */
+  let consume: { readonly channel: Channel; readonly generation: number; readonly tags: string[] } | undefined;
+  let generations = 0;
   let draining = false;
   let handlers = new Map<string, Handler>();
   let threads: ThreadPool | undefined;
@@ -88,41 +133,55 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
   const cancelled = new Set<string>();
   let heartbeat: FogHeartbeat | undefined;
 
-  // --- picking what runs next -------------------------------------------------
+  const keyOf = (task: TaskMessage) => `${task.taskId}:${task.attempt}`;
 
-  /** High before normal before low, own tier before lighter ones; anything waiting past agingMs goes first. */
-  const pick = (): Delivery | undefined => {
-    const now = Date.now();
-    let aged: { list: Delivery[]; index: number; waited: number } | undefined;
-    for (const p of PRIORITIES) {
-      const list = buffers.get(p) as Delivery[];
-      const head = list[0];
-      if (head && now - head.receivedAt > options.agingMs && (!aged || now - head.receivedAt > aged.waited)) aged = { list, index: 0, waited: now - head.receivedAt };
+  // --- settling deliveries ----------------------------------------------------------
+
+  /** Acks or nacks on the channel that delivered it; on a dead channel it is dropped (the broker returned it). Never throws. */
+  const settle = (d: Delivery, how: 'ack' | 'requeue' | 'reject'): void => {
+    if (d.settled) return;
+    d.settled = true;
+    const c = consume;
+    if (!c || c.generation !== d.generation) return;
+    try {
+      if (how === 'ack') c.channel.ack(d.msg);
+      else c.channel.nack(d.msg, false, how === 'requeue');
+    } catch (error) {
+      // The channel closed under us: the broker returns the delivery by itself.
+      logger.debug({ err: (error as Error).message, taskId: d.task?.taskId }, 'settling a delivery failed; its channel is gone');
     }
-    if (aged) return aged.list.splice(aged.index, 1)[0];
-    for (const p of PRIORITIES) {
-      const list = buffers.get(p) as Delivery[];
-      if (list.length === 0) continue;
-      let best = 0;
-      for (let i = 1; i < list.length && (list[best] as Delivery).tierRank > 0; i++) {
-        if ((list[i] as Delivery).tierRank < (list[best] as Delivery).tierRank) best = i;
-      }
-      return list.splice(best, 1)[0];
-    }
-    return undefined;
   };
+
+  const markDurable = (attempt: Attempt) => {
+    attempt.durable = true;
+    for (const d of attempt.unacked.splice(0)) settle(d, 'ack');
+  };
+
+  /** Another delivery of an attempt this node runs or ran: it does not run again; acked with the attempt. */
+  const join = (attempt: Attempt, d: Delivery) => {
+    logger.info({ taskId: d.task.taskId, attempt: d.task.attempt }, 'delivery of an attempt this node runs or ran; not running it again');
+    if (attempt.durable) settle(d, 'ack');
+    else attempt.unacked.push(d);
+  };
+
+  const known = (task: TaskMessage): Attempt | undefined => running.get(keyOf(task))?.attempt ?? recent.get(keyOf(task), Date.now());
+
+  // --- picking what runs next -------------------------------------------------------
 
   const pump = () => {
     while (!draining && running.size < options.slots) {
-      const next = pick();
+      const next = queue.pick(Date.now());
       if (!next) break;
-      stats.buffered--;
-      void execute(next);
+      if (next.generation !== consume?.generation) continue; // its channel is gone: the broker returned it
+      const attempt = known(next.task);
+      if (attempt) join(attempt, next);
+      else void execute(next);
     }
+    stats.buffered = queue.size;
     stats.inFlight = running.size;
   };
 
-  // --- running one task --------------------------------------------------------
+  // --- running one task --------------------------------------------------------------
 
   const runHandler = async (task: TaskMessage, signal: AbortSignal): Promise<unknown> => {
     const handler = handlers.get(task.type);
@@ -132,104 +191,144 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
     return threads.run(handler.module, handler.exportName, task.payload, signal);
   };
 
+  /** Runs one delivery's task to a record (or a give-back). Never rejects. */
   const execute = async (d: Delivery) => {
-    const controller = new AbortController();
-    running.set(d, controller);
     const { task } = d;
+    const key = keyOf(task);
+    const run: Run = { task, controller: new AbortController(), attempt: { durable: false, unacked: [d] } };
+    running.set(key, run);
+    const { signal } = run.controller;
     const startedAt = new Date().toISOString();
     const t0 = performance.now();
+    const ended = () => ({ taskId: task.taskId, attempt: task.attempt, startedAt, at: new Date().toISOString(), durationMs: performance.now() - t0 });
     let timeout: NodeJS.Timeout | undefined;
     try {
-      if (task.deadline && Date.parse(task.deadline) < Date.now()) {
-        throw new HandlerError({ message: `deadline ${task.deadline} passed before the task started`, code: 'expired', retryable: false });
+      try {
+        if (task.deadline && Date.parse(task.deadline) < Date.now()) {
+          throw new HandlerError({ message: `deadline ${task.deadline} passed before the task started`, code: 'expired', retryable: false });
+        }
+        report({ kind: 'started', taskId: task.taskId, attempt: task.attempt, at: startedAt }, run.attempt);
+        if (task.timeoutMs) {
+          timeout = setTimeout(() => run.controller.abort(new HandlerError({ message: `timed out after ${task.timeoutMs} ms`, code: 'timeout', retryable: true })), task.timeoutMs);
+        }
+        const output = await untilAborted(runHandler(task, signal), signal);
+        const check = checkOutput(output, options.maxOutputBytes);
+        if (check.ok) {
+          stats.completed++;
+          report({ kind: 'succeeded', ...ended(), output: output ?? null }, run.attempt, check.bytes);
+        } else {
+          // Checked here, not in ingest: a node never publishes an output PostgreSQL refuses.
+          stats.failed++;
+          report({ kind: 'failed', ...ended(), error: { message: check.message, code: 'output-not-storable', retryable: false } }, run.attempt);
+        }
+      } catch (error) {
+        if (signal.aborted && signal.reason instanceof CancelledError) {
+          // The cancellation is already in the log; nothing to report.
+          markDurable(run.attempt);
+        } else if (signal.aborted && signal.reason instanceof ShutdownError) {
+          giveBack(run);
+        } else if (error instanceof WorkerCrashedError) {
+          // The handler took its thread down. A failed attempt like any other (retried within
+          // maxAttempts), not a requeue: the broker's delivery count cannot tell poison from
+          // graceful returns on every version, the attempt budget can.
+          stats.crashed++;
+          stats.failed++;
+          logger.warn({ taskId: task.taskId, attempt: task.attempt, err: error.message }, 'worker thread crashed under a task');
+          report({ kind: 'failed', ...ended(), error: { message: error.message, code: 'crashed', retryable: true } }, run.attempt);
+        } else {
+          stats.failed++;
+          report({ kind: 'failed', ...ended(), error: toTaskError(error, signal) }, run.attempt);
+        }
       }
-      addRecord({ kind: 'started', taskId: task.taskId, attempt: task.attempt, at: startedAt });
-      if (task.timeoutMs) {
-        timeout = setTimeout(() => controller.abort(new HandlerError({ message: `timed out after ${task.timeoutMs} ms`, code: 'timeout', retryable: true })), task.timeoutMs);
-      }
-      const output = await runHandler(task, controller.signal);
-      stats.completed++;
-      addRecord(
-        { kind: 'succeeded', taskId: task.taskId, attempt: task.attempt, startedAt, at: new Date().toISOString(), durationMs: performance.now() - t0, output: output ?? null },
-        d,
-      );
     } catch (error) {
-      if (error instanceof WorkerCrashedError) {
-        // The handler took its thread down: we cannot tell a bad task from a bad
-        // node, so the message goes back; the delivery limit dead-letters a task
-        // that keeps doing it.
-        stats.crashed++;
-        logger.warn({ taskId: task.taskId, attempt: task.attempt, err: error.message }, 'worker thread crashed; returning the task');
-        if (d.generation === generation) consumeChannel?.nack(d.msg, false, true);
-      } else if (controller.signal.reason instanceof CancelledError) {
-        // The cancellation is already in the log; nothing to report.
-        if (d.generation === generation) consumeChannel?.ack(d.msg);
-      } else if (draining && controller.signal.aborted && !(controller.signal.reason instanceof HandlerError)) {
-        // Stopped by shutdown, not by its timeout: let another node run it.
-        if (d.generation === generation) consumeChannel?.nack(d.msg, false, true);
-      } else {
-        stats.failed++;
-        addRecord(
-          { kind: 'failed', taskId: task.taskId, attempt: task.attempt, startedAt, at: new Date().toISOString(), durationMs: performance.now() - t0, error: toTaskError(error, controller.signal) },
-          d,
-        );
-      }
+      logger.error({ err: error, taskId: task.taskId }, 'fog node run ended unexpectedly');
     } finally {
       clearTimeout(timeout);
-      running.delete(d);
+      running.delete(key);
+      recent.set(key, run.attempt, Date.now());
       pump();
     }
   };
 
-  // --- results: many records per message, acks after the confirm -----------------
+  /** A run stopped by shutdown: an acked one is given back by a record, an unacked one by a requeue. */
+  const giveBack = (run: Run) => {
+    const { task } = run;
+    if (run.attempt.durable) {
+      stats.returned++;
+      report({ kind: 'returned', taskId: task.taskId, attempt: task.attempt, at: new Date().toISOString(), reason: 'node-shutdown' }, run.attempt);
+    } else {
+      for (const d of run.attempt.unacked.splice(0)) settle(d, 'requeue');
+    }
+  };
 
-  const addRecord = (record: ResultRecord, ackAfter?: Delivery) => {
-    records.push(record);
-    if (ackAfter) acks.push(ackAfter);
-    if (records.length >= MAX_RECORDS_PER_MESSAGE) void flush();
+  // --- results: many records per message; acks follow the confirm, apart from it ------
+
+  const report = (record: ResultRecord, attempt: Attempt, outputBytes = 0) => {
+    const r = record.kind === 'failed' ? { ...record, error: storableTaskError(record.error) } : record;
+    const bytes = RECORD_OVERHEAD_BYTES + outputBytes + (r.kind === 'failed' ? r.error.message.length * 3 : 0);
+    pending.push({ record: r, attempt, bytes });
+    pendingBytes += bytes;
+    if (pending.length >= MAX_RECORDS_PER_MESSAGE || pendingBytes >= MAX_MESSAGE_BYTES) void flush();
     else flushTimer ??= setTimeout(() => void flush(), options.resultFlushMs);
   };
 
+  const takeBatch = (): PendingRecord[] => {
+    let n = 0;
+    let bytes = 0;
+    while (n < pending.length && n < MAX_RECORDS_PER_MESSAGE && (n === 0 || bytes + (pending[n] as PendingRecord).bytes <= MAX_MESSAGE_BYTES)) {
+      bytes += (pending[n] as PendingRecord).bytes;
+      n++;
+    }
+    pendingBytes -= bytes;
+    return pending.splice(0, n);
+  };
+
+  /** Publishes what is pending, one message at a time (so a task's records stay in order). Never rejects. */
   const flush = (): Promise<void> => {
     clearTimeout(flushTimer);
     flushTimer = undefined;
-    if (flushing) return flushing.then(() => (records.length > 0 ? flush() : undefined));
-    if (records.length === 0) return Promise.resolve();
-    const batchRecords = records.splice(0, MAX_RECORDS_PER_MESSAGE);
-    const finished = new Set(batchRecords.filter((r) => r.kind !== 'started').map((r) => `${r.taskId}:${r.attempt}`));
-    const batchAcks = acks.filter((d) => finished.has(`${d.task.taskId}:${d.task.attempt}`));
-    acks = acks.filter((d) => !finished.has(`${d.task.taskId}:${d.task.attempt}`));
-    flushing = (async () => {
-      for (let attempt = 0; ; attempt++) {
-        const ch = publishChannel;
-        if (ch) {
-          try {
-            await publishConfirmed(ch, options.names.results, `task.batch.${options.nodeId}`, {
-              nodeId: options.nodeId,
-              tier: options.tier,
-              records: batchRecords,
-            });
-            for (const d of batchAcks) if (d.generation === generation) consumeChannel?.ack(d.msg);
-            return;
-          } catch (error) {
-            if (attempt % 20 === 0) logger.warn({ err: (error as Error).message, records: batchRecords.length }, 'result publish failed; retrying');
-          }
-        }
-        // Keep the records: they are facts, and the tasks' acks wait for them.
-        if (abort.signal.aborted && !connection) return;
-        await sleep(Math.min(2000, 50 * 2 ** Math.min(attempt, 6)));
-      }
-    })().finally(() => {
-      flushing = undefined;
-      if (records.length >= MAX_RECORDS_PER_MESSAGE) void flush();
-      else if (records.length > 0) flushTimer ??= setTimeout(() => void flush(), options.resultFlushMs);
-    });
+    if (flushing) return flushing.then(() => (pending.length > 0 ? flush() : undefined));
+    if (pending.length === 0) return Promise.resolve();
+    const batch = takeBatch();
+    const body = Buffer.from(JSON.stringify({ nodeId: options.nodeId, tier: options.tier, records: batch.map((p) => p.record) }));
+    // One id for every try: ingest's inbox drops a copy the broker took in on a try whose confirm was lost.
+    const messageId = randomUUID();
+    flushing = publishUntilConfirmed(body, messageId, batch.length)
+      .then((confirmed) => {
+        // The ack is apart from the publish: a dead consume channel drops the ack, never repeats the publish.
+        if (confirmed) for (const attempt of new Set(batch.map((p) => p.attempt))) markDurable(attempt);
+      })
+      .catch((error: unknown) => logger.error({ err: error }, 'result flush failed'))
+      .finally(() => {
+        flushing = undefined;
+        if (pending.length === 0) return;
+        if (pending.length >= MAX_RECORDS_PER_MESSAGE || pendingBytes >= MAX_MESSAGE_BYTES) void flush();
+        else flushTimer ??= setTimeout(() => void flush(), options.resultFlushMs);
+      });
     return flushing;
   };
 
-  const publishConfirmed = (ch: ConfirmChannel, exchange: string, routingKey: string, body: unknown) =>
+  /** Resolves true once the broker confirmed the message; false only when the node stopped first (the records are lost then, the running lease recovers their tasks). */
+  const publishUntilConfirmed = async (body: Buffer, messageId: string, records: number): Promise<boolean> => {
+    for (let attempt = 0; ; attempt++) {
+      const ch = publishChannel;
+      if (ch) {
+        try {
+          await publishConfirmed(ch, body, messageId);
+          return true;
+        } catch (error) {
+          if (attempt % 20 === 0) logger.warn({ err: (error as Error).message, records }, 'result publish failed; retrying');
+        }
+      }
+      // Keep the records: they are facts.
+      if (abort.signal.aborted) return false;
+      await sleep(Math.min(2000, 50 * 2 ** Math.min(attempt, 6)), abort.signal);
+    }
+  };
+
+  const publishConfirmed = (ch: ConfirmChannel, body: Buffer, messageId: string) =>
     new Promise<void>((resolve, reject) => {
-      ch.publish(exchange, routingKey, Buffer.from(JSON.stringify(body)), { persistent: true, messageId: randomUUID(), contentType: 'application/json' }, (error: unknown) =>
+      ch.publish(options.names.results, `task.batch.${options.nodeId}`, body, { persistent: true, messageId, contentType: 'application/json' }, (error: unknown) =>
         error ? reject(error instanceof Error ? error : new Error('nacked')) : resolve(),
       );
     });
@@ -267,30 +366,40 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
       completed: stats.completed,
       failed: stats.failed,
     };
-    // Metrics may be lost (the queue drops its head when full); no need to wait for the confirm.
-    ch.publish(options.names.metrics, `metrics.node.${options.nodeId}`, Buffer.from(JSON.stringify(sample)), { contentType: 'application/json' }, () => {});
+    try {
+      // Metrics may be lost (the queue drops its head when full); no need to wait for the confirm.
+      ch.publish(options.names.metrics, `metrics.node.${options.nodeId}`, Buffer.from(JSON.stringify(sample)), { contentType: 'application/json' }, () => {});
+    } catch {
+      // its channel just closed; the next sample goes on the next one
+    }
   };
 
-  // --- connection ------------------------------------------------------------------
+  // --- consuming -------------------------------------------------------------------
+
+  /** Resolves the wait of the consume channel of that generation: the broker cancelled one of its consumers. */
+  let consumerLost: ((generation: number) => void) | undefined;
 
   const onDelivery = (tierRank: number, priority: Priority, gen: number) => (msg: ConsumeMessage | null) => {
-    if (!msg) return; // consumer cancelled by the broker (queue deleted): the connection loop handles it
+    if (!msg) {
+      consumerLost?.(gen); // cancelled by the broker (queue deleted, ...): consume again on a new channel
+      return;
+    }
     let task: TaskMessage;
     try {
       task = JSON.parse(msg.content.toString('utf8')) as TaskMessage;
       if (typeof task?.taskId !== 'string' || !Number.isInteger(task.attempt) || typeof task.type !== 'string') throw new Error('not a task message');
     } catch (error) {
       logger.error({ err: (error as Error).message, messageId: msg.properties.messageId }, 'unreadable task message; dead-lettering it');
-      consumeChannel?.nack(msg, false, false);
+      settle({ msg, task: undefined as unknown as TaskMessage, priority, tierRank, receivedAt: Date.now(), generation: gen, settled: false }, 'reject');
       return;
     }
-    if (draining || gen !== generation) return; // the channel closes soon and returns it
-    if (cancelled.has(task.taskId)) {
-      consumeChannel?.ack(msg); // cancelled before it got here
-      return;
-    }
-    (buffers.get(priority) as Delivery[]).push({ msg, task, priority, tierRank, receivedAt: Date.now(), generation: gen });
-    stats.buffered++;
+    const d: Delivery = { msg, task, priority, tierRank, receivedAt: Date.now(), generation: gen, settled: false };
+    if (consume?.generation !== gen) return; // its channel is gone: the broker returned it
+    if (draining) return settle(d, 'requeue');
+    if (cancelled.has(task.taskId)) return settle(d, 'ack'); // cancelled before it got here
+    const attempt = known(task);
+    if (attempt) return join(attempt, d);
+    queue.push(d);
     pump();
   };
 
@@ -307,8 +416,11 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
   };
 
   /** A cancel broadcast: drop the task if it waits here, abort it if it runs here. */
-  const onSystem = (msg: ConsumeMessage | null) => {
-    if (!msg) return;
+  const onSystem = (gen: number) => (msg: ConsumeMessage | null) => {
+    if (!msg) {
+      consumerLost?.(gen);
+      return;
+    }
     let body: SystemMessage | undefined;
     try {
       body = JSON.parse(msg.content.toString('utf8')) as SystemMessage;
@@ -316,70 +428,138 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
       return;
     }
     if (body?.kind !== 'cancel' || typeof body.taskId !== 'string') return;
-    cancelled.add(body.taskId);
+    const taskId = body.taskId;
+    cancelled.add(taskId);
     if (cancelled.size > MAX_REMEMBERED_CANCELS) cancelled.delete(cancelled.values().next().value as string);
-    for (const list of buffers.values()) {
-      for (let i = list.length - 1; i >= 0; i--) {
-        const d = list[i] as Delivery;
-        if (d.task.taskId !== body.taskId) continue;
-        list.splice(i, 1);
-        stats.buffered--;
-        if (d.generation === generation) consumeChannel?.ack(d.msg);
+    for (const d of queue.remove((w) => w.task.taskId === taskId)) settle(d, 'ack');
+    stats.buffered = queue.size;
+    for (const run of running.values()) if (run.task.taskId === taskId) run.controller.abort(new CancelledError(`task ${taskId} cancelled`));
+  };
+
+  /**
+   * Keeps a consume channel with its consumers while the connection lives. A
+   * channel the broker closes (consumer_timeout, a precondition failure) or a
+   * consumer it cancels makes a new channel of a new generation: the deliveries
+   * the old one held return to their queues by themselves, so the buffered ones
+   * are dropped here and acks meant for it are dropped; running tasks run on.
+   */
+  const keepConsuming = async (conn: ChannelModel, connectionClosed: Promise<void>) => {
+    let connectionOpen = true;
+    void connectionClosed.then(() => (connectionOpen = false));
+    for (let failures = 0; !abort.signal.aborted && !draining && connectionOpen; ) {
+      const gen = ++generations;
+      let channel: Channel | undefined;
+      let why = 'setup failed';
+      try {
+        const ch = await conn.createChannel();
+        channel = ch;
+        ch.on('error', (error: unknown) => logger.warn({ err: error }, 'consume channel error'));
+        // From the moment it is lost nothing is settled on it, nor started from it.
+        const lost = () => {
+          if (consume?.generation === gen) consume = undefined;
+        };
+        const channelClosed = new Promise<string>((resolve) =>
+          ch.once('close', () => {
+            lost();
+            resolve('channel closed');
+          }),
+        );
+        const cancelledByBroker = new Promise<string>((resolve) => {
+          consumerLost = (g) => {
+            if (g !== gen) return;
+            lost();
+            resolve('consumer cancelled by the broker');
+          };
+        });
+        // The queues may be gone (a consumer cancelled because its queue was deleted): declare them again.
+        await declareTopology(ch, options.topology);
+        await ch.prefetch(options.prefetch, false);
+        const current = { channel: ch, generation: gen, tags: [] as string[] };
+        consume = current;
+        // Before any task arrives: our own queue on the `system` fanout; it lives as long as this channel's consumer.
+        const system = await ch.assertQueue('', { exclusive: true, autoDelete: true, durable: false });
+        await ch.bindQueue(system.queue, options.names.system, '');
+        await ch.consume(system.queue, onSystem(gen), { noAck: true });
+        // Cancels broadcast while this node was not listening are kept in Redis.
+        for (const taskId of await earlierCancels()) cancelled.add(taskId);
+        for (const [rank, tier] of options.servedTiers.entries()) {
+          for (const priority of PRIORITIES) {
+            if (draining) break;
+            const { consumerTag } = await ch.consume(options.names.taskQueue(tier, priority), onDelivery(rank, priority, gen), { noAck: false });
+            current.tags.push(consumerTag);
+            // stop() may have cancelled the others while this consume was on its way.
+            if (draining) await ch.cancel(consumerTag).catch(() => {});
+          }
+        }
+        stats.consumers = draining ? 0 : current.tags.length;
+        failures = 0;
+        logger.info({ served: options.servedTiers, slots: options.slots, prefetch: options.prefetch, generation: gen }, 'fog node consuming');
+        why = await Promise.race([channelClosed, cancelledByBroker, connectionClosed.then(() => 'connection closed')]);
+      } catch (error) {
+        if (!abort.signal.aborted) logger.warn({ err: (error as Error).message }, 'fog node consume setup failed');
       }
+      consumerLost = undefined;
+      stats.consumers = 0;
+      if (consume?.generation === gen) consume = undefined;
+      // Its unacked deliveries go back to their queues; those of running tasks come back and join their run.
+      queue.remove((d) => d.generation === gen);
+      stats.buffered = queue.size;
+      await channel?.close().catch(() => {});
+      if (abort.signal.aborted || draining || !connectionOpen) return;
+      stats.consumerRestarts++;
+      const delay = Math.min(5000, 100 * 2 ** Math.min(failures++, 6));
+      logger.warn({ reason: why, retryInMs: delay }, 'fog node lost its consume channel; consuming again');
+      await sleep(delay, abort.signal);
     }
-    for (const [d, controller] of running) if (d.task.taskId === body.taskId) controller.abort(new CancelledError(`task ${body.taskId} cancelled`));
+  };
+
+  /** Keeps a confirm channel for results and metrics while the connection lives; one the broker closes is replaced. */
+  const keepPublishing = async (conn: ChannelModel, connectionClosed: Promise<void>) => {
+    let connectionOpen = true;
+    void connectionClosed.then(() => (connectionOpen = false));
+    for (let failures = 0; !abort.signal.aborted && connectionOpen; ) {
+      let channel: ConfirmChannel | undefined;
+      try {
+        const ch = await conn.createConfirmChannel();
+        channel = ch;
+        ch.on('error', (error: unknown) => logger.warn({ err: error }, 'publish channel error'));
+        const channelClosed = new Promise<void>((resolve) => ch.once('close', () => resolve()));
+        await declareTopology(ch, options.topology);
+        publishChannel = ch;
+        failures = 0;
+        await Promise.race([channelClosed, connectionClosed]);
+      } catch (error) {
+        if (!abort.signal.aborted) logger.warn({ err: (error as Error).message }, 'fog node publish channel setup failed');
+      }
+      if (publishChannel === channel) publishChannel = undefined;
+      await channel?.close().catch(() => {});
+      if (abort.signal.aborted || !connectionOpen) return;
+      const delay = Math.min(5000, 100 * 2 ** Math.min(failures++, 6));
+      logger.warn({ retryInMs: delay }, 'fog node lost its publish channel; opening another');
+      await sleep(delay, abort.signal);
+    }
   };
 
   const connect = async () => {
     while (!abort.signal.aborted) {
       const conn = await connectAmqp(options.amqpUrl, { logger, signal: abort.signal, name: `fogsched-fog-node-${options.nodeId}` });
       if (!conn) return;
-      // A stop (or SIGTERM) while this connection is still being set up closes it too: stop()
-      // only knows the connection once it consumes, and the setup below would otherwise wait
-      // on `closed` forever.
       const closed = new Promise<void>((resolve) => conn.once('close', () => resolve()));
+      // A stop (or SIGTERM) while this connection is still being set up closes it too.
       const closeOnStop = () => void conn.close().catch(() => {});
       if (abort.signal.aborted) closeOnStop();
       else abort.signal.addEventListener('abort', closeOnStop, { once: true });
+      connection = conn;
       try {
-        const gen = ++generation;
-        const pub = await conn.createConfirmChannel();
-        const con = await conn.createChannel();
-        for (const ch of [pub, con]) ch.on('error', (error: unknown) => logger.warn({ err: error }, 'channel error'));
-        await declareTopology(pub, options.topology);
-        await con.prefetch(options.prefetch, false);
-        connection = conn;
-        publishChannel = pub;
-        consumeChannel = con;
-        // Before any task arrives: our own queue on the `system` fanout (it lives as long as this connection) on the `system` fanout: it lives as long as this connection.
-        const system = await con.assertQueue('', { exclusive: true, autoDelete: true, durable: false });
-        await con.bindQueue(system.queue, options.names.system, '');
-        await con.consume(system.queue, onSystem, { noAck: true });
-        // Cancels broadcast before this node was listening are kept in Redis.
-        for (const taskId of await earlierCancels()) cancelled.add(taskId);
-        consumerTags = [];
-        for (const [rank, tier] of options.servedTiers.entries()) {
-          for (const priority of PRIORITIES) {
-            const { consumerTag } = await con.consume(options.names.taskQueue(tier, priority), onDelivery(rank, priority, gen), { noAck: false });
-            consumerTags.push(consumerTag);
-          }
-        }
-        logger.info({ served: options.servedTiers, slots: options.slots, prefetch: options.prefetch }, 'fog node consuming');
+        await Promise.all([keepPublishing(conn, closed), keepConsuming(conn, closed)]);
+        // Draining: the consume side is done; stay connected (acks and records still go out) until stop closes it.
         await closed;
-      } catch (error) {
-        if (!abort.signal.aborted) logger.warn({ err: (error as Error).message }, 'fog node connection failed');
-        await conn.close().catch(() => {});
       } finally {
         abort.signal.removeEventListener('abort', closeOnStop);
       }
-      if (abort.signal.aborted) return;
-      // Lost the broker: deliveries of the old channel come back to the queues by themselves.
-      generation++;
       connection = undefined;
-      publishChannel = undefined;
-      consumeChannel = undefined;
-      for (const list of buffers.values()) list.length = 0;
-      stats.buffered = 0;
+      if (abort.signal.aborted) return;
+      // Lost the broker: deliveries of the old channels come back to the queues by themselves; running tasks run on.
       logger.warn('fog node lost the broker; reconnecting');
       await sleep(200, abort.signal);
     }
@@ -387,10 +567,10 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
 
   return {
     name: `fog-node:${options.nodeId}`,
-    stats: () => ({ ...stats, inFlight: running.size }),
+    stats: () => ({ ...stats, inFlight: running.size, buffered: queue.size }),
     async start() {
       handlers = await loadHandlers(options.handlersModule);
-      connectLoop = connect();
+      connectLoop = connect().catch((error: unknown) => logger.error({ err: error }, 'fog node connection loop crashed'));
       metricsTimer = setInterval(sampleMetrics, options.metricsIntervalMs);
       metricsTimer.unref();
       if (options.heartbeat) {
@@ -404,7 +584,8 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
             inFlight: running.size,
             cpu: Math.round(heartbeatCpu() * 1000) / 1000,
             rssMb: Math.round((process.memoryUsage.rss() / 1048576) * 10) / 10,
-            inFlightTaskIds: [...running.keys()].map((d) => d.task.taskId),
+            inFlightTaskIds: [...running.values()].map((r) => r.task.taskId),
+            consumers: stats.consumers,
           }),
         });
         heartbeat.start();
@@ -414,17 +595,21 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
       return (stopped ??= (async () => {
         // Stop taking work, give buffered tasks back at once, let running ones finish.
         draining = true;
-        const con = consumeChannel;
-        for (const tag of consumerTags) await con?.cancel(tag).catch(() => {});
-        for (const list of buffers.values()) {
-          for (const d of list.splice(0)) if (d.generation === generation) con?.nack(d.msg, false, true);
-        }
+        const c = consume;
+        for (const tag of c?.tags ?? []) await c?.channel.cancel(tag).catch(() => {});
+        stats.consumers = 0;
+        for (const d of queue.remove()) settle(d, 'requeue');
         stats.buffered = 0;
         const deadline = Date.now() + options.graceMs;
         while (running.size > 0 && Date.now() < deadline) await sleep(20);
-        for (const c of running.values()) c.abort(new Error('fog node shutting down'));
-        while (running.size > 0) await sleep(10);
-        // With the broker down the records cannot go out; their tasks were not acked, so they return.
+        if (running.size > 0) {
+          // Whether a start is confirmed decides how a stopped run goes back: by a record or by a requeue.
+          await Promise.race([flush(), sleep(1000)]);
+          for (const run of running.values()) run.controller.abort(new ShutdownError('fog node shutting down'));
+          while (running.size > 0) await sleep(10);
+        }
+        // With the broker down the records cannot go out: unacked tasks return by themselves, the
+        // running lease recovers acked ones.
         await Promise.race([flush(), sleep(Math.max(1000, options.graceMs))]);
         clearInterval(metricsTimer);
         await heartbeat?.stop();
@@ -433,10 +618,30 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
         await connectLoop;
         await threads?.close();
         redis?.disconnect();
-        logger.info({ completed: stats.completed, failed: stats.failed }, 'fog node stopped');
+        logger.info({ completed: stats.completed, failed: stats.failed, returned: stats.returned }, 'fog node stopped');
       })());
     },
   };
+}
+
+/** Settles like `work`, or rejects with the abort reason as soon as `signal` aborts (a handler deaf to its signal is left behind). */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  work.catch(() => {}); // settling after the abort is nobody's concern
+  if (signal.aborted) return Promise.reject(signal.reason as Error);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason as Error);
+    signal.addEventListener('abort', onAbort, { once: true });
+    work.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error as Error);
+      },
+    );
+  });
 }
 
 function toTaskError(error: unknown, signal: AbortSignal): TaskError {
@@ -444,7 +649,7 @@ function toTaskError(error: unknown, signal: AbortSignal): TaskError {
   if (signal.aborted && signal.reason instanceof HandlerError) return signal.reason.taskError;
   const e = error as { message?: unknown; code?: unknown; retryable?: unknown };
   return {
-    message: String(e?.message ?? error).slice(0, 2000),
+    message: String(e?.message ?? error).slice(0, MAX_ERROR_MESSAGE_CHARS),
     code: typeof e?.code === 'string' ? e.code : 'handler_error',
     retryable: typeof e?.retryable === 'boolean' ? e.retryable : true,
   };

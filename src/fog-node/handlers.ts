@@ -21,7 +21,7 @@ const THREAD_HANDLERS = import.meta.url.endsWith('.ts')
   ? new URL('../../dist/fog-node/thread-handlers.js', import.meta.url).href
   : new URL('./thread-handlers.js', import.meta.url).href;
 
-/** The built-ins: noop, sleep {ms}, fail {message, retryable, code}, flaky {failTimes}; in threads: checksum {bytes, rounds}, crash {mode}, spin {ms}. */
+/** The built-ins: noop, sleep {ms}, fail {message, retryable, code}, flaky {failTimes}, echo {value, nul}; in threads: checksum {bytes, rounds}, crash {mode}, spin {ms}. */
 export function builtinHandlers(): Map<string, Handler> {
   return new Map<string, Handler>([
     ['noop', { kind: 'inline', run: () => null }],
@@ -63,6 +63,18 @@ export function builtinHandlers(): Map<string, Handler> {
           const failTimes = Number(((payload ?? {}) as { failTimes?: number }).failTimes ?? 1);
           if (context.attempt <= failTimes) throw handlerError(`flaky failure on attempt ${context.attempt}`, { code: 'flaky', retryable: true });
           return { attempt: context.attempt };
+        },
+      },
+    ],
+    [
+      'echo',
+      {
+        kind: 'inline',
+        // Returns `value`. With `nul: true` the output carries a U+0000, which PostgreSQL's jsonb
+        // refuses (a payload cannot carry one: it is stored as jsonb too): exercises the output check.
+        run: (payload) => {
+          const p = (payload ?? {}) as { value?: unknown; nul?: boolean };
+          return p.nul ? { value: p.value ?? null, text: 'before\u0000after' } : (p.value ?? null);
         },
       },
     ],

@@ -9,6 +9,8 @@ export interface FogHeartbeatStats {
   readonly rssMb: number;
   /** Ids of the tasks running now; the coordinator records them when it reaps the node. */
   readonly inFlightTaskIds?: readonly string[];
+  /** Task-queue consumers the node has open; 0 means it takes no work now, though its process is alive. */
+  readonly consumers?: number;
 }
 
 export interface FogHeartbeatOptions {
@@ -39,7 +41,7 @@ const MAX_TASK_IDS = 1000;
 /**
  * Registers a fog node in Redis and keeps it alive: `fog:nodes` (set) and
  * `fog:node:{id}` (hash: tier, slots, inFlight, cpu, mem, version, lastSeen,
- * inFlightTaskIds as JSON; TTL). Redis only, never PostgreSQL; a failed beat is
+ * inFlightTaskIds as JSON, consumers; TTL). Redis only, never PostgreSQL; a failed beat is
  * logged and the next one tries again, so a down Redis never affects task flow.
  *
  * ### Example
@@ -77,6 +79,7 @@ export function createFogHeartbeat(opts: FogHeartbeatOptions): FogHeartbeat {
           version: opts.version,
           lastSeen: String(Date.now()),
           inFlightTaskIds: JSON.stringify((s.inFlightTaskIds ?? []).slice(0, MAX_TASK_IDS)),
+          ...(s.consumers === undefined ? {} : { consumers: String(s.consumers) }),
           state,
         })
         .pexpire(hashKey, opts.ttlMs)

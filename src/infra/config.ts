@@ -63,6 +63,12 @@ export const ConfigSchema = Type.Object({
   BROKER_HEARTBEAT_TTL_MS: Int(100, 90000, 'TTL of rabbitmq:node:{node}:heartbeat; a member whose key expired leaves the cluster set'),
   FOG_HEARTBEAT_INTERVAL_MS: Int(100, 10000, 'a fog node refreshes fog:node:{id} this often'),
   FOG_HEARTBEAT_TTL_MS: Int(100, 30000, 'TTL of fog:node:{id}; the coordinator reaps a node whose hash expired'),
+
+  // --- fog node: outputs (issue 15) ---
+  // A fog node checks each handler output before it publishes it: an output PostgreSQL's jsonb
+  // cannot store (U+0000, not JSON) or larger than this is reported as failed `output-not-storable`.
+  // At most 64 MiB, so a result message always stays below RabbitMQ's max_message_size.
+  FOG_NODE_MAX_OUTPUT_BYTES: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024, description: 'largest handler output (its JSON, in bytes) a fog node reports' }),
 });
 
 export type Config = Readonly<Static<typeof ConfigSchema>> & { readonly fogNodeId: string };

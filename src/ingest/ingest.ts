@@ -266,7 +266,9 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
 /** Turns a result batch into task commands, in record order. */
 export function resultCommands(batch: ResultBatch, backoff: BackoffOptions, random: () => number = Math.random): CommandItem[] {
   const metadata = { actor: `node:${batch.nodeId}` };
-  return batch.records.map((r): CommandItem => {
+  // `returned` records (a node stopped past its grace) become ReturnTask with the domain's TaskReturned (issue 15, ingest side); until then they are skipped.
+  return batch.records.flatMap((r): CommandItem[] => {
+    if (r.kind === 'returned') return [];
     let command: TaskCommand;
     switch (r.kind) {
       case 'started':
@@ -282,7 +284,7 @@ export function resultCommands(batch: ResultBatch, backoff: BackoffOptions, rand
         };
         break;
     }
-    return { taskId: r.taskId, command, metadata };
+    return [{ taskId: r.taskId, command, metadata }];
   });
 }
 

@@ -62,7 +62,16 @@ interface NodeSpec {
  *
  * Checked with 3.10.8; Erlang is heavy on 2 cores, so keep the users of this few.
  */
-export async function startRabbitCluster(opts: { size?: number; log?: (line: string) => void } = {}): Promise<RabbitCluster> {
+export async function startRabbitCluster(
+  opts: {
+    size?: number;
+    log?: (line: string) => void;
+    /** Extra lines for every node's rabbitmq.conf (e.g. `consumer_timeout = 3000`). */
+    conf?: readonly string[];
+    /** An advanced.config for every node, for settings rabbitmq.conf cannot take (e.g. `[{rabbit, [{channel_tick_interval, 500}]}].`). */
+    advancedConfig?: string;
+  } = {},
+): Promise<RabbitCluster> {
   const size = opts.size ?? 3;
   const log = opts.log ?? (() => {});
   const { uid, gid } = userIds('rabbitmq');
@@ -85,11 +94,12 @@ export async function startRabbitCluster(opts: { size?: number; log?: (line: str
     while (distPort === port) distPort = await freePort();
     writeFileSync(
       join(dir, 'rabbitmq.conf'),
-      [`listeners.tcp.local = 127.0.0.1:${port}`, 'loopback_users = none', 'disk_free_limit.absolute = 50MB', 'vm_memory_high_watermark.relative = 0.2', ''].join('\n'),
+      [`listeners.tcp.local = 127.0.0.1:${port}`, 'loopback_users = none', 'disk_free_limit.absolute = 50MB', 'vm_memory_high_watermark.relative = 0.2', ...(opts.conf ?? []), ''].join('\n'),
     );
+    if (opts.advancedConfig) writeFileSync(join(dir, 'advanced.config'), `${opts.advancedConfig}\n`);
     nodes.push({ name, port, distPort, dir });
   }
-  for (const p of [root, home, join(home, '.erlang.cookie'), join(root, 'enabled_plugins'), join(root, 'rabbitmq-env.conf'), ...nodes.flatMap((n) => [n.dir, join(n.dir, 'log'), join(n.dir, 'mnesia'), join(n.dir, 'rabbitmq.conf')])]) {
+  for (const p of [root, home, join(home, '.erlang.cookie'), join(root, 'enabled_plugins'), join(root, 'rabbitmq-env.conf'), ...nodes.flatMap((n) => [n.dir, join(n.dir, 'log'), join(n.dir, 'mnesia'), join(n.dir, 'rabbitmq.conf'), ...(opts.advancedConfig ? [join(n.dir, 'advanced.config')] : [])])]) {
     chownSync(p, uid, gid);
   }
 
@@ -105,6 +115,7 @@ export async function startRabbitCluster(opts: { size?: number; log?: (line: str
     RABBITMQ_MNESIA_BASE: join(n.dir, 'mnesia'),
     RABBITMQ_LOG_BASE: join(n.dir, 'log'),
     RABBITMQ_CONFIG_FILE: join(n.dir, 'rabbitmq.conf'),
+    ...(opts.advancedConfig ? { RABBITMQ_ADVANCED_CONFIG_FILE: join(n.dir, 'advanced.config') } : {}),
     RABBITMQ_PID_FILE: join(n.dir, 'rabbitmq.pid'),
     RABBITMQ_ENABLED_PLUGINS_FILE: join(root, 'enabled_plugins'),
     RABBITMQ_PLUGINS_EXPAND_DIR: join(n.dir, 'plugins-expand'),
