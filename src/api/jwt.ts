@@ -14,8 +14,15 @@ const JWKS_ALGORITHMS: Algorithm[] = ['RS256', 'ES256'];
 const CLOCK_TOLERANCE_MS = 5_000;
 /** A JWKS that does not answer within this is treated as down (503), not as a bad token. */
 const JWKS_TIMEOUT_MS = 5_000;
-/** At most one JWKS fetch per this long for kids not seen before: random kids must not make us hammer the provider. */
-const UNKNOWN_KID_REFETCH_MS = 10_000;
+/**
+ * Lookups of (alg, kid) pairs not seen before, at most this many per window, and a pair the key set
+ * lacked is not looked up again for a minute: tokens with random kids must not make us hammer the
+ * provider. The price: while such a flood lasts, a key rotated in meanwhile may be refused for a
+ * window. Pairs, not kids, so a token naming a real kid with the wrong alg cannot block that kid.
+ */
+const UNKNOWN_KID_LOOKUPS = 10;
+const UNKNOWN_KID_WINDOW_MS = 10_000;
+const MISSING_KID_MS = 60_000;
 
 export class AuthUnavailableError extends FogschedError {
   constructor(cause: unknown) {
@@ -38,24 +45,34 @@ export async function registerJwt(app: FastifyInstance, settings: JwtSettings): 
   } else {
     const url = new URL(settings.jwksUrl as string);
     const jwks = buildGetJwks({ jwksPath: `${url.pathname}${url.search}`, ttl: 60_000 });
-    const knownKids = new Set<string>();
-    let lastUnknownFetch = 0;
+    const known = new Set<string>(); // `${alg} ${kid}` found in the key set
+    const missing = new Map<string, number>(); // `${alg} ${kid}` → when the key set lacked it
+    let window = { start: 0, lookups: 0 };
     secret = async (_request, token) => {
       const header = (token as { header?: { alg?: unknown; kid?: unknown } }).header ?? {};
       const alg = typeof header.alg === 'string' ? header.alg : '';
       const kid = typeof header.kid === 'string' ? header.kid : '';
       if (!(algorithms as string[]).includes(alg)) throw new UnauthorizedError(`the token is signed ${JSON.stringify(alg)}; this API accepts ${algorithms.join(' or ')}`);
       if (!kid) throw new UnauthorizedError('the token names no key (kid)');
-      if (!knownKids.has(kid)) {
-        if (Date.now() - lastUnknownFetch < UNKNOWN_KID_REFETCH_MS) throw new UnauthorizedError(`the token's key ${JSON.stringify(kid)} is not in the issuer's key set`);
-        lastUnknownFetch = Date.now();
+      const notFound = new UnauthorizedError(`the token's key ${JSON.stringify(kid)} is not in the issuer's key set`);
+      const pair = `${alg} ${kid}`;
+      if (!known.has(pair)) {
+        const now = Date.now();
+        if (now - (missing.get(pair) ?? -Infinity) < MISSING_KID_MS) throw notFound;
+        if (now - window.start >= UNKNOWN_KID_WINDOW_MS) window = { start: now, lookups: 0 };
+        if (++window.lookups > UNKNOWN_KID_LOOKUPS) throw notFound;
       }
       try {
         const key = await withTimeout(jwks.getPublicKey({ domain: url.origin, alg, kid }), JWKS_TIMEOUT_MS);
-        knownKids.add(kid);
+        known.add(pair);
         return key;
       } catch (error) {
-        if ((error as { code?: string }).code === 'JWK_NOT_FOUND') throw new UnauthorizedError(`the token's key ${JSON.stringify(kid)} is not in the issuer's key set`);
+        if ((error as { code?: string }).code === 'JWK_NOT_FOUND') {
+          if (missing.size > 10_000) missing.clear();
+          missing.set(pair, Date.now());
+          known.delete(pair); // rotated out
+          throw notFound;
+        }
         app.log.warn({ err: (error as Error).message, jwks: url.origin + url.pathname }, 'jwks unavailable');
         throw new AuthUnavailableError(error);
       }
