@@ -13,7 +13,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Redis } from 'ioredis';
 import { parseBrokers } from '../infra/config.js';
 import { readClusterView } from '../infra/cluster-view.js';
-import { createRedis, redisKeys, recordCancelled } from '../infra/redis.js';
+import { createRedis, redisKeys, recordCancelled, whenReady } from '../infra/redis.js';
 import { countActiveTasks } from '../projections/index.js';
 import { createSubmitLimits } from './limits.js';
 
@@ -86,6 +86,8 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
         countActive: (tenant) => countActiveTasks(postgres.db, tenant),
         logger,
       });
+      // The first submits would otherwise pass unlimited while the lazy client connects; a down Redis delays the start this long at most.
+      if (limits && !(await whenReady(client, 2000))) logger.warn('redis not reachable at start: submit limits not enforced until it is');
       app = await buildApi({
         apiKeys,
         jwt,
