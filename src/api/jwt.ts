@@ -32,18 +32,18 @@ export class AuthUnavailableError extends FogschedError {
 
 /**
  * Registers @fastify/jwt on `app` and returns the verifier the access hook calls for a bearer
- * value shaped like a JWT. HS256 with JWT_SECRET, or RS256/ES256 with the key the token's `kid`
+ * value shaped like a JWT. HS256 with JWT_SECRET, and/or RS256/ES256 with the key the token's `kid`
  * names in JWT_JWKS_URL (fetched with get-jwks, cached a minute; only that URL is ever fetched,
  * whatever the token's `iss` says). Every token needs `exp` and `sub`; `iss` and `aud` are checked
  * when set; the tenant and role come from the configured claims.
  */
 export async function registerJwt(app: FastifyInstance, settings: JwtSettings): Promise<JwtVerifier> {
-  const algorithms = settings.secret ? HMAC_ALGORITHMS : JWKS_ALGORITHMS;
+  const algorithms = [...(settings.secret ? HMAC_ALGORITHMS : []), ...(settings.jwksUrl ? JWKS_ALGORITHMS : [])];
   let secret: string | ((request: FastifyRequest, token: unknown) => Promise<string>);
-  if (settings.secret) {
-    secret = settings.secret;
+  if (!settings.jwksUrl) {
+    secret = settings.secret as string;
   } else {
-    const url = new URL(settings.jwksUrl as string);
+    const url = new URL(settings.jwksUrl);
     const jwks = buildGetJwks({ jwksPath: `${url.pathname}${url.search}`, ttl: 60_000 });
     const known = new Set<string>(); // `${alg} ${kid}` found in the key set
     const missing = new Map<string, number>(); // `${alg} ${kid}` → when the key set lacked it
@@ -52,7 +52,9 @@ export async function registerJwt(app: FastifyInstance, settings: JwtSettings): 
       const header = (token as { header?: { alg?: unknown; kid?: unknown } }).header ?? {};
       const alg = typeof header.alg === 'string' ? header.alg : '';
       const kid = typeof header.kid === 'string' ? header.kid : '';
-      if (!(algorithms as string[]).includes(alg)) throw new UnauthorizedError(`the token is signed ${JSON.stringify(alg)}; this API accepts ${algorithms.join(' or ')}`);
+      if (!(algorithms as string[]).includes(alg)) throw new UnauthorizedError(`the token is signed ${JSON.stringify(alg)}; this API accepts ${algorithms.join(', ')}`);
+      // The key follows from the alg, never the other way round: an HS256 token is checked with the secret only.
+      if ((HMAC_ALGORITHMS as string[]).includes(alg)) return settings.secret as string;
       if (!kid) throw new UnauthorizedError('the token names no key (kid)');
       const notFound = new UnauthorizedError(`the token's key ${JSON.stringify(kid)} is not in the issuer's key set`);
       const pair = `${alg} ${kid}`;

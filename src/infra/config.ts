@@ -23,7 +23,7 @@ export const ConfigSchema = Type.Object({
       'API keys, comma-separated, each `key` (tenant default, operator), `tenant:key` (operator) or `tenant:role:key` (role submitter, operator or auditor); with no key and no JWT setting /v1 is open',
   }),
   API_KEYS_FILE: Type.String({ default: '', description: 'file with more API keys, one per line (a Docker secret)' }),
-  JWT_SECRET: Type.String({ default: '', description: 'HS256 secret of JWT bearer tokens (at least 32 characters); or JWT_JWKS_URL, not both' }),
+  JWT_SECRET: Type.String({ default: '', description: 'HS256 secret of JWT bearer tokens (at least 32 characters); may be set beside JWT_JWKS_URL' }),
   JWT_SECRET_FILE: Type.String({ default: '', description: 'file holding JWT_SECRET (a Docker secret)' }),
   JWT_JWKS_URL: Type.String({ default: '', description: 'JWKS of an OIDC provider: JWT bearer tokens signed RS256 or ES256 by one of its keys; needs JWT_ISSUER and JWT_AUDIENCE' }),
   JWT_ISSUER: Type.String({ default: '', description: 'the `iss` every JWT must carry (required with JWT_JWKS_URL)' }),
@@ -205,7 +205,7 @@ export function parseApiKeys(value: string): ApiKey[] {
 }
 
 export interface JwtSettings {
-  /** HS256 with this secret, or RS256/ES256 with a key of the JWKS; exactly one is set. */
+  /** HS256 tokens are checked with `secret`, RS256/ES256 ones with a key of the JWKS at `jwksUrl`; one or both are set. */
   readonly secret: string | null;
   readonly jwksUrl: string | null;
   readonly issuer: string | null;
@@ -224,7 +224,6 @@ export function jwtSettings(config: Pick<Config, 'JWT_SECRET' | 'JWT_JWKS_URL' |
     if (config.JWT_ISSUER || audience.length > 0) throw fail('JWT_ISSUER/JWT_AUDIENCE are set but neither JWT_SECRET(_FILE) nor JWT_JWKS_URL is');
     return null;
   }
-  if (secret && jwksUrl) throw fail('set JWT_SECRET (HS256) or JWT_JWKS_URL (RS256/ES256), not both');
   if (secret && secret.length < 32) throw fail(`JWT_SECRET has ${secret.length} characters; HS256 needs at least 32`);
   if (jwksUrl) {
     let url: URL;

@@ -71,7 +71,7 @@ describe('JWT settings', () => {
 
   it('refuses unsafe or unclear settings at start', () => {
     expect(() => loadConfig({ JWT_SECRET: 'short' })).toThrow(/JWT_SECRET has 5 characters; HS256 needs at least 32/);
-    expect(() => loadConfig({ JWT_SECRET: 's'.repeat(32), JWT_JWKS_URL: 'https://idp.example/certs' })).toThrow(/not both/);
+    expect(() => loadConfig({ JWT_SECRET: 's'.repeat(32), JWT_JWKS_URL: 'https://idp.example/certs' })).toThrow(/needs JWT_ISSUER and JWT_AUDIENCE/);
     expect(() => loadConfig({ JWT_JWKS_URL: 'https://idp.example/certs', JWT_ISSUER: 'https://idp.example' })).toThrow(/needs JWT_ISSUER and JWT_AUDIENCE/);
     expect(() => loadConfig({ JWT_JWKS_URL: 'ftp://idp.example/certs', JWT_ISSUER: 'x', JWT_AUDIENCE: 'y' })).toThrow(/must be http\(s\)/);
     expect(() => loadConfig({ JWT_ISSUER: 'https://idp.example' })).toThrow(/neither JWT_SECRET/);

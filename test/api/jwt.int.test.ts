@@ -195,6 +195,19 @@ describe('JWT bearer tokens with a shared secret (HS256)', () => {
     }
   });
 
+  it('beside a JWKS: HS256 tokens take the secret, RS256 ones the key set, and an HS256 token never takes a public key', async () => {
+    const both = await app({ JWT_SECRET: HS_SECRET, JWT_JWKS_URL: jwksUrl, JWT_ISSUER: ISSUER, JWT_AUDIENCE: AUDIENCE });
+    try {
+      expect((await submit(both, hs256())).statusCode).toBe(202);
+      expect((await submit(both, rs())).statusCode).toBe(202);
+      const confused = token(claims(), { alg: 'HS256', kid: 'rsa-1', secret: rsa.publicKey.export({ format: 'pem', type: 'spki' }) as string });
+      expect((await submit(both, confused)).statusCode).toBe(401);
+      expect((await submit(both, token(claims(), { alg: 'none' }))).statusCode).toBe(401);
+    } finally {
+      await both.close();
+    }
+  });
+
   it('an API that has no JWT settings refuses a bearer value shaped like a JWT as one, not as a key', async () => {
     const plain = await app({}, `acme:${API_KEY}`);
     try {
