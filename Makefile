@@ -9,6 +9,7 @@
 STACK      ?= fogsched
 COMPOSE    ?= deploy/swarm/stack.yml
 API        ?= http://127.0.0.1:8080
+API_KEY    ?=
 BROKER     ?= 2
 N          ?= 2
 S          ?= api
@@ -66,10 +67,10 @@ scale-light scale-medium scale-heavy: scale-%:
 
 # Submits a noop task and waits until it has succeeded (the whole loop works).
 probe:
-	@id=$$(curl -fsS -XPOST $(API)/v1/tasks -H 'content-type: application/json' -d '{"type":"noop","payload":{"probe":true}}' | sed -n 's/.*"id":"\([^"]*\)".*/\1/p'); \
+	@id=$$(curl -fsS -XPOST $(API)/v1/tasks -H 'content-type: application/json' -H 'X-API-Key: $(API_KEY)' -d '{"type":"noop","payload":{"probe":true}}' | sed -n 's/.*"id":"\([^"]*\)".*/\1/p'); \
 	test -n "$$id" || { echo "probe: submit failed"; exit 1; }; \
 	for i in $$(seq 1 60); do \
-	  state=$$(curl -fsS $(API)/v1/tasks/$$id | sed -n 's/.*"state":"\([^"]*\)".*/\1/p'); \
+	  state=$$(curl -fsS -H 'X-API-Key: $(API_KEY)' $(API)/v1/tasks/$$id | sed -n 's/.*"state":"\([^"]*\)".*/\1/p'); \
 	  [ "$$state" = succeeded ] && { echo "probe: task $$id succeeded after $${i}s"; exit 0; }; sleep 1; \
 	done; echo "probe: task $$id still $$state after 60s"; exit 1
 

@@ -7,8 +7,9 @@
 #
 # Values come from the environment when set, else they are generated (openssl rand):
 #   POSTGRES_PASSWORD, RABBITMQ_PASSWORD (user fogsched), RABBITMQ_ADMIN_PASSWORD (user admin),
-#   ERLANG_COOKIE, FOGSCHED_API_KEYS (one key per line).
-# Generated admin password and API keys are printed once; nothing else is.
+#   ERLANG_COOKIE, FOGSCHED_API_KEYS (one key per line: `key`, `tenant:key` or `tenant:role:key`),
+#   FOGSCHED_JWT_SECRET (HS256 secret of JWT bearer tokens, at least 32 characters).
+# Generated admin password, API key and JWT secret are printed once; nothing else is.
 # Passwords are hex so they need no escaping inside connection URLs.
 set -eu
 
@@ -45,7 +46,9 @@ admin_password=${RABBITMQ_ADMIN_PASSWORD:-}
 [ -n "$admin_password" ] || { admin_password=$(rand 16); echo "RabbitMQ user admin password (store it now): $admin_password"; }
 cookie=${ERLANG_COOKIE:-$(rand 32)}
 api_keys=${FOGSCHED_API_KEYS:-}
-[ -n "$api_keys" ] || { api_keys=$(rand 32); echo "fogsched API key (store it now): $api_keys"; }
+[ -n "$api_keys" ] || { api_keys=$(rand 32); echo "fogsched API key, tenant default, role operator (store it now): $api_keys"; }
+jwt_secret=${FOGSCHED_JWT_SECRET:-}
+[ -n "$jwt_secret" ] || { jwt_secret=$(rand 32); echo "fogsched JWT secret, to sign HS256 tokens (store it now): $jwt_secret"; }
 
 # Users and permissions as RabbitMQ definitions, imported at boot next to definitions.json.
 users=$(cat <<JSON
@@ -67,3 +70,4 @@ put rabbitmq_password "$rabbitmq_password"
 put rabbitmq_users "$users"
 put erlang_cookie "$cookie"
 put api_keys "$api_keys"
+put jwt_secret "$jwt_secret"

@@ -1,6 +1,6 @@
 import { sql } from 'kysely';
 import type { Config } from '../infra/config.js';
-import { parseApiKeys, parseTiers } from '../infra/config.js';
+import { jwtSettings, parseApiKeys, parseTiers } from '../infra/config.js';
 import type { Logger } from '../infra/logger.js';
 import { createPostgres, pendingMigrations } from '../infra/postgres.js';
 import type { Role } from '../infra/role.js';
@@ -13,7 +13,9 @@ import type { FastifyInstance } from 'fastify';
 import type { Redis } from 'ioredis';
 import { parseBrokers } from '../infra/config.js';
 import { readClusterView } from '../infra/cluster-view.js';
-import { createRedis, redisKeys, recordCancelled } from '../infra/redis.js';
+import { createRedis, redisKeys, recordCancelled, whenReady } from '../infra/redis.js';
+import { countActiveTasks } from '../projections/index.js';
+import { createSubmitLimits } from './limits.js';
 
 export interface ApiRoleOptions {
   readonly config: Config;
@@ -70,9 +72,26 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
         return liveCache.value;
       };
       const apiKeys = parseApiKeys(config.API_KEYS);
-      if (apiKeys.length === 0) logger.warn('no API keys configured (API_KEYS, API_KEYS_FILE): /v1 is open and every caller is tenant default');
+      const jwt = jwtSettings(config);
+      if (apiKeys.length === 0 && !jwt) logger.warn('no API keys and no JWT settings (API_KEYS, API_KEYS_FILE, JWT_SECRET, JWT_JWKS_URL): /v1 is open and every caller is an operator of tenant default');
+      const limits = createSubmitLimits({
+        redis: client,
+        prefix: config.REDIS_PREFIX,
+        settings: {
+          ratePerSecond: config.TENANT_SUBMIT_RATE,
+          burst: config.TENANT_SUBMIT_BURST,
+          maxActiveTasks: config.TENANT_MAX_ACTIVE_TASKS,
+          activeRefreshMs: config.TENANT_ACTIVE_REFRESH_MS,
+        },
+        countActive: (tenant) => countActiveTasks(postgres.db, tenant),
+        logger,
+      });
+      // The first submits would otherwise pass unlimited while the lazy client connects; a down Redis delays the start this long at most.
+      if (limits && !(await whenReady(client, 2000))) logger.warn('redis not reachable at start: submit limits not enforced until it is');
       app = await buildApi({
         apiKeys,
+        jwt,
+        limits,
         liveTiers,
         recordCancelled: (taskId) => recordCancelled(client, keys, taskId),
         schedules,

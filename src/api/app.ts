@@ -9,8 +9,10 @@ import type { Database } from '../store/index.js';
 import type { TaskService } from '../tasks/index.js';
 import type { ScheduleService } from '../schedules/index.js';
 import { errorHandler, problem, sendProblem } from './errors.js';
-import { apiKeyHook } from './auth.js';
-import type { ApiKey } from '../infra/config.js';
+import { accessHook, declareAccess, requireAccessDeclarations } from './auth.js';
+import { registerJwt } from './jwt.js';
+import type { SubmitLimits } from './limits.js';
+import type { ApiKey, JwtSettings } from '../infra/config.js';
 import { taskRoutes } from './routes/tasks.js';
 import { clusterRoutes, type ClusterReader } from './routes/cluster.js';
 import { dlqRoutes } from './routes/dlq.js';
@@ -37,8 +39,12 @@ export interface ApiDeps {
   readonly liveTiers?: () => Promise<ReadonlySet<string> | null>;
   /** Tells fog nodes that join later about a cancel (best effort; the broadcast reaches the live ones). */
   readonly recordCancelled?: (taskId: string) => Promise<void>;
-  /** API keys for /v1 (each with its tenant); none: no authentication, every caller is tenant `default`. */
+  /** API keys for /v1 (each with its tenant and role); none and no `jwt`: no authentication, every caller is an operator of tenant `default`. */
   readonly apiKeys?: readonly ApiKey[];
+  /** JWT bearer tokens beside the keys (jwtSettings of the config); absent: off. */
+  readonly jwt?: JwtSettings | null;
+  /** Per-tenant submit rate and active-task cap (createSubmitLimits); absent: unlimited. */
+  readonly limits?: SubmitLimits | null;
 }
 
 /** Builds the Fastify app without listening (tests use `inject`). */
@@ -52,8 +58,11 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   app.setErrorHandler(errorHandler);
+  requireAccessDeclarations(app);
   app.decorateRequest('tenant', 'default');
-  app.addHook('onRequest', apiKeyHook(deps.apiKeys ?? []));
+  app.decorateRequest('principal', null);
+  const jwt = deps.jwt ? await registerJwt(app, deps.jwt) : undefined;
+  app.addHook('onRequest', accessHook({ keys: deps.apiKeys ?? [], jwt }));
   app.setNotFoundHandler((request, reply) => sendProblem(reply, problem(404, 'ROUTE_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}`)));
   app.addSchema(Problem);
 
@@ -71,39 +80,50 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
       security: [{ bearer: [] }, { apiKey: [] }],
     },
   });
-  await app.register(swaggerUi, { routePrefix: '/docs' });
+  // The docs are public: the routes @fastify/swagger-ui (and its static files) add are declared so here.
+  await app.register(async (docs) => {
+    docs.addHook('onRoute', declareAccess('public'));
+    await docs.register(swaggerUi, { routePrefix: '/docs' });
+  });
 
-  app.get('/healthz', { schema: { tags: ['health'], summary: 'The process is alive', response: { 200: Type.Object({ status: Type.Literal('ok') }) } } }, async () => ({
+  app.get('/healthz', { config: { access: 'public' }, schema: { tags: ['health'], summary: 'The process is alive', response: { 200: Type.Object({ status: Type.Literal('ok') }) } } }, async () => ({
     status: 'ok' as const,
   }));
 
+  // Names and ok only: an error's text can hold addresses or URLs, so it goes to the log (once per change).
+  const failing = new Set<string>();
   app.get(
     '/readyz',
     {
+      config: { access: 'public' },
       schema: {
         tags: ['health'],
         summary: 'Ready to serve: PostgreSQL reachable and migrated',
-        response: {
-          200: Type.Object({ status: Type.String(), checks: Type.Record(Type.String(), Type.Object({ ok: Type.Boolean(), critical: Type.Boolean(), error: Type.Optional(Type.String()) })) }),
-          503: Type.Object({ status: Type.String(), checks: Type.Record(Type.String(), Type.Object({ ok: Type.Boolean(), critical: Type.Boolean(), error: Type.Optional(Type.String()) })) }),
-        },
+        description: 'Each check by name with ok and critical; an authenticated operator also gets `details` (whether the submit limits are enforced).',
+        response: { 200: ReadyBody, 503: ReadyBody },
       },
     },
-    async (_request, reply) => {
+    async (request, reply) => {
       const results = await Promise.all(
         deps.readiness.map(async (c) => {
           try {
             await withTimeout(c.check(), 3000);
+            if (failing.delete(c.name)) request.log.info({ check: c.name }, 'readiness check ok again');
             return [c.name, { ok: true, critical: c.critical }] as const;
           } catch (error) {
-            return [c.name, { ok: false, critical: c.critical, error: error instanceof Error ? error.message : String(error) }] as const;
+            if (!failing.has(c.name)) request.log.warn({ check: c.name, err: error instanceof Error ? error.message : String(error) }, 'readiness check failed');
+            failing.add(c.name);
+            return [c.name, { ok: false, critical: c.critical }] as const;
           }
         }),
       );
       const checks = Object.fromEntries(results);
       const down = results.some(([, r]) => !r.ok && r.critical);
       const degraded = results.some(([, r]) => !r.ok);
-      return reply.code(down ? 503 : 200).send({ status: down ? 'unavailable' : degraded ? 'degraded' : 'ready', checks });
+      // Only to an operator who showed a credential; without credentials (open API) the public view.
+      const operator = request.principal?.role === 'operator' && request.principal.via !== 'open';
+      const details = operator ? { limits: deps.limits?.status() ?? null } : undefined;
+      return reply.code(down ? 503 : 200).send({ status: down ? 'unavailable' : degraded ? 'degraded' : 'ready', checks, ...(details ? { details } : {}) });
     },
   );
 
@@ -113,6 +133,25 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(scheduleRoutes, deps);
   return app as unknown as FastifyInstance;
 }
+
+const ReadyBody = Type.Object({
+  status: Type.String(),
+  checks: Type.Record(Type.String(), Type.Object({ ok: Type.Boolean(), critical: Type.Boolean() })),
+  details: Type.Optional(
+    Type.Object({
+      limits: Type.Union([
+        Type.Object({
+          ratePerSecond: Type.Union([Type.Number(), Type.Null()]),
+          burst: Type.Union([Type.Integer(), Type.Null()]),
+          maxActiveTasks: Type.Union([Type.Integer(), Type.Null()]),
+          state: Type.Union([Type.Literal('enforced'), Type.Literal('fail-open')], { description: 'fail-open: Redis does not answer and every submit is let through' }),
+          failingOpenSince: Type.Optional(Type.String({ format: 'date-time' })),
+        }),
+        Type.Null(),
+      ]),
+    }),
+  ),
+});
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;

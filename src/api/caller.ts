@@ -2,10 +2,17 @@ import type { FastifyRequest } from 'fastify';
 import type { Caller } from '../tasks/index.js';
 
 /**
- * Who is calling: the tenant of the request's API key (`default` without keys); `X-Actor` names
- * the person or system for the audit trail.
+ * Who is calling: tenant and actor come from the request's credential (src/api/auth.ts). `X-Actor`
+ * cannot change either; it is kept as `onBehalfOf` in the event metadata (the person or system a
+ * shared credential acted for, as the caller claims it).
  */
 export function callerOf(request: FastifyRequest): Caller {
-  const actor = request.headers['x-actor'];
-  return { tenant: request.tenant, actor: typeof actor === 'string' && actor.length > 0 ? actor.slice(0, 200) : 'api', traceId: request.id };
+  const claimed = request.headers['x-actor'];
+  const onBehalfOf = typeof claimed === 'string' && claimed.length > 0 ? claimed.slice(0, 200) : undefined;
+  return {
+    tenant: request.principal?.tenant ?? request.tenant,
+    actor: request.principal?.actor ?? 'anonymous',
+    traceId: request.id,
+    ...(onBehalfOf ? { onBehalfOf } : {}),
+  };
 }

@@ -19,9 +19,21 @@ export const ConfigSchema = Type.Object({
   REDIS_URL: Type.String({ default: 'redis://127.0.0.1:6379' }),
   API_KEYS: Type.String({
     default: '',
-    description: 'API keys, comma-separated, each `key` (tenant default) or `tenant:key`; with none (and no API_KEYS_FILE) /v1 needs no key',
+    description:
+      'API keys, comma-separated, each `key` (tenant default, operator), `tenant:key` (operator) or `tenant:role:key` (role submitter, operator or auditor); with no key and no JWT setting /v1 is open',
   }),
   API_KEYS_FILE: Type.String({ default: '', description: 'file with more API keys, one per line (a Docker secret)' }),
+  JWT_SECRET: Type.String({ default: '', description: 'HS256 secret of JWT bearer tokens (at least 32 characters); may be set beside JWT_JWKS_URL' }),
+  JWT_SECRET_FILE: Type.String({ default: '', description: 'file holding JWT_SECRET (a Docker secret)' }),
+  JWT_JWKS_URL: Type.String({ default: '', description: 'JWKS of an OIDC provider: JWT bearer tokens signed RS256 or ES256 by one of its keys; needs JWT_ISSUER and JWT_AUDIENCE' }),
+  JWT_ISSUER: Type.String({ default: '', description: 'the `iss` every JWT must carry (required with JWT_JWKS_URL)' }),
+  JWT_AUDIENCE: Type.String({ default: '', description: 'comma-separated; a JWT must name one of them in `aud` (required with JWT_JWKS_URL)' }),
+  JWT_TENANT_CLAIM: Type.String({ default: 'tenant', description: 'claim holding the tenant (a dotted path reaches into objects)' }),
+  JWT_ROLE_CLAIM: Type.String({ default: 'role', description: 'claim holding the role: submitter, operator or auditor (a string, or an array with exactly one of them)' }),
+  TENANT_SUBMIT_RATE: Type.Number({ minimum: 0, default: 0, description: 'tasks per second each tenant may submit (each task of a batch counts); 0 means unlimited' }),
+  TENANT_SUBMIT_BURST: Int(0, 0, 'tasks a tenant may submit at once above the rate (token bucket size); 0 means twice TENANT_SUBMIT_RATE'),
+  TENANT_MAX_ACTIVE_TASKS: Int(0, 0, 'scheduled + queued + running + retrying tasks a tenant may have; a submit past it is refused; 0 means unlimited'),
+  TENANT_ACTIVE_REFRESH_MS: Int(100, 2000, 'the shared active-task counter of a tenant is re-counted from PostgreSQL this often (how soon finished tasks free the cap)'),
   HOST: Type.String({ default: '127.0.0.1', description: 'address the API listens on' }),
   PORT: Int(0, 8080, 'port the API listens on'),
   LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }),
@@ -104,6 +116,7 @@ export function loadConfig(
   parseTiers(config.TIERS);
   parseBrokers(config.COORDINATOR_BROKERS, config.AMQP_URL);
   parseApiKeys(config.API_KEYS);
+  jwtSettings(config);
   return Object.freeze({ ...config, fogNodeId: config.FOG_NODE_ID || `${hostname()}-${process.pid}` });
 }
 
@@ -135,28 +148,104 @@ function injectSecrets(config: Static<typeof ConfigSchema>, readSecret: (path: s
     const lines = read('API_KEYS_FILE', config.API_KEYS_FILE).split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
     API_KEYS = [API_KEYS, ...lines].filter(Boolean).join(',');
   }
-  return { ...config, DATABASE_URL, AMQP_URL, API_KEYS };
+  let { JWT_SECRET } = config;
+  if (config.JWT_SECRET_FILE) JWT_SECRET = read('JWT_SECRET_FILE', config.JWT_SECRET_FILE);
+  return { ...config, DATABASE_URL, AMQP_URL, API_KEYS, JWT_SECRET };
 }
+
+/** What a credential may do; the routes each declare the role they need (src/api/auth.ts). */
+export const API_ROLES = ['submitter', 'operator', 'auditor'] as const;
+export type ApiRole = (typeof API_ROLES)[number];
+
+/** A tenant name: also a Redis key part and a log field, so a short plain word. */
+export const TENANT_PATTERN = /^[\w.-]{1,100}$/;
 
 export interface ApiKey {
   readonly tenant: string;
+  readonly role: ApiRole;
   readonly key: string;
 }
 
-/** `key` or `tenant:key`, comma-separated; a key shorter than 16 characters is refused. */
+/** A key in this shape is taken for a JWT on the wire (src/api/auth.ts), so none may look like one. */
+export const JWT_SHAPE = /^eyJ[\w-]*\.[\w-]*\.[\w-]*$/;
+
+/**
+ * API keys, comma-separated: `key` (tenant `default`, operator), `tenant:key` (operator) or
+ * `tenant:role:key`. An entry is read as `tenant:role:key` only when its second field is exactly
+ * `submitter`, `operator` or `auditor`; otherwise everything after the first colon is the key
+ * (so a key may contain colons, but may not start with a role name and a colon). A key shorter
+ * than 16 characters, one shaped like a JWT, or one listed twice is refused.
+ */
 export function parseApiKeys(value: string): ApiKey[] {
-  return value
+  const fail = (detail: string) => new ConfigError(`invalid configuration: API_KEYS ${detail}`);
+  const keys = value
     .split(',')
     .map((entry) => entry.trim())
     .filter(Boolean)
-    .map((entry) => {
+    .map((entry): ApiKey => {
       const colon = entry.indexOf(':');
-      const tenant = colon > 0 ? entry.slice(0, colon) : 'default';
-      const key = colon > 0 ? entry.slice(colon + 1) : entry;
-      if (key.length < 16) throw new ConfigError(`invalid configuration: API_KEYS has a key of ${key.length} characters (tenant ${tenant}); use at least 16`);
-      if (!/^[\w.-]{1,100}$/.test(tenant)) throw new ConfigError(`invalid configuration: API_KEYS tenant ${JSON.stringify(tenant)} must be letters, digits, '.', '_' or '-'`);
-      return { tenant, key };
+      let tenant = 'default';
+      let role: ApiRole = 'operator';
+      let key = entry;
+      if (colon > 0) {
+        tenant = entry.slice(0, colon);
+        key = entry.slice(colon + 1);
+        const second = key.indexOf(':');
+        const named = second > 0 ? key.slice(0, second) : '';
+        if ((API_ROLES as readonly string[]).includes(named)) {
+          role = named as ApiRole;
+          key = key.slice(second + 1);
+        }
+      }
+      if (key.length < 16) throw fail(`has a key of ${key.length} characters (tenant ${tenant}); use at least 16`);
+      if (!TENANT_PATTERN.test(tenant)) throw fail(`tenant ${JSON.stringify(tenant)} must be letters, digits, '.', '_' or '-'`);
+      if (JWT_SHAPE.test(key)) throw fail(`has a key shaped like a JWT (tenant ${tenant}); such a bearer value is verified as a JWT, never as a key`);
+      return { tenant, role, key };
     });
+  const seen = new Set<string>();
+  for (const k of keys) {
+    if (seen.has(k.key)) throw fail(`lists one key twice (tenant ${k.tenant}); a key must name one tenant and role`);
+    seen.add(k.key);
+  }
+  return keys;
+}
+
+export interface JwtSettings {
+  /** HS256 tokens are checked with `secret`, RS256/ES256 ones with a key of the JWKS at `jwksUrl`; one or both are set. */
+  readonly secret: string | null;
+  readonly jwksUrl: string | null;
+  readonly issuer: string | null;
+  readonly audience: readonly string[];
+  readonly tenantClaim: string;
+  readonly roleClaim: string;
+}
+
+/** The JWT settings, or null when JWT bearer tokens are off (neither JWT_SECRET nor JWT_JWKS_URL). */
+export function jwtSettings(config: Pick<Config, 'JWT_SECRET' | 'JWT_JWKS_URL' | 'JWT_ISSUER' | 'JWT_AUDIENCE' | 'JWT_TENANT_CLAIM' | 'JWT_ROLE_CLAIM'>): JwtSettings | null {
+  const fail = (detail: string) => new ConfigError(`invalid configuration: ${detail}`);
+  const secret = config.JWT_SECRET || null;
+  const jwksUrl = config.JWT_JWKS_URL || null;
+  const audience = config.JWT_AUDIENCE.split(',').map((a) => a.trim()).filter(Boolean);
+  if (!secret && !jwksUrl) {
+    if (config.JWT_ISSUER || audience.length > 0) throw fail('JWT_ISSUER/JWT_AUDIENCE are set but neither JWT_SECRET(_FILE) nor JWT_JWKS_URL is');
+    return null;
+  }
+  if (secret && secret.length < 32) throw fail(`JWT_SECRET has ${secret.length} characters; HS256 needs at least 32`);
+  if (jwksUrl) {
+    let url: URL;
+    try {
+      url = new URL(jwksUrl);
+    } catch {
+      throw fail(`JWT_JWKS_URL=${JSON.stringify(jwksUrl)} is not a URL`);
+    }
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw fail(`JWT_JWKS_URL=${JSON.stringify(jwksUrl)} must be http(s)`);
+    // A provider's keys sign tokens for all its clients: without both checks any of them would do.
+    if (!config.JWT_ISSUER || audience.length === 0) throw fail('JWT_JWKS_URL needs JWT_ISSUER and JWT_AUDIENCE');
+  }
+  for (const name of ['JWT_TENANT_CLAIM', 'JWT_ROLE_CLAIM'] as const) {
+    if (!/^[^.\s]+(\.[^.\s]+)*$/.test(config[name])) throw fail(`${name}=${JSON.stringify(config[name])} must be a claim name or a dotted path`);
+  }
+  return Object.freeze({ secret, jwksUrl, issuer: config.JWT_ISSUER || null, audience: Object.freeze(audience), tenantClaim: config.JWT_TENANT_CLAIM, roleClaim: config.JWT_ROLE_CLAIM });
 }
 
 export interface TierSpec {

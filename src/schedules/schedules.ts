@@ -22,7 +22,7 @@ import type { Logger } from '../infra/logger.js';
 import { sleep, type Role } from '../infra/role.js';
 import type { TopologyNames } from '../outbox/index.js';
 import { appendEvents, type Database, type Executor, type SchedulesTable } from '../store/index.js';
-import { buildTaskSpec, executeTaskCommands, type Caller } from '../tasks/index.js';
+import { buildTaskSpec, callerMetadata, executeTaskCommands, type Caller } from '../tasks/index.js';
 
 export interface ScheduleInput {
   readonly name?: string;
@@ -85,13 +85,14 @@ async function loadSchedule(db: Executor, scheduleId: string, forUpdate: boolean
 }
 
 /** Decides, appends the schedule's events and writes its read-model row, in the caller's transaction. */
-async function applyScheduleCommand(trx: Executor, state: ScheduleState, command: ScheduleCommand, actor: string): Promise<ScheduleState> {
+async function applyScheduleCommand(trx: Executor, state: ScheduleState, command: ScheduleCommand, caller: Caller | 'scheduler'): Promise<ScheduleState> {
+  const who = caller === 'scheduler' ? { actor: 'scheduler' } : callerMetadata(caller);
   const events = decideSchedule(state, command);
   if (events.length === 0) return state;
   let next = state;
   const newEvents = events.map((event) => {
     next = evolveSchedule(next, event);
-    return { streamId: state.scheduleId, streamType: 'schedule', streamVersion: next.version, eventId: uuidv7(), type: event.type, data: event.data, metadata: { tenant: next.spec?.tenant, actor } };
+    return { streamId: state.scheduleId, streamType: 'schedule', streamVersion: next.version, eventId: uuidv7(), type: event.type, data: event.data, metadata: { ...who, tenant: next.spec?.tenant } };
   });
   await appendEvents(trx, newEvents);
   const spec = next.spec as ScheduleSpec;
@@ -111,7 +112,7 @@ export function createScheduleService(deps: ScheduleDeps) {
     db.transaction().execute(async (trx) => {
       const state = await loadSchedule(trx, scheduleId, true);
       if (state.spec && state.spec.tenant !== caller.tenant) throw new ScheduleNotFoundError(scheduleId);
-      return applyScheduleCommand(trx, state, command(state), caller.actor);
+      return applyScheduleCommand(trx, state, command(state), caller);
     });
 
   return {
@@ -124,7 +125,7 @@ export function createScheduleService(deps: ScheduleDeps) {
       const scheduleId = uuidv7();
       const schedule: ScheduleSpec = { scheduleId, tenant: caller.tenant, name: input.name ?? input.template.type, cron: input.cron, timezone, catchUp: input.catchUp ?? 'skip', template: input.template };
       return db.transaction().execute((trx) =>
-        applyScheduleCommand(trx, initialScheduleState(scheduleId), { type: 'CreateSchedule', data: { schedule, nextFireAt: first, actor: caller.actor, now: now.toISOString() } }, caller.actor),
+        applyScheduleCommand(trx, initialScheduleState(scheduleId), { type: 'CreateSchedule', data: { schedule, nextFireAt: first, actor: caller.actor, now: now.toISOString() } }, caller),
       );
     },
     async get(scheduleId: string, caller: Caller): Promise<ScheduleState> {

@@ -37,8 +37,21 @@ export interface SubmitInput {
 
 export interface Caller {
   readonly tenant: string;
+  /** From the credential (`key:<tenant>/<id>`, `jwt:<sub>`), or the role writing (`schedule:<id>`). */
   readonly actor: string;
   readonly traceId?: string;
+  /** Whom the caller says it acts for (`X-Actor`): recorded beside `actor`, never instead of it. */
+  readonly onBehalfOf?: string;
+}
+
+/** The event metadata of a caller's command. */
+export function callerMetadata(caller: Caller): EventMetadata {
+  return {
+    tenant: caller.tenant,
+    actor: caller.actor,
+    ...(caller.onBehalfOf ? { onBehalfOf: caller.onBehalfOf } : {}),
+    ...(caller.traceId ? { traceId: caller.traceId } : {}),
+  };
 }
 
 export interface SubmitResult {
@@ -73,7 +86,7 @@ export function createTaskService(options: TaskServiceOptions) {
     const spec = buildTaskSpec(input, caller.tenant, uuidv7(), options);
     const { taskId: _id, tenant: _t, idempotencyKey: _k, ...significant } = spec;
     const hash = createHash('sha256').update(JSON.stringify(significant)).digest('base64url');
-    return { spec, hash, metadata: { tenant: caller.tenant, actor: caller.actor, ...(caller.traceId ? { traceId: caller.traceId } : {}) } };
+    return { spec, hash, metadata: callerMetadata(caller) };
   };
 
   /** Writes a group of submits in the caller's transaction; one result per item. */
@@ -155,7 +168,7 @@ export function createTaskService(options: TaskServiceOptions) {
     const outcome = await db.transaction().execute(async (trx) => {
       const found = await loadTaskStates(trx, [taskId], { forUpdate: false });
       if (found.get(taskId)?.spec?.tenant !== caller.tenant) throw new TaskNotFoundError(taskId);
-      return executeTaskCommands(trx, [{ taskId, command, metadata: { tenant: caller.tenant, actor: caller.actor } }], names);
+      return executeTaskCommands(trx, [{ taskId, command, metadata: callerMetadata(caller) }], names);
     });
     const refused = outcome.refused.get(0);
     if (refused) throw refused;
@@ -203,7 +216,7 @@ export function createTaskService(options: TaskServiceOptions) {
           rows.map((r) => ({
             taskId: r.state.taskId,
             command: { type: 'RequeueTask', data: { actor: caller.actor, now } } satisfies TaskCommand,
-            metadata: { tenant: caller.tenant, actor: caller.actor },
+            metadata: callerMetadata(caller),
           })),
           names,
         );

@@ -1,7 +1,10 @@
-import type { FastifyInstance } from 'fastify';
+import { createHash } from 'node:crypto';
+import Fastify, { type FastifyInstance } from 'fastify';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildApi } from '../../src/api/app.js';
+import { accessHook, requireAccessDeclarations } from '../../src/api/auth.js';
+import { errorHandler } from '../../src/api/errors.js';
 import { DEFAULT_TIERS } from '../../src/domain/index.js';
 import { loadConfig, parseApiKeys } from '../../src/infra/config.js';
 import { createLogger } from '../../src/infra/logger.js';
@@ -9,23 +12,34 @@ import { topologyNames } from '../../src/outbox/index.js';
 import { createScheduleService } from '../../src/schedules/index.js';
 import { createTaskService } from '../../src/tasks/index.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
+import { ID, V1_ROUTES } from './v1-routes.js';
 
 const names = topologyNames('auth_');
 const ACME = 'acme-key-0123456789abcdef';
 const GLOBEX = 'globex-key-0123456789abcdef';
+const ACME_SUBMITTER = 'acme-submitter-0123456789abcdef';
+const ACME_AUDITOR = 'acme-auditor-0123456789abcdef';
+const keyId = (tenant: string, key: string) => `key:${tenant}/${createHash('sha256').update(key).digest('hex').slice(0, 8)}`;
 let tdb: TestDatabase;
 let app: FastifyInstance;
 
 beforeAll(async () => {
   tdb = await createTestDatabase('auth');
   app = await buildApi({
-    apiKeys: parseApiKeys(`acme:${ACME},globex:${GLOBEX}`),
+    apiKeys: parseApiKeys(`acme:${ACME},globex:${GLOBEX},acme:submitter:${ACME_SUBMITTER},acme:auditor:${ACME_AUDITOR}`),
     schedules: createScheduleService({ db: tdb.db, names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3 }),
     db: tdb.db,
     tasks: createTaskService({ db: tdb.db, names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3, maxBatch: 500 }),
     logger: createLogger('silent'),
     version: '0.0.0-test',
-    readiness: [],
+    readiness: [
+      { name: 'postgresql', critical: true, check: async () => void (await sql`SELECT 1`.execute(tdb.db)) },
+      {
+        name: 'broker',
+        critical: false,
+        check: () => Promise.reject(new Error('connect ECONNREFUSED amqp://fogsched:hunter2@rabbitmq-1:5672')),
+      },
+    ],
   });
   await app.ready();
 });
@@ -37,6 +51,7 @@ afterAll(async () => {
 
 const submit = (headers: Record<string, string>) => app.inject({ method: 'POST', url: '/v1/tasks', headers: { 'content-type': 'application/json', ...headers }, payload: { type: 'noop' } });
 const eventCount = async () => Number((await sql<{ n: string }>`SELECT count(*) AS n FROM events`.execute(tdb.db)).rows[0]?.n);
+const rows = async () => Number((await sql<{ n: string }>`SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM schedules) AS n`.execute(tdb.db)).rows[0]?.n);
 
 describe('API keys', () => {
   it('refuses /v1 without a key or with a wrong one: 401 problem+json, WWW-Authenticate, nothing written', async () => {
@@ -73,15 +88,138 @@ describe('API keys', () => {
     const docs = await app.inject({ method: 'GET', url: '/docs/json' });
     expect(docs.statusCode).toBe(200);
     expect(docs.json().components.securitySchemes.bearer).toMatchObject({ type: 'http', scheme: 'bearer' });
+    expect((await app.inject({ method: 'GET', url: '/docs' })).statusCode).toBeLessThan(400);
   });
 
-  it('reads keys from API_KEYS and API_KEYS_FILE, and refuses a short key at start', () => {
-    const config = loadConfig({ API_KEYS: `acme:${ACME}`, API_KEYS_FILE: '/run/secrets/api_keys' }, () => `# keys\n${GLOBEX}\n\nglobex:${GLOBEX}z\n`);
+  it('reads keys from API_KEYS and API_KEYS_FILE with their roles, and refuses a short key at start', () => {
+    const config = loadConfig({ API_KEYS: `acme:${ACME}`, API_KEYS_FILE: '/run/secrets/api_keys' }, () => `# keys\n${GLOBEX}\n\nglobex:${GLOBEX}z\nglobex:auditor:${GLOBEX}y\n`);
     expect(parseApiKeys(config.API_KEYS)).toEqual([
-      { tenant: 'acme', key: ACME },
-      { tenant: 'default', key: GLOBEX },
-      { tenant: 'globex', key: `${GLOBEX}z` },
+      { tenant: 'acme', role: 'operator', key: ACME },
+      { tenant: 'default', role: 'operator', key: GLOBEX },
+      { tenant: 'globex', role: 'operator', key: `${GLOBEX}z` },
+      { tenant: 'globex', role: 'auditor', key: `${GLOBEX}y` },
     ]);
     expect(() => loadConfig({ API_KEYS: 'acme:short' })).toThrow(/API_KEYS has a key of 5 characters \(tenant acme\); use at least 16/);
+  });
+});
+
+/** Who may call each /v1 route: s submitter, o operator, a auditor (README "Authentication and limits"). */
+const WHO: Record<string, string> = {
+  'POST /v1/tasks': 'so',
+  'GET /v1/tasks': 'soa',
+  'POST /v1/tasks/batch': 'so',
+  'GET /v1/tasks/:id': 'soa',
+  'GET /v1/tasks/:id/history': 'soa',
+  'POST /v1/tasks/:id/cancel': 'o',
+  'POST /v1/tasks/:id/requeue': 'o',
+  'GET /v1/cluster': 'o',
+  'GET /v1/dlq': 'oa',
+  'POST /v1/dlq/requeue': 'o',
+  'POST /v1/schedules': 'o',
+  'GET /v1/schedules': 'oa',
+  'GET /v1/schedules/:id': 'oa',
+  'POST /v1/schedules/:id/pause': 'o',
+  'POST /v1/schedules/:id/resume': 'o',
+  'DELETE /v1/schedules/:id': 'o',
+};
+const KEYS = { s: ACME_SUBMITTER, o: ACME, a: ACME_AUDITOR } as const;
+const BODIES: Record<string, object> = {
+  'POST /v1/tasks': { type: 'noop' },
+  'POST /v1/tasks/batch': { tasks: [{ type: 'noop' }] },
+  'POST /v1/dlq/requeue': { dryRun: true },
+  'POST /v1/schedules': { cron: '0 0 1 1 *', template: { type: 'noop' } },
+};
+
+describe('roles', () => {
+  it('every route declares its access, and the /v1 ones are exactly the routes the access tests send to', () => {
+    const table = app.routeAccess;
+    expect(table.filter((r) => !['public', 'submitter', 'operator', 'auditor'].includes(r.access ?? ''))).toEqual([]);
+    const v1 = table.filter((r) => r.url.startsWith('/v1') && r.method !== 'HEAD').map((r) => `${r.method} ${r.url}`);
+    expect(new Set(v1)).toEqual(new Set(V1_ROUTES.map(([m, u]) => `${m} ${u}`)));
+    expect(new Set(Object.keys(WHO))).toEqual(new Set(v1));
+    // A GET's HEAD twin carries the same declaration.
+    for (const r of table.filter((x) => x.method === 'HEAD' && x.url.startsWith('/v1'))) expect(r.access, r.url).toBe(table.find((x) => x.method === 'GET' && x.url === r.url)?.access);
+    expect(table.filter((r) => !r.url.startsWith('/v1')).every((r) => r.access === 'public')).toBe(true);
+  });
+
+  it('an app with a route that declares no access does not start; if one slipped through it would be refused (403), never open', async () => {
+    const strict = Fastify();
+    requireAccessDeclarations(strict);
+    strict.addHook('onRequest', accessHook({ keys: [] }));
+    strict.get('/v1/declared', { config: { access: 'submitter' } }, async () => ({ ok: true }));
+    strict.get('/v1/forgotten', async () => ({ ok: true }));
+    await expect(strict.ready()).rejects.toThrow(/GET \/v1\/forgotten/);
+
+    const loose = Fastify();
+    loose.setErrorHandler(errorHandler);
+    loose.addHook('onRequest', accessHook({ keys: [] })); // open API: every caller an operator
+    loose.get('/v1/forgotten', async () => ({ reached: true }));
+    const res = await loose.inject({ method: 'GET', url: '/v1/forgotten' });
+    expect(res.statusCode).toBe(403);
+    expect(res.json()).toMatchObject({ code: 'FORBIDDEN', title: 'Forbidden' });
+    await loose.close();
+  });
+
+  it('each role calls what its row allows; anything else is 403 FORBIDDEN problem+json and writes nothing', async () => {
+    const wrong: string[] = [];
+    for (const [route, who] of Object.entries(WHO)) {
+      const [method, path] = route.split(' ') as [string, string];
+      for (const [role, key] of Object.entries(KEYS)) {
+        const before = await rows();
+        const res = await app.inject({ method: method as 'GET', url: path.replace(':id', ID), headers: { 'x-api-key': key }, ...(BODIES[route] ? { payload: BODIES[route] } : {}) });
+        if (who.includes(role)) {
+          if (res.statusCode === 401 || res.statusCode === 403) wrong.push(`${role} ${route} → ${res.statusCode}, expected to be let in`);
+        } else {
+          if (res.statusCode !== 403 || res.json<{ code: string }>().code !== 'FORBIDDEN' || !String(res.headers['content-type']).startsWith('application/problem+json')) {
+            wrong.push(`${role} ${route} → ${res.statusCode} ${res.body.slice(0, 100)}, expected 403 FORBIDDEN`);
+          }
+          if ((await rows()) !== before) wrong.push(`${role} ${route} wrote a row`);
+        }
+      }
+    }
+    expect(wrong).toEqual([]);
+  });
+
+  it('the actor is the key id from the credential; X-Actor is recorded beside it as onBehalfOf', async () => {
+    const task = await submit({ 'x-api-key': ACME_SUBMITTER, 'x-actor': 'alice' });
+    expect(task.statusCode, task.body).toBe(202);
+    const id = task.json<{ id: string }>().id;
+    const cancel = await app.inject({ method: 'POST', url: `/v1/tasks/${id}/cancel`, headers: { 'x-api-key': ACME, 'x-actor': 'root' }, payload: { reason: 'test' } });
+    expect(cancel.statusCode, cancel.body).toBe(200);
+    const events = await sql<{ type: string; data: { actor?: string }; metadata: Record<string, unknown> }>`SELECT type, data, metadata FROM events WHERE stream_id = ${id} ORDER BY stream_version`.execute(tdb.db);
+    expect(events.rows[0]).toMatchObject({ type: 'TaskSubmitted', metadata: { tenant: 'acme', actor: keyId('acme', ACME_SUBMITTER), onBehalfOf: 'alice' } });
+    const cancelled = events.rows.find((e) => e.type === 'TaskCancelled');
+    expect(cancelled).toMatchObject({ data: { actor: keyId('acme', ACME) }, metadata: { tenant: 'acme', actor: keyId('acme', ACME), onBehalfOf: 'root' } });
+    const history = await app.inject({ method: 'GET', url: `/v1/tasks/${id}/history`, headers: { 'x-api-key': ACME_AUDITOR } });
+    expect(history.json<{ events: { actor: string }[] }>().events.map((e) => e.actor)).toEqual([keyId('acme', ACME_SUBMITTER), keyId('acme', ACME_SUBMITTER), keyId('acme', ACME)]);
+
+    const schedule = await app.inject({ method: 'POST', url: '/v1/schedules', headers: { 'x-api-key': ACME, 'x-actor': 'erin' }, payload: { cron: '0 0 1 1 *', template: { type: 'noop' } } });
+    expect(schedule.statusCode, schedule.body).toBe(201);
+    const created = await sql<{ metadata: Record<string, unknown> }>`SELECT metadata FROM events WHERE stream_id = ${schedule.json<{ id: string }>().id}`.execute(tdb.db);
+    expect(created.rows[0]?.metadata).toMatchObject({ tenant: 'acme', actor: keyId('acme', ACME), onBehalfOf: 'erin' });
+  });
+
+  it('a foreign task id stays 404 whatever the role', async () => {
+    const task = await submit({ 'x-api-key': GLOBEX });
+    const id = task.json<{ id: string }>().id;
+    for (const key of Object.values(KEYS)) {
+      const res = await app.inject({ method: 'GET', url: `/v1/tasks/${id}`, headers: { 'x-api-key': key } });
+      expect(res.statusCode).toBe(404);
+      expect(res.json()).toMatchObject({ code: 'TASK_NOT_FOUND' });
+    }
+    const cancel = await app.inject({ method: 'POST', url: `/v1/tasks/${id}/cancel`, headers: { 'x-api-key': ACME } });
+    expect(cancel.statusCode).toBe(404);
+  });
+
+  it('/readyz: check names and ok for everyone, never error text; an operator credential adds the details', async () => {
+    for (const headers of [{}, { 'x-api-key': ACME_SUBMITTER }, { 'x-api-key': 'not-a-valid-key-0123456789' }, { 'x-api-key': ACME_AUDITOR }]) {
+      const res = await app.inject({ method: 'GET', url: '/readyz', headers });
+      expect(res.statusCode).toBe(200);
+      expect(res.json()).toEqual({ status: 'degraded', checks: { postgresql: { ok: true, critical: true }, broker: { ok: false, critical: false } } });
+      expect(res.body).not.toMatch(/hunter2|amqp:|ECONNREFUSED/);
+    }
+    const operator = await app.inject({ method: 'GET', url: '/readyz', headers: { 'x-api-key': ACME } });
+    expect(operator.json()).toEqual({ status: 'degraded', checks: { postgresql: { ok: true, critical: true }, broker: { ok: false, critical: false } }, details: { limits: null } });
+    expect(operator.body).not.toMatch(/hunter2|amqp:|ECONNREFUSED/);
   });
 });

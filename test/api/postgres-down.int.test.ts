@@ -115,8 +115,8 @@ describe('PostgreSQL unreachable (closed port)', () => {
     expect(ms).toBeLessThan(5000);
     const body = ready.json<{ status: string; checks: Record<string, { ok: boolean; critical: boolean; error?: string }> }>();
     expect(body.status).toBe('unavailable');
-    expect(body.checks.postgresql).toMatchObject({ ok: false, critical: true });
-    expect(body.checks.postgresql?.error).toBeTruthy();
+    // Names and ok only: the error text (it can hold the address) goes to the log.
+    expect(body.checks.postgresql).toEqual({ ok: false, critical: true });
 
     const health = await app.inject({ method: 'GET', url: '/healthz' });
     expect(health.statusCode).toBe(200);

@@ -138,7 +138,8 @@ describe('POST /v1/tasks', () => {
       ['TaskSubmitted', 1, 'task'],
       ['TaskQueued', 2, 'task'],
     ]);
-    expect(events[0]?.metadata).toMatchObject({ tenant: 'default', actor: 'alice' });
+    // Without credentials the actor is `anonymous`; X-Actor is only what the caller says it acts for.
+    expect(events[0]?.metadata).toMatchObject({ tenant: 'default', actor: 'anonymous', onBehalfOf: 'alice' });
 
     const current = await tdb.db.selectFrom('task_current').selectAll().where('task_id', '=', task.id).execute();
     expect(current).toHaveLength(1);
@@ -215,7 +216,7 @@ describe('GET /v1/tasks/:id and /history', () => {
     ]);
     const positions = history.events.map((e) => e.position);
     expect([...positions].sort((a, b) => a - b)).toEqual(positions);
-    expect(history.events[0]?.actor).toBe('bob');
+    expect(history.events[0]?.actor).toBe('anonymous'); // X-Actor is never the actor (it is onBehalfOf in the metadata)
     expect(history.events[2]?.reason).toBe('not needed');
     expect(Date.parse(history.events[2]!.at)).toBeGreaterThanOrEqual(Date.parse(history.events[0]!.at));
   });

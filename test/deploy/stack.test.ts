@@ -114,7 +114,7 @@ describe('deploy/swarm/stack.yml', () => {
       const e = env(s);
       for (const key of Object.keys(e)) expect(known, `${name}: ${key} is not in src/infra/config.ts`).toContain(key);
       for (const key of REQUIRED_ENV[roleOf(s)] ?? []) expect(e[key], `${name}: ${key} must be set`).toBeTruthy();
-      const config = loadConfig(e, () => 'secret-from-file');
+      const config = loadConfig(e, () => 'secret-from-file-long-enough-for-hs256'); // JWT_SECRET needs 32 characters
       expect(config.AMQP_URL.split(',').every((u) => new URL(u).pathname === '/%2Ffog'), `${name}: vhost /fog`).toBe(true);
       if (roleOf(s) === 'api') expect(e.HOST).toBe('0.0.0.0');
       if (roleOf(s) === 'fog-node') expect(e.DATABASE_URL, `${name}: a fog node never sees PostgreSQL`).toBeUndefined();
@@ -138,7 +138,7 @@ describe('deploy/swarm/stack.yml', () => {
       expect(secret.environment, `secret ${name} must not come from an environment variable`).toBeUndefined();
       expect(secret.external === true || typeof secret.file === 'string', `secret ${name} is external or a file`).toBe(true);
     }
-    expect(Object.keys(stack.secrets).sort()).toEqual(['api_keys', 'erlang_cookie', 'postgres_password', 'rabbitmq_password', 'rabbitmq_users']);
+    expect(Object.keys(stack.secrets).sort()).toEqual(['api_keys', 'erlang_cookie', 'jwt_secret', 'postgres_password', 'rabbitmq_password', 'rabbitmq_users']);
   });
 
   it('api: at least 2 replicas, rolling update start-first, on the edge network; the rest only on the internal backend', () => {

@@ -305,7 +305,9 @@ describe('delays, retries, timeouts, DLQ and batches on one pipeline', () => {
       'TaskStarted',
       'TaskSucceeded',
     ]);
-    expect(ofType(h, 'TaskRequeued')[0]).toMatchObject({ actor: 'alice', attempt: 2 });
+    // No credentials on this API: the actor is `anonymous`; X-Actor goes to the metadata as onBehalfOf.
+    expect(ofType(h, 'TaskRequeued')[0]).toMatchObject({ actor: 'anonymous', attempt: 2 });
+    expect(await t.q(`SELECT metadata->>'onBehalfOf' AS who FROM events WHERE stream_id = $1 AND type = 'TaskRequeued'`, [task.id])).toEqual([{ who: 'alice' }]);
 
     const again = await t.post(`/v1/tasks/${task.id}/requeue`, {}, { 'x-actor': 'alice' });
     expect(again.status).toBe(409);
@@ -340,7 +342,7 @@ describe('delays, retries, timeouts, DLQ and batches on one pipeline', () => {
         return h.at(-1)?.type === 'TaskFailed' && ofType(h, 'TaskRequeued').length === 1 ? h : null;
       });
       const h = await t.history(f.id);
-      expect(ofType(h, 'TaskRequeued')[0]).toMatchObject({ actor: 'bob', attempt: 2 });
+      expect(ofType(h, 'TaskRequeued')[0]).toMatchObject({ actor: 'anonymous', attempt: 2 });
       expect(ofType(h, 'TaskStarted').map((e) => e.attempt)).toEqual([1, 2]);
     }
     expect((await t.get(`/v1/tasks/${other.id}`)).state).toBe('failed');
@@ -440,7 +442,7 @@ describe('deadlines and cancellation', () => {
     await t.waitState(next.id, 'succeeded', 20_000);
     const h = await t.history(task.id);
     expect(types(h)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskCancelled']);
-    expect(h.at(-1)).toMatchObject({ actor: 'carol', reason: 'not needed' });
+    expect(h.at(-1)).toMatchObject({ actor: 'anonymous', reason: 'not needed' });
     expect((await t.get(`/v1/tasks/${task.id}`)).state).toBe('cancelled');
   });
 
@@ -654,8 +656,8 @@ describe('recurring schedules', () => {
     expect(view.lastTaskId).toBeTruthy();
     const list = await t.get('/v1/schedules');
     expect(list.items.map((s: { id: string }) => s.id)).toContain(scheduleId);
-    const created = await t.q<{ actor: string }>(`SELECT metadata->>'actor' AS actor FROM events WHERE stream_id = $1 AND type = 'ScheduleCreated'`, [scheduleId]);
-    expect(created).toEqual([{ actor: 'erin' }]);
+    const created = await t.q<{ actor: string }>(`SELECT metadata->>'actor' AS actor, metadata->>'onBehalfOf' AS who FROM events WHERE stream_id = $1 AND type = 'ScheduleCreated'`, [scheduleId]);
+    expect(created).toEqual([{ actor: 'anonymous', who: 'erin' }]);
   });
 
   it('two scheduler replicas and a SIGKILLed, restarted one: each run creates exactly one task', async () => {

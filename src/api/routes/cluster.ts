@@ -43,6 +43,7 @@ export const clusterRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, dep
   app.get(
     '/v1/cluster',
     {
+      config: { access: 'operator' },
       schema: {
         summary: 'Broker cluster and fog-node membership',
         description: 'What the coordinator keeps in Redis. When Redis is down the answer is still 200, with `redis: "unavailable"`: membership is not needed for task flow.',

@@ -13,6 +13,7 @@ export const dlqRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) =
   app.get(
     '/v1/dlq',
     {
+      config: { access: 'auditor' },
       schema: {
         summary: 'Failed tasks with their reason and last error, newest first',
         description: 'Filter by type, reason (non-retryable, max-attempts, delivery-limit, rejected, expired) and failure time.',
@@ -32,9 +33,10 @@ export const dlqRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) =
   app.post(
     '/v1/dlq/requeue',
     {
+      config: { access: 'operator' },
       schema: {
         summary: 'Requeue the failed tasks matching a filter (up to 1,000 per call)',
-        description: 'Each gets a fresh set of attempts, recorded as TaskRequeued with the actor (X-Actor). With dryRun only the count is returned.',
+        description: 'Each gets a fresh set of attempts, recorded as TaskRequeued with the actor of the credential (X-Actor goes beside it as onBehalfOf). With dryRun only the count is returned.',
         tags: ['dlq'],
         body: DlqRequeueBody,
         response: { 200: Type.Object({ matched: Type.Integer(), requeued: Type.Integer(), taskIds: Type.Array(Type.String()), dryRun: Type.Boolean() }), ...problems },
@@ -50,6 +52,7 @@ export const dlqRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) =
   app.post(
     '/v1/tasks/:id/requeue',
     {
+      config: { access: 'operator' },
       schema: {
         summary: 'Put a failed task back with fresh attempts',
         description: '409 unless the task failed.',

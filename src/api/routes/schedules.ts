@@ -71,12 +71,16 @@ function toView(s: ScheduleState) {
 export const scheduleRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) => {
   app.post(
     '/v1/schedules',
-    { schema: { summary: 'Create a recurring schedule', tags: ['schedules'], body: ScheduleBody, response: { 201: ScheduleView, ...problems } } },
+    {
+      config: { access: 'operator' },
+      schema: { summary: 'Create a recurring schedule', tags: ['schedules'], body: ScheduleBody, response: { 201: ScheduleView, ...problems } },
+    },
     async (request, reply) => reply.code(201).send(toView(await deps.schedules.create(request.body, callerOf(request)))),
   );
   app.get(
     '/v1/schedules',
     {
+      config: { access: 'auditor' },
       schema: {
         summary: 'List schedules, newest first',
         tags: ['schedules'],
@@ -91,19 +95,39 @@ export const scheduleRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, de
       return { items: rows.map((r) => toView(r.state)), nextCursor: rows.length === limit && last ? String(last.seq) : null };
     },
   );
-  app.get('/v1/schedules/:id', { schema: { summary: 'Get a schedule', tags: ['schedules'], params: IdParams, response: { 200: ScheduleView, ...problems } } }, async (request) =>
-    toView(await deps.schedules.get(request.params.id, callerOf(request))),
+  app.get(
+    '/v1/schedules/:id',
+    {
+      config: { access: 'auditor' },
+      schema: { summary: 'Get a schedule', tags: ['schedules'], params: IdParams, response: { 200: ScheduleView, ...problems } },
+    },
+    async (request) => toView(await deps.schedules.get(request.params.id, callerOf(request))),
   );
-  app.post('/v1/schedules/:id/pause', { schema: { summary: 'Pause a schedule', tags: ['schedules'], params: IdParams, response: { 200: ScheduleView, ...problems } } }, async (request) =>
-    toView(await deps.schedules.pause(request.params.id, callerOf(request))),
+  app.post(
+    '/v1/schedules/:id/pause',
+    {
+      config: { access: 'operator' },
+      schema: { summary: 'Pause a schedule', tags: ['schedules'], params: IdParams, response: { 200: ScheduleView, ...problems } },
+    },
+    async (request) => toView(await deps.schedules.pause(request.params.id, callerOf(request))),
   );
   app.post(
     '/v1/schedules/:id/resume',
-    { schema: { summary: 'Resume a paused schedule from the next run after now', tags: ['schedules'], params: IdParams, response: { 200: ScheduleView, ...problems } } },
+    {
+      config: { access: 'operator' },
+      schema: { summary: 'Resume a paused schedule from the next run after now', tags: ['schedules'], params: IdParams, response: { 200: ScheduleView, ...problems } },
+    },
     async (request) => toView(await deps.schedules.resume(request.params.id, callerOf(request))),
   );
-  app.delete('/v1/schedules/:id', { schema: { summary: 'Delete a schedule', tags: ['schedules'], params: IdParams, response: { 204: Type.Null(), ...problems } } }, async (request, reply) => {
-    await deps.schedules.remove(request.params.id, callerOf(request));
-    return reply.code(204).send(null);
-  });
+  app.delete(
+    '/v1/schedules/:id',
+    {
+      config: { access: 'operator' },
+      schema: { summary: 'Delete a schedule', tags: ['schedules'], params: IdParams, response: { 204: Type.Null(), ...problems } },
+    },
+    async (request, reply) => {
+      await deps.schedules.remove(request.params.id, callerOf(request));
+      return reply.code(204).send(null);
+    },
+  );
 };

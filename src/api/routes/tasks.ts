@@ -1,5 +1,6 @@
 import { Type } from '@sinclair/typebox';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import type { FastifyReply, FastifyRequest } from 'fastify';
 import { TaskNotFoundError, ValidationError } from '../../domain/index.js';
 import { getTask, getTaskHistory, listTasks } from '../../projections/index.js';
 import { BatchBody, CancelBody, HistoryEntryT, ListQuery, Problem, SubmitBody, TaskIdParams, TaskView } from '../schemas.js';
@@ -17,6 +18,7 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
   app.post(
     '/v1/tasks',
     {
+      config: { access: 'submitter' },
       schema: {
         summary: 'Submit a task',
         description: 'Answered after the task and its dispatch are committed. 202 for a new task, 200 when an Idempotency-Key replays an earlier submit.',
@@ -28,6 +30,7 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
     },
     async (request, reply) => {
       validateTimes(request.body);
+      await admit(deps, request, reply, 1);
       const { task, created } = await deps.tasks.submit({ ...request.body, idempotencyKey: request.headers['idempotency-key'] ?? null }, callerOf(request));
       const view = toTaskView(task);
       const live = await deps.liveTiers?.();
@@ -42,6 +45,7 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
   app.post(
     '/v1/tasks/batch',
     {
+      config: { access: 'submitter' },
       schema: {
         summary: 'Submit up to 1,000 tasks in one transaction',
         description: 'All or nothing: an invalid item fails the whole batch with its index in the problem.',
@@ -52,6 +56,7 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
     },
     async (request, reply) => {
       request.body.tasks.forEach((t, index) => validateTimes(t, `body/tasks/${index}`));
+      await admit(deps, request, reply, request.body.tasks.length);
       const results = await deps.tasks.submitBatch(
         request.body.tasks.map((t) => ({ ...t, idempotencyKey: t.idempotencyKey ?? null })),
         callerOf(request),
@@ -62,7 +67,10 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
 
   app.get(
     '/v1/tasks/:id',
-    { schema: { summary: 'Get a task', tags: ['tasks'], params: TaskIdParams, response: { 200: TaskView, ...problems } } },
+    {
+      config: { access: 'submitter' },
+      schema: { summary: 'Get a task', tags: ['tasks'], params: TaskIdParams, response: { 200: TaskView, ...problems } },
+    },
     async (request) => {
       const task = await getTask(deps.db, callerOf(request).tenant, request.params.id);
       if (!task) throw new TaskNotFoundError(request.params.id);
@@ -73,6 +81,7 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
   app.get(
     '/v1/tasks',
     {
+      config: { access: 'submitter' },
       schema: {
         summary: 'List tasks, newest first',
         description: 'Pass nextCursor back as cursor for the next page; the order is stable while tasks are added.',
@@ -101,6 +110,7 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
   app.get(
     '/v1/tasks/:id/history',
     {
+      config: { access: 'submitter' },
       schema: {
         summary: "A task's lifecycle events, oldest first",
         tags: ['tasks'],
@@ -118,6 +128,7 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
   app.post(
     '/v1/tasks/:id/cancel',
     {
+      config: { access: 'operator' },
       schema: {
         summary: 'Cancel a task that has not finished',
         description: 'Cancelling a cancelled task returns it unchanged; a succeeded or failed task gives 409.',
@@ -134,6 +145,17 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
     },
   );
 };
+
+/** The tenant's submit limits (each task counts); a refusal carries Retry-After. */
+async function admit(deps: ApiDeps, request: FastifyRequest, reply: FastifyReply, tasks: number): Promise<void> {
+  try {
+    await deps.limits?.admit(callerOf(request).tenant, tasks);
+  } catch (error) {
+    const retryAfter = (error as { retryAfterSeconds?: unknown }).retryAfterSeconds;
+    if (typeof retryAfter === 'number') reply.header('retry-after', String(retryAfter));
+    throw error;
+  }
+}
 
 function validateTimes(body: { notBefore?: string; deadline?: string }, path = 'body'): void {
   if (body.notBefore && body.deadline && Date.parse(body.deadline) <= Date.parse(body.notBefore)) {
