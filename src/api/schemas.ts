@@ -350,7 +350,7 @@ export const TASK_EXAMPLE: TaskView = {
   id: TASK_ID_EXAMPLE,
   type: 'checksum',
   state: 'queued',
-  tier: 'medium',
+  tier: 'light',
   priority: 'high',
   attempt: 1,
   maxAttempts: 3,
