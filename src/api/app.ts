@@ -17,7 +17,7 @@ import { taskRoutes } from './routes/tasks.js';
 import { clusterRoutes, type ClusterReader } from './routes/cluster.js';
 import { dlqRoutes } from './routes/dlq.js';
 import { scheduleRoutes } from './routes/schedules.js';
-import { Health, OPTIONAL_BODY_OPERATIONS, Readiness, SHARED_SCHEMAS, json } from './schemas.js';
+import { Health, OPTIONAL_BODY_OPERATIONS, Readiness, SHARED_SCHEMAS, json, problems } from './schemas.js';
 
 export interface ReadinessCheck {
   readonly name: string;
@@ -130,7 +130,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
 
   app.get(
     '/healthz',
-    { schema: { operationId: 'getHealth', tags: ['health'], summary: 'The process is alive', security: [], response: { 200: json(Health, 'alive', { status: 'ok' }) } } },
+    { schema: { operationId: 'getHealth', tags: ['health'], summary: 'The process is alive', security: [], response: { 200: json(Health, 'alive', { status: 'ok' }), ...problems(400) } } },
     async () => ({ status: 'ok' as const }),
   );
 
@@ -145,6 +145,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
         response: {
           200: json(Readiness, 'ready, or degraded (a non-critical check failed)', { status: 'ready', checks: { postgresql: { ok: true, critical: true }, redis: { ok: true, critical: false } } }),
           503: json(Readiness, 'a critical check failed', { status: 'unavailable', checks: { postgresql: { ok: false, critical: true, error: 'no answer within 3000 ms' } } }),
+          ...problems(400),
         },
       },
     },

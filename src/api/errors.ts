@@ -63,6 +63,11 @@ export function errorHandler(error: FastifyError, request: FastifyRequest, reply
     request.log.warn({ err: error }, 'postgresql unavailable');
     return sendProblem(reply, problem(503, 'SERVICE_UNAVAILABLE', 'postgresql is unavailable; retry later', { instance }));
   }
+  if (error.code === 'FST_ERR_MAX_PARAM_LENGTH') {
+    // An id of more than 100 characters is no id: the same answer as any other malformed one.
+    const errors = [{ path: 'params', message: 'is longer than 100 characters' }];
+    return sendProblem(reply, problem(400, 'VALIDATION_FAILED', 'params is longer than 100 characters', { instance, errors }));
+  }
   const status = error.statusCode ?? 500;
   if (status >= 400 && status < 500) {
     const code = error.code && FASTIFY_CODES.has(error.code) ? error.code : 'BAD_REQUEST';

@@ -216,6 +216,9 @@ describe("Fastify's own errors are problem+json too", () => {
   it('a bad percent-escape in the path → 400 problem', async () => {
     await rejected({ method: 'GET', url: '/v1/tasks/%zz' }, 400, 'FST_ERR_BAD_URL');
   });
+  it('an id over 100 characters (the router refuses it) → 400 VALIDATION_FAILED like any other malformed id, not a 414 no operation declares', async () => {
+    await rejected({ method: 'GET', url: `/v1/tasks/${'x'.repeat(300)}` }, 400, 'VALIDATION_FAILED', /^params /m);
+  });
 
   describe('over a real socket', () => {
     let address: { port: number };
