@@ -412,9 +412,9 @@ const PROBLEMS = {
   409: { code: 'TASK_NOT_CANCELLABLE', detail: `task ${TASK_ID_EXAMPLE} is succeeded and can no longer be cancelled`, text: 'the state does not allow it (e.g. cancel of a finished task, requeue of one that has not failed, too many schedules)' },
   413: { code: 'PAYLOAD_TOO_LARGE', detail: 'body/payload is 300000 bytes as JSON; the limit is 262144', text: 'the body is over the body limit (FST_ERR_CTP_BODY_TOO_LARGE) or a payload over MAX_PAYLOAD_BYTES (PAYLOAD_TOO_LARGE)' },
   415: { code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE', detail: 'Unsupported Media Type', text: 'the body is not application/json' },
-  422: { code: 'NO_TIER_FITS', detail: 'no tier can run a task needing 8 cpu and 64 MB', text: 'understood but refused: no tier fits the resources, or an Idempotency-Key reused for another request' },
-  429: { code: 'TOO_MANY_REQUESTS', detail: 'tenant acme may submit 100 tasks per second', text: 'a per-tenant limit (submit rate or active tasks); see Retry-After' },
-  503: { code: 'SERVICE_UNAVAILABLE', detail: 'postgresql is unavailable; retry later', text: 'PostgreSQL is unavailable, or the submit queue is full (SUBMIT_QUEUE_FULL); nothing was written; see Retry-After' },
+  422: { code: 'NO_TIER_FITS', detail: 'no tier can run a task needing 8 cpu and 64 MB', text: 'understood but refused: no tier fits the resources, an Idempotency-Key reused for another request, or a batch larger than the tenant\'s burst' },
+  429: { code: 'RATE_LIMITED', detail: 'tenant acme may submit 100 tasks per second', text: 'a per-tenant limit (submit rate or active tasks); see Retry-After' },
+  503: { code: 'SERVICE_UNAVAILABLE', detail: 'postgresql is unavailable; retry later', text: 'PostgreSQL is unavailable, the submit queue is full (SUBMIT_QUEUE_FULL) or a JWT key set cannot be fetched; nothing was written; see Retry-After' },
 } as const;
 export type ProblemStatus = keyof typeof PROBLEMS;
 
