@@ -51,6 +51,7 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
         tiers: parseTiers(config.TIERS),
         defaultMaxAttempts: config.DEFAULT_MAX_ATTEMPTS,
         maxBatch: config.SUBMIT_MAX_BATCH,
+        maxQueued: config.SUBMIT_QUEUE_MAX,
       });
       // Lazy, no offline queue: a down Redis fails a cluster read at once and never holds a request.
       redis = createRedis(config.REDIS_URL, { logger, name: 'fogsched-api', lazyConnect: true });
@@ -58,7 +59,14 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
       client.connect().catch(() => {}); // retried by its retryStrategy; reads fail fast meanwhile
       const keys = redisKeys(config.REDIS_PREFIX);
       const brokers = parseBrokers(config.COORDINATOR_BROKERS, config.AMQP_URL);
-      const schedules = createScheduleService({ db: postgres.db, names: topologyNames(config.AMQP_PREFIX), tiers: parseTiers(config.TIERS), defaultMaxAttempts: config.DEFAULT_MAX_ATTEMPTS });
+      const schedules = createScheduleService({
+        db: postgres.db,
+        names: topologyNames(config.AMQP_PREFIX),
+        tiers: parseTiers(config.TIERS),
+        defaultMaxAttempts: config.DEFAULT_MAX_ATTEMPTS,
+        maxPerTenant: config.TENANT_MAX_SCHEDULES,
+        minIntervalMs: config.SCHEDULE_MIN_INTERVAL_MS,
+      });
       const tiers = parseTiers(config.TIERS);
       let liveCache: { at: number; value: Promise<ReadonlySet<string> | null> } | undefined;
       const liveTiers = () => {
@@ -92,6 +100,14 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
         apiKeys,
         jwt,
         limits,
+        inputLimits: {
+          bodyLimitBytes: config.API_BODY_LIMIT_BYTES,
+          maxPayloadBytes: config.MAX_PAYLOAD_BYTES,
+          requestTimeoutMs: config.API_REQUEST_TIMEOUT_MS,
+          connectionTimeoutMs: config.API_CONNECTION_TIMEOUT_MS,
+          keepAliveTimeoutMs: config.API_KEEP_ALIVE_TIMEOUT_MS,
+          maxRequestsPerSocket: config.API_MAX_REQUESTS_PER_SOCKET,
+        },
         liveTiers,
         recordCancelled: (taskId) => recordCancelled(client, keys, taskId),
         schedules,

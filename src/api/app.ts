@@ -2,13 +2,15 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } 
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import { Type } from '@sinclair/typebox';
+import ajvFormats from 'ajv-formats';
+import { fullFormats } from 'ajv-formats/dist/formats.js';
 import type { Kysely } from 'kysely';
 import type { Logger } from '../infra/logger.js';
 import type { Database } from '../store/index.js';
 import type { TaskService } from '../tasks/index.js';
 import type { ScheduleService } from '../schedules/index.js';
-import { errorHandler, problem, sendProblem } from './errors.js';
+import { clientErrorHandler, errorHandler, notFoundHandler } from './errors.js';
+import { refuseBadTextInBody, refuseBadTextInRequest, strictDateTime } from './input.js';
 import { accessHook, declareAccess, requireAccessDeclarations } from './auth.js';
 import { registerJwt } from './jwt.js';
 import type { SubmitLimits } from './limits.js';
@@ -17,7 +19,7 @@ import { taskRoutes } from './routes/tasks.js';
 import { clusterRoutes, type ClusterReader } from './routes/cluster.js';
 import { dlqRoutes } from './routes/dlq.js';
 import { scheduleRoutes } from './routes/schedules.js';
-import { Problem } from './schemas.js';
+import { Health, OPTIONAL_BODY_OPERATIONS, Readiness, SHARED_SCHEMAS, json, problems } from './schemas.js';
 
 export interface ReadinessCheck {
   readonly name: string;
@@ -45,16 +47,59 @@ export interface ApiDeps {
   readonly jwt?: JwtSettings | null;
   /** Per-tenant submit rate and active-task cap (createSubmitLimits); absent: unlimited. */
   readonly limits?: SubmitLimits | null;
+  /** Request limits; each missing one takes its default (DEFAULT_API_LIMITS). */
+  readonly inputLimits?: Partial<ApiLimits>;
+}
+
+/** What the API accepts and how long it waits; set from the environment variables named. */
+export interface ApiLimits {
+  /** API_BODY_LIMIT_BYTES: largest body read (413 FST_ERR_CTP_BODY_TOO_LARGE). */
+  readonly bodyLimitBytes: number;
+  /** MAX_PAYLOAD_BYTES: largest task or template payload as JSON (413 PAYLOAD_TOO_LARGE). */
+  readonly maxPayloadBytes: number;
+  /** API_REQUEST_TIMEOUT_MS: a request must arrive whole within this (408); 0 = none. */
+  readonly requestTimeoutMs: number;
+  /** API_CONNECTION_TIMEOUT_MS: an idle socket is closed after this; 0 = never. */
+  readonly connectionTimeoutMs: number;
+  /** API_KEEP_ALIVE_TIMEOUT_MS: an idle keep-alive connection is closed after this. */
+  readonly keepAliveTimeoutMs: number;
+  /** API_MAX_REQUESTS_PER_SOCKET: requests on one connection before it closes; 0 = no limit. */
+  readonly maxRequestsPerSocket: number;
+}
+
+export const DEFAULT_API_LIMITS: ApiLimits = Object.freeze({
+  bodyLimitBytes: 4 * 1024 * 1024,
+  maxPayloadBytes: 256 * 1024,
+  requestTimeoutMs: 30_000,
+  connectionTimeoutMs: 120_000,
+  keepAliveTimeoutMs: 72_000,
+  maxRequestsPerSocket: 0,
+});
+
+/** ajv's `date-time`, narrowed to instants both JavaScript and PostgreSQL hold (no leap second, no year 0). */
+function fogschedFormats<A extends { addFormat(name: string, format: unknown): unknown }>(ajv: A): A {
+  const base = fullFormats['date-time'] as { validate: (s: string) => boolean; compare: unknown };
+  ajv.addFormat('date-time', { type: 'string', validate: strictDateTime(base.validate), compare: base.compare });
+  return ajv;
 }
 
 /** Builds the Fastify app without listening (tests use `inject`). */
 export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
+  const limits: ApiLimits = { ...DEFAULT_API_LIMITS, ...deps.inputLimits };
   const app = Fastify({
     loggerInstance: deps.logger as FastifyBaseLogger,
     // Per-request access logs cost more than a submit at our rates; errors are still logged.
     logController: new LogController({ disableRequestLogging: true }),
-    bodyLimit: 4 * 1024 * 1024,
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: true } },
+    bodyLimit: limits.bodyLimitBytes,
+    requestTimeout: limits.requestTimeoutMs,
+    connectionTimeout: limits.connectionTimeoutMs,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    maxRequestsPerSocket: limits.maxRequestsPerSocket,
+    // ajv-formats first (a tuple: its options type is narrower than Fastify's Plugin), then our date-time over it.
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: true }, plugins: [[ajvFormats.default as never, {}], fogschedFormats] },
+    // Every error Fastify raises itself is answered by the one problem writer too.
+    frameworkErrors: errorHandler,
+    clientErrorHandler,
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   app.setErrorHandler(errorHandler);
@@ -62,23 +107,33 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   app.decorateRequest('tenant', 'default');
   app.decorateRequest('principal', null);
   const jwt = deps.jwt ? await registerJwt(app, deps.jwt) : undefined;
+  app.addHook('onRequest', refuseBadTextInRequest);
   app.addHook('onRequest', accessHook({ keys: deps.apiKeys ?? [], jwt }));
-  app.setNotFoundHandler((request, reply) => sendProblem(reply, problem(404, 'ROUTE_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}`)));
-  app.addSchema(Problem);
+  app.addHook('preValidation', refuseBadTextInBody);
+  app.setNotFoundHandler(notFoundHandler);
+  for (const schema of SHARED_SCHEMAS) app.addSchema(schema);
 
   await app.register(swagger, {
+    // Components are named by their $id (Task, Problem, ...), not def-0, def-1.
+    refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => (typeof json.$id === 'string' ? json.$id : `def-${i}`) },
     openapi: {
       openapi: '3.1.0',
-      info: { title: 'fogsched', version: deps.version, description: 'Event-sourced task scheduler for fog computing. Errors are application/problem+json.' },
-      tags: [{ name: 'tasks' }, { name: 'dlq' }, { name: 'schedules' }, { name: 'health' }],
+      info: {
+        title: 'fogsched',
+        version: deps.version,
+        description: 'Event-sourced task scheduler for fog computing. Every error is application/problem+json with a stable `code` (docs/errors.md). Limits: README, HTTP API.',
+      },
+      servers: [{ url: '/', description: 'this server (the document is served by the API it describes)' }],
+      tags: [{ name: 'tasks' }, { name: 'dlq' }, { name: 'schedules' }, { name: 'cluster' }, { name: 'health' }],
       components: {
         securitySchemes: {
-          bearer: { type: 'http', scheme: 'bearer', description: 'an API key (API_KEYS / API_KEYS_FILE); not needed when the server has none' },
+          bearer: { type: 'http', scheme: 'bearer', description: 'an API key (API_KEYS / API_KEYS_FILE) or a JWT (JWT_SECRET / JWT_JWKS_URL); not needed when the server has neither' },
           apiKey: { type: 'apiKey', in: 'header', name: 'X-API-Key' },
         },
       },
       security: [{ bearer: [] }, { apiKey: [] }],
     },
+    transformObject: (documentObject) => ('openapiObject' in documentObject ? optionalBodies(documentObject.openapiObject) : documentObject.swaggerObject),
   });
   // The docs are public: the routes @fastify/swagger-ui (and its static files) add are declared so here.
   await app.register(async (docs) => {
@@ -86,9 +141,11 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     await docs.register(swaggerUi, { routePrefix: '/docs' });
   });
 
-  app.get('/healthz', { config: { access: 'public' }, schema: { tags: ['health'], summary: 'The process is alive', response: { 200: Type.Object({ status: Type.Literal('ok') }) } } }, async () => ({
-    status: 'ok' as const,
-  }));
+  app.get(
+    '/healthz',
+    { config: { access: 'public' }, schema: { operationId: 'getHealth', tags: ['health'], summary: 'The process is alive', security: [], response: { 200: json(Health, 'alive', { status: 'ok' }), ...problems(400) } } },
+    async () => ({ status: 'ok' as const }),
+  );
 
   // Names and ok only: an error's text can hold addresses or URLs, so it goes to the log (once per change).
   const failing = new Set<string>();
@@ -97,10 +154,16 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     {
       config: { access: 'public' },
       schema: {
+        operationId: 'getReadiness',
         tags: ['health'],
         summary: 'Ready to serve: PostgreSQL reachable and migrated',
         description: 'Each check by name with ok and critical; an authenticated operator also gets `details` (whether the submit limits are enforced).',
-        response: { 200: ReadyBody, 503: ReadyBody },
+        security: [],
+        response: {
+          200: json(Readiness, 'ready, or degraded (a non-critical check failed)', { status: 'ready', checks: { postgresql: { ok: true, critical: true }, redis: { ok: true, critical: false } } }),
+          503: json(Readiness, 'a critical check failed', { status: 'unavailable', checks: { postgresql: { ok: false, critical: true }, redis: { ok: true, critical: false } } }),
+          ...problems(400),
+        },
       },
     },
     async (request, reply) => {
@@ -127,31 +190,26 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     },
   );
 
-  await app.register(taskRoutes, deps);
-  await app.register(clusterRoutes, deps);
-  await app.register(dlqRoutes, deps);
-  await app.register(scheduleRoutes, deps);
+  const routeDeps = { ...deps, inputLimits: limits };
+  await app.register(taskRoutes, routeDeps);
+  await app.register(clusterRoutes, routeDeps);
+  await app.register(dlqRoutes, routeDeps);
+  await app.register(scheduleRoutes, routeDeps);
   return app as unknown as FastifyInstance;
 }
 
-const ReadyBody = Type.Object({
-  status: Type.String(),
-  checks: Type.Record(Type.String(), Type.Object({ ok: Type.Boolean(), critical: Type.Boolean() })),
-  details: Type.Optional(
-    Type.Object({
-      limits: Type.Union([
-        Type.Object({
-          ratePerSecond: Type.Union([Type.Number(), Type.Null()]),
-          burst: Type.Union([Type.Integer(), Type.Null()]),
-          maxActiveTasks: Type.Union([Type.Integer(), Type.Null()]),
-          state: Type.Union([Type.Literal('enforced'), Type.Literal('fail-open')], { description: 'fail-open: Redis does not answer and every submit is let through' }),
-          failingOpenSince: Type.Optional(Type.String({ format: 'date-time' })),
-        }),
-        Type.Null(),
-      ]),
-    }),
-  ),
-});
+/**
+ * @fastify/swagger marks every declared body required (Fastify validates a body when one is
+ * sent); the operations whose body may be left out say so here.
+ */
+function optionalBodies<D extends { paths?: object }>(document: D): D {
+  for (const item of Object.values(document.paths ?? {}) as Record<string, { operationId?: string; requestBody?: { required?: boolean } }>[]) {
+    for (const operation of Object.values(item)) {
+      if (operation.requestBody && operation.operationId && OPTIONAL_BODY_OPERATIONS.includes(operation.operationId)) operation.requestBody.required = false;
+    }
+  }
+  return document;
+}
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;

@@ -1,21 +1,9 @@
-import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import { STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
+import type { FastifyBaseLogger, FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { FogschedError } from '../domain/index.js';
 import { isConnectionError } from '../infra/postgres.js';
-
-const TITLES: Record<number, string> = {
-  400: 'Bad Request',
-  401: 'Unauthorized',
-  403: 'Forbidden',
-  404: 'Not Found',
-  405: 'Method Not Allowed',
-  409: 'Conflict',
-  413: 'Payload Too Large',
-  415: 'Unsupported Media Type',
-  422: 'Unprocessable Content',
-  429: 'Too Many Requests',
-  500: 'Internal Server Error',
-  503: 'Service Unavailable',
-};
+import { TITLES } from './schemas.js';
 
 export interface ProblemBody {
   type: string;
@@ -24,21 +12,38 @@ export interface ProblemBody {
   detail: string;
   code: string;
   instance?: string;
-  errors?: { path: string; message: string }[];
+  errors?: { path: string; message: string; code?: string }[];
   [extra: string]: unknown;
 }
 
+/**
+ * Fastify's own request errors whose code we pass on as it is (each listed in docs/errors.md).
+ * Any other 4xx Fastify raises is answered as BAD_REQUEST with its status, so a client never
+ * meets a code the documentation does not list.
+ */
+const FASTIFY_CODES = new Set([
+  'FST_ERR_BAD_URL',
+  'FST_ERR_CTP_BODY_TOO_LARGE',
+  'FST_ERR_CTP_INVALID_MEDIA_TYPE',
+  'FST_ERR_CTP_INVALID_CONTENT_LENGTH',
+  'FST_ERR_CTP_EMPTY_JSON_BODY',
+  'FST_ERR_CTP_INVALID_JSON_BODY',
+]);
+
 export function problem(status: number, code: string, detail: string, extra: Record<string, unknown> = {}): ProblemBody {
-  return { type: `urn:fogsched:error:${code.toLowerCase().replace(/_/g, '-')}`, title: TITLES[status] ?? 'Error', status, detail, code, ...extra };
+  return { type: `urn:fogsched:error:${code.toLowerCase().replace(/_/g, '-')}`, title: TITLES[status] ?? STATUS_CODES[status] ?? 'Error', status, detail, code, ...extra };
 }
 
 export function sendProblem(reply: FastifyReply, body: ProblemBody): FastifyReply {
+  // A problem that says when to come back says it in the header too (RFC 9110 Retry-After).
+  if (typeof body.retryAfterSeconds === 'number') reply.header('retry-after', String(body.retryAfterSeconds));
   return reply.code(body.status).type('application/problem+json').send(body);
 }
 
 /**
  * The only place that writes application/problem+json. Known errors keep their
  * status and message; anything else is logged and answered as a bare 500.
+ * Also Fastify's `frameworkErrors` handler (a bad percent-escape in the URL).
  */
 export function errorHandler(error: FastifyError, request: FastifyRequest, reply: FastifyReply): FastifyReply {
   const instance = request.url;
@@ -58,10 +63,44 @@ export function errorHandler(error: FastifyError, request: FastifyRequest, reply
     request.log.warn({ err: error }, 'postgresql unavailable');
     return sendProblem(reply, problem(503, 'SERVICE_UNAVAILABLE', 'postgresql is unavailable; retry later', { instance }));
   }
+  if (error.code === 'FST_ERR_MAX_PARAM_LENGTH') {
+    // An id of more than 100 characters is no id: the same answer as any other malformed one.
+    const errors = [{ path: 'params', message: 'is longer than 100 characters' }];
+    return sendProblem(reply, problem(400, 'VALIDATION_FAILED', 'params is longer than 100 characters', { instance, errors }));
+  }
   const status = error.statusCode ?? 500;
   if (status >= 400 && status < 500) {
-    return sendProblem(reply, problem(status, error.code ?? 'BAD_REQUEST', error.message, { instance }));
+    const code = error.code && FASTIFY_CODES.has(error.code) ? error.code : 'BAD_REQUEST';
+    return sendProblem(reply, problem(status, code, error.message, { instance }));
   }
   request.log.error({ err: error }, 'unhandled error');
   return sendProblem(reply, problem(500, 'INTERNAL', 'internal error; see the server log for request ' + request.id, { instance }));
+}
+
+/** 404 for a path (or method) no route has. */
+export function notFoundHandler(request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  return sendProblem(reply, problem(404, 'ROUTE_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}`));
+}
+
+/**
+ * Fastify's `clientErrorHandler`: the request could not be parsed as HTTP (a NUL byte or other
+ * bad character in a header, headers over 16 KiB, a request that took longer than
+ * requestTimeout), so no route ran. Answered on the raw socket, still as a problem, then closed.
+ */
+export function clientErrorHandler(this: { log: FastifyBaseLogger }, error: Error & { code?: string }, socket: Socket): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return;
+  const [status, code, detail] =
+    error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+      ? [408, 'REQUEST_TIMEOUT', 'the request was not received in time']
+      : error.code === 'HPE_HEADER_OVERFLOW'
+        ? [431, 'HEADERS_TOO_LARGE', 'the request headers are over 16 KiB']
+        : [400, 'BAD_REQUEST', `the request is not valid HTTP (${error.code ?? 'parse error'})`];
+  this.log.debug({ err: error.message, code: error.code }, 'client error');
+  if (socket.writable) {
+    const body = JSON.stringify(problem(status, code, detail));
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nContent-Type: application/problem+json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy(error);
 }

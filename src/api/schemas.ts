@@ -1,157 +1,479 @@
-import { Type, type Static } from '@sinclair/typebox';
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { PRIORITIES, TASK_STATUSES } from '../domain/index.js';
 
-const Nullable = <T extends Parameters<typeof Type.Union>[0][number]>(schema: T) => Type.Union([schema, Type.Null()]);
+/**
+ * The API's schemas. Every shape the API answers with is a named component (`$id`), added to
+ * Fastify once (`SHARED_SCHEMAS`) and referenced everywhere else with `ref()`, so the OpenAPI
+ * document has `#/components/schemas/Task` and the like instead of copies. Request bodies are
+ * inline, each with an example; the pieces they share (`Resources`, `TaskTemplate`, ...) are
+ * components too.
+ */
 
-export const Problem = Type.Object(
-  {
-    type: Type.String(),
-    title: Type.String(),
-    status: Type.Integer(),
-    detail: Type.String(),
-    code: Type.String(),
-    instance: Type.Optional(Type.String()),
-    errors: Type.Optional(Type.Array(Type.Object({ path: Type.String(), message: Type.String() }))),
-  },
-  { $id: 'Problem', description: 'RFC 9457 problem details (application/problem+json)', additionalProperties: true },
-);
+/** Limits on what a request may carry that are not settings (those are in ApiLimits). README lists both. */
+export const INPUT_LIMITS = Object.freeze({
+  /** Tasks in one POST /v1/tasks/batch. */
+  maxBatchItems: 1000,
+  /** Nesting of a JSON body (objects and arrays), the body itself being level 1. */
+  maxJsonDepth: 32,
+  /** notBefore and deadline at most this far ahead. */
+  maxAheadMs: 10 * 365.25 * 86_400_000,
+  /** A deadline up to this far in the past is taken as clock skew (the task expires at once). */
+  deadlineSkewMs: 60_000,
+  /** Every date-time the API reads lies between these (PostgreSQL has no year 0; JavaScript no leap second). */
+  earliestTime: '1970-01-01T00:00:00Z',
+  latestTime: '9999-12-31T23:59:59.999Z',
+  /** Highest cursor: PostgreSQL's bigint. */
+  maxCursor: 9_223_372_036_854_775_807n,
+});
 
-export const PriorityT = Type.Union(PRIORITIES.map((p) => Type.Literal(p)), { description: 'default normal' });
-export const StateT = Type.Union(TASK_STATUSES.map((s) => Type.Literal(s)));
+/** A `$ref` to a component schema that keeps its static type. */
+export const ref = <T extends TSchema>(schema: T) => Type.Unsafe<Static<T>>(Type.Ref(schema.$id as string));
 
-export const ResourcesT = Type.Object(
+const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()]);
+const StringEnum = <const T extends readonly string[]>(values: T, options: { $id?: string; description?: string } = {}) =>
+  Type.Unsafe<T[number]>({ type: 'string', enum: [...values], ...options });
+const DateTime = (description: string) => Type.String({ format: 'date-time', description: `${description} (RFC 3339, 1970 to 9999)` });
+const TextId = (maxLength: number, description?: string) => Type.String({ minLength: 1, maxLength, ...(description ? { description } : {}) });
+
+const TASK_ID_EXAMPLE = '0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11';
+const AT_EXAMPLE = '2026-11-27T10:15:30.123Z';
+
+// ---------------------------------------------------------------- shared pieces
+
+export const Priority = StringEnum(PRIORITIES, { $id: 'Priority', description: 'high before normal before low on each fog node (with aging); default normal' });
+export const TaskState = StringEnum(TASK_STATUSES, { $id: 'TaskState' });
+/** Inline forms for query strings: OpenAPI parameters carry their enum. */
+export const PriorityQ = StringEnum(PRIORITIES);
+export const StateQ = StringEnum(TASK_STATUSES);
+
+export const FAILURE_REASONS = ['non-retryable', 'max-attempts', 'delivery-limit', 'rejected', 'expired', 'timeout'] as const;
+export const FailureReasonQ = StringEnum(FAILURE_REASONS);
+
+export const Resources = Type.Object(
   {
     cpu: Type.Number({ exclusiveMinimum: 0, maximum: 64, description: 'cores, e.g. 0.5' }),
     memoryMb: Type.Integer({ minimum: 1, maximum: 1048576 }),
   },
-  { additionalProperties: false, description: 'decides the tier; default {cpu: 0.1, memoryMb: 64} (light)' },
+  { $id: 'Resources', additionalProperties: false, description: 'decides the tier; default {cpu: 0.1, memoryMb: 64} (light)' },
 );
 
-export const SubmitBody = Type.Object(
+export const RetryPolicy = Type.Object(
   {
-    type: Type.String({ minLength: 1, maxLength: 200, pattern: '^[A-Za-z0-9_.:/-]+$', description: 'handler name, e.g. noop, sleep, checksum' }),
-    payload: Type.Optional(Type.Unknown({ description: 'any JSON, handed to the handler' })),
-    priority: Type.Optional(PriorityT),
-    resources: Type.Optional(ResourcesT),
-    maxAttempts: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, description: 'default 3' })),
+    baseMs: Type.Integer({ minimum: 0, maximum: 86_400_000 }),
+    factor: Type.Number({ minimum: 1, maximum: 10 }),
+    maxMs: Type.Integer({ minimum: 0, maximum: 86_400_000 }),
+  },
+  { $id: 'RetryPolicy', additionalProperties: false, description: 'retry backoff of this task (default: the server settings RETRY_*)' },
+);
+
+const TaskTypeT = Type.String({ minLength: 1, maxLength: 200, pattern: '^[A-Za-z0-9_.:/-]+$', description: 'handler name, e.g. noop, sleep, checksum' });
+const PayloadT = Type.Unknown({ description: 'any JSON, handed to the handler (at most MAX_PAYLOAD_BYTES as JSON, default 256 KiB)' });
+
+const submitFields = {
+  type: TaskTypeT,
+  payload: Type.Optional(PayloadT),
+  priority: Type.Optional(ref(Priority)),
+  resources: Type.Optional(ref(Resources)),
+  maxAttempts: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, description: 'default 3 (DEFAULT_MAX_ATTEMPTS)' })),
+  timeoutMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 86_400_000 })),
+  notBefore: Type.Optional(DateTime('do not start before this time; at most 10 years ahead')),
+  deadline: Type.Optional(DateTime('a task not started by then fails as expired; at most 10 years ahead, at most 60 s past')),
+  retry: Type.Optional(ref(RetryPolicy)),
+};
+
+export const TaskTemplate = Type.Object(
+  {
+    type: TaskTypeT,
+    payload: Type.Optional(PayloadT),
+    priority: Type.Optional(ref(Priority)),
+    resources: Type.Optional(ref(Resources)),
+    maxAttempts: Type.Optional(Type.Integer({ minimum: 1, maximum: 100 })),
     timeoutMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 86_400_000 })),
-    notBefore: Type.Optional(Type.String({ format: 'date-time', description: 'do not start before this time' })),
-    deadline: Type.Optional(Type.String({ format: 'date-time', description: 'a task not started by then fails as expired' })),
-    retry: Type.Optional(
-      Type.Object(
-        {
-          baseMs: Type.Integer({ minimum: 0, maximum: 86_400_000 }),
-          factor: Type.Number({ minimum: 1, maximum: 10 }),
-          maxMs: Type.Integer({ minimum: 0, maximum: 86_400_000 }),
-        },
-        { additionalProperties: false, description: 'retry backoff of this task (default: the server settings RETRY_*)' },
+  },
+  { $id: 'TaskTemplate', additionalProperties: false, description: 'the task each run of a schedule submits' },
+);
+
+export const Problem = Type.Object(
+  {
+    type: Type.String({ description: 'urn:fogsched:error:<code in kebab case>' }),
+    title: Type.String(),
+    status: Type.Integer(),
+    detail: Type.String(),
+    code: Type.String({ description: 'stable; every code is listed in docs/errors.md' }),
+    instance: Type.Optional(Type.String()),
+    errors: Type.Optional(
+      Type.Array(
+        Type.Object(
+          { path: Type.String({ description: 'e.g. body/tasks/3/priority, querystring/cursor, headers/idempotency-key' }), message: Type.String(), code: Type.Optional(Type.String()) },
+          { additionalProperties: true },
+        ),
       ),
     ),
   },
-  { additionalProperties: false },
+  { $id: 'Problem', description: 'RFC 9457 problem details (application/problem+json); further members by code (e.g. limitBytes, retryAfterSeconds, taskId)', additionalProperties: true },
 );
+
+// ---------------------------------------------------------------- what the API answers with
+
+export const TaskError = Type.Object({ message: Type.String(), code: Type.String(), retryable: Type.Boolean() }, { $id: 'TaskError' });
+
+export const Task = Type.Object(
+  {
+    id: Type.String({ format: 'uuid' }),
+    type: Type.String(),
+    state: ref(TaskState),
+    tier: Type.String(),
+    priority: ref(Priority),
+    attempt: Type.Integer(),
+    maxAttempts: Type.Integer(),
+    payload: Type.Unknown(),
+    resources: ref(Resources),
+    timeoutMs: Nullable(Type.Integer()),
+    notBefore: Nullable(Type.String({ format: 'date-time' })),
+    deadline: Nullable(Type.String({ format: 'date-time' })),
+    idempotencyKey: Nullable(Type.String()),
+    nodeId: Nullable(Type.String()),
+    output: Type.Unknown(),
+    lastError: Nullable(ref(TaskError)),
+    failureReason: Nullable(Type.String()),
+    availableAt: Nullable(Type.String({ format: 'date-time' })),
+    submittedAt: Type.String({ format: 'date-time' }),
+    startedAt: Nullable(Type.String({ format: 'date-time' })),
+    finishedAt: Nullable(Type.String({ format: 'date-time' })),
+    updatedAt: Type.String({ format: 'date-time' }),
+    version: Type.Integer({ description: 'events in the task stream' }),
+    warnings: Type.Optional(Type.Array(Type.String(), { description: 'e.g. no live fog node serves the tier (the task is accepted and waits)' })),
+  },
+  { $id: 'Task', additionalProperties: false },
+);
+export type TaskView = Static<typeof Task>;
+
+const Cursor = Nullable(Type.String({ description: 'pass back as cursor for the next page; null on the last page' }));
+export const TaskList = Type.Object({ items: Type.Array(ref(Task)), nextCursor: Cursor }, { $id: 'TaskList', additionalProperties: false });
+export const BatchResult = Type.Object({ tasks: Type.Array(ref(Task), { description: 'in the order of the request' }) }, { $id: 'BatchResult', additionalProperties: false });
+
+export const HistoryEntry = Type.Object(
+  {
+    position: Type.Integer({ description: 'global position in the event log' }),
+    version: Type.Integer(),
+    type: Type.String({ description: 'event type, e.g. TaskSubmitted' }),
+    state: Type.String({ description: 'the task state after this event' }),
+    attempt: Type.Integer(),
+    nodeId: Nullable(Type.String()),
+    actor: Nullable(Type.String()),
+    reason: Nullable(Type.String()),
+    error: Type.Unknown(),
+    at: Type.String({ format: 'date-time' }),
+    data: Type.Unknown(),
+  },
+  { $id: 'HistoryEntry', additionalProperties: false },
+);
+export const TaskHistory = Type.Object({ taskId: Type.String({ format: 'uuid' }), events: Type.Array(ref(HistoryEntry)) }, { $id: 'TaskHistory', additionalProperties: false });
+
+export const RequeueResult = Type.Object(
+  { matched: Type.Integer(), requeued: Type.Integer(), taskIds: Type.Array(Type.String({ format: 'uuid' })), dryRun: Type.Boolean() },
+  { $id: 'RequeueResult', additionalProperties: false },
+);
+
+export const Schedule = Type.Object(
+  {
+    id: Type.String({ format: 'uuid' }),
+    name: Type.String(),
+    cron: Type.String(),
+    timezone: Type.String(),
+    catchUp: StringEnum(['skip', 'once'] as const),
+    state: StringEnum(['active', 'paused', 'deleted'] as const),
+    template: ref(TaskTemplate),
+    nextFireAt: Nullable(Type.String({ format: 'date-time' })),
+    lastFiredAt: Nullable(Type.String({ format: 'date-time' })),
+    lastTaskId: Nullable(Type.String({ format: 'uuid' })),
+    firedCount: Type.Integer(),
+    createdAt: Type.String({ format: 'date-time' }),
+    updatedAt: Type.String({ format: 'date-time' }),
+  },
+  { $id: 'Schedule', additionalProperties: false },
+);
+export const ScheduleList = Type.Object({ items: Type.Array(ref(Schedule)), nextCursor: Cursor }, { $id: 'ScheduleList', additionalProperties: false });
+
+const NullableString = (options: Parameters<typeof Type.String>[0] = {}) => Nullable(Type.String(options));
+const NullableNumber = Nullable(Type.Number());
+export const BrokerStatus = Type.Object(
+  {
+    name: Type.String({ description: 'Erlang node name' }),
+    member: Type.Boolean({ description: 'in rabbitmq:cluster:members' }),
+    master: Type.Boolean({ description: 'rabbitmq:cluster:master names it' }),
+    lastHeartbeat: NullableString({ format: 'date-time' }),
+    healthy: Type.Boolean({ description: 'its last successful probe is at most two coordinator intervals old' }),
+  },
+  { $id: 'BrokerStatus' },
+);
+export const FogNodeStatus = Type.Object(
+  {
+    id: Type.String(),
+    tier: NullableString(),
+    slots: NullableNumber,
+    inFlight: NullableNumber,
+    cpu: NullableNumber,
+    memMb: NullableNumber,
+    version: NullableString(),
+    lastSeen: NullableString({ format: 'date-time' }),
+    state: StringEnum(['up', 'stopped', 'expired'] as const),
+  },
+  { $id: 'FogNodeStatus' },
+);
+export const Cluster = Type.Object(
+  {
+    redis: StringEnum(['ok', 'unavailable'] as const),
+    error: Type.Optional(Type.String()),
+    leader: NullableString({ description: 'coordinator replica holding the lease' }),
+    brokers: Type.Array(ref(BrokerStatus)),
+    fogNodes: Type.Array(ref(FogNodeStatus)),
+  },
+  { $id: 'Cluster' },
+);
+
+export const Health = Type.Object({ status: Type.Literal('ok') }, { $id: 'Health' });
+export const Readiness = Type.Object(
+  {
+    status: StringEnum(['ready', 'degraded', 'unavailable'] as const),
+    checks: Type.Record(Type.String(), Type.Object({ ok: Type.Boolean(), critical: Type.Boolean() }), { description: 'each check by name; never an error text (that goes to the log)' }),
+    details: Type.Optional(
+      Type.Object(
+        {
+          limits: Type.Union([
+            Type.Object({
+              ratePerSecond: Type.Union([Type.Number(), Type.Null()]),
+              burst: Type.Union([Type.Integer(), Type.Null()]),
+              maxActiveTasks: Type.Union([Type.Integer(), Type.Null()]),
+              state: StringEnum(['enforced', 'fail-open'] as const, { description: 'fail-open: Redis does not answer and every submit is let through' }),
+              failingOpenSince: Type.Optional(Type.String({ format: 'date-time' })),
+            }),
+            Type.Null(),
+          ]),
+        },
+        { description: 'only for an authenticated operator' },
+      ),
+    ),
+  },
+  { $id: 'Readiness' },
+);
+
+/** Added to Fastify in this order (a schema's references first). */
+export const SHARED_SCHEMAS: readonly TSchema[] = [
+  Priority,
+  TaskState,
+  Resources,
+  RetryPolicy,
+  TaskTemplate,
+  Problem,
+  TaskError,
+  Task,
+  TaskList,
+  BatchResult,
+  HistoryEntry,
+  TaskHistory,
+  RequeueResult,
+  Schedule,
+  ScheduleList,
+  BrokerStatus,
+  FogNodeStatus,
+  Cluster,
+  Health,
+  Readiness,
+];
+
+// ---------------------------------------------------------------- requests
+
+export const SubmitBody = Type.Object(submitFields, {
+  additionalProperties: false,
+  examples: [{ type: 'checksum', payload: { data: 'hello' }, priority: 'high', resources: { cpu: 0.5, memoryMb: 256 }, maxAttempts: 3, timeoutMs: 30000 }],
+});
 export type SubmitBody = Static<typeof SubmitBody>;
 
 export const BatchBody = Type.Object(
   {
     // One closed object: an Intersect with SubmitBody's additionalProperties: false would refuse idempotencyKey.
     tasks: Type.Array(
-      Type.Object({ ...SubmitBody.properties, idempotencyKey: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })) }, { additionalProperties: false }),
-      { minItems: 1, maxItems: 1000 },
+      Type.Object({ ...submitFields, idempotencyKey: Type.Optional(TextId(200, 'a retried batch with the same key returns the first task for this item')) }, { additionalProperties: false }),
+      { minItems: 1, maxItems: INPUT_LIMITS.maxBatchItems },
     ),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, examples: [{ tasks: [{ type: 'noop', idempotencyKey: 'order-42' }, { type: 'sleep', payload: { ms: 10 }, priority: 'low' }] }] },
 );
 
-export const TaskErrorT = Type.Object({ message: Type.String(), code: Type.String(), retryable: Type.Boolean() });
+export const IdempotencyHeaders = Type.Object({
+  'idempotency-key': Type.Optional(TextId(200, 'a retried submit with the same key returns the first task')),
+});
 
-export const TaskView = Type.Object(
-  {
-    id: Type.String({ format: 'uuid' }),
-    type: Type.String(),
-    state: StateT,
-    tier: Type.String(),
-    priority: PriorityT,
-    attempt: Type.Integer(),
-    maxAttempts: Type.Integer(),
-    payload: Type.Unknown(),
-    resources: Type.Object({ cpu: Type.Number(), memoryMb: Type.Number() }),
-    timeoutMs: Nullable(Type.Integer()),
-    notBefore: Nullable(Type.String()),
-    deadline: Nullable(Type.String()),
-    idempotencyKey: Nullable(Type.String()),
-    nodeId: Nullable(Type.String()),
-    output: Type.Unknown(),
-    lastError: Nullable(TaskErrorT),
-    failureReason: Nullable(Type.String()),
-    availableAt: Nullable(Type.String()),
-    submittedAt: Type.String(),
-    startedAt: Nullable(Type.String()),
-    finishedAt: Nullable(Type.String()),
-    updatedAt: Type.String(),
-    version: Type.Integer({ description: 'events in the task stream' }),
-    warnings: Type.Optional(Type.Array(Type.String(), { description: 'e.g. no live fog node serves the tier (the task is accepted and waits)' })),
-  },
-  { $id: 'Task' },
-);
-export type TaskView = Static<typeof TaskView>;
+export const TaskIdParams = Type.Object({ id: Type.String({ format: 'uuid', description: 'task id' }) });
+export const ScheduleIdParams = Type.Object({ id: Type.String({ format: 'uuid', description: 'schedule id' }) });
 
-export const TaskIdParams = Type.Object({ id: Type.String({ format: 'uuid' }) });
+const CursorQ = Type.String({ pattern: '^[1-9][0-9]{0,18}$', description: 'nextCursor of the previous page (a position; 1 to 9223372036854775807)' });
+const LimitQ = (max: number, def: number) => Type.Integer({ minimum: 1, maximum: max, default: def });
 
 export const ListQuery = Type.Object(
   {
-    state: Type.Optional(StateT),
-    priority: Type.Optional(PriorityT),
+    state: Type.Optional(StateQ),
+    priority: Type.Optional(PriorityQ),
     type: Type.Optional(Type.String({ maxLength: 200 })),
     tier: Type.Optional(Type.String({ maxLength: 50 })),
-    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 50 })),
-    cursor: Type.Optional(Type.String({ pattern: '^[0-9]+$', description: 'nextCursor of the previous page' })),
+    limit: Type.Optional(LimitQ(500, 50)),
+    cursor: Type.Optional(CursorQ),
   },
   { additionalProperties: false },
 );
 
-export const HistoryEntryT = Type.Object({
-  position: Type.Integer(),
-  version: Type.Integer(),
-  type: Type.String(),
-  state: Type.String(),
-  attempt: Type.Integer(),
-  nodeId: Nullable(Type.String()),
-  actor: Nullable(Type.String()),
-  reason: Nullable(Type.String()),
-  error: Type.Unknown(),
-  at: Type.String(),
-  data: Type.Unknown(),
+export const ScheduleListQuery = Type.Object({ limit: Type.Optional(LimitQ(500, 50)), cursor: Type.Optional(CursorQ) }, { additionalProperties: false });
+
+/** Operations whose body may be left out (the OpenAPI document says `required: false`). */
+export const OPTIONAL_BODY_OPERATIONS: readonly string[] = ['cancelTask'];
+
+export const CancelBody = Type.Union([Type.Object({ reason: Type.Optional(Type.String({ maxLength: 1000 })) }, { additionalProperties: false }), Type.Null()], {
+  examples: [{ reason: 'not needed any more' }],
 });
 
-export const CancelBody = Type.Union([Type.Object({ reason: Type.Optional(Type.String({ maxLength: 1000 })) }, { additionalProperties: false }), Type.Null()]);
+const dlqFilter = {
+  type: Type.Optional(Type.String({ maxLength: 200 })),
+  reason: Type.Optional(FailureReasonQ),
+  since: Type.Optional(DateTime('failed at or after')),
+  until: Type.Optional(DateTime('failed before')),
+};
 
-export const FailureReasonT = Type.Union(['non-retryable', 'max-attempts', 'delivery-limit', 'rejected', 'expired', 'timeout'].map((r) => Type.Literal(r)));
-
-export const DlqFilter = Type.Object(
-  {
-    type: Type.Optional(Type.String({ maxLength: 200 })),
-    reason: Type.Optional(FailureReasonT),
-    since: Type.Optional(Type.String({ format: 'date-time', description: 'failed at or after' })),
-    until: Type.Optional(Type.String({ format: 'date-time', description: 'failed before' })),
-  },
-  { additionalProperties: false },
-);
-
-export const DlqQuery = Type.Object(
-  {
-    ...DlqFilter.properties,
-    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 50 })),
-    cursor: Type.Optional(Type.String({ pattern: '^[0-9]+$' })),
-  },
-  { additionalProperties: false },
-);
+export const DlqQuery = Type.Object({ ...dlqFilter, limit: Type.Optional(LimitQ(500, 50)), cursor: Type.Optional(CursorQ) }, { additionalProperties: false });
 
 export const DlqRequeueBody = Type.Object(
   {
-    ...DlqFilter.properties,
+    ...dlqFilter,
     dryRun: Type.Optional(Type.Boolean({ description: 'only count what would be requeued' })),
-    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 1000 })),
+    limit: Type.Optional(LimitQ(1000, 1000)),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, examples: [{ type: 'checksum', reason: 'delivery-limit', since: '2026-11-01T00:00:00Z', dryRun: true }] },
 );
+
+export const ScheduleBody = Type.Object(
+  {
+    name: Type.Optional(TextId(200)),
+    cron: Type.String({ minLength: 1, maxLength: 200, description: 'five fields, or six with seconds first (e.g. "*/10 * * * * *"); runs at most every SCHEDULE_MIN_INTERVAL_MS' }),
+    timezone: Type.Optional(Type.String({ minLength: 1, maxLength: 64, description: 'IANA zone, default UTC' })),
+    catchUp: Type.Optional(StringEnum(['skip', 'once'] as const, { description: 'missed runs: skip them (default) or run once' })),
+    template: ref(TaskTemplate),
+  },
+  { additionalProperties: false, examples: [{ name: 'nightly checksum', cron: '0 2 * * *', timezone: 'Europe/Berlin', catchUp: 'once', template: { type: 'checksum', payload: { data: 'x' } } }] },
+);
+
+// ---------------------------------------------------------------- responses
+
+export const TASK_EXAMPLE: TaskView = {
+  id: TASK_ID_EXAMPLE,
+  type: 'checksum',
+  state: 'queued',
+  tier: 'light',
+  priority: 'high',
+  attempt: 1,
+  maxAttempts: 3,
+  payload: { data: 'hello' },
+  resources: { cpu: 0.5, memoryMb: 256 },
+  timeoutMs: 30000,
+  notBefore: null,
+  deadline: null,
+  idempotencyKey: null,
+  nodeId: null,
+  output: null,
+  lastError: null,
+  failureReason: null,
+  availableAt: AT_EXAMPLE,
+  submittedAt: AT_EXAMPLE,
+  startedAt: null,
+  finishedAt: null,
+  updatedAt: AT_EXAMPLE,
+  version: 2,
+};
+
+export const SCHEDULE_EXAMPLE: Static<typeof Schedule> = {
+  id: '0193a5b2-9d10-7a3c-8e21-4f5a6b7c8d90',
+  name: 'nightly checksum',
+  cron: '0 2 * * *',
+  timezone: 'Europe/Berlin',
+  catchUp: 'once',
+  state: 'active',
+  template: { type: 'checksum', payload: { data: 'x' } },
+  nextFireAt: '2026-11-28T01:00:00.000Z',
+  lastFiredAt: null,
+  lastTaskId: null,
+  firedCount: 0,
+  createdAt: AT_EXAMPLE,
+  updatedAt: AT_EXAMPLE,
+};
+
+export const HISTORY_EXAMPLE: Static<typeof TaskHistory> = {
+  taskId: TASK_ID_EXAMPLE,
+  events: [
+    { position: 101, version: 1, type: 'TaskSubmitted', state: 'submitted', attempt: 1, nodeId: null, actor: 'alice', reason: null, error: null, at: AT_EXAMPLE, data: {} },
+    { position: 102, version: 2, type: 'TaskQueued', state: 'queued', attempt: 1, nodeId: null, actor: 'alice', reason: null, error: null, at: AT_EXAMPLE, data: {} },
+  ],
+};
+
+/** A JSON response with an example. */
+export function json<T extends TSchema>(schema: T, description: string, example: Static<T>, headers?: Record<string, TSchema>) {
+  return { description, ...(headers ? { headers } : {}), content: { 'application/json': { schema, example } } };
+}
+
+const RetryAfter = Type.Integer({ minimum: 1, description: 'seconds to wait before retrying' });
+
+/** What each error status means, with an example problem; `problems(...)` declares them on an operation. */
+const PROBLEMS = {
+  400: { code: 'VALIDATION_FAILED', detail: 'body/priority must be equal to one of the allowed values', text: 'the request does not match the schema (VALIDATION_FAILED, each violation in errors[] with its path), is not valid JSON or HTTP, or carries a NUL character' },
+  401: { code: 'UNAUTHORIZED', detail: 'the API key is not valid', text: 'no credential, or one that is not valid' },
+  403: { code: 'FORBIDDEN', detail: 'role submitter may not call this operation', text: "the credential's role may not call this operation" },
+  404: { code: 'TASK_NOT_FOUND', detail: `task ${TASK_ID_EXAMPLE} does not exist`, text: 'no such task or schedule for this tenant' },
+  409: { code: 'TASK_NOT_CANCELLABLE', detail: `task ${TASK_ID_EXAMPLE} is succeeded and can no longer be cancelled`, text: 'the state does not allow it (e.g. cancel of a finished task, requeue of one that has not failed, too many schedules)' },
+  413: { code: 'PAYLOAD_TOO_LARGE', detail: 'body/payload is 300000 bytes as JSON; the limit is 262144', text: 'the body is over the body limit (FST_ERR_CTP_BODY_TOO_LARGE) or a payload over MAX_PAYLOAD_BYTES (PAYLOAD_TOO_LARGE)' },
+  415: { code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE', detail: 'Unsupported Media Type', text: 'the body is not application/json' },
+  422: { code: 'NO_TIER_FITS', detail: 'no tier can run a task needing 8 cpu and 64 MB', text: 'understood but refused: no tier fits the resources, an Idempotency-Key reused for another request, or a batch larger than the tenant\'s burst' },
+  429: { code: 'RATE_LIMITED', detail: 'tenant acme may submit 100 tasks per second', text: 'a per-tenant limit (submit rate or active tasks); see Retry-After' },
+  503: { code: 'SERVICE_UNAVAILABLE', detail: 'postgresql is unavailable; retry later', text: 'PostgreSQL is unavailable, the submit queue is full (SUBMIT_QUEUE_FULL) or a JWT key set cannot be fetched; nothing was written; see Retry-After' },
+} as const;
+export type ProblemStatus = keyof typeof PROBLEMS;
+
+export function problems<S extends ProblemStatus>(...statuses: S[]) {
+  const out = {} as Record<S, { description: string; headers?: Record<string, TSchema>; content: { 'application/problem+json': { schema: ReturnType<typeof ref<typeof Problem>>; example: Static<typeof Problem> } } }>;
+  for (const status of statuses) {
+    const p = PROBLEMS[status];
+    out[status] = {
+      description: p.text,
+      ...(status === 429 || status === 503 ? { headers: { 'retry-after': RetryAfter } } : {}),
+      content: {
+        'application/problem+json': {
+          schema: ref(Problem),
+          example: { type: `urn:fogsched:error:${p.code.toLowerCase().replace(/_/g, '-')}`, title: TITLES[status], status, detail: p.detail, code: p.code },
+        },
+      },
+    };
+  }
+  return out;
+}
+
+/** Titles of the problem statuses (RFC 9110 reason phrases). */
+export const TITLES: Readonly<Record<number, string>> = {
+  400: 'Bad Request',
+  401: 'Unauthorized',
+  403: 'Forbidden',
+  404: 'Not Found',
+  405: 'Method Not Allowed',
+  408: 'Request Timeout',
+  409: 'Conflict',
+  413: 'Content Too Large',
+  414: 'URI Too Long',
+  415: 'Unsupported Media Type',
+  422: 'Unprocessable Content',
+  429: 'Too Many Requests',
+  431: 'Request Header Fields Too Large',
+  500: 'Internal Server Error',
+  503: 'Service Unavailable',
+};
+
+/** The statuses every /v1 operation declares: bad input, authentication, role, PostgreSQL down. */
+export const V1_PROBLEMS = [400, 401, 403, 503] as const;
+/** Operations that read a body (POST, DELETE) also declare body too large and wrong content type. */
+export const BODY_PROBLEMS = [400, 401, 403, 413, 415, 503] as const;
+

@@ -92,6 +92,25 @@ export class ServiceUnavailableError extends FogschedError {
   }
 }
 
+/** The submit queue is full: the API is behind on writing; the client retries after `retryAfterSeconds`. */
+export class SubmitQueueFullError extends FogschedError {
+  constructor(readonly limit: number) {
+    super({
+      code: 'SUBMIT_QUEUE_FULL',
+      status: 503,
+      message: `${limit} submits are already waiting to be written (SUBMIT_QUEUE_MAX); nothing was written; retry later`,
+      details: { limit, retryAfterSeconds: 1 },
+    });
+  }
+}
+
+/** A tenant has as many schedules as it may (TENANT_MAX_SCHEDULES); deleting one makes room. */
+export class ScheduleLimitReachedError extends FogschedError {
+  constructor(readonly tenant: string, readonly limit: number) {
+    super({ code: 'SCHEDULE_LIMIT_REACHED', status: 409, message: `tenant ${tenant} already has ${limit} schedules, the most it may have; delete one first`, details: { limit } });
+  }
+}
+
 /** Wraps any thrown value in an Error, keeping the original as `cause`. */
 export function coerceError(value: unknown): Error {
   if (value instanceof Error) return value;

@@ -7,6 +7,7 @@ import {
   evolveSchedule,
   FogschedError,
   initialScheduleState,
+  ScheduleLimitReachedError,
   ScheduleNotFoundError,
   ValidationError,
   type CatchUp,
@@ -37,6 +38,10 @@ export interface ScheduleDeps {
   readonly names: TopologyNames;
   readonly tiers: readonly Tier[];
   readonly defaultMaxAttempts: number;
+  /** Schedules (not deleted) one tenant may have (TENANT_MAX_SCHEDULES). Default 1,000. */
+  readonly maxPerTenant?: number;
+  /** A cron whose runs come closer than this is refused (SCHEDULE_MIN_INTERVAL_MS). Default 1,000. */
+  readonly minIntervalMs?: number;
 }
 
 /** The next run strictly after `after`, or null when the expression has no more. Throws ValidationError on a bad cron or zone. */
@@ -51,6 +56,29 @@ export function nextFireAt(cron: string, timezone: string, after: Date): string 
     return job.nextRun(after)?.toISOString() ?? null;
   } catch (error) {
     throw new ValidationError(`timezone ${JSON.stringify(timezone)} is invalid`, { errors: [{ path: 'body/timezone', message: (error as Error).message }] });
+  }
+}
+
+/**
+ * Throws ValidationError when two runs of the cron come less than `minMs` apart. Checked over the
+ * next 100 runs or the next year, whichever ends first (a cron's pattern repeats within a year,
+ * except Feb 29, whose runs are years apart anyway).
+ */
+export function checkCronInterval(cron: string, timezone: string, minMs: number, from: Date): void {
+  if (minMs <= 0) return;
+  const job = new Cron(cron, { timezone, paused: true }); // nextFireAt validated the expression first
+  const horizon = from.getTime() + 366 * 86_400_000;
+  let previous = job.nextRun(from);
+  for (let i = 0; previous && i < 100; i++) {
+    const next = job.nextRun(previous);
+    if (!next) return;
+    const gap = next.getTime() - previous.getTime();
+    if (gap < minMs) {
+      const message = `runs ${gap} ms apart (at ${previous.toISOString()} and ${next.toISOString()}); runs must be at least ${minMs} ms apart (SCHEDULE_MIN_INTERVAL_MS)`;
+      throw new ValidationError(`cron ${JSON.stringify(cron)} ${message}`, { errors: [{ path: 'body/cron', message }] });
+    }
+    if (next.getTime() > horizon) return;
+    previous = next;
   }
 }
 
@@ -108,6 +136,8 @@ async function applyScheduleCommand(trx: Executor, state: ScheduleState, command
 
 export function createScheduleService(deps: ScheduleDeps) {
   const { db } = deps;
+  const maxPerTenant = deps.maxPerTenant ?? 1000;
+  const minIntervalMs = deps.minIntervalMs ?? 1000;
   const mutate = (scheduleId: string, caller: Caller, command: (state: ScheduleState) => ScheduleCommand) =>
     db.transaction().execute(async (trx) => {
       const state = await loadSchedule(trx, scheduleId, true);
@@ -120,13 +150,24 @@ export function createScheduleService(deps: ScheduleDeps) {
       const timezone = input.timezone ?? 'UTC';
       const now = new Date();
       const first = nextFireAt(input.cron, timezone, now);
+      checkCronInterval(input.cron, timezone, minIntervalMs, now);
       // Checks the template the way a submit would (tier), before anything is stored.
       buildTaskSpec(input.template, caller.tenant, uuidv7(), deps);
       const scheduleId = uuidv7();
       const schedule: ScheduleSpec = { scheduleId, tenant: caller.tenant, name: input.name ?? input.template.type, cron: input.cron, timezone, catchUp: input.catchUp ?? 'skip', template: input.template };
-      return db.transaction().execute((trx) =>
-        applyScheduleCommand(trx, initialScheduleState(scheduleId), { type: 'CreateSchedule', data: { schedule, nextFireAt: first, actor: caller.actor, now: now.toISOString() } }, caller),
-      );
+      return db.transaction().execute(async (trx) => {
+        // Creates of one tenant take turns (a transaction-scoped lock), so two at once cannot both
+        // see room for one more schedule.
+        await sql`SELECT pg_advisory_xact_lock(hashtextextended(${`fogsched:schedules:${caller.tenant}`}, 0))`.execute(trx);
+        const count = await trx
+          .selectFrom('schedules')
+          .select((eb) => eb.fn.countAll<number>().as('n'))
+          .where('tenant', '=', caller.tenant)
+          .where('state', '!=', 'deleted')
+          .executeTakeFirstOrThrow();
+        if (Number(count.n) >= maxPerTenant) throw new ScheduleLimitReachedError(caller.tenant, maxPerTenant);
+        return applyScheduleCommand(trx, initialScheduleState(scheduleId), { type: 'CreateSchedule', data: { schedule, nextFireAt: first, actor: caller.actor, now: now.toISOString() } }, caller);
+      });
     },
     async get(scheduleId: string, caller: Caller): Promise<ScheduleState> {
       const state = await loadSchedule(db, scheduleId, false);

@@ -17,12 +17,21 @@ export interface GroupCommitOptions<I, O> {
    * one transaction instead of many small ones. Under lighter load an item starts at once. Default 2.
    */
   readonly gatherMs?: number;
+  /**
+   * Items that may wait (not counting those in running transactions); past it `submit` rejects
+   * at once with `onFull()`, so a database slower than the arrivals costs refusals, not memory.
+   * Default unbounded.
+   */
+  readonly maxQueued?: number;
+  readonly onFull?: () => Error;
   readonly run: (items: readonly I[]) => Promise<readonly (O | Error)[]>;
   readonly isolate: (error: unknown) => boolean;
 }
 
 export interface GroupCommit<I, O> {
   submit(item: I): Promise<O>;
+  /** Items waiting for a transaction. */
+  queued(): number;
   /** Resolves when nothing is queued or running. */
   idle(): Promise<void>;
 }
@@ -104,12 +113,16 @@ export function createGroupCommit<I, O>(options: GroupCommitOptions<I, O>): Grou
 
   return {
     submit(item) {
+      if (options.maxQueued !== undefined && queue.length >= options.maxQueued) {
+        return Promise.reject(options.onFull?.() ?? new Error(`group commit queue is full (${options.maxQueued} waiting)`));
+      }
       return new Promise<O>((resolve, reject) => {
         queue.push({ item, at: performance.now(), resolve, reject });
         // Let requests arriving in the same tick join before the first batch starts.
         if (queue.length === 1) queueMicrotask(pump);
       });
     },
+    queued: () => queue.length,
     idle() {
       if (running === 0 && queue.length === 0) return Promise.resolve();
       return new Promise((resolve) => idleWaiters.push(resolve));

@@ -5,6 +5,7 @@ import {
   DEFAULT_RESOURCES,
   FogschedError,
   IdempotencyConflictError,
+  SubmitQueueFullError,
   TaskNotFoundError,
   tierFor,
   type Priority,
@@ -66,6 +67,14 @@ export interface TaskServiceOptions {
   readonly tiers: readonly Tier[];
   readonly defaultMaxAttempts: number;
   readonly maxBatch: number;
+  /**
+   * Submits that may wait to be written (SUBMIT_QUEUE_MAX): single submits queued for the group
+   * commit plus the tasks of batches in flight. Past it a submit fails at once with
+   * SubmitQueueFullError (503, Retry-After). Default 10,000.
+   */
+  readonly maxQueued?: number;
+  /** Group-commit transactions in flight at once (default 3, see createGroupCommit). */
+  readonly concurrency?: number;
 }
 
 interface PreparedSubmit {
@@ -158,11 +167,42 @@ export function createTaskService(options: TaskServiceOptions) {
     return results.map((r) => r ?? new Error('submit produced no result'));
   };
 
+  const maxQueued = options.maxQueued ?? 10_000;
+  let batchItemsInFlight = 0;
   const group = createGroupCommit<PreparedSubmit, SubmitResult>({
     maxBatch: options.maxBatch,
+    maxQueued,
+    onFull: () => new SubmitQueueFullError(maxQueued),
+    ...(options.concurrency !== undefined ? { concurrency: options.concurrency } : {}),
     run: (items) => db.transaction().execute((trx) => writeSubmits(trx, items)),
     isolate: (error) => !isConnectionError(error),
   });
+
+  /** A batch in one transaction: all or nothing. Throws on the first invalid item. */
+  const writeBatch = async (inputs: readonly SubmitInput[], caller: Caller): Promise<SubmitResult[]> => {
+    // Every item is checked before anything is written; the problem lists each bad one by index.
+    const itemErrors: { index: number; error: FogschedError }[] = [];
+    const prepared = inputs.flatMap((input, index) => {
+      try {
+        return [prepare(input, caller)];
+      } catch (error) {
+        if (error instanceof FogschedError) itemErrors.push({ index, error });
+        else throw error;
+        return [];
+      }
+    });
+    const results = await db.transaction().execute(async (trx) => {
+      const r = await writeSubmits(trx, prepared);
+      r.forEach((x, index) => {
+        if (x instanceof FogschedError) itemErrors.push({ index, error: x });
+      });
+      if (itemErrors.length > 0) throw batchRejected(itemErrors); // rolls the whole batch back
+      const failed = r.find((x): x is Error => x instanceof Error);
+      if (failed) throw failed;
+      return r as SubmitResult[];
+    });
+    return results;
+  };
 
   const runCommand = async (taskId: string, caller: Caller, command: TaskCommand): Promise<TaskState> => {
     const outcome = await db.transaction().execute(async (trx) => {
@@ -177,34 +217,24 @@ export function createTaskService(options: TaskServiceOptions) {
 
   return {
     /** Validates and group-commits one submit; resolves after its transaction committed. */
-    submit(input: SubmitInput, caller: Caller): Promise<SubmitResult> {
+    async submit(input: SubmitInput, caller: Caller): Promise<SubmitResult> {
+      if (group.queued() + batchItemsInFlight >= maxQueued) throw new SubmitQueueFullError(maxQueued);
       return group.submit(prepare(input, caller));
     },
     /** Submits many tasks in one transaction: all or nothing. Throws on the first invalid item. */
     async submitBatch(inputs: readonly SubmitInput[], caller: Caller): Promise<SubmitResult[]> {
-      // Every item is checked before anything is written; the problem lists each bad one by index.
-      const itemErrors: { index: number; error: FogschedError }[] = [];
-      const prepared = inputs.flatMap((input, index) => {
-        try {
-          return [prepare(input, caller)];
-        } catch (error) {
-          if (error instanceof FogschedError) itemErrors.push({ index, error });
-          else throw error;
-          return [];
-        }
-      });
-      const results = await db.transaction().execute(async (trx) => {
-        const r = await writeSubmits(trx, prepared);
-        r.forEach((x, index) => {
-          if (x instanceof FogschedError) itemErrors.push({ index, error: x });
-        });
-        if (itemErrors.length > 0) throw batchRejected(itemErrors); // rolls the whole batch back
-        const failed = r.find((x): x is Error => x instanceof Error);
-        if (failed) throw failed;
-        return r as SubmitResult[];
-      });
-      return results;
+      // A batch larger than the whole queue still goes through when nothing else waits.
+      const waiting = group.queued() + batchItemsInFlight;
+      if (waiting > 0 && waiting + inputs.length > maxQueued) throw new SubmitQueueFullError(maxQueued);
+      batchItemsInFlight += inputs.length;
+      try {
+        return await writeBatch(inputs, caller);
+      } finally {
+        batchItemsInFlight -= inputs.length;
+      }
     },
+    /** Submits waiting to be written (single ones queued for the group commit, tasks of batches in flight). */
+    queued: () => group.queued() + batchItemsInFlight,
     /** Requeues the failed tasks matching the filter (at most `limit`), one transaction; `dryRun` only counts. */
     async requeueFailed(filter: FailedTaskFilter, caller: Caller, opts: { dryRun: boolean; limit: number }): Promise<{ matched: number; requeued: string[] }> {
       return db.transaction().execute(async (trx) => {

@@ -354,4 +354,29 @@ describe('createGroupCommit', () => {
       await expect(group.idle()).resolves.toBeUndefined();
     });
   });
+
+  it('maxQueued bounds the items waiting: past it submit rejects at once with onFull(), and takes items again once the queue drains', async () => {
+    const gate = deferred<void>();
+    const { calls, run } = recordingRun(async (items) => {
+      await gate.promise;
+      return items.map((n) => n * 2);
+    });
+    class Full extends Error {}
+    const group = createGroupCommit({ maxBatch: 10, concurrency: 1, maxQueued: 2, onFull: () => new Full('full'), run, isolate: () => true });
+
+    const first = group.submit(1);
+    await flush(); // 1 is running (held by the gate)
+    const waiting = [group.submit(2), group.submit(3)];
+    expect(group.queued()).toBe(2);
+    const refused = await outcome(group.submit(4));
+    expect(refused.ok).toBe(false);
+    expect((refused as { error: unknown }).error).toBeInstanceOf(Full);
+    expect(group.queued()).toBe(2);
+
+    gate.resolve();
+    expect(await Promise.all([first, ...waiting])).toEqual([2, 4, 6]);
+    expect(calls).toEqual([[1], [2, 3]]);
+    expect(group.queued()).toBe(0);
+    expect(await group.submit(5)).toBe(10);
+  });
 });

@@ -1,38 +1,7 @@
-import { Type } from '@sinclair/typebox';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { ClusterView } from '../../infra/cluster-view.js';
 import type { ApiDeps } from '../app.js';
-
-const Nullable = <T extends ReturnType<typeof Type.String>>(t: T) => Type.Union([t, Type.Null()]);
-const NullableNumber = Type.Union([Type.Number(), Type.Null()]);
-
-const BrokerViewT = Type.Object({
-  name: Type.String({ description: 'Erlang node name' }),
-  member: Type.Boolean({ description: 'in rabbitmq:cluster:members' }),
-  master: Type.Boolean({ description: 'rabbitmq:cluster:master names it' }),
-  lastHeartbeat: Nullable(Type.String({ format: 'date-time' })),
-  healthy: Type.Boolean({ description: 'its last successful probe is at most two coordinator intervals old' }),
-});
-
-const FogNodeViewT = Type.Object({
-  id: Type.String(),
-  tier: Nullable(Type.String()),
-  slots: NullableNumber,
-  inFlight: NullableNumber,
-  cpu: NullableNumber,
-  memMb: NullableNumber,
-  version: Nullable(Type.String()),
-  lastSeen: Nullable(Type.String({ format: 'date-time' })),
-  state: Type.Union([Type.Literal('up'), Type.Literal('stopped'), Type.Literal('expired')]),
-});
-
-const ClusterViewT = Type.Object({
-  redis: Type.Union([Type.Literal('ok'), Type.Literal('unavailable')]),
-  error: Type.Optional(Type.String()),
-  leader: Nullable(Type.String({ description: 'coordinator replica holding the lease' })),
-  brokers: Type.Array(BrokerViewT),
-  fogNodes: Type.Array(FogNodeViewT),
-});
+import { Cluster, json, problems, ref } from '../schemas.js';
 
 /** Reads the live membership picture (the api role wires it to Redis). */
 export interface ClusterReader {
@@ -45,10 +14,19 @@ export const clusterRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, dep
     {
       config: { access: 'operator' },
       schema: {
+        operationId: 'getCluster',
         summary: 'Broker cluster and fog-node membership',
         description: 'What the coordinator keeps in Redis. When Redis is down the answer is still 200, with `redis: "unavailable"`: membership is not needed for task flow.',
         tags: ['cluster'],
-        response: { 200: ClusterViewT },
+        response: {
+          200: json(ref(Cluster), 'the membership', {
+            redis: 'ok',
+            leader: 'coordinator-1',
+            brokers: [{ name: 'rabbit@rabbit-1', member: true, master: true, lastHeartbeat: '2026-11-27T10:15:30.000Z', healthy: true }],
+            fogNodes: [{ id: 'fog-light-1', tier: 'light', slots: 32, inFlight: 3, cpu: 0.4, memMb: 180, version: '0.1.0', lastSeen: '2026-11-27T10:15:30.000Z', state: 'up' }],
+          }),
+          ...problems(400, 401, 403, 503),
+        },
       },
     },
     async (): Promise<ClusterView> =>

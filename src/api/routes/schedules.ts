@@ -1,51 +1,10 @@
 import { Type } from '@sinclair/typebox';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { ScheduleState } from '../../domain/index.js';
-import { PriorityT, Problem, ResourcesT } from '../schemas.js';
-import type { ApiDeps } from '../app.js';
+import { SCHEDULE_EXAMPLE, Schedule, ScheduleBody, ScheduleIdParams, ScheduleList, ScheduleListQuery, json, problems, ref } from '../schemas.js';
+import { DEFAULT_API_LIMITS, type ApiDeps } from '../app.js';
 import { callerOf } from '../caller.js';
-
-const TemplateT = Type.Object(
-  {
-    type: Type.String({ minLength: 1, maxLength: 200, pattern: '^[A-Za-z0-9_.:/-]+$' }),
-    payload: Type.Optional(Type.Unknown()),
-    priority: Type.Optional(PriorityT),
-    resources: Type.Optional(ResourcesT),
-    maxAttempts: Type.Optional(Type.Integer({ minimum: 1, maximum: 100 })),
-    timeoutMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 86_400_000 })),
-  },
-  { additionalProperties: false },
-);
-
-const ScheduleBody = Type.Object(
-  {
-    name: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
-    cron: Type.String({ minLength: 1, maxLength: 200, description: 'five fields, or six with seconds first (e.g. "*/10 * * * * *")' }),
-    timezone: Type.Optional(Type.String({ minLength: 1, maxLength: 64, description: 'IANA zone, default UTC' })),
-    catchUp: Type.Optional(Type.Union([Type.Literal('skip'), Type.Literal('once')], { description: 'missed runs: skip them (default) or run once' })),
-    template: TemplateT,
-  },
-  { additionalProperties: false },
-);
-
-const ScheduleView = Type.Object({
-  id: Type.String(),
-  name: Type.String(),
-  cron: Type.String(),
-  timezone: Type.String(),
-  catchUp: Type.String(),
-  state: Type.String(),
-  template: Type.Unknown(),
-  nextFireAt: Type.Union([Type.String(), Type.Null()]),
-  lastFiredAt: Type.Union([Type.String(), Type.Null()]),
-  lastTaskId: Type.Union([Type.String(), Type.Null()]),
-  firedCount: Type.Integer(),
-  createdAt: Type.String(),
-  updatedAt: Type.String(),
-});
-
-const IdParams = Type.Object({ id: Type.String({ format: 'uuid' }) });
-const problems = { 400: Problem, 404: Problem, 422: Problem, 503: Problem };
+import { checkPayloadSizes, parseCursor } from '../input.js';
 
 function toView(s: ScheduleState) {
   const spec = s.spec;
@@ -56,7 +15,7 @@ function toView(s: ScheduleState) {
     cron: spec.cron,
     timezone: spec.timezone,
     catchUp: spec.catchUp,
-    state: s.status,
+    state: s.status === 'new' ? ('active' as const) : s.status,
     template: spec.template,
     nextFireAt: s.nextFireAt,
     lastFiredAt: s.lastFiredAt,
@@ -67,47 +26,66 @@ function toView(s: ScheduleState) {
   };
 }
 
+const ONE = json(ref(Schedule), 'the schedule', SCHEDULE_EXAMPLE);
+
 /** Recurring schedules: each run submits one task from the template. */
 export const scheduleRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) => {
+  const maxPayloadBytes = deps.inputLimits?.maxPayloadBytes ?? DEFAULT_API_LIMITS.maxPayloadBytes;
+
   app.post(
     '/v1/schedules',
     {
       config: { access: 'operator' },
-      schema: { summary: 'Create a recurring schedule', tags: ['schedules'], body: ScheduleBody, response: { 201: ScheduleView, ...problems } },
+      schema: {
+        operationId: 'createSchedule',
+        summary: 'Create a recurring schedule',
+        description: 'At most TENANT_MAX_SCHEDULES per tenant (409 SCHEDULE_LIMIT_REACHED); runs at least SCHEDULE_MIN_INTERVAL_MS apart (400).',
+        tags: ['schedules'],
+        body: ScheduleBody,
+        response: { 201: json(ref(Schedule), 'created', SCHEDULE_EXAMPLE), ...problems(400, 401, 403, 409, 413, 415, 422, 503) },
+      },
     },
-    async (request, reply) => reply.code(201).send(toView(await deps.schedules.create(request.body, callerOf(request)))),
+    async (request, reply) => {
+      checkPayloadSizes([{ path: 'body/template/payload', payload: request.body.template.payload }], maxPayloadBytes);
+      return reply.code(201).send(toView(await deps.schedules.create(request.body, callerOf(request))));
+    },
   );
   app.get(
     '/v1/schedules',
     {
       config: { access: 'auditor' },
       schema: {
+        operationId: 'listSchedules',
         summary: 'List schedules, newest first',
         tags: ['schedules'],
-        querystring: Type.Object({ limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 50 })), cursor: Type.Optional(Type.String({ pattern: '^[0-9]+$' })) }, { additionalProperties: false }),
-        response: { 200: Type.Object({ items: Type.Array(ScheduleView), nextCursor: Type.Union([Type.String(), Type.Null()]) }), ...problems },
+        querystring: ScheduleListQuery,
+        response: { 200: json(ref(ScheduleList), 'a page of schedules', { items: [SCHEDULE_EXAMPLE], nextCursor: null }), ...problems(400, 401, 403, 503) },
       },
     },
     async (request) => {
       const limit = request.query.limit ?? 50;
-      const rows = await deps.schedules.list(callerOf(request), { limit, ...(request.query.cursor ? { beforeSeq: Number(request.query.cursor) } : {}) });
+      const beforeSeq = parseCursor(request.query.cursor);
+      const rows = await deps.schedules.list(callerOf(request), { limit, ...(beforeSeq !== undefined ? { beforeSeq } : {}) });
       const last = rows[rows.length - 1];
       return { items: rows.map((r) => toView(r.state)), nextCursor: rows.length === limit && last ? String(last.seq) : null };
     },
   );
   app.get(
     '/v1/schedules/:id',
-    {
-      config: { access: 'auditor' },
-      schema: { summary: 'Get a schedule', tags: ['schedules'], params: IdParams, response: { 200: ScheduleView, ...problems } },
-    },
+    { config: { access: 'auditor' }, schema: { operationId: 'getSchedule', summary: 'Get a schedule', tags: ['schedules'], params: ScheduleIdParams, response: { 200: ONE, ...problems(400, 401, 403, 404, 503) } } },
     async (request) => toView(await deps.schedules.get(request.params.id, callerOf(request))),
   );
   app.post(
     '/v1/schedules/:id/pause',
     {
       config: { access: 'operator' },
-      schema: { summary: 'Pause a schedule', tags: ['schedules'], params: IdParams, response: { 200: ScheduleView, ...problems } },
+      schema: {
+        operationId: 'pauseSchedule',
+        summary: 'Pause a schedule',
+        tags: ['schedules'],
+        params: ScheduleIdParams,
+        response: { 200: json(ref(Schedule), 'the schedule, paused', { ...SCHEDULE_EXAMPLE, state: 'paused', nextFireAt: null }), ...problems(400, 401, 403, 404, 409, 413, 415, 503) },
+      },
     },
     async (request) => toView(await deps.schedules.pause(request.params.id, callerOf(request))),
   );
@@ -115,7 +93,13 @@ export const scheduleRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, de
     '/v1/schedules/:id/resume',
     {
       config: { access: 'operator' },
-      schema: { summary: 'Resume a paused schedule from the next run after now', tags: ['schedules'], params: IdParams, response: { 200: ScheduleView, ...problems } },
+      schema: {
+        operationId: 'resumeSchedule',
+        summary: 'Resume a paused schedule from the next run after now',
+        tags: ['schedules'],
+        params: ScheduleIdParams,
+        response: { 200: ONE, ...problems(400, 401, 403, 404, 409, 413, 415, 503) },
+      },
     },
     async (request) => toView(await deps.schedules.resume(request.params.id, callerOf(request))),
   );
@@ -123,7 +107,13 @@ export const scheduleRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, de
     '/v1/schedules/:id',
     {
       config: { access: 'operator' },
-      schema: { summary: 'Delete a schedule', tags: ['schedules'], params: IdParams, response: { 204: Type.Null(), ...problems } },
+      schema: {
+        operationId: 'deleteSchedule',
+        summary: 'Delete a schedule',
+        tags: ['schedules'],
+        params: ScheduleIdParams,
+        response: { 204: Type.Null({ description: 'deleted' }), ...problems(400, 401, 403, 404, 409, 413, 415, 503) },
+      },
     },
     async (request, reply) => {
       await deps.schedules.remove(request.params.id, callerOf(request));

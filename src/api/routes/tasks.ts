@@ -1,35 +1,55 @@
-import { Type } from '@sinclair/typebox';
-import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { TaskNotFoundError, ValidationError } from '../../domain/index.js';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { TaskNotFoundError } from '../../domain/index.js';
 import { getTask, getTaskHistory, listTasks } from '../../projections/index.js';
-import { BatchBody, CancelBody, HistoryEntryT, ListQuery, Problem, SubmitBody, TaskIdParams, TaskView } from '../schemas.js';
+import {
+  BatchBody,
+  BatchResult,
+  CancelBody,
+  HISTORY_EXAMPLE,
+  IdempotencyHeaders,
+  ListQuery,
+  SubmitBody,
+  Task,
+  TASK_EXAMPLE,
+  TaskHistory,
+  TaskIdParams,
+  TaskList,
+  json,
+  problems,
+  ref,
+} from '../schemas.js';
 import { toTaskView } from '../task-view.js';
-import type { ApiDeps } from '../app.js';
+import { DEFAULT_API_LIMITS, type ApiDeps } from '../app.js';
 import { callerOf } from '../caller.js';
+import { checkPayloadSizes, checkTaskTimes, parseCursor } from '../input.js';
 
-const IdempotencyHeaders = Type.Object({
-  'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'a retried submit with the same key returns the first task' })),
-});
-
-const problems = { 400: Problem, 404: Problem, 409: Problem, 422: Problem, 503: Problem };
+const Location = { location: { type: 'string', description: 'the task: /v1/tasks/{id}' } } as never;
 
 export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) => {
+  const maxPayloadBytes = deps.inputLimits?.maxPayloadBytes ?? DEFAULT_API_LIMITS.maxPayloadBytes;
+
   app.post(
     '/v1/tasks',
     {
       config: { access: 'submitter' },
       schema: {
+        operationId: 'submitTask',
         summary: 'Submit a task',
         description: 'Answered after the task and its dispatch are committed. 202 for a new task, 200 when an Idempotency-Key replays an earlier submit.',
         tags: ['tasks'],
         headers: IdempotencyHeaders,
         body: SubmitBody,
-        response: { 200: TaskView, 202: TaskView, ...problems },
+        response: {
+          200: json(ref(Task), 'an earlier submit with this Idempotency-Key and the same body: its task', TASK_EXAMPLE, Location),
+          202: json(ref(Task), 'accepted: the task is stored and its dispatch committed', TASK_EXAMPLE, Location),
+          ...problems(400, 401, 403, 413, 415, 422, 429, 503),
+        },
       },
     },
     async (request, reply) => {
-      validateTimes(request.body);
+      checkTaskTimes(request.body, 'body');
+      checkPayloadSizes([{ path: 'body/payload', payload: request.body.payload }], maxPayloadBytes);
       await admit(deps, request, reply, 1);
       const { task, created } = await deps.tasks.submit({ ...request.body, idempotencyKey: request.headers['idempotency-key'] ?? null }, callerOf(request));
       const view = toTaskView(task);
@@ -47,15 +67,17 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
     {
       config: { access: 'submitter' },
       schema: {
+        operationId: 'submitTaskBatch',
         summary: 'Submit up to 1,000 tasks in one transaction',
         description: 'All or nothing: an invalid item fails the whole batch with its index in the problem.',
         tags: ['tasks'],
         body: BatchBody,
-        response: { 202: Type.Object({ tasks: Type.Array(TaskView) }), ...problems },
+        response: { 202: json(ref(BatchResult), 'every task of the batch, stored', { tasks: [TASK_EXAMPLE] }), ...problems(400, 401, 403, 413, 415, 422, 429, 503) },
       },
     },
     async (request, reply) => {
-      request.body.tasks.forEach((t, index) => validateTimes(t, `body/tasks/${index}`));
+      request.body.tasks.forEach((t, index) => checkTaskTimes(t, `body/tasks/${index}`));
+      checkPayloadSizes(request.body.tasks.map((t, index) => ({ path: `body/tasks/${index}/payload`, payload: t.payload })), maxPayloadBytes);
       await admit(deps, request, reply, request.body.tasks.length);
       const results = await deps.tasks.submitBatch(
         request.body.tasks.map((t) => ({ ...t, idempotencyKey: t.idempotencyKey ?? null })),
@@ -69,7 +91,13 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
     '/v1/tasks/:id',
     {
       config: { access: 'submitter' },
-      schema: { summary: 'Get a task', tags: ['tasks'], params: TaskIdParams, response: { 200: TaskView, ...problems } },
+      schema: {
+        operationId: 'getTask',
+        summary: 'Get a task',
+        tags: ['tasks'],
+        params: TaskIdParams,
+        response: { 200: json(ref(Task), 'the task', TASK_EXAMPLE), ...problems(400, 401, 403, 404, 503) },
+      },
     },
     async (request) => {
       const task = await getTask(deps.db, callerOf(request).tenant, request.params.id);
@@ -83,16 +111,18 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
     {
       config: { access: 'submitter' },
       schema: {
+        operationId: 'listTasks',
         summary: 'List tasks, newest first',
         description: 'Pass nextCursor back as cursor for the next page; the order is stable while tasks are added.',
         tags: ['tasks'],
         querystring: ListQuery,
-        response: { 200: Type.Object({ items: Type.Array(TaskView), nextCursor: Type.Union([Type.String(), Type.Null()]) }), ...problems },
+        response: { 200: json(ref(TaskList), 'a page of tasks', { items: [TASK_EXAMPLE], nextCursor: '1042' }), ...problems(400, 401, 403, 503) },
       },
     },
     async (request) => {
       const q = request.query;
       const limit = q.limit ?? 50;
+      const beforeSeq = parseCursor(q.cursor);
       const rows = await listTasks(deps.db, {
         tenant: callerOf(request).tenant,
         limit,
@@ -100,7 +130,7 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
         ...(q.priority ? { priority: q.priority } : {}),
         ...(q.type ? { type: q.type } : {}),
         ...(q.tier ? { tier: q.tier } : {}),
-        ...(q.cursor ? { beforeSeq: Number(q.cursor) } : {}),
+        ...(beforeSeq !== undefined ? { beforeSeq } : {}),
       });
       const last = rows[rows.length - 1];
       return { items: rows.map((r) => toTaskView(r.state)), nextCursor: rows.length === limit && last ? String(last.seq) : null };
@@ -112,10 +142,11 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
     {
       config: { access: 'submitter' },
       schema: {
+        operationId: 'getTaskHistory',
         summary: "A task's lifecycle events, oldest first",
         tags: ['tasks'],
         params: TaskIdParams,
-        response: { 200: Type.Object({ taskId: Type.String(), events: Type.Array(HistoryEntryT) }), ...problems },
+        response: { 200: json(ref(TaskHistory), 'the events of the task', HISTORY_EXAMPLE), ...problems(400, 401, 403, 404, 503) },
       },
     },
     async (request) => {
@@ -130,12 +161,16 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
     {
       config: { access: 'operator' },
       schema: {
+        operationId: 'cancelTask',
         summary: 'Cancel a task that has not finished',
-        description: 'Cancelling a cancelled task returns it unchanged; a succeeded or failed task gives 409.',
+        description: 'Cancelling a cancelled task returns it unchanged; a succeeded or failed task gives 409. The body is optional.',
         tags: ['tasks'],
         params: TaskIdParams,
-        body: Type.Optional(CancelBody),
-        response: { 200: TaskView, ...problems },
+        body: CancelBody,
+        response: {
+          200: json(ref(Task), 'the task, cancelled', { ...TASK_EXAMPLE, state: 'cancelled', version: 3, finishedAt: TASK_EXAMPLE.updatedAt }),
+          ...problems(400, 401, 403, 404, 409, 413, 415, 503),
+        },
       },
     },
     async (request) => {
@@ -154,11 +189,5 @@ async function admit(deps: ApiDeps, request: FastifyRequest, reply: FastifyReply
     const retryAfter = (error as { retryAfterSeconds?: unknown }).retryAfterSeconds;
     if (typeof retryAfter === 'number') reply.header('retry-after', String(retryAfter));
     throw error;
-  }
-}
-
-function validateTimes(body: { notBefore?: string; deadline?: string }, path = 'body'): void {
-  if (body.notBefore && body.deadline && Date.parse(body.deadline) <= Date.parse(body.notBefore)) {
-    throw new ValidationError(`${path}/deadline must be after notBefore`, { errors: [{ path: `${path}/deadline`, message: 'must be after notBefore' }] });
   }
 }
