@@ -333,7 +333,8 @@ describe('nothing else changed for a valid request', () => {
     const res = await app.inject({ method: 'POST', url: '/v1/tasks', payload: { type: 'noop' }, headers: { 'x-actor': 'a'.repeat(300) } });
     expect(res.statusCode).toBe(202);
     const row = await tdb.db.selectFrom('events').select('metadata').where('stream_id', '=', res.json<{ id: string }>().id).executeTakeFirstOrThrow();
-    expect((row.metadata as { actor: string }).actor).toHaveLength(200);
+    // X-Actor is kept as onBehalfOf beside the credential's actor (README, Authentication and limits).
+    expect((row.metadata as { onBehalfOf: string }).onBehalfOf).toHaveLength(200);
   });
   it('an unknown id stays 404', async () => {
     await rejected({ method: 'GET', url: `/v1/tasks/${randomUUID()}` }, 404, 'TASK_NOT_FOUND');
