@@ -38,7 +38,9 @@ export type ResultRecord =
       readonly at: string;
       readonly durationMs: number;
       readonly error: TaskError;
-    };
+    }
+  | { readonly kind: 'returned'; readonly taskId: string; readonly attempt: number; readonly at: string;
+      readonly reason: 'node-shutdown' };
 
 export interface ResultBatch {
   readonly nodeId: string;
@@ -71,7 +73,7 @@ export function invalidResultBatch(value: unknown): string | null {
   for (const record of batch.records as unknown[]) {
     const r = record as Partial<Record<string, unknown>>;
     if (typeof r !== 'object' || r === null) return 'record is not an object';
-    if (!['started', 'succeeded', 'failed'].includes(r.kind as string)) return `unknown record kind ${String(r.kind)}`;
+    if (!['started', 'succeeded', 'failed', 'returned'].includes(r.kind as string)) return `unknown record kind ${String(r.kind)}`;
     if (typeof r.taskId !== 'string' || !UUID.test(r.taskId)) return 'record taskId is not a uuid';
     if (!Number.isInteger(r.attempt) || typeof r.at !== 'string' || Number.isNaN(Date.parse(r.at))) return 'record attempt or at is invalid';
     if (r.kind === 'failed' && (typeof r.error !== 'object' || r.error === null)) return 'failed record has no error';
