@@ -252,9 +252,10 @@ describe('ingest under database faults', () => {
     await publishResults([{ kind: 'started', taskId: task, attempt: 1, at: at() }]);
     await eventually(async () => (await current(task))?.state === 'running');
     const lock = await lockTaskCurrent();
+    let deadLetterId = '';
     try {
       const body: TaskMessage = { taskId: task, attempt: 1, type: 'noop', payload: null, tenant: 'default', tier: 'light', priority: 'normal', timeoutMs: null, deadline: null, availableAt: at() };
-      await publish(names.dlx, 'task.failed', body, {
+      deadLetterId = await publish(names.dlx, 'task.failed', body, {
         headers: { 'x-first-death-queue': names.taskQueue('light', 'normal'), 'x-first-death-reason': 'delivery_limit', 'x-first-death-exchange': names.tasks },
       });
       // The fault lasts two statement timeouts after the ingest took the dead letter off the queue.
@@ -266,7 +267,7 @@ describe('ingest under database faults', () => {
     await eventually(async () => (await current(task))?.state === 'failed', { timeoutMs: 20_000 });
     expect(await current(task)).toMatchObject({ state: 'failed', failure_reason: 'delivery-limit' });
     expect(ingest.stats().retries).toBeGreaterThanOrEqual(1);
-    expect(await eventsOfType('MessageDeadLettered')).toEqual([]);
+    expect((await eventsOfType('MessageDeadLettered')).filter((e) => e.stream_id === `message:dlq:${deadLetterId}`)).toEqual([]);
 
     // A dead letter that is not a task message and whose body PostgreSQL cannot hold as text:
     // a NUL byte, an escaped \u0000 and a byte that is not UTF-8.
