@@ -88,6 +88,7 @@ export function formatEvent(e: StoredEvent, withStream = false): string {
   add('node', d.nodeId);
   add('actor', d.actor ?? e.metadata.actor);
   add('reason', d.reason);
+  add('returns', e.type === 'TaskReturned' ? d.returns : undefined);
   const error = d.error as { message?: string; code?: string } | null | undefined;
   if (error) add('error', `${error.code ?? ''}${error.code ? ': ' : ''}${error.message ?? ''}`);
   add('delayMs', d.delayMs);

@@ -95,6 +95,8 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
         flushMs: config.INGEST_FLUSH_MS,
         backoff: { baseMs: config.RETRY_BASE_MS, factor: config.RETRY_FACTOR, maxMs: config.RETRY_MAX_MS },
         metricsRetentionHours: config.METRICS_RETENTION_HOURS,
+        retryMaxMs: config.INGEST_RETRY_MAX_MS,
+        unknownErrorLimit: config.INGEST_UNKNOWN_ERROR_LIMIT,
         logger,
       });
       return { name: 'ingest', start: () => ingest.start(), stop: async () => { await ingest.stop(); await pg.close(); } };

@@ -9,6 +9,8 @@
  * - command: what someone asks for (SubmitTask); `decide` turns it into events.
  * - event: what happened (TaskSubmitted); `evolve` folds events into the task's state.
  * - terminal: succeeded, failed or cancelled; nothing but a requeue leaves a terminal state.
+ * - return: an attempt goes back to its queue without counting as one (its node stopped while
+ *   running it, or the broker dead-lettered it before it ever started); same attempt, new message.
  */
 export * from './errors.js';
 export * from './task.js';

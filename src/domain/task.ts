@@ -34,6 +34,23 @@ export interface TaskSpec {
   readonly retry?: BackoffOptions | null;
 }
 
+/**
+ * How many times a never-started attempt may come back from the broker's dead-letter queue
+ * (delivery limit reached by requeues, not by runs) before it fails `delivery-limit`: each
+ * return dispatches the same attempt again with `x-fogsched-returns` one higher.
+ */
+export const MAX_RETURNS = 5;
+
+/** Header of a task message: how many times its attempt was returned for reaching the delivery limit. */
+export const RETURNS_HEADER = 'x-fogsched-returns';
+
+/**
+ * Why an attempt went back to its queue without counting as an attempt: its node stopped
+ * while running it (`node-shutdown`), or the broker dead-lettered it before it ever started
+ * (`delivery-limit`, graceful requeues counted by RabbitMQ < 4.3).
+ */
+export type ReturnReason = 'node-shutdown' | 'delivery-limit';
+
 export interface TaskError {
   readonly message: string;
   readonly code: string;
@@ -44,20 +61,27 @@ export type TaskEvent =
   | { type: 'TaskSubmitted'; data: { task: TaskSpec; at: string } }
   | { type: 'TaskQueued'; data: { attempt: number; tier: string; priority: Priority; availableAt: string; at: string } }
   | { type: 'TaskStarted'; data: { attempt: number; nodeId: string; at: string } }
-  | { type: 'TaskSucceeded'; data: { attempt: number; nodeId: string; output: unknown; durationMs: number; at: string } }
-  | { type: 'TaskAttemptFailed'; data: { attempt: number; nodeId: string | null; error: TaskError; at: string } }
+  /** `reportedAt`: the node's clock at the result (absent in events written before ingest used its own clock). */
+  | { type: 'TaskSucceeded'; data: { attempt: number; nodeId: string; output: unknown; durationMs: number; at: string; reportedAt?: string } }
+  | { type: 'TaskAttemptFailed'; data: { attempt: number; nodeId: string | null; error: TaskError; at: string; reportedAt?: string } }
   | { type: 'TaskRetryScheduled'; data: { attempt: number; delayMs: number; availableAt: string; at: string } }
   | { type: 'TaskFailed'; data: { attempt: number; reason: FailureReason; error: TaskError | null; at: string } }
   | { type: 'TaskDeadLettered'; data: { attempt: number; reason: FailureReason; queue: string | null; at: string } }
   | { type: 'TaskCancelled'; data: { actor: string; reason: string | null; at: string } }
-  | { type: 'TaskRequeued'; data: { actor: string; attempt: number; at: string } };
+  | { type: 'TaskRequeued'; data: { actor: string; attempt: number; at: string } }
+  /** The same attempt goes back to its queue (a new dispatch); it does not use up `maxAttempts`. */
+  | { type: 'TaskReturned'; data: { attempt: number; nodeId: string | null; reason: ReturnReason; returns: number; at: string } };
 
 export type TaskEventType = TaskEvent['type'];
 
 export type TaskCommand =
   | { type: 'SubmitTask'; data: { task: TaskSpec; now: string } }
-  | { type: 'StartTask'; data: { attempt: number; nodeId: string; now: string } }
-  | { type: 'SucceedTask'; data: { attempt: number; nodeId: string; output: unknown; durationMs: number; startedAt: string; now: string } }
+  /** `startedAt`: the node's clock at the start (TaskStarted.at); `now` when absent. */
+  | { type: 'StartTask'; data: { attempt: number; nodeId: string; now: string; startedAt?: string } }
+  | {
+      type: 'SucceedTask';
+      data: { attempt: number; nodeId: string; output: unknown; durationMs: number; startedAt: string; now: string; reportedAt?: string };
+    }
   | {
       type: 'FailTask';
       data: {
@@ -69,10 +93,15 @@ export type TaskCommand =
         backoff: BackoffOptions;
         /** In [0, 1): the jitter, drawn by the caller so decide stays pure. */
         random: number;
+        /** The decider's clock: the retry's `availableAt` and the events' `at` come from it. */
         now: string;
+        /** The reporter's clock (a fog node's), kept as data. */
+        reportedAt?: string;
       };
     }
-  | { type: 'DeadLetterTask'; data: { attempt: number; reason: FailureReason; queue: string | null; now: string } }
+  /** `returns`: the dead-lettered message's RETURNS_HEADER (0 when absent). */
+  | { type: 'DeadLetterTask'; data: { attempt: number; reason: FailureReason; queue: string | null; now: string; returns?: number } }
+  | { type: 'ReturnTask'; data: { attempt: number; nodeId: string | null; reason: ReturnReason; returns: number; now: string } }
   | { type: 'CancelTask'; data: { actor: string; reason: string | null; now: string } }
   | { type: 'RequeueTask'; data: { actor: string; now: string } };
 
@@ -146,28 +175,28 @@ export function decide(state: TaskState, command: TaskCommand): TaskEvent[] {
       ];
     }
     case 'StartTask': {
-      const { attempt, nodeId, now } = command.data;
+      const { attempt, nodeId, now, startedAt } = command.data;
       if (!isCurrentAttempt(state, attempt)) return [];
       if (state.status === 'running' && state.nodeId === nodeId) return [];
       // A redelivery to another node after a crash is a new start of the same attempt.
-      return [{ type: 'TaskStarted', data: { attempt, nodeId, at: now } }];
+      return [{ type: 'TaskStarted', data: { attempt, nodeId, at: startedAt ?? now } }];
     }
     case 'SucceedTask': {
-      const { attempt, nodeId, output, durationMs, startedAt, now } = command.data;
+      const { attempt, nodeId, output, durationMs, startedAt, now, reportedAt } = command.data;
       if (!isCurrentAttempt(state, attempt)) return [];
       return [
         ...startedIfMissing(state, attempt, nodeId, startedAt),
-        { type: 'TaskSucceeded', data: { attempt, nodeId, output, durationMs, at: now } },
+        { type: 'TaskSucceeded', data: { attempt, nodeId, output, durationMs, at: now, ...(reportedAt === undefined ? {} : { reportedAt }) } },
       ];
     }
     case 'FailTask': {
-      const { attempt, nodeId, error, startedAt, backoff, random, now } = command.data;
+      const { attempt, nodeId, error, startedAt, backoff, random, now, reportedAt } = command.data;
       if (!isCurrentAttempt(state, attempt)) return [];
       const expired = error.code === 'expired';
       const events: TaskEvent[] = [
         // A task refused for its passed deadline never ran: no TaskStarted is made up for it.
         ...(nodeId && startedAt && !expired ? startedIfMissing(state, attempt, nodeId, startedAt) : []),
-        { type: 'TaskAttemptFailed', data: { attempt, nodeId, error, at: now } },
+        { type: 'TaskAttemptFailed', data: { attempt, nodeId, error, at: now, ...(reportedAt === undefined ? {} : { reportedAt }) } },
       ];
       const attemptsUsed = attempt - state.firstAttempt + 1;
       const maxAttempts = state.spec?.maxAttempts ?? 1;
@@ -183,8 +212,23 @@ export function decide(state: TaskState, command: TaskCommand): TaskEvent[] {
     }
     case 'DeadLetterTask': {
       const { attempt, reason, queue, now } = command.data;
+      const returns = command.data.returns ?? 0;
       if (!isCurrentAttempt(state, attempt)) return [];
+      // An attempt that never started reached the delivery limit by requeues alone (graceful
+      // returns of buffered messages count on RabbitMQ < 4.3): it goes back, a bounded number
+      // of times. A started attempt that keeps coming back is poison: the task fails.
+      if (isWaiting(state.status) && reason === 'delivery-limit' && returns < MAX_RETURNS) {
+        return [{ type: 'TaskReturned', data: { attempt, nodeId: null, reason: 'delivery-limit', returns: returns + 1, at: now } }];
+      }
       return [{ type: 'TaskDeadLettered', data: { attempt, reason, queue, at: now } }];
+    }
+    case 'ReturnTask': {
+      const { attempt, nodeId, reason, returns, now } = command.data;
+      if (!isCurrentAttempt(state, attempt)) return [];
+      // A node gives back only an attempt it is running: a second copy of the same return (or
+      // one from a node the attempt has since left) finds it elsewhere and changes nothing.
+      if (reason === 'node-shutdown' && !(state.status === 'running' && state.nodeId === nodeId)) return [];
+      return [{ type: 'TaskReturned', data: { attempt, nodeId, reason, returns, at: now } }];
     }
     case 'CancelTask': {
       if (state.status === 'new') throw new TaskNotFoundError(state.taskId);
@@ -237,6 +281,8 @@ export function evolve(state: TaskState, event: TaskEvent): TaskState {
         failureReason: null,
         finishedAt: null,
       };
+    case 'TaskReturned':
+      return { ...next, status: 'queued', availableAt: event.data.at, nodeId: null };
     default:
       return assertNever(event);
   }
@@ -254,6 +300,9 @@ export function dispatchOf(event: TaskEvent): { attempt: number; availableAt: st
     case 'TaskRetryScheduled':
       return { attempt: event.data.attempt, availableAt: event.data.availableAt };
     case 'TaskRequeued':
+      return { attempt: event.data.attempt, availableAt: event.data.at };
+    case 'TaskReturned':
+      // The same attempt again, in a new message: it does not use up maxAttempts.
       return { attempt: event.data.attempt, availableAt: event.data.at };
     default:
       return null;

@@ -65,6 +65,9 @@ export const ConfigSchema = Type.Object({
   RELAY_RETRY_MAX_MS: Int(10, 30000, 'cap of the relay backoff when the broker fails'),
   INGEST_BATCH_SIZE: Int(1, 500, 'messages per ingest transaction'),
   INGEST_FLUSH_MS: Int(0, 5, 'wait this long for a batch to fill'),
+  // --- ingest error handling (issue 15): transient database errors are retried, never dead-lettered ---
+  INGEST_RETRY_MAX_MS: Int(10, 10000, 'cap of the ingest backoff (exponential, jittered) between tries of a batch after a transient database error'),
+  INGEST_UNKNOWN_ERROR_LIMIT: Int(1, 5, 'consecutive failures of a batch on an unclassified error before ingest isolates its messages like a permanent error'),
   METRICS_RETENTION_HOURS: Type.Number({ minimum: 0, default: 24, description: 'node_metrics rows older than this are deleted' }),
   SCHEDULER_POLL_INTERVAL_MS: Int(10, 1000, 'longest the scheduler sleeps between looks for due schedules'),
   SCHEDULER_MISFIRE_GRACE_MS: Int(0, 60000, 'a run later than this is missed (the catch-up policy decides)'),

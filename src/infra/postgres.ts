@@ -5,7 +5,7 @@ import { runner } from 'node-pg-migrate';
 import { fileURLToPath } from 'node:url';
 import type { Database } from '../store/db.js';
 import type { Logger } from './logger.js';
-import { ServiceUnavailableError } from '../domain/errors.js';
+import { ConcurrencyError, ServiceUnavailableError } from '../domain/errors.js';
 
 // bigint (int8) as number: positions and sequences stay far below 2^53.
 pg.types.setTypeParser(pg.types.builtins.INT8, (v) => Number(v));
@@ -93,6 +93,34 @@ export function isConnectionError(error: unknown): boolean {
   // 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now, 08xxx connection exceptions.
   if (/^(57P0[123]|08...)$/.test(code)) return true;
   return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|connect ECONNREFUSED/i.test(error.message);
+}
+
+/**
+ * What retrying a failed statement can achieve:
+ * - `transient`: the same statement can succeed later (connection lost, serialization failure
+ *   40001, deadlock 40P01, lock not available 55P03, statement timeout or cancel 57014,
+ *   insufficient resources 53xxx such as disk full or too many connections, read-only
+ *   transaction 25006 during a failover, shutdown 57P0x, connection exception 08xxx, system
+ *   error 58xxx), and a ConcurrencyError: another writer appended to the stream first.
+ * - `permanent`: the data itself is refused and always will be: data exceptions 22xxx (e.g.
+ *   22P05, `\u0000` in jsonb), integrity violations 23xxx other than the events (stream,
+ *   version) race, cardinality 21xxx, program limits 54xxx, syntax or access rules 42xxx,
+ *   PL/pgSQL raise P0xxx.
+ * - `unknown`: anything else (no SQLSTATE: a bug, a closed pool). Retry it like a transient
+ *   one, but a caller bounds how often before it treats it as permanent.
+ */
+export function classifyPgError(error: unknown): 'transient' | 'permanent' | 'unknown' {
+  if (error instanceof ConcurrencyError) return 'transient';
+  if (isConnectionError(error)) return 'transient';
+  const e = error as { code?: unknown; constraint?: unknown } | null;
+  const code = typeof e?.code === 'string' && /^[0-9A-Z]{5}$/.test(e.code) ? e.code : '';
+  if (code === '') return 'unknown';
+  if (['40001', '40P01', '55P03', '57014', '25006'].includes(code)) return 'transient';
+  if (/^(53|57P0|08|58)/.test(code)) return 'transient';
+  // The events (stream, version) race: a writer that lost it retries on the newer version.
+  if (code === '23505' && e?.constraint === 'events_stream_version_key') return 'transient';
+  if (/^(21|22|23|42|54|P0)/.test(code)) return 'permanent';
+  return 'unknown';
 }
 
 /** Rethrows connection failures as a 503-mapped ServiceUnavailableError. */

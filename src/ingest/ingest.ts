@@ -2,22 +2,28 @@ import { createHash } from 'node:crypto';
 import { sql, type Kysely } from 'kysely';
 import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
 import {
+  assertNever,
   invalidResultBatch,
   isUuid,
+  retryDelayMs,
+  RETURNS_HEADER,
   type BackoffOptions,
   type FailureReason,
   type NodeMetricSample,
   type ResultBatch,
+  type ResultRecord,
   type TaskCommand,
+  type TaskError,
   type TaskMessage,
 } from '../domain/index.js';
 import { connectAmqp } from '../infra/amqp.js';
 import type { Logger } from '../infra/logger.js';
-import { isConnectionError, PREPARE_MARK } from '../infra/postgres.js';
+import { classifyPgError, PREPARE_MARK } from '../infra/postgres.js';
 import { sleep, type Role } from '../infra/role.js';
 import { declareTopology, type Topology, type TopologyNames } from '../outbox/index.js';
-import { appendEvents, type Database, type Executor } from '../store/index.js';
+import { appendEvents, type Database, type Executor, type NewEvent } from '../store/index.js';
 import { executeTaskCommands, type CommandItem } from '../tasks/index.js';
+import { isStorableText, storableBody, storableJson, storableText } from './storable.js';
 
 export interface IngestOptions {
   readonly db: Kysely<Database>;
@@ -29,6 +35,10 @@ export interface IngestOptions {
   readonly backoff: BackoffOptions;
   readonly metricsRetentionHours: number;
   readonly logger: Logger;
+  /** Cap of the backoff between tries of a batch that failed on a transient database error; default 10,000 ms. */
+  readonly retryMaxMs?: number;
+  /** Consecutive failures of a batch on an unclassified error before it is isolated like a permanent one; default 5. */
+  readonly unknownErrorLimit?: number;
 }
 
 type Source = 'results' | 'metrics' | 'dlq';
@@ -38,12 +48,55 @@ interface Pending {
   readonly source: Source;
 }
 
+/** A fresh message (its inbox id was new) with its parsed body. */
+interface Entry extends Pending {
+  readonly id: string;
+  readonly body: unknown;
+}
+
 export interface IngestStats {
   batches: number;
   messages: number;
   duplicates: number;
+  /** Messages kept in the log as MessageDeadLettered instead of applied. */
   rejected: number;
+  /** Tries of a batch that failed on a transient (or not yet classified) error; the batch was kept and tried again. */
+  retries: number;
+  /** Result records that could never be written, kept in the log as ResultRecordSetAside. */
+  setAside: number;
+  /** Succeeded records whose output PostgreSQL refused: their task failed `output-not-storable`. */
+  notStorable: number;
 }
+
+/** What one transaction did, added to the stats once it committed (a rolled-back try counts nothing). */
+interface Tally {
+  duplicates: number;
+  rejected: number;
+  setAside: number;
+  notStorable: number;
+}
+
+/** One try at a transaction: its executor, the ingest's clock for it, whether unclassified errors count as permanent. */
+interface Try {
+  readonly trx: Executor;
+  readonly now: string;
+  readonly strict: boolean;
+  readonly tally: Tally;
+}
+
+/** Messages not settled (neither applied nor set aside) that go back to the front of the queue. */
+class Unsettled extends Error {
+  constructor(
+    readonly rest: readonly Pending[],
+    readonly error: unknown,
+    readonly kind: 'transient' | 'permanent' | 'unknown',
+  ) {
+    super('batch not settled', { cause: error });
+  }
+}
+
+/** The error code of a succeeded record whose output PostgreSQL cannot store (the task fails, no retry). */
+export const OUTPUT_NOT_STORABLE = 'output-not-storable';
 
 /**
  * Applies what fog nodes report: consumes `results`, `metrics.node` and `dlq`
@@ -51,11 +104,22 @@ export interface IngestStats {
  * the inbox (a redelivered message is skipped), appends the result events
  * through the domain's decide (duplicates are no-ops), updates the read models
  * and writes follow-up outbox rows (retries); only then acks the whole batch.
+ *
+ * Errors (see classifyPgError): a transient one (timeout, lock, deadlock, too many clients,
+ * disk full, read-only, connection) keeps the batch and tries it again with capped backoff;
+ * nothing is dead-lettered for it. A permanent one bisects the batch down to the message
+ * that causes it, then applies that message record by record: the others are applied, a
+ * succeeded record whose output cannot be stored fails its task `output-not-storable`, and
+ * a record that can never be written is set aside and recorded (ResultRecordSetAside).
+ * A message that cannot be used at all is recorded as MessageDeadLettered, in a form that is
+ * always storable. Nothing is ever nacked without requeue.
  */
 export function createIngest(options: IngestOptions): Role & { stats(): IngestStats } {
   const logger = options.logger.child({ role: 'ingest' });
   const abort = new AbortController();
-  const stats: IngestStats = { batches: 0, messages: 0, duplicates: 0, rejected: 0 };
+  const stats: IngestStats = { batches: 0, messages: 0, duplicates: 0, rejected: 0, retries: 0, setAside: 0, notStorable: 0 };
+  const retryBackoff: BackoffOptions = { baseMs: 100, factor: 2, maxMs: options.retryMaxMs ?? 10_000 };
+  const unknownErrorLimit = options.unknownErrorLimit ?? 5;
   let queue: Pending[] = [];
   let wake: (() => void) | undefined;
   let connection: ChannelModel | undefined;
@@ -127,6 +191,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
 
   const run = async () => {
     let failures = 0;
+    let unknownFailures = 0;
     while (!abort.signal.aborted) {
       if (!channel && !(await connect())) {
         await sleep(500, abort.signal);
@@ -137,81 +202,129 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
       if (!ch || queue.length === 0) continue;
       const batch = queue.splice(0, options.batchSize);
       try {
-        await applyBatch(ch, batch);
+        // An error nobody classified that keeps coming back is treated as permanent, so one
+        // message cannot hold up the queue for ever: its batch is bisected and it is isolated.
+        await settle(ch, batch, unknownFailures >= unknownErrorLimit);
         failures = 0;
+        unknownFailures = 0;
       } catch (error) {
-        // PostgreSQL down (or the batch could not be applied): keep the messages, retry later.
-        // After a lost channel they come back as new deliveries instead.
-        if (channel === ch) queue.unshift(...batch);
+        const unsettled = error instanceof Unsettled ? error : new Unsettled(batch, error, 'unknown');
+        // Keep what is not settled, in order, at the front; after a lost channel they come back as new deliveries instead.
+        if (channel === ch) queue.unshift(...unsettled.rest);
         failures++;
-        const delay = Math.min(10_000, 100 * 2 ** Math.min(failures, 7));
-        logger.warn({ err: (error as Error).message, retryInMs: delay, messages: batch.length }, 'ingest batch failed; will retry');
+        unknownFailures = unsettled.kind === 'transient' ? 0 : unknownFailures + 1;
+        stats.retries++;
+        const delay = retryDelayMs(failures, retryBackoff, Math.random());
+        const cause = unsettled.error as { message?: string; code?: string };
+        logger.warn(
+          { err: cause?.message, code: cause?.code, kind: unsettled.kind, retryInMs: delay, messages: unsettled.rest.length, failures },
+          'ingest batch not applied; will retry',
+        );
         await sleep(delay, abort.signal);
+        continue;
+      }
+      if (Date.now() - lastRetention > 60_000) {
+        lastRetention = Date.now();
+        await sql`DELETE FROM node_metrics WHERE at < now() - ${options.metricsRetentionHours} * interval '1 hour'`.execute(options.db).catch(() => {});
       }
     }
   };
 
-  /** Applies one batch and acks it; a message that alone makes the transaction fail is dead-lettered. */
-  const applyBatch = async (ch: Channel, batch: Pending[]) => {
+  /** Is `error` one to give up on for this message (as opposed to trying again later)? */
+  const isPermanent = (error: unknown, strict: boolean) => {
+    const kind = classifyPgError(error);
+    return kind === 'permanent' || (kind === 'unknown' && strict);
+  };
+
+  /**
+   * Applies a batch and acks it. A permanent error bisects it, down to the one message that
+   * causes it, which is then applied record by record. Throws Unsettled with what is left
+   * (in order) on a transient error.
+   */
+  const settle = async (ch: Channel, batch: readonly Pending[], strict: boolean): Promise<void> => {
+    let tally = newTally();
     try {
-      await options.db.transaction().execute((trx) => applyMessages(trx, batch));
+      await options.db.transaction().execute((trx) => applyMessages({ trx, now: new Date().toISOString(), strict, tally }, batch));
     } catch (error) {
-      if (isConnectionError(error) || batch.length === 1) {
-        if (batch.length === 1 && !isConnectionError(error)) {
-          logger.error({ err: (error as Error).message, messageId: batch[0]?.msg.properties.messageId }, 'message cannot be applied; dead-lettering it');
-          stats.rejected++;
-          ch.nack((batch[0] as Pending).msg, false, false);
-          return;
+      if (!isPermanent(error, strict)) throw new Unsettled(batch, error, classifyPgError(error));
+      if (batch.length > 1) {
+        const mid = Math.ceil(batch.length / 2);
+        const second = batch.slice(mid);
+        try {
+          await settle(ch, batch.slice(0, mid), strict);
+        } catch (e) {
+          if (e instanceof Unsettled) throw new Unsettled([...e.rest, ...second], e.error, e.kind);
+          throw e;
         }
-        throw error;
+        await settle(ch, second, strict);
+        return;
       }
-      // Find the poison: apply one by one.
-      for (const p of batch) await applyBatch(ch, [p]);
-      return;
+      const only = batch[0] as Pending;
+      logger.warn({ err: (error as Error).message, code: (error as { code?: string }).code, messageId: only.msg.properties.messageId }, 'message cannot be applied as a whole; applying it record by record');
+      tally = newTally();
+      try {
+        await options.db.transaction().execute((trx) => isolate({ trx, now: new Date().toISOString(), strict, tally }, only));
+      } catch (e) {
+        // Even the record of what could not be applied failed: keep the message and try again.
+        const kind = classifyPgError(e);
+        if (kind === 'permanent') logger.error({ err: (e as Error).message, messageId: only.msg.properties.messageId }, 'message could not be set aside; keeping it');
+        throw new Unsettled(batch, e, kind === 'transient' ? 'transient' : 'unknown');
+      }
     }
+    // Every delivery up to `last` on this channel is in this or an earlier, already settled batch.
     const last = batch.reduce((max, p) => Math.max(max, p.msg.fields.deliveryTag), 0);
-    // Every delivery up to `last` on this channel is in this or an earlier, already applied batch.
     ch.ack({ fields: { deliveryTag: last } } as ConsumeMessage, true);
     stats.batches++;
     stats.messages += batch.length;
-    if (Date.now() - lastRetention > 60_000) {
-      lastRetention = Date.now();
-      await sql`DELETE FROM node_metrics WHERE at < now() - ${options.metricsRetentionHours} * interval '1 hour'`.execute(options.db).catch(() => {});
-    }
+    stats.duplicates += tally.duplicates;
+    stats.rejected += tally.rejected;
+    stats.setAside += tally.setAside;
+    stats.notStorable += tally.notStorable;
   };
 
-  const applyMessages = async (trx: Executor, batch: Pending[]) => {
+  /** Records the batch's message ids in the inbox; returns the messages seen for the first time, parsed. */
+  const freshEntries = async ({ trx, tally }: Try, batch: readonly Pending[]): Promise<Entry[]> => {
     const ids = batch.map((p) => messageIdOf(p.msg));
     const fresh = await sql<{ message_id: string }>`${sql.raw(PREPARE_MARK)}
       INSERT INTO inbox (message_id, source)
       SELECT * FROM unnest(${ids}::text[], ${batch.map((p) => p.source)}::text[])
       ON CONFLICT DO NOTHING RETURNING message_id`.execute(trx);
     const isFresh = new Set(fresh.rows.map((r) => r.message_id));
-    stats.duplicates += batch.length - isFresh.size;
+    tally.duplicates += batch.length - isFresh.size;
     const seen = new Set<string>();
-    const items: CommandItem[] = [];
-    const metrics: NodeMetricSample[] = [];
-    const deadLetters: { id: string; msg: ConsumeMessage }[] = [];
+    const entries: Entry[] = [];
     batch.forEach((p, i) => {
       const id = ids[i] as string;
       if (!isFresh.has(id) || seen.has(id)) return;
       seen.add(id);
-      const body = parseJson(p.msg);
-      if (p.source === 'results') {
-        const problem = invalidResultBatch(body);
-        if (problem) {
-          deadLetters.push({ id, msg: p.msg });
-          return;
-        }
-        items.push(...resultCommands(body as ResultBatch, options.backoff));
-      } else if (p.source === 'metrics') {
-        if (isMetricSample(body)) metrics.push(body);
-      } else {
-        const item = deadLetterCommand(p.msg, body, options.names);
-        if (item) items.push(item);
-        else deadLetters.push({ id, msg: p.msg });
-      }
+      entries.push({ ...p, id, body: parseJson(p.msg) });
     });
+    return entries;
+  };
+
+  const applyMessages = async (t: Try, batch: readonly Pending[]) => {
+    await applyEntries(t, await freshEntries(t, batch));
+  };
+
+  /** What the messages say, in one statement per kind: task commands, metric samples, messages kept as dead letters. */
+  const applyEntries = async (t: Try, entries: readonly Entry[]) => {
+    const { trx, now } = t;
+    const items: CommandItem[] = [];
+    const metrics: NodeMetricSample[] = [];
+    const deadLetters: DeadLetter[] = [];
+    for (const e of entries) {
+      if (e.source === 'results') {
+        const problem = invalidResultBatch(e.body);
+        if (problem) deadLetters.push({ id: e.id, msg: e.msg, reason: `malformed result message: ${problem}` });
+        else items.push(...resultCommands(e.body as ResultBatch, { backoff: options.backoff, now }));
+      } else if (e.source === 'metrics') {
+        if (isMetricSample(e.body)) metrics.push(e.body);
+      } else {
+        const item = deadLetterCommand(e.msg, e.body, options.names, now);
+        if (item) items.push(item);
+        else deadLetters.push({ id: e.id, msg: e.msg, reason: 'dead-lettered message is not a task message' });
+      }
+    }
     await executeTaskCommands(trx, items, options.names);
     if (metrics.length > 0) {
       await sql`
@@ -221,29 +334,91 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
           ${metrics.map((m) => m.completed)}::bigint[], ${metrics.map((m) => m.failed)}::bigint[])
         ON CONFLICT DO NOTHING`.execute(trx);
     }
-    if (deadLetters.length > 0) {
-      // Nothing vanishes: an unusable message is kept in the log, with why and where it came from.
-      stats.rejected += deadLetters.length;
-      await appendEvents(
-        trx,
-        deadLetters.map(({ id, msg }) => ({
-          streamId: `message:${id}`,
-          streamType: 'message',
-          streamVersion: 1,
-          eventId: uuidFrom(`dead-letter:${id}`),
-          type: 'MessageDeadLettered',
-          data: {
-            messageId: id,
-            exchange: msg.fields.exchange,
-            routingKey: msg.fields.routingKey,
-            headers: msg.properties.headers ?? {},
-            body: msg.content.toString('utf8').slice(0, 100_000),
-            at: new Date().toISOString(),
-          },
-          metadata: { actor: 'ingest' },
-        })),
-      );
+    await recordDeadLetters(t, deadLetters);
+  };
+
+  /** Nothing vanishes: an unusable message is kept in the log, with why and where it came from, in a form PostgreSQL always stores. */
+  const recordDeadLetters = async ({ trx, now, tally }: Try, deadLetters: readonly DeadLetter[]) => {
+    if (deadLetters.length === 0) return;
+    await appendEvents(trx, deadLetters.map((d) => deadLetterEvent(d, now)));
+    tally.rejected += deadLetters.length;
+  };
+
+  /**
+   * One message that fails its batch, alone: a result message record by record (each under a
+   * savepoint), anything else as a whole; what can never be written is recorded instead.
+   */
+  const isolate = async (t: Try, p: Pending) => {
+    const [entry] = await freshEntries(t, [p]);
+    if (!entry) return; // a redelivery of a message already settled
+    if (entry.source === 'results' && invalidResultBatch(entry.body) === null) {
+      await applyRecordByRecord(t, entry, entry.body as ResultBatch);
+      return;
     }
+    const failure = await underSavepoint(t, () => applyEntries(t, [entry]));
+    if (failure !== undefined) {
+      logger.error({ err: (failure as Error).message, messageId: entry.id, source: entry.source }, 'message cannot be applied; keeping it as MessageDeadLettered');
+      await recordDeadLetters(t, [{ id: entry.id, msg: entry.msg, reason: errorText(failure) }]);
+    }
+  };
+
+  const applyRecordByRecord = async (t: Try, entry: Entry, batch: ResultBatch) => {
+    const { trx, now } = t;
+    const setAside: { index: number; record: ResultRecord; error: unknown }[] = [];
+    for (const [index, record] of batch.records.entries()) {
+      const [item] = resultCommands({ ...batch, records: [record] }, { backoff: options.backoff, now });
+      let failure = await underSavepoint(t, () => executeTaskCommands(trx, [item as CommandItem], options.names));
+      if (failure === undefined) continue;
+      if (record.kind === 'succeeded') {
+        // The output is what PostgreSQL refuses (a `\u0000`, a value jsonb cannot hold): the
+        // run is over and cannot be reported, so the task fails for good with the reason.
+        const fallback = outputNotStorable(batch.nodeId, record, failure, now, options.backoff);
+        const second = await underSavepoint(t, () => executeTaskCommands(trx, [fallback], options.names));
+        if (second === undefined) {
+          t.tally.notStorable++;
+          logger.warn({ taskId: record.taskId, attempt: record.attempt, messageId: entry.id, err: (failure as Error).message }, 'task output cannot be stored; task failed output-not-storable');
+          continue;
+        }
+        failure = second;
+      } else if (record.kind === 'failed') {
+        // The handler's error text is what PostgreSQL refuses (a `\u0000` in its message): the
+        // failure itself is real, so it is applied with the text made storable.
+        const [readable] = resultCommands({ ...batch, records: [{ ...record, error: storableJson(record.error) as TaskError }] }, { backoff: options.backoff, now });
+        const second = await underSavepoint(t, () => executeTaskCommands(trx, [readable as CommandItem], options.names));
+        if (second === undefined) {
+          logger.warn({ taskId: record.taskId, attempt: record.attempt, messageId: entry.id, err: (failure as Error).message }, 'task error text not storable; applied with it made storable');
+          continue;
+        }
+        failure = second;
+      }
+      setAside.push({ index, record, error: failure });
+    }
+    if (setAside.length === 0) return;
+    logger.error({ messageId: entry.id, records: setAside.map((s) => ({ taskId: s.record.taskId, kind: s.record.kind, err: errorText(s.error) })) }, 'result records cannot be written; set aside');
+    await appendEvents(
+      trx,
+      setAside.map((s, i) => ({
+        streamId: `message:${entry.id}`,
+        streamType: 'message',
+        streamVersion: i + 1,
+        eventId: uuidFrom(`set-aside:${entry.id}:${s.index}`),
+        type: 'ResultRecordSetAside',
+        data: storableJson({
+          messageId: entry.id,
+          nodeId: batch.nodeId,
+          recordIndex: s.index,
+          taskId: s.record.taskId,
+          kind: s.record.kind,
+          attempt: s.record.attempt,
+          reportedAt: s.record.at,
+          error: errorText(s.error),
+          errorCode: sqlState(s.error),
+          at: now,
+        }),
+        metadata: { actor: 'ingest' },
+      })),
+    );
+    t.tally.setAside += setAside.length;
   };
 
   return {
@@ -263,35 +438,136 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
   };
 }
 
-/** Turns a result batch into task commands, in record order. */
-export function resultCommands(batch: ResultBatch, backoff: BackoffOptions, random: () => number = Math.random): CommandItem[] {
+/**
+ * Runs `fn` under a savepoint. A permanent error (see classifyPgError; an unclassified one too
+ * when `strict`) rolls back to the savepoint and is returned; anything else is thrown, which
+ * fails the whole transaction (to be tried again).
+ */
+async function underSavepoint({ trx, strict }: Try, fn: () => Promise<unknown>): Promise<unknown> {
+  await sql`SAVEPOINT ingest_item`.execute(trx);
+  try {
+    await fn();
+  } catch (error) {
+    const kind = classifyPgError(error);
+    if (kind === 'transient' || (kind === 'unknown' && !strict)) throw error;
+    await sql`ROLLBACK TO SAVEPOINT ingest_item`.execute(trx);
+    await sql`RELEASE SAVEPOINT ingest_item`.execute(trx);
+    return error ?? new Error('undefined thrown');
+  }
+  await sql`RELEASE SAVEPOINT ingest_item`.execute(trx);
+  return undefined;
+}
+
+function newTally(): Tally {
+  return { duplicates: 0, rejected: 0, setAside: 0, notStorable: 0 };
+}
+
+interface DeadLetter {
+  readonly id: string;
+  readonly msg: ConsumeMessage;
+  readonly reason: string;
+}
+
+function deadLetterEvent(d: DeadLetter, now: string): NewEvent {
+  const { msg } = d;
+  return {
+    streamId: `message:${d.id}`,
+    streamType: 'message',
+    streamVersion: 1,
+    eventId: uuidFrom(`dead-letter:${d.id}`),
+    type: 'MessageDeadLettered',
+    data: {
+      messageId: d.id,
+      exchange: storableText(msg.fields.exchange),
+      routingKey: storableText(msg.fields.routingKey),
+      headers: storableJson(msg.properties.headers ?? {}),
+      // A body that is not storable text (`\u0000`, invalid UTF-8) is kept as base64 besides a readable copy.
+      ...storableBody(msg.content),
+      reason: storableText(d.reason, 2000),
+      at: now,
+    },
+    metadata: { actor: 'ingest' },
+  };
+}
+
+/** The FailTask that ends a task whose reported output PostgreSQL refused. */
+function outputNotStorable(nodeId: string, record: Extract<ResultRecord, { kind: 'succeeded' }>, error: unknown, now: string, backoff: BackoffOptions): CommandItem {
+  return {
+    taskId: record.taskId,
+    command: {
+      type: 'FailTask',
+      data: {
+        attempt: record.attempt,
+        nodeId,
+        error: { message: `the task's output cannot be stored: ${errorText(error)}`, code: OUTPUT_NOT_STORABLE, retryable: false },
+        startedAt: record.startedAt,
+        backoff,
+        random: 0,
+        now,
+        reportedAt: record.at,
+      },
+    },
+    metadata: { actor: `node:${nodeId}` },
+  };
+}
+
+/** An error's message (and SQLSTATE detail), storable and short. */
+function errorText(error: unknown): string {
+  const e = error as { message?: unknown; detail?: unknown } | null;
+  const message = typeof e?.message === 'string' ? e.message : String(error);
+  const detail = typeof e?.detail === 'string' ? ` (${e.detail})` : '';
+  return storableText(message + detail, 1000);
+}
+
+function sqlState(error: unknown): string | null {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? storableText(code, 20) : null;
+}
+
+/**
+ * Turns a result batch into task commands, in record order. `now` is the ingest's clock: it
+ * decides (a retry's due time, the `at` of what ingest concludes); the node's times stay as
+ * data (TaskStarted.at is the node's start, `reportedAt` its time of the result).
+ */
+export function resultCommands(batch: ResultBatch, opts: { backoff: BackoffOptions; now: string; random?: () => number }): CommandItem[] {
   const metadata = { actor: `node:${batch.nodeId}` };
-  // `returned` records (a node stopped past its grace) become ReturnTask with the domain's TaskReturned (issue 15, ingest side); until then they are skipped.
-  return batch.records.flatMap((r): CommandItem[] => {
-    if (r.kind === 'returned') return [];
+  const { backoff, now } = opts;
+  const random = opts.random ?? Math.random;
+  return batch.records.map((r): CommandItem => {
     let command: TaskCommand;
     switch (r.kind) {
       case 'started':
-        command = { type: 'StartTask', data: { attempt: r.attempt, nodeId: batch.nodeId, now: r.at } };
+        command = { type: 'StartTask', data: { attempt: r.attempt, nodeId: batch.nodeId, startedAt: r.at, now } };
         break;
       case 'succeeded':
-        command = { type: 'SucceedTask', data: { attempt: r.attempt, nodeId: batch.nodeId, output: r.output ?? null, durationMs: r.durationMs, startedAt: r.startedAt, now: r.at } };
+        command = {
+          type: 'SucceedTask',
+          data: { attempt: r.attempt, nodeId: batch.nodeId, output: r.output ?? null, durationMs: r.durationMs, startedAt: r.startedAt, now, reportedAt: r.at },
+        };
         break;
       case 'failed':
         command = {
           type: 'FailTask',
-          data: { attempt: r.attempt, nodeId: batch.nodeId, error: r.error, startedAt: r.startedAt, backoff, random: random(), now: r.at },
+          data: { attempt: r.attempt, nodeId: batch.nodeId, error: r.error, startedAt: r.startedAt, backoff, random: random(), now, reportedAt: r.at },
         };
         break;
+      case 'returned':
+        command = { type: 'ReturnTask', data: { attempt: r.attempt, nodeId: batch.nodeId, reason: r.reason, returns: 0, now } };
+        break;
+      default:
+        return assertNever(r);
     }
-    return [{ taskId: r.taskId, command, metadata }];
+    return { taskId: r.taskId, command, metadata };
   });
 }
 
 const DEATH_REASONS: Record<string, FailureReason> = { delivery_limit: 'delivery-limit', rejected: 'rejected', expired: 'expired', maxlen: 'rejected' };
 
-/** A dead-lettered task message becomes DeadLetterTask with the broker's reason; anything else returns null. */
-function deadLetterCommand(msg: ConsumeMessage, body: unknown, names: TopologyNames): CommandItem | null {
+/**
+ * A dead-lettered task message becomes DeadLetterTask with the broker's reason and the
+ * message's RETURNS_HEADER (how often its attempt came back already); anything else returns null.
+ */
+function deadLetterCommand(msg: ConsumeMessage, body: unknown, names: TopologyNames, now: string): CommandItem | null {
   const headers = msg.properties.headers ?? {};
   const queue = String(headers['x-first-death-queue'] ?? '');
   const task = body as Partial<TaskMessage> | null;
@@ -299,9 +575,14 @@ function deadLetterCommand(msg: ConsumeMessage, body: unknown, names: TopologyNa
   const reason = DEATH_REASONS[String(headers['x-first-death-reason'] ?? '')] ?? 'rejected';
   return {
     taskId: task.taskId,
-    command: { type: 'DeadLetterTask', data: { attempt: task.attempt as number, reason, queue, now: new Date().toISOString() } },
+    command: { type: 'DeadLetterTask', data: { attempt: task.attempt as number, reason, queue, now, returns: returnsOf(headers[RETURNS_HEADER]) } },
     metadata: { actor: 'broker' },
   };
+}
+
+function returnsOf(header: unknown): number {
+  const n = Number(header ?? 0);
+  return Number.isInteger(n) && n >= 0 ? n : 0;
 }
 
 function isMetricSample(v: unknown): v is NodeMetricSample {
@@ -317,14 +598,19 @@ function parseJson(msg: ConsumeMessage): unknown {
   }
 }
 
-/** The message id, or a hash of the content when the publisher set none (still deduplicates redeliveries). */
+/**
+ * The message id, or a hash of the content when the publisher set none (still deduplicates
+ * redeliveries) or one PostgreSQL cannot store as text.
+ */
 function messageIdOf(msg: ConsumeMessage): string {
   const id = msg.properties.messageId as unknown;
-  if (typeof id === 'string' && id.length > 0) {
+  if (typeof id === 'string' && id.length > 0 && id.length <= 200 && isStorableText(id)) {
     // A dead-lettered copy keeps the task message's id; its inbox entry must not collide with it.
     return msg.fields.exchange.endsWith('dlx') || msg.properties.headers?.['x-first-death-queue'] ? `dlq:${id}` : id;
   }
-  return `sha256:${createHash('sha256').update(msg.content).digest('hex')}`;
+  const hash = createHash('sha256');
+  if (typeof id === 'string') hash.update(`${id}\n`);
+  return `sha256:${hash.update(msg.content).digest('hex')}`;
 }
 
 function uuidFrom(text: string): string {

@@ -1,5 +1,5 @@
 import { sql } from 'kysely';
-import { dispatchOf, taskRoutingKey, type SystemMessage, type TaskEvent, type TaskMessage, type TaskState } from '../domain/index.js';
+import { dispatchOf, RETURNS_HEADER, taskRoutingKey, type SystemMessage, type TaskEvent, type TaskMessage, type TaskState } from '../domain/index.js';
 import { jsonRecordset, type Column, type Executor } from '../store/index.js';
 import type { TopologyNames } from './topology.js';
 
@@ -14,10 +14,11 @@ export interface OutboxRow {
 }
 
 /**
- * The message an event causes, if any: a TaskQueued, TaskRetryScheduled or
- * TaskRequeued puts the attempt on its task queue at `availableAt` (delays and
- * backoff are just future rows, so no timer lives in memory); a TaskCancelled
- * is broadcast to the fog nodes.
+ * The message an event causes, if any: a TaskQueued, TaskRetryScheduled,
+ * TaskRequeued or TaskReturned puts the attempt on its task queue at `availableAt`
+ * (delays and backoff are just future rows, so no timer lives in memory); a
+ * TaskCancelled is broadcast to the fog nodes. A TaskReturned's message carries
+ * RETURNS_HEADER, so a dead letter of it says how often the attempt came back.
  */
 export function outboxRowFor(state: TaskState, event: TaskEvent, eventId: string, names: TopologyNames): OutboxRow | null {
   const spec = state.spec;
@@ -46,7 +47,11 @@ export function outboxRowFor(state: TaskState, event: TaskEvent, eventId: string
     streamId: spec.taskId,
     exchange: names.tasks,
     routingKey: taskRoutingKey(spec.tier, spec.priority),
-    headers: { 'x-task-id': spec.taskId, 'x-attempt': dispatch.attempt },
+    headers: {
+      'x-task-id': spec.taskId,
+      'x-attempt': dispatch.attempt,
+      ...(event.type === 'TaskReturned' ? { [RETURNS_HEADER]: event.data.returns } : {}),
+    },
     body,
     availableAt: dispatch.availableAt,
   };

@@ -13,6 +13,7 @@ const AUDIT_VIEWS = [
   'node_activity',
   'node_membership',
   'open_tasks',
+  'result_records_set_aside',
   'task_attempts',
   'task_cancellations',
   'task_durations',

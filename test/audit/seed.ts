@@ -175,6 +175,14 @@ export async function seedAuditHistory(db: Executor, now: Date = new Date()): Pr
       data: { messageId: 'm-1', exchange: 'results', routingKey: 'task.succeeded.edge-9', headers: {}, body: 'not json', at: iso(900) },
       metadata: { actor: 'ingest' },
     },
+    {
+      streamId: 'message:m-2', streamType: 'message', streamVersion: 1, eventId: randomUUID(), type: 'ResultRecordSetAside',
+      data: {
+        messageId: 'm-2', nodeId: 'edge-9', recordIndex: 3, taskId: '00000000-0000-4000-8000-0000000000ff', kind: 'started', attempt: 1,
+        reportedAt: iso(950), error: 'value too long for type character varying(200)', errorCode: '22001', at: iso(951),
+      },
+      metadata: { actor: 'ingest' },
+    },
   ];
 
   await db.transaction().execute(async (trx) => {

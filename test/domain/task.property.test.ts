@@ -2,11 +2,13 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
   FogschedError,
+  MAX_RETURNS,
   TASK_STATUSES,
   TaskAlreadyExistsError,
   TaskNotCancellableError,
   TaskNotRequeueableError,
   decide,
+  dispatchOf,
   evolve,
   foldTask,
   initialTaskState,
@@ -33,7 +35,8 @@ type CommandTemplate =
   | { type: 'StartTask'; attempt: AttemptRef; nodeId: string }
   | { type: 'SucceedTask'; attempt: AttemptRef; nodeId: string; durationMs: number }
   | { type: 'FailTask'; attempt: AttemptRef; nodeId: string | null; reportsStart: boolean; retryable: boolean; retryDelayMs: number }
-  | { type: 'DeadLetterTask'; attempt: AttemptRef; reason: FailureReason }
+  | { type: 'DeadLetterTask'; attempt: AttemptRef; reason: FailureReason; returns: number | undefined }
+  | { type: 'ReturnTask'; attempt: AttemptRef; nodeId: string; current: boolean }
   | { type: 'CancelTask'; actor: string }
   | { type: 'RequeueTask'; actor: string };
 
@@ -70,7 +73,17 @@ const commandTemplate: fc.Arbitrary<CommandTemplate> = fc.oneof(
       retryDelayMs: fc.integer({ min: 0, max: 600_000 }),
     }),
   },
-  { weight: 2, arbitrary: fc.record({ type: fc.constant('DeadLetterTask' as const), attempt: attemptRef, reason: failureReason }) },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      type: fc.constant('DeadLetterTask' as const),
+      attempt: attemptRef,
+      reason: failureReason,
+      returns: fc.option(fc.integer({ min: 0, max: MAX_RETURNS + 1 }), { nil: undefined }),
+    }),
+  },
+  // `current`: the node named is the one running the task (a real node-shutdown return).
+  { weight: 2, arbitrary: fc.record({ type: fc.constant('ReturnTask' as const), attempt: attemptRef, nodeId, current: fc.boolean() }) },
   { weight: 1, arbitrary: fc.record({ type: fc.constant('CancelTask' as const), actor }) },
   { weight: 2, arbitrary: fc.record({ type: fc.constant('RequeueTask' as const), actor }) },
 );
@@ -139,7 +152,15 @@ function toCommand(t: CommandTemplate, state: TaskState, step: number, spec: Tas
         },
       };
     case 'DeadLetterTask':
-      return { type: 'DeadLetterTask', data: { attempt: resolveAttempt(t.attempt, state), reason: t.reason, queue: 'q', now } };
+      return {
+        type: 'DeadLetterTask',
+        data: { attempt: resolveAttempt(t.attempt, state), reason: t.reason, queue: 'q', now, ...(t.returns === undefined ? {} : { returns: t.returns }) },
+      };
+    case 'ReturnTask':
+      return {
+        type: 'ReturnTask',
+        data: { attempt: resolveAttempt(t.attempt, state), nodeId: t.current && state.nodeId ? state.nodeId : t.nodeId, reason: 'node-shutdown', returns: 0, now },
+      };
     case 'CancelTask':
       return { type: 'CancelTask', data: { actor: t.actor, reason: null, now } };
     case 'RequeueTask':
@@ -212,6 +233,18 @@ function run(spec: TaskSpec, templates: readonly CommandTemplate[]): RunResult {
     else expect(state.finishedAt).toBeNull();
     if (state.status === 'failed') expect(state.failureReason).not.toBeNull();
     else expect(state.failureReason).toBeNull();
+    // A return puts the same attempt back on its queue, with a new dispatch, and never past MAX_RETURNS.
+    for (const event of produced.filter((e) => e.type === 'TaskReturned')) {
+      expect(event.data.attempt).toBe(before.attempt);
+      expect(event.data.returns).toBeLessThanOrEqual(MAX_RETURNS);
+      expect(dispatchOf(event)).toEqual({ attempt: before.attempt, availableAt: event.data.at });
+      expect(isTerminal(before.status)).toBe(false);
+      expect(state).toMatchObject({ status: 'queued', attempt: before.attempt, nodeId: null });
+    }
+    // A never-started attempt is not failed by the delivery limit while it has returns left.
+    if (command.type === 'DeadLetterTask' && command.data.reason === 'delivery-limit' && (command.data.returns ?? 0) < MAX_RETURNS && ['queued', 'scheduled', 'retrying'].includes(before.status)) {
+      expect(state.status === 'failed' && before.attempt === command.data.attempt).toBe(false);
+    }
     // Retrying with attempts beyond the budget never happens.
     expect(state.attempt - state.firstAttempt + 1).toBeLessThanOrEqual(spec.maxAttempts);
     // The events so far fold into exactly the state we hold.
@@ -265,9 +298,9 @@ describe('task decider properties', () => {
     );
   });
 
-  it('ignores a repeated result: the same SucceedTask, FailTask or DeadLetterTask twice adds nothing the second time', () => {
+  it('ignores a repeated result: the same SucceedTask, FailTask, ReturnTask or DeadLetterTask twice adds nothing the second time', () => {
     const resultTemplate = commandTemplate.filter(
-      (t) => t.type === 'SucceedTask' || t.type === 'FailTask' || t.type === 'DeadLetterTask' || t.type === 'StartTask',
+      (t) => t.type === 'SucceedTask' || t.type === 'FailTask' || t.type === 'DeadLetterTask' || t.type === 'StartTask' || t.type === 'ReturnTask',
     );
     fc.assert(
       fc.property(taskSpec, fc.array(commandTemplate, { maxLength: 20 }), resultTemplate, (spec, templates, last) => {
@@ -276,9 +309,39 @@ describe('task decider properties', () => {
         const first = decide(state, command);
         const after = first.reduce(evolve, state);
         const second = decide(after, command);
+        if (first.some((e) => e.type === 'TaskReturned' && e.data.reason === 'delivery-limit')) {
+          // A dead letter is a broker message: ingest's inbox applies each one once (by message
+          // id). The decider alone cannot tell a copy from the next dead letter of the same
+          // attempt, so it returns the attempt again, with the same count: never past MAX_RETURNS.
+          expect(second).toEqual(first);
+          return;
+        }
         // A StartTask repeated from the same node, or any result repeated, is a no-op.
         expect(second).toEqual([]);
         expect(foldTask(TASK_ID, [...events, ...first])).toEqual(after);
+      }),
+      { numRuns: NUM_RUNS },
+    );
+  });
+
+  it('ends a never-started attempt whose every dispatch is dead-lettered: at most MAX_RETURNS returns, then failed delivery-limit', () => {
+    fc.assert(
+      fc.property(taskSpec, fc.array(commandTemplate, { maxLength: 20 }), (spec, templates) => {
+        let { state } = run(spec, templates);
+        if (!['queued', 'scheduled', 'retrying'].includes(state.status)) return;
+        const attempt = state.attempt;
+        const events: TaskEvent[] = [];
+        let returns = 0; // the header of the dispatch that is dead-lettered: that of the last return, 0 for the first
+        for (let i = 0; i <= MAX_RETURNS; i++) {
+          const produced = decide(state, { type: 'DeadLetterTask', data: { attempt, reason: 'delivery-limit', queue: 'q', now: iso(BASE + 10_000_000 + i), returns } });
+          events.push(...produced);
+          state = produced.reduce(evolve, state);
+          const returned = produced.find((e) => e.type === 'TaskReturned');
+          if (!returned) break;
+          returns = returned.data.returns;
+        }
+        expect(state).toMatchObject({ status: 'failed', failureReason: 'delivery-limit', attempt });
+        expect(events.filter((e) => e.type === 'TaskReturned').length).toBeLessThanOrEqual(MAX_RETURNS);
       }),
       { numRuns: NUM_RUNS },
     );

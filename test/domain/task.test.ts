@@ -5,7 +5,9 @@ import {
   TaskNotCancellableError,
   TaskNotFoundError,
   TaskNotRequeueableError,
+  MAX_RETURNS,
   decide,
+  dispatchOf,
   evolve,
   foldTask,
   initialTaskState,
@@ -129,9 +131,13 @@ const fail = (
     now: opts.now ?? T2,
   },
 });
-const deadLetter = (attempt = 1, now = T3): TaskCommand => ({
+const deadLetter = (attempt = 1, now = T3, returns?: number): TaskCommand => ({
   type: 'DeadLetterTask',
-  data: { attempt, reason: 'delivery-limit', queue: 'tasks.light.normal', now },
+  data: { attempt, reason: 'delivery-limit', queue: 'tasks.light.normal', now, ...(returns === undefined ? {} : { returns }) },
+});
+const giveBack = (attempt = 1, nodeId: string | null = 'node-a', now = T3): TaskCommand => ({
+  type: 'ReturnTask',
+  data: { attempt, nodeId, reason: 'node-shutdown', returns: 0, now },
 });
 const cancel = (now = T3): TaskCommand => ({ type: 'CancelTask', data: { actor: 'alice', reason: 'not needed', now } });
 const requeue = (now = T4): TaskCommand => ({ type: 'RequeueTask', data: { actor: 'bob', now } });
@@ -454,10 +460,29 @@ describe('task decider: DeadLetterTask', () => {
     expect(after).toMatchObject({ status: 'failed', failureReason: 'delivery-limit', finishedAt: T3 });
   });
 
-  it('fails a queued task with reason delivery-limit', () => {
-    const { after } = given(H.queued).when(deadLetter(1, T3));
+  it.each([['queued'], ['scheduled'], ['retrying']] as const)('returns a %s (never started) attempt that hit the delivery limit: same attempt, queued again', (status) => {
+    const history = H[status];
+    const attempt = foldTask(TASK_ID, history).attempt;
+    const { events, after } = given(history).when(deadLetter(attempt, T3));
 
+    expect(events).toEqual([{ type: 'TaskReturned', data: { attempt, nodeId: null, reason: 'delivery-limit', returns: 1, at: T3 } }]);
+    expect(after).toMatchObject({ status: 'queued', attempt, availableAt: T3, nodeId: null, failureReason: null, finishedAt: null });
+    expect(dispatchOf(events[0] as TaskEvent)).toEqual({ attempt, availableAt: T3 });
+  });
+
+  it(`counts the returns from the message header and fails the task once ${MAX_RETURNS} returns are used up`, () => {
+    const almost = given(H.queued).when(deadLetter(1, T3, MAX_RETURNS - 1));
+    expect(almost.events).toMatchObject([{ type: 'TaskReturned', data: { returns: MAX_RETURNS } }]);
+
+    const { events, after } = given(H.queued).when(deadLetter(1, T3, MAX_RETURNS));
+    expect(events).toEqual([{ type: 'TaskDeadLettered', data: { attempt: 1, reason: 'delivery-limit', queue: 'tasks.light.normal', at: T3 } }]);
     expect(after).toMatchObject({ status: 'failed', failureReason: 'delivery-limit' });
+  });
+
+  it('fails a never-started task dead-lettered for any other reason than the delivery limit', () => {
+    const { after } = given(H.queued).when({ type: 'DeadLetterTask', data: { attempt: 1, reason: 'rejected', queue: 'q', now: T3 } });
+
+    expect(after).toMatchObject({ status: 'failed', failureReason: 'rejected' });
   });
 
   it('is a no-op for an older attempt', () => {
@@ -467,6 +492,70 @@ describe('task decider: DeadLetterTask', () => {
   it('is a no-op when the attempt already ended', () => {
     expect(given(H.succeeded).when(deadLetter(1)).events).toEqual([]);
     expect(given([...H.running, deadLettered(1)]).when(deadLetter(1, T4)).events).toEqual([]);
+  });
+});
+
+describe('task decider: ReturnTask', () => {
+  it('gives a running attempt back to its queue: same attempt, a new dispatch, node cleared', () => {
+    const { events, after } = given(H.running).when(giveBack(1, 'node-a', T3));
+
+    expect(events).toEqual([{ type: 'TaskReturned', data: { attempt: 1, nodeId: 'node-a', reason: 'node-shutdown', returns: 0, at: T3 } }]);
+    expect(after).toMatchObject({ status: 'queued', attempt: 1, nodeId: null, availableAt: T3, finishedAt: null });
+    expect(dispatchOf(events[0] as TaskEvent)).toEqual({ attempt: 1, availableAt: T3 });
+  });
+
+  it('is a no-op the second time, from a node that is not running it, for an older attempt and once the task ended', () => {
+    const returned = given(H.running).when(giveBack()).events;
+    expect(given([...H.running, ...returned]).when(giveBack()).events).toEqual([]);
+    expect(given(H.running).when(giveBack(1, 'node-b')).events).toEqual([]);
+    expect(given(H.retrying).when(giveBack(1)).events).toEqual([]);
+    expect(given(H.succeeded).when(giveBack(1)).events).toEqual([]);
+    expect(given(H.cancelled).when(giveBack(1)).events).toEqual([]);
+  });
+
+  it('does not use up maxAttempts: a task with one attempt, returned twice, still runs that attempt and can succeed', () => {
+    const history = [submitted(spec({ maxAttempts: 1 })), queued(), started()];
+    const first = given(history).when(giveBack(1, 'node-a', T2)).events;
+    const again = [...history, ...first, started(1, 'node-b', T3)];
+    const second = given(again).when(giveBack(1, 'node-b', T3)).events;
+    const { events, after } = given([...again, ...second, started(1, 'node-c', T4)]).when(succeed(1, 'node-c', T4, LATER));
+
+    expect(events.map((e) => e.type)).toEqual(['TaskSucceeded']);
+    expect(after).toMatchObject({ status: 'succeeded', attempt: 1, nodeId: 'node-c' });
+  });
+
+  it('a retryable failure after returns counts attempts, not returns', () => {
+    const history = [submitted(spec({ maxAttempts: 2 })), queued(), started(), ...given(H.running).when(giveBack()).events, started(1, 'node-b', T3)];
+    const { events } = given(history).when(fail(1, retryable, { nodeId: 'node-b', now: T4 }));
+
+    expect(events.map((e) => e.type)).toEqual(['TaskAttemptFailed', 'TaskRetryScheduled']);
+  });
+});
+
+describe('task decider: whose clock decides', () => {
+  it("TaskStarted keeps the node's start time; the decider's now does not replace it", () => {
+    const { events } = given(H.queued).when({ type: 'StartTask', data: { attempt: 1, nodeId: 'node-a', startedAt: LATER, now: T1 } });
+
+    expect(events).toEqual([{ type: 'TaskStarted', data: { attempt: 1, nodeId: 'node-a', at: LATER } }]);
+  });
+
+  it("a result is stamped with the decider's now and keeps the node's time as reportedAt", () => {
+    const { events } = given(H.running).when({
+      type: 'SucceedTask',
+      data: { attempt: 1, nodeId: 'node-a', output: null, durationMs: 5, startedAt: T1, now: T2, reportedAt: LATER },
+    });
+
+    expect(events).toEqual([{ type: 'TaskSucceeded', data: { attempt: 1, nodeId: 'node-a', output: null, durationMs: 5, at: T2, reportedAt: LATER } }]);
+  });
+
+  it("a retry is due after the decider's now, whatever time the node reported", () => {
+    const command = fail(1, retryable, { retryDelayMs: 1000, now: T2 });
+    const { events } = given(H.running).when({ ...command, data: { ...(command.data as object), reportedAt: LATER } } as TaskCommand);
+
+    expect(events).toEqual([
+      { type: 'TaskAttemptFailed', data: { attempt: 1, nodeId: 'node-a', error: retryable, at: T2, reportedAt: LATER } },
+      { type: 'TaskRetryScheduled', data: { attempt: 2, delayMs: 1000, availableAt: T3, at: T2 } },
+    ]);
   });
 });
 

@@ -5,7 +5,7 @@ import type { Executor } from '../../src/store/index.js';
 import { executeTaskCommands, type CommandItem } from '../../src/tasks/index.js';
 
 /** What happens to a seeded task: one of each lifecycle a scheduler sees. */
-export const OUTCOMES = ['succeeded', 'retried-then-succeeded', 'failed-then-requeued', 'cancelled', 'dead-lettered', 'exhausted', 'queued'] as const;
+export const OUTCOMES = ['succeeded', 'retried-then-succeeded', 'failed-then-requeued', 'cancelled', 'dead-lettered', 'exhausted', 'queued', 'returned'] as const;
 export type Outcome = (typeof OUTCOMES)[number];
 
 export function taskSpec(overrides: Partial<TaskSpec> = {}): TaskSpec {
@@ -57,7 +57,15 @@ function steps(outcome: Outcome, now: () => string): TaskCommand[][] {
     case 'cancelled':
       return [[{ type: 'CancelTask', data: { actor: 'alice', reason: 'not needed', now: now() } }]];
     case 'dead-lettered':
-      return [[{ type: 'DeadLetterTask', data: { attempt: 1, reason: 'delivery-limit', queue: 'tasks.light.normal', now: now() } }]];
+      // Started, then dead-lettered: poison (a never-started attempt would be returned instead).
+      return [[start(1)], [{ type: 'DeadLetterTask', data: { attempt: 1, reason: 'delivery-limit', queue: 'tasks.light.normal', now: now() } }]];
+    case 'returned':
+      // Given back by its node on shutdown, then its new message dead-lettered before it ever started: queued again.
+      return [
+        [start(1)],
+        [{ type: 'ReturnTask', data: { attempt: 1, nodeId: 'node-1', reason: 'node-shutdown', returns: 0, now: now() } }],
+        [{ type: 'DeadLetterTask', data: { attempt: 1, reason: 'delivery-limit', queue: 'tasks.light.normal', now: now(), returns: 0 } }],
+      ];
     case 'exhausted':
       return [[start(1)], [fail(1, true)], [start(2)], [fail(2, true)], [start(3)], [fail(3, true)]];
     case 'queued':

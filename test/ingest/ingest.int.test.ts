@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { ConfirmChannel, Options } from 'amqplib';
 import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { DEFAULT_TIERS, type NodeMetricSample, type ResultBatch, type ResultRecord, type TaskMessage } from '../../src/domain/index.js';
+import { DEFAULT_TIERS, MAX_RETURNS, RETURNS_HEADER, type NodeMetricSample, type ResultBatch, type ResultRecord, type TaskMessage } from '../../src/domain/index.js';
 import { createPostgres } from '../../src/infra/postgres.js';
 import { createLogger } from '../../src/infra/logger.js';
 import { createIngest, type IngestOptions } from '../../src/ingest/index.js';
@@ -89,6 +89,17 @@ const stateIs = (taskId: string, state: string) => async () => ((await current(t
 async function history(taskId: string): Promise<{ type: string; state: string; attempt: number }[]> {
   const r = await sql<{ type: string; state: string; attempt: number }>`SELECT type, state, attempt FROM task_history WHERE task_id = ${taskId}::uuid ORDER BY version`.execute(tdb.db);
   return r.rows;
+}
+
+async function eventData<T>(taskId: string, type: string): Promise<T[]> {
+  const r = await sql<{ data: T }>`SELECT data FROM events WHERE stream_id = ${taskId} AND type = ${type} ORDER BY stream_version`.execute(tdb.db);
+  return r.rows.map((row) => row.data);
+}
+
+async function retryScheduled(taskId: string): Promise<{ at: string; availableAt: string; delayMs: number }> {
+  const [data] = await eventData<{ at: string; availableAt: string; delayMs: number }>(taskId, 'TaskRetryScheduled');
+  if (!data) throw new Error(`no TaskRetryScheduled for ${taskId}`);
+  return data;
 }
 
 async function eventCount(taskId: string, type: string): Promise<number> {
@@ -193,14 +204,15 @@ describe('ingest', () => {
       SELECT stream_id, (body->>'attempt')::int AS attempt, available_at, published_at, available_at > now() AS in_future, body
         FROM outbox WHERE stream_id IN (${byDefault}, ${ownBackoff}, ${fatal}) ORDER BY id`.execute(tdb.db);
     const retryOf = (id: string) => rows.rows.find((r) => r.stream_id === id && r.attempt === 2);
-    // The ingest's backoff {10, 2, 100}: attempt 1 waits 5..10 ms (equal jitter) after the failure.
-    const delay = (retryOf(byDefault)?.available_at.getTime() ?? 0) - Date.parse(failedAt);
+    // The ingest's backoff {10, 2, 100}: attempt 1 waits 5..10 ms (equal jitter) after the ingest saw the failure.
+    const decidedAt = Date.parse((await retryScheduled(byDefault)).at);
+    const delay = (retryOf(byDefault)?.available_at.getTime() ?? 0) - decidedAt;
     expect(delay).toBeGreaterThanOrEqual(5);
     expect(delay).toBeLessThanOrEqual(10);
     // The task's own backoff wins: 30..60 s away, so still in the future now.
     expect(retryOf(ownBackoff)).toMatchObject({ in_future: true, published_at: null });
     expect(retryOf(ownBackoff)?.body).toMatchObject({ taskId: ownBackoff, attempt: 2, type: 'noop' });
-    const ownDelay = (retryOf(ownBackoff)?.available_at.getTime() ?? 0) - Date.parse(failedAt);
+    const ownDelay = (retryOf(ownBackoff)?.available_at.getTime() ?? 0) - Date.parse((await retryScheduled(ownBackoff)).at);
     expect(ownDelay).toBeGreaterThanOrEqual(30_000);
     expect(ownDelay).toBeLessThanOrEqual(60_000);
     // A non-retryable error ends the task: no retry row.
@@ -243,60 +255,134 @@ describe('ingest', () => {
     expect(await eventCount(task, 'TaskStarted')).toBe(1);
   });
 
-  it('a message that makes the batch transaction fail is set aside alone; the rest of its batch is applied', async () => {
+  it('a message that makes the batch transaction fail is set aside alone and recorded; the rest of its batch is applied', async () => {
     const [task] = (await submit(1)) as [string];
-    // Passes the shape check but PostgreSQL refuses it (in_flight is an int column).
+    // Passes the shape check but PostgreSQL refuses it (in_flight is an int column): a permanent error.
     const poison = await publish(names.metrics, 'metrics.node.n1', { nodeId: `poison-${prefix}`, tier: 'light', at: at(), cpu: 0, rssMb: 1, inFlight: 'many', completed: 0, failed: 0 });
     await publishResults([{ kind: 'started', taskId: task, attempt: 1, at: at() }]);
     const ingest = startIngest();
     await eventually(stateIs(task, 'running'));
     await eventually(() => ingest.stats().rejected === 1);
     expect(await eventually(queuesDrained)).toBe(true);
+    // Setting it aside is itself recorded, in the same transaction as its inbox entry.
+    const dead = await sql<{ data: { messageId: string; reason: string; body: string } }>`
+      SELECT data FROM events WHERE stream_id = ${`message:${poison}`} AND type = 'MessageDeadLettered'`.execute(tdb.db);
+    expect(dead.rows).toHaveLength(1);
+    expect(dead.rows[0]?.data).toMatchObject({ messageId: poison, body: expect.stringContaining('"inFlight":"many"') as unknown });
+    expect(dead.rows[0]?.data.reason).toMatch(/invalid input syntax/);
     const inbox = await sql<{ n: number }>`SELECT count(*)::int AS n FROM inbox WHERE message_id = ${poison}`.execute(tdb.db);
-    expect(inbox.rows[0]?.n).toBe(0); // its transaction rolled back
+    expect(inbox.rows[0]?.n).toBe(1);
+    const metrics = await sql<{ n: number }>`SELECT count(*)::int AS n FROM node_metrics WHERE node_id = ${`poison-${prefix}`}`.execute(tdb.db);
+    expect(metrics.rows[0]?.n).toBe(0);
     // The ingest goes on: the next message is applied.
     await publishResults([{ kind: 'succeeded', taskId: task, attempt: 1, startedAt: at(), at: at(1), durationMs: 1, output: null }]);
     await eventually(stateIs(task, 'succeeded'));
+    expect(ingest.stats().retries).toBe(0);
   });
 
-  it('a task message dead-lettered by the broker fails the task with failure_reason delivery-limit', async () => {
-    const [synthetic, real] = (await submit(2)) as [string, string];
-    const ingest = startIngest();
-    // As the broker dead-letters: to the dlx with the x-first-death-* headers.
-    const body: TaskMessage = { taskId: synthetic, attempt: 1, type: 'noop', payload: null, tenant: 'default', tier: 'light', priority: 'normal', timeoutMs: null, deadline: null, availableAt: at() };
-    const messageId = await publish(names.dlx, 'task.failed', body, {
-      headers: { 'x-first-death-queue': names.taskQueue('light', 'normal'), 'x-first-death-reason': 'delivery_limit', 'x-first-death-exchange': names.tasks },
-    });
-    await eventually(stateIs(synthetic, 'failed'));
-    expect(await current(synthetic)).toMatchObject({ state: 'failed', failure_reason: 'delivery-limit', attempt: 1 });
-    expect((await history(synthetic)).at(-1)).toEqual({ type: 'TaskDeadLettered', state: 'failed', attempt: 1 });
-    // Its inbox id is kept apart from the task message's own id.
-    const inbox = await sql<{ message_id: string; source: string }>`SELECT message_id, source FROM inbox WHERE message_id LIKE ${`%${messageId}`}`.execute(tdb.db);
-    expect(inbox.rows).toEqual([{ message_id: `dlq:${messageId}`, source: 'dlq' }]);
-
-    // The real thing: the relay's message for the other task, requeued past the delivery limit.
-    const row = await sql<{ message_id: string; body: TaskMessage; headers: Record<string, unknown> }>`
-      SELECT message_id, body, headers FROM outbox WHERE stream_id = ${real}`.execute(tdb.db);
-    const dispatch = row.rows[0];
-    if (!dispatch) throw new Error('no dispatch row');
-    await publish(names.tasks, 'light.normal', dispatch.body, { messageId: dispatch.message_id, headers: dispatch.headers });
+  /** Puts a task's dispatch row on its queue and requeues it until the broker dead-letters it (delivery limit 3). */
+  async function requeuePastDeliveryLimit(taskId: string, until: () => Promise<unknown>) {
+    const row = await latestDispatch(taskId);
+    await publish(names.tasks, 'light.normal', row.body, { messageId: row.message_id, headers: row.headers });
     const ch = await broker.scratch();
     try {
       await eventually(
         async () => {
           const msg = await ch.get(names.taskQueue('light', 'normal'), { noAck: false });
           if (msg) ch.nack(msg, false, true);
-          return msg === false && (await stateIs(real, 'failed')());
+          return msg === false && (await until());
         },
         { timeoutMs: 15_000, intervalMs: 20 },
       );
     } finally {
       await ch.close().catch(() => {});
     }
-    expect(await current(real)).toMatchObject({ state: 'failed', failure_reason: 'delivery-limit' });
-    expect(await eventCount(real, 'TaskDeadLettered')).toBe(1);
+  }
+
+  async function latestDispatch(taskId: string) {
+    const r = await sql<{ message_id: string; body: TaskMessage; headers: Record<string, unknown> }>`
+      SELECT message_id, body, headers FROM outbox WHERE stream_id = ${taskId} AND exchange = ${names.tasks} ORDER BY id DESC LIMIT 1`.execute(tdb.db);
+    if (!r.rows[0]) throw new Error(`no dispatch row for ${taskId}`);
+    return r.rows[0];
+  }
+
+  it('a started task whose message the broker dead-letters fails with failure_reason delivery-limit', async () => {
+    const [task] = (await submit(1)) as [string];
+    const ingest = startIngest();
+    await publishResults([{ kind: 'started', taskId: task, attempt: 1, at: at() }]);
+    await eventually(stateIs(task, 'running'));
+    // A started attempt whose message keeps coming back is poison (it kills its runner).
+    await requeuePastDeliveryLimit(task, stateIs(task, 'failed'));
+    expect(await current(task)).toMatchObject({ state: 'failed', failure_reason: 'delivery-limit', attempt: 1 });
+    expect((await history(task)).at(-1)).toEqual({ type: 'TaskDeadLettered', state: 'failed', attempt: 1 });
+    expect(await eventCount(task, 'TaskReturned')).toBe(0);
     expect(ingest.stats().rejected).toBe(0);
     expect(await eventually(queuesDrained)).toBe(true);
+  });
+
+  it(`a never-started task message dead-lettered by the broker comes back (TaskReturned, new dispatch row) until MAX_RETURNS (${MAX_RETURNS}), then fails delivery-limit`, async () => {
+    const [task] = (await submit(1)) as [string];
+    const ingest = startIngest();
+    const first = await latestDispatch(task);
+    // The real broker: requeued three times without ever starting (graceful returns), the 4th delivery is dead-lettered.
+    await requeuePastDeliveryLimit(task, async () => (await eventCount(task, 'TaskReturned')) === 1);
+    expect(await current(task)).toMatchObject({ state: 'queued', attempt: 1, failure_reason: null });
+    const second = await latestDispatch(task);
+    expect(second.message_id).not.toBe(first.message_id);
+    expect(second.headers).toMatchObject({ 'x-task-id': task, 'x-attempt': 1, [RETURNS_HEADER]: 1 });
+    expect(second.body).toMatchObject({ taskId: task, attempt: 1 });
+    const [returned] = await eventData<{ attempt: number; reason: string; returns: number; nodeId: string | null }>(task, 'TaskReturned');
+    expect(returned).toMatchObject({ attempt: 1, reason: 'delivery-limit', returns: 1, nodeId: null });
+    // Its inbox id is kept apart from the task message's own id.
+    const inbox = await sql<{ message_id: string; source: string }>`SELECT message_id, source FROM inbox WHERE message_id LIKE ${`%${first.message_id}`}`.execute(tdb.db);
+    expect(inbox.rows).toEqual([{ message_id: `dlq:${first.message_id}`, source: 'dlq' }]);
+
+    // Each later dispatch dead-lettered the same way (as the broker does: to the dlx with x-first-death-* and the message's own headers).
+    for (let returns = 1; returns <= MAX_RETURNS; returns++) {
+      const row = await latestDispatch(task);
+      expect(row.headers[RETURNS_HEADER]).toBe(returns);
+      await publish(names.dlx, 'task.failed', row.body, {
+        messageId: row.message_id,
+        headers: { ...row.headers, 'x-first-death-queue': names.taskQueue('light', 'normal'), 'x-first-death-reason': 'delivery_limit', 'x-first-death-exchange': names.tasks },
+      });
+      if (returns < MAX_RETURNS) await eventually(async () => (await eventCount(task, 'TaskReturned')) === returns + 1);
+    }
+    await eventually(stateIs(task, 'failed'));
+    expect(await current(task)).toMatchObject({ state: 'failed', failure_reason: 'delivery-limit', attempt: 1 });
+    expect(await eventCount(task, 'TaskReturned')).toBe(MAX_RETURNS);
+    expect(await eventCount(task, 'TaskDeadLettered')).toBe(1);
+    // The first dispatch and one per return; the attempt never moved on.
+    const dispatches = await sql<{ attempt: number }>`SELECT (body->>'attempt')::int AS attempt FROM outbox WHERE stream_id = ${task} AND exchange = ${names.tasks}`.execute(tdb.db);
+    expect(dispatches.rows.map((r) => r.attempt)).toEqual(Array.from({ length: MAX_RETURNS + 1 }, () => 1));
+    expect(ingest.stats().rejected).toBe(0);
+    expect(await eventually(queuesDrained)).toBe(true);
+  });
+
+  it('a returned record (node shutdown) puts the same attempt back on its queue; a second copy changes nothing', async () => {
+    const [task] = (await submit(1)) as [string];
+    const ingest = startIngest();
+    const startedAt = at();
+    await publishResults([{ kind: 'started', taskId: task, attempt: 1, at: startedAt }]);
+    await eventually(stateIs(task, 'running'));
+    const records: ResultRecord[] = [{ kind: 'returned', taskId: task, attempt: 1, at: at(5), reason: 'node-shutdown' }];
+    await publishResults(records);
+    await eventually(stateIs(task, 'queued'));
+    await publishResults(records); // a node that re-sent its batch under a new id
+    await eventually(() => ingest.stats().messages === 3);
+    expect(await current(task)).toMatchObject({ state: 'queued', attempt: 1, node_id: null });
+    expect((await history(task)).map((h) => h.type)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskStarted', 'TaskReturned']);
+    const [returned] = await eventData<{ reason: string; nodeId: string; returns: number }>(task, 'TaskReturned');
+    expect(returned).toMatchObject({ reason: 'node-shutdown', nodeId: 'n1', returns: 0 });
+    const row = await latestDispatch(task);
+    expect(row.body).toMatchObject({ taskId: task, attempt: 1 });
+    expect(row.headers[RETURNS_HEADER]).toBe(0);
+    // It runs again as the same attempt.
+    await publishResults([
+      { kind: 'started', taskId: task, attempt: 1, at: at(10) },
+      { kind: 'succeeded', taskId: task, attempt: 1, startedAt: at(10), at: at(11), durationMs: 1, output: 'again' },
+    ]);
+    await eventually(stateIs(task, 'succeeded'));
+    expect(await eventCount(task, 'TaskStarted')).toBe(2);
   });
 
   it('with PostgreSQL unreachable the messages stay unacked, and a working ingest applies them later', async () => {

@@ -95,7 +95,8 @@ async function failAndRequeue(taskId: string, attempt: number) {
   await tdb.db.transaction().execute((trx) =>
     executeTaskCommands(
       trx,
-      [{ taskId, command: { type: 'DeadLetterTask', data: { attempt, reason: 'delivery-limit', queue: QUEUE, now: new Date().toISOString() } }, metadata: { actor: 'test' } }],
+      // `rejected`: a never-started attempt dead-lettered for its delivery limit would be returned, not failed.
+      [{ taskId, command: { type: 'DeadLetterTask', data: { attempt, reason: 'rejected', queue: QUEUE, now: new Date().toISOString() } }, metadata: { actor: 'test' } }],
       names,
     ),
   );
