@@ -59,22 +59,34 @@ describe('relay leadership under SIGSTOP', () => {
 
       // Written after the freeze: dispatched through the standby within 15 s of it.
       const after = await insert(20, 'after');
-      await eventually(async () => (await published(after)) === after.length && after.every((id) => received.has(id)), {
-        timeoutMs: 15_000 - (Date.now() - frozenAt),
-        message: `rows written after the leader froze were not dispatched within 15 s:\n${second.output()}`,
-      });
-      expect(before?.holder).toMatch(new RegExp(`-${first.proc.pid}-[0-9a-f]{6}$`));
-      const [taken] = await t.q<{ holder: string; epoch: number }>(`SELECT holder, epoch::int AS epoch FROM relay_lease`);
-      expect(taken?.holder).toMatch(new RegExp(`-${second.proc.pid}-[0-9a-f]{6}$`));
-      expect(taken?.epoch).toBeGreaterThan(before?.epoch ?? Infinity);
-      // Everything the frozen leader's epoch ever marked is in here: the takeover has committed.
+      const within15s = () => 15_000 - (Date.now() - frozenAt);
+      const lease = async () => (await t.q<{ holder: string; epoch: number }>(`SELECT holder, epoch::int AS epoch FROM relay_lease`))[0];
       const markedBy = (epoch: number) =>
         t.q<{ n: number; last: string | null }>(`SELECT count(*)::int AS n, max(published_at)::text AS last FROM outbox WHERE published_epoch = $1`, [epoch]);
-      const atTakeover = await markedBy(before?.epoch ?? 0);
-
-      // Thawed: its confirms still in flight and its timers fire late. It marks nothing more,
-      // does not crash, and stands by.
-      first.proc.kill('SIGCONT');
+      // Thawed as soon as the standby has taken over, while the new leader starts on the rows the
+      // old one had in flight: its confirms arrive and its timers fire late.
+      const thawed = (async () => {
+        const taken = await eventually(async () => {
+          const now = await lease();
+          return now && now.epoch !== before?.epoch ? now : null;
+        }, { timeoutMs: within15s(), message: `the standby never took over:\n${second.output()}` });
+        // Read after the takeover committed: everything the frozen leader's epoch will ever have marked.
+        const atTakeover = await markedBy(before?.epoch ?? 0);
+        first.proc.kill('SIGCONT');
+        return { taken, atTakeover };
+      })();
+      thawed.catch(() => {}); // awaited below, after the check that names the failure
+      await eventually(async () => (await published(after)) === after.length && after.every((id) => received.has(id)), {
+        timeoutMs: within15s(),
+        message: `rows written after the leader froze were not dispatched within 15 s:\n${second.output()}`,
+      });
+      const { taken, atTakeover } = await thawed;
+      expect(before?.holder).toMatch(new RegExp(`-${first.proc.pid}-[0-9a-f]{6}$`));
+      expect(taken.holder).toMatch(new RegExp(`-${second.proc.pid}-[0-9a-f]{6}$`));
+      expect(taken.epoch).toBeGreaterThan(before?.epoch ?? Infinity);
+      // It marks nothing more, does not crash, and stands by.
+      const afterEpochs = await t.q<{ epoch: number }>(`SELECT DISTINCT published_epoch::int AS epoch FROM outbox WHERE message_id = ANY($1::uuid[])`, [after]);
+      expect(afterEpochs).toEqual([{ epoch: taken.epoch }]);
       await eventually(() => first.output().includes('relay lease lost; standing by'), { timeoutMs: 15_000, message: `the old leader never stood down:\n${first.output()}` });
       expect(alive(first)).toBe(true);
       await eventually(async () => (await published(backlog)) === backlog.length, { timeoutMs: 30_000 });
@@ -82,17 +94,16 @@ describe('relay leadership under SIGSTOP', () => {
       const rows = await t.q<{ message_id: string; published_epoch: number }>(`SELECT message_id, published_epoch::int AS published_epoch FROM outbox`);
       expect(rows.every((r) => r.published_epoch !== null)).toBe(true);
       await eventually(() => rows.every((r) => received.has(r.message_id)), { timeoutMs: 15_000, message: 'a row marked published never reached the queue' });
-      const [still] = await t.q<{ holder: string; epoch: number }>(`SELECT holder, epoch::int AS epoch FROM relay_lease`);
-      expect(still).toEqual(taken);
+      expect(await lease()).toEqual(taken);
       expect(first.output()).not.toMatch(/relay loop crashed|unhandled|"level":(50|60)/i);
 
       // A standby indeed: once the other relay is gone, it leads again and dispatches.
       await second.kill('SIGKILL');
       const later = await insert(5, 'later');
       await eventually(async () => (await published(later)) === later.length && later.every((id) => received.has(id)), { timeoutMs: 20_000 });
-      const [back] = await t.q<{ holder: string; epoch: number }>(`SELECT holder, epoch::int AS epoch FROM relay_lease`);
+      const back = await lease();
       expect(back?.holder).toBe(before?.holder);
-      expect(back?.epoch).toBeGreaterThan(taken?.epoch ?? Infinity);
+      expect(back?.epoch).toBeGreaterThan(taken.epoch);
       expect(await first.kill('SIGTERM')).toBe(0);
     } finally {
       await connection.close().catch(() => {});
