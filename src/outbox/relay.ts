@@ -94,6 +94,8 @@ const DEFAULT_LEASE_MS = 5000;
 const LAG_CHECK_MS = 5000;
 /** A connection being closed gets this long to say goodbye; then its socket is destroyed. */
 const CLOSE_WAIT_MS = 1000;
+/** After its deadline passed, a leader's batches in flight get this long to settle (fenced) before it drops them. */
+const EXPIRED_SETTLE_MS = 1000;
 
 /** One leadership term: the lease and the connection the outbox work of that term runs on. */
 interface Term {
@@ -105,6 +107,8 @@ interface Term {
    * (pg@9 will refuse) when handed another before the first returns.
    */
   readonly inTurn: <T>(f: () => Promise<T>) => Promise<T>;
+  /** Drops the term after its lease expired, unless it wound up by itself first. */
+  dropTimer?: NodeJS.Timeout;
 }
 
 const closing = new WeakMap<pg.Client, Promise<void>>();
@@ -225,12 +229,13 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
   };
 
   /**
-   * A lease lost mid-round: stop at once. Closing the channel fails the confirms still awaited
-   * and closing the term's connection fails its queued statements, so the round unwinds without
-   * waiting on a broker or a database that may not answer; whatever it had claimed goes out
-   * again under the next leader.
+   * A lease lost mid-round: closing the channel fails the confirms still awaited and closing the
+   * term's connection fails its queued statements, so the round unwinds without waiting on a
+   * broker or a database that may not answer; whatever it had claimed goes out again under the
+   * next leader.
    */
   const dropTerm = (t: Term) => {
+    clearTimeout(t.dropTimer);
     if (term === t) void closeAmqp();
     void closeClient(t.db);
   };
@@ -272,9 +277,15 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
       logger,
       onEnd: (reason) => {
         wake?.();
-        if (reason === 'ended') return;
+        if (reason === 'ended' || !t) return;
         stats.leasesLost++;
-        if (t) dropTerm(t);
+        const lost = t;
+        // Taken: every write of the term is refused from now on, so drop everything at once.
+        // Expired (no renewal in time, maybe only a pause): nothing more is published, but the
+        // batches in flight may settle for a moment; their marks are fenced, so they land only if
+        // the database still has the lease as ours, and save sending those rows again.
+        if (reason === 'taken') dropTerm(lost);
+        else lost.dropTimer = setTimeout(() => dropTerm(lost), EXPIRED_SETTLE_MS);
       },
     });
     let work: pg.Client | undefined;
@@ -307,6 +318,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
 
   /** Ends a term: closes its channel and connection, and gives the lease back if it still held it (a stop, a failed round). */
   const endTerm = async (t: Term) => {
+    clearTimeout(t.dropTimer);
     const held = t.lease.holds();
     t.lease.end('ended');
     await closeAmqp();
@@ -479,7 +491,8 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
    * (the next round starts over from the index), the relay stops or the lease ends; it publishes
    * nothing once the lease no longer holds. On a stop every batch in flight gets its confirms and
    * every confirmed row its UPDATE before it returns; on a lost lease the channel and connection
-   * are closed under it, so the batches in flight settle at once and their rows stay due.
+   * are closed under it (at once when taken, after EXPIRED_SETTLE_MS when expired), so the batches
+   * in flight settle and the rows not marked stay due.
    * True when more rows may be due right away.
    */
   const runOnce = async (t: Term): Promise<boolean> => {
