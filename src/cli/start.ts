@@ -72,6 +72,7 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
           batchSize: config.RELAY_BATCH_SIZE,
           pollIntervalMs: config.RELAY_POLL_INTERVAL_MS,
           retryMaxMs: config.RELAY_RETRY_MAX_MS,
+          leaseMs: config.RELAY_LEASE_MS,
         }),
       ),
     );

@@ -63,6 +63,8 @@ export const ConfigSchema = Type.Object({
   RELAY_BATCH_SIZE: Int(1, 500, 'outbox rows claimed per round'),
   RELAY_POLL_INTERVAL_MS: Int(10, 1000, 'poll period besides LISTEN/NOTIFY'),
   RELAY_RETRY_MAX_MS: Int(10, 30000, 'cap of the relay backoff when the broker fails'),
+  // --- relay leadership lease (issue 15.6) ---
+  RELAY_LEASE_MS: Int(1000, 5000, 'lease of the publishing relay (table relay_lease), renewed every third of it: a leader that cannot renew within it stops publishing, a standby takes over once it expired; also the statement_timeout of relay sessions'),
   INGEST_BATCH_SIZE: Int(1, 500, 'messages per ingest transaction'),
   INGEST_FLUSH_MS: Int(0, 5, 'wait this long for a batch to fill'),
   // --- ingest error handling (issue 15): transient database errors are retried, never dead-lettered ---

@@ -1,8 +1,25 @@
+import { randomBytes } from 'node:crypto';
+import type { Socket } from 'node:net';
+import { hostname } from 'node:os';
+import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import type { ChannelModel, ConfirmChannel } from 'amqplib';
 import { connectAmqp } from '../infra/amqp.js';
 import type { Logger } from '../infra/logger.js';
 import { sleep, type Role } from '../infra/role.js';
+import {
+  backOffFenced,
+  DEFAULT_RELAY_LEASE_NAME,
+  keepLease,
+  LeaseLostError,
+  markPublishedFenced,
+  releaseLease,
+  renewEveryMs,
+  sessionSettings,
+  tryAcquireLease,
+  type LeaseSpec,
+  type LeaseTerm,
+} from './relay-lease.js';
 import { declareTopology, type Topology } from './topology.js';
 
 export interface RelayOptions {
@@ -13,14 +30,25 @@ export interface RelayOptions {
   readonly batchSize: number;
   readonly pollIntervalMs: number;
   readonly retryMaxMs: number;
-  /** Advisory lock key: one relay per database publishes at a time. */
-  readonly lockKey?: number;
+  /**
+   * Leadership lease (default 5000): the leader renews it every third of this; a leader that could
+   * not renew within it stops publishing, and a standby takes over once the database sees it expired.
+   */
+  readonly leaseMs?: number;
+  /** Row of `relay_lease` (default 'outbox'): replicas with one name elect one publisher. */
+  readonly leaseName?: string;
+  /** This replica's name in `relay_lease` (default `<host>-<pid>-<random>`). */
+  readonly holder?: string;
   /** Batches published and awaiting their confirms and UPDATE at once (default 3; 1 = strictly one after another). */
   readonly pipelineDepth?: number;
 }
 
 export interface RelayStats {
   leader: boolean;
+  /** Fencing token of the term this replica leads (0 when it does not). */
+  epoch: number;
+  /** Terms that ended because the lease ran out or another replica took it. */
+  leasesLost: number;
   published: number;
   failed: number;
   /** Age in ms of the oldest due, unpublished row at the last look (0 when none). */
@@ -59,112 +87,253 @@ interface Claim {
   dense: boolean;
 }
 
-const DEFAULT_LOCK_KEY = 0x0f065c4d; // "fogsched relay"
 /** How long one round tries to reach the broker before it gives up until the next round. */
 const CONNECT_ROUND_MS = 5000;
 const DEFAULT_PIPELINE_DEPTH = 3;
+const DEFAULT_LEASE_MS = 5000;
 const LAG_CHECK_MS = 5000;
+/** A connection being closed gets this long to say goodbye; then its socket is destroyed. */
+const CLOSE_WAIT_MS = 1000;
+/** After its deadline passed, a leader's batches in flight get this long to settle (fenced) before it drops them. */
+const EXPIRED_SETTLE_MS = 1000;
+
+/** One leadership term: the lease and the connection the outbox work of that term runs on. */
+interface Term {
+  readonly lease: LeaseTerm;
+  /** LISTENs, claims, and the fenced writes; closed with the term. */
+  readonly db: pg.Client;
+  /**
+   * Queries of the term on `db`, one after another: pg.Client runs one query at a time and warns
+   * (pg@9 will refuse) when handed another before the first returns.
+   */
+  readonly inTurn: <T>(f: () => Promise<T>) => Promise<T>;
+  /** Drops the term after its lease expired, unless it wound up by itself first. */
+  dropTimer?: NodeJS.Timeout;
+}
+
+const closing = new WeakMap<pg.Client, Promise<void>>();
+
+/** Ends a pg client within CLOSE_WAIT_MS, even when its server or network went silent; idempotent. */
+function closeClient(c: pg.Client | undefined): Promise<void> {
+  if (!c) return Promise.resolve();
+  let closed = closing.get(c);
+  if (!closed) {
+    closed = (async () => {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([c.end().catch(() => {}), new Promise<void>((resolve) => (timer = setTimeout(resolve, CLOSE_WAIT_MS)))]);
+      clearTimeout(timer);
+      c.connection.stream.destroy();
+    })();
+    closing.set(c, closed);
+  }
+  return closed;
+}
 
 /**
- * Publishes due outbox rows with publisher confirms, and marks them published
- * only after the broker confirmed them. Several replicas may run: one holds a
- * session advisory lock and publishes (so per-task order holds and nothing is
- * published twice on purpose); the others wait and take over within one poll
- * interval when it dies, since PostgreSQL frees the lock with its session.
+ * Publishes due outbox rows with publisher confirms, and marks them published only after the
+ * broker confirmed them. Several replicas may run: one holds the lease in `relay_lease` and
+ * publishes (so per-task order holds and nothing is published twice on purpose); the others
+ * stand by and take over once the lease expired on the database's clock, within a lease and a
+ * third (see relay-lease.ts). A leader stops publishing as soon as it cannot renew in time, and
+ * its writes are fenced by its epoch, so one that was frozen or cut off and comes back marks
+ * nothing once another has taken over; it drops its claims and stands by again.
  * It wakes on NOTIFY and also polls, so a lost notification only costs a poll.
  */
 export function createRelay(options: RelayOptions): Role & { stats(): RelayStats } {
-  const logger = options.logger.child({ role: 'relay' });
+  const leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
+  const spec: LeaseSpec = {
+    name: options.leaseName ?? DEFAULT_RELAY_LEASE_NAME,
+    holder: options.holder ?? `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`,
+    leaseMs,
+  };
+  const logger = options.logger.child({ role: 'relay', holder: spec.holder });
   const knownExchanges = new Set(options.topology.exchanges.map((e) => e.name));
   // Task dispatches must reach a queue (an unroutable one is a failure); a broadcast may reach none.
   const mandatory = new Set(options.topology.exchanges.filter((e) => e.type === 'direct').map((e) => e.name));
   const pipelineDepth = Math.max(1, options.pipelineDepth ?? DEFAULT_PIPELINE_DEPTH);
+  // A standby looks at the lease this often: a takeover comes within a lease and this after the last renewal.
+  const standbyPollMs = Math.min(options.pollIntervalMs, renewEveryMs(leaseMs));
   const abort = new AbortController();
-  const stats: RelayStats = { leader: false, published: 0, failed: 0, lagMs: 0, pending: 0 };
+  const stats: Omit<RelayStats, 'leader' | 'epoch'> = { published: 0, failed: 0, lagMs: 0, pending: 0, leasesLost: 0 };
   let wake: (() => void) | undefined;
   let loop: Promise<void> | undefined;
   let stopped: Promise<void> | undefined;
-  let client: pg.Client | undefined;
+  /** The standby's connection: acquires the lease, and renews it while this replica leads. */
+  let leaseDb: pg.Client | undefined;
+  let term: Term | undefined;
   let connection: ChannelModel | undefined;
   let channel: ConfirmChannel | undefined;
+  let closingAmqp: Promise<void> | undefined;
   /** Message ids the broker returned as unroutable, per channel, until their batch settles. */
   const returnedOf = new WeakMap<ConfirmChannel, Set<string>>();
   let lastLagCheck = 0;
   /** A NOTIFY came while a round ran (nobody was waiting to be woken): go again at once. */
   let notified = false;
 
-  const waitForWork = (ms: number) =>
+  const waitForWork = (ms: number, ended: AbortSignal) =>
     new Promise<void>((resolve) => {
       const timer = setTimeout(done, ms);
       function done() {
         clearTimeout(timer);
         wake = undefined;
         abort.signal.removeEventListener('abort', done);
+        ended.removeEventListener('abort', done);
         resolve();
       }
       wake = done;
       abort.signal.addEventListener('abort', done, { once: true });
+      ended.addEventListener('abort', done, { once: true });
     });
 
   /**
-   * Queries of one round on the leader's connection, one after another: pg.Client runs one query at
-   * a time and warns (pg@9 will refuse) when handed another before the first returns.
+   * Closes the broker connection: gracefully when the broker answers within CLOSE_WAIT_MS, else
+   * by destroying its socket, which fails every confirm still awaited (those rows stay unmarked).
    */
-  let dbTail: Promise<unknown> = Promise.resolve();
-  const inTurn = <T>(f: () => Promise<T>): Promise<T> => {
-    const p = dbTail.then(f, f);
-    dbTail = p.catch(() => {});
-    return p;
-  };
-
-  const closeDb = async () => {
-    const c = client;
-    client = undefined;
-    stats.leader = false;
-    await c?.end().catch(() => {});
-  };
-
-  const closeAmqp = async () => {
+  const closeAmqp = (): Promise<void> => {
     const conn = connection;
     connection = undefined;
     channel = undefined;
-    await conn?.close().catch(() => {});
+    if (!conn) return closingAmqp ?? Promise.resolve();
+    const closing = (async () => {
+      let timer: NodeJS.Timeout | undefined;
+      const closed = await Promise.race([
+        conn.close().then(() => true, () => true),
+        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), CLOSE_WAIT_MS))),
+      ]);
+      clearTimeout(timer);
+      // amqplib has no abort of its own; its Connection keeps the socket as `stream`.
+      if (!closed) (conn.connection as unknown as { stream?: Socket }).stream?.destroy(new Error('relay closed the connection'));
+    })();
+    closingAmqp = closing;
+    return closing;
   };
 
-  /** Connects to PostgreSQL and waits to become the publishing replica. */
-  const becomeLeader = async (): Promise<pg.Client | undefined> => {
+  const openSession = async (purpose: string): Promise<pg.Client> => {
+    const c = new pg.Client({
+      connectionString: options.databaseUrl,
+      connectionTimeoutMillis: 5000,
+      application_name: `fogsched-relay-${purpose}`,
+      // The client notices a dead server too (the lease deadline does not wait for it).
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 1000,
+    });
+    c.on('error', (error) => logger.warn({ err: error.message, purpose }, 'relay database connection lost'));
+    try {
+      await c.connect();
+      await c.query(sessionSettings(leaseMs));
+      return c;
+    } catch (error) {
+      await closeClient(c);
+      throw error;
+    }
+  };
+
+  /**
+   * A lease lost mid-round: closing the channel fails the confirms still awaited and closing the
+   * term's connection fails its queued statements, so the round unwinds without waiting on a
+   * broker or a database that may not answer; whatever it had claimed goes out again under the
+   * next leader.
+   */
+  const dropTerm = (t: Term) => {
+    clearTimeout(t.dropTimer);
+    if (term === t) void closeAmqp();
+    void closeClient(t.db);
+  };
+
+  /** Stands by until this replica holds the lease; then opens the term's connection. Undefined once stopped. */
+  const acquire = async (): Promise<Term | undefined> => {
+    let failures = 0;
     while (!abort.signal.aborted) {
-      const c = new pg.Client({ connectionString: options.databaseUrl, connectionTimeoutMillis: 5000, application_name: 'fogsched-relay' });
-      c.on('error', (error) => logger.warn({ err: error }, 'relay database connection lost'));
       try {
-        await c.connect();
-        for (;;) {
-          const got = await c.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [options.lockKey ?? DEFAULT_LOCK_KEY]);
-          if (got.rows[0]?.ok) break;
-          await sleep(options.pollIntervalMs, abort.signal);
-          if (abort.signal.aborted) {
-            await c.end();
-            return undefined;
-          }
+        leaseDb ??= await openSession('lease');
+        const sentAt = performance.now();
+        const epoch = await tryAcquireLease(leaseDb, spec);
+        failures = 0;
+        if (epoch !== undefined) {
+          const t = await openTerm(leaseDb, epoch, sentAt);
+          logger.info({ epoch }, 'relay is the publishing replica');
+          return t;
         }
-        c.on('notification', () => {
-          notified = true;
-          wake?.();
-        });
-        await c.query('LISTEN fogsched_outbox');
-        stats.leader = true;
-        logger.info('relay is the publishing replica');
-        return c;
       } catch (error) {
-        await c.end().catch(() => {});
-        logger.warn({ err: (error as Error).message }, 'relay cannot reach postgresql; retrying');
+        failures++;
+        if (failures === 1 || failures % 10 === 0) logger.warn({ err: (error as Error).message }, 'relay cannot reach postgresql; retrying');
+        await closeClient(leaseDb);
+        leaseDb = undefined;
         await sleep(Math.min(options.retryMaxMs, 1000), abort.signal);
+        continue;
       }
+      await sleep(standbyPollMs, abort.signal);
     }
     return undefined;
   };
 
-  const ensureChannel = async (): Promise<ConfirmChannel | undefined> => {
+  const openTerm = async (db: pg.Client, epoch: number, sentAt: number): Promise<Term> => {
+    let t: Term | undefined;
+    const lease = keepLease({
+      db,
+      spec,
+      epoch,
+      sentAt,
+      logger,
+      onEnd: (reason) => {
+        wake?.();
+        if (reason === 'ended' || !t) return;
+        stats.leasesLost++;
+        const lost = t;
+        // Taken: every write of the term is refused from now on, so drop everything at once.
+        // Expired (no renewal in time, maybe only a pause): nothing more is published, but the
+        // batches in flight may settle for a moment; their marks are fenced, so they land only if
+        // the database still has the lease as ours, and save sending those rows again.
+        if (reason === 'taken') dropTerm(lost);
+        else lost.dropTimer = setTimeout(() => dropTerm(lost), EXPIRED_SETTLE_MS);
+      },
+    });
+    let work: pg.Client | undefined;
+    try {
+      work = await openSession('outbox');
+      work.on('notification', () => {
+        notified = true;
+        wake?.();
+      });
+      await work.query('LISTEN fogsched_outbox');
+    } catch (error) {
+      lease.end('ended');
+      await releaseLease(db, spec, epoch).catch(() => {});
+      await closeClient(work);
+      throw error;
+    }
+    let tail: Promise<unknown> = Promise.resolve();
+    t = {
+      lease,
+      db: work,
+      inTurn: <T>(f: () => Promise<T>): Promise<T> => {
+        const p = tail.then(f, f);
+        tail = p.catch(() => {});
+        return p;
+      },
+    };
+    term = t;
+    return t;
+  };
+
+  /** Ends a term: closes its channel and connection, and gives the lease back if it still held it (a stop, a failed round). */
+  const endTerm = async (t: Term) => {
+    clearTimeout(t.dropTimer);
+    const held = t.lease.holds();
+    t.lease.end('ended');
+    await closeAmqp();
+    if (term === t) term = undefined;
+    const quiet = await t.lease.quiet(leaseMs);
+    if (held && quiet && leaseDb) await releaseLease(leaseDb, spec, t.lease.epoch).catch(() => {});
+    await closeClient(t.db);
+    // Renewals that ran out or hang may sit on a dead connection: the standby starts on a fresh one.
+    if (!quiet || t.lease.reason() === 'expired') {
+      await closeClient(leaseDb);
+      leaseDb = undefined;
+    }
+  };
+
+  const ensureChannel = async (ended: AbortSignal): Promise<ConfirmChannel | undefined> => {
     if (channel) return channel;
     // Bounded: during a broker outage the round ends (rows stay due) instead of parking the
     // loop inside connect, so the lag is still measured and reported, and the next round retries.
@@ -174,14 +343,20 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     const endRound = () => round.abort();
     const timer = setTimeout(endRound, CONNECT_ROUND_MS);
     abort.signal.addEventListener('abort', endRound, { once: true });
+    ended.addEventListener('abort', endRound, { once: true });
     let conn: ChannelModel | undefined;
     try {
       conn = await connectAmqp(options.amqpUrl, { logger, signal: round.signal, name: 'fogsched-relay', maxBackoffMs: options.retryMaxMs });
     } finally {
       clearTimeout(timer);
       abort.signal.removeEventListener('abort', endRound);
+      ended.removeEventListener('abort', endRound);
     }
     if (!conn) return undefined;
+    if (ended.aborted) {
+      await conn.close().catch(() => {});
+      return undefined;
+    }
     connection = conn;
     conn.on('close', () => {
       if (connection === conn) {
@@ -200,6 +375,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
       if (msg.properties.messageId) returned.add(msg.properties.messageId);
     });
     await declareTopology(ch, options.topology);
+    if (connection !== conn) return undefined; // closed meanwhile (the lease ended)
     channel = ch;
     return ch;
   };
@@ -254,27 +430,29 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
       }
     });
 
+  /** A fenced write found another epoch: this term is over, whatever its local deadline says. */
+  const fencedOut = (t: Term): never => {
+    t.lease.end('taken');
+    throw new LeaseLostError('taken');
+  };
+
   /** Gives refused rows their backoff: they stay unpublished and come due again later. */
-  const backOff = async (db: pg.Client, failed: readonly FailedRow[]) => {
-    const backoffs = failed.map((f) =>
-      f.error.startsWith('unknown exchange') ? 3_600_000 : Math.min(options.retryMaxMs, 100 * 2 ** Math.min(f.attempts + 1, 12)),
-    );
-    // unnest: one statement sets a different error and backoff per row.
-    await inTurn(() =>
-      db.query(
-        `UPDATE outbox o SET attempts = o.attempts + 1, last_error = f.error, available_at = now() + f.backoff * interval '1 millisecond'
-           FROM unnest($1::bigint[], $2::text[], $3::int[]) AS f(id, error, backoff) WHERE o.id = f.id`,
-        [failed.map((f) => f.id), failed.map((f) => f.error.slice(0, 500)), backoffs],
-      ),
-    );
+  const backOff = async (t: Term, failed: readonly FailedRow[]) => {
+    const rows = failed.map((f) => ({
+      id: f.id,
+      error: f.error.slice(0, 500),
+      backoffMs: f.error.startsWith('unknown exchange') ? 3_600_000 : Math.min(options.retryMaxMs, 100 * 2 ** Math.min(f.attempts + 1, 12)),
+    }));
+    const r = await t.inTurn(() => backOffFenced(t.db, spec, t.lease.epoch, rows));
+    if (!r.held) fencedOut(t);
     stats.failed += failed.length;
     logger.warn({ failed: failed.length, firstError: failed[0]?.error }, 'outbox rows not confirmed; will retry');
   };
 
   /** The first claim of a round: the oldest due rows, through the partial index of unpublished rows. */
-  const claimDue = async (db: pg.Client): Promise<Claim> => {
-    const r = await inTurn(() =>
-      db.query<ClaimedRow>(
+  const claimDue = async (t: Term): Promise<Claim> => {
+    const r = await t.inTurn(() =>
+      t.db.query<ClaimedRow>(
         `SELECT id, message_id, exchange, routing_key, headers, body::text AS body, attempts
            FROM outbox WHERE published_at IS NULL AND available_at <= now()
           ORDER BY id LIMIT $1`,
@@ -291,9 +469,9 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
    * the partial index, whose plan sorts every due row (and every dead entry) on each call.
    * Rows in flight are below `afterId`, so none is claimed twice.
    */
-  const claimAfter = async (db: pg.Client, afterId: number): Promise<Claim> => {
-    const r = await inTurn(() =>
-      db.query<ClaimedRow & { due: boolean }>(
+  const claimAfter = async (t: Term, afterId: number): Promise<Claim> => {
+    const r = await t.inTurn(() =>
+      t.db.query<ClaimedRow & { due: boolean }>(
         `SELECT id, message_id, exchange, routing_key, headers, body::text AS body, attempts,
                 published_at IS NULL AND available_at <= now() AS due
            FROM outbox WHERE id > $1 ORDER BY id LIMIT $2`,
@@ -310,17 +488,20 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
    * `pipelineDepth` batches awaiting their confirms: the next batch is claimed and published
    * while the earlier ones wait for theirs, and confirmed rows are marked published behind them.
    * It claims no further batch once a row was refused, the channel changed, the rows thin out
-   * (the next round starts over from the index) or the relay stops; either way every batch in
-   * flight gets its confirms and every confirmed row its UPDATE before it returns.
+   * (the next round starts over from the index), the relay stops or the lease ends; it publishes
+   * nothing once the lease no longer holds. On a stop every batch in flight gets its confirms and
+   * every confirmed row its UPDATE before it returns; on a lost lease the channel and connection
+   * are closed under it (at once when taken, after EXPIRED_SETTLE_MS when expired), so the batches
+   * in flight settle and the rows not marked stay due.
    * True when more rows may be due right away.
    */
-  const runOnce = async (db: pg.Client): Promise<boolean> => {
-    let claim = await claimDue(db);
+  const runOnce = async (t: Term): Promise<boolean> => {
+    let claim = await claimDue(t);
     if (claim.rows.length === 0) {
       stats.lagMs = 0;
       return false;
     }
-    const ch = await ensureChannel();
+    const ch = await ensureChannel(t.lease.signal);
     if (!ch) return false;
     const returned = returnedOf.get(ch) ?? new Set<string>();
     const inFlight = new Set<Promise<void>>();
@@ -338,8 +519,11 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
           while (toMark.length > 0) {
             const batch = toMark;
             toMark = [];
-            await inTurn(() => db.query('UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])', [batch]));
-            stats.published += batch.length;
+            // Fenced, not checked against the local deadline: a confirmed row marked under a lease
+            // the database still holds for us is right, and one the database no longer does is refused.
+            const r = await t.inTurn(() => markPublishedFenced(t.db, spec, t.lease.epoch, batch));
+            if (!r.held) fencedOut(t);
+            stats.published += r.rows;
           }
         } catch (error) {
           failure ??= error; // the rows not marked stay due and go out again: at least once
@@ -348,9 +532,11 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
         }
       })();
     };
-    const stopping = () => refused || failure !== undefined || channel !== ch || abort.signal.aborted;
+    const stopping = () => refused || failure !== undefined || channel !== ch || abort.signal.aborted || !t.lease.holds();
     try {
       for (;;) {
+        // Checked right before the publishes go out: a leader past its deadline sends nothing more.
+        if (!t.lease.holds()) break;
         // A row for an exchange this relay does not declare (say, written under another AMQP_PREFIX)
         // would close the channel and fail its whole batch each round: set it aside instead.
         const publishable = claim.rows.filter((r) => knownExchanges.has(r.exchange));
@@ -363,7 +549,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
             const failed = [...outcome.failed, ...strays];
             if (failed.length > 0) {
               refused = true;
-              await backOff(db, failed);
+              await backOff(t, failed);
             }
           })
           .catch((error: unknown) => {
@@ -374,20 +560,20 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
         if (!claim.full || !claim.dense || stopping()) break;
         // Claim the next batch now; publish it once a batch in flight is confirmed and the
         // confirmed rows awaiting their UPDATE are no more than a few batches.
-        next = claimAfter(db, claim.lastId);
+        next = claimAfter(t, claim.lastId);
         next.catch(() => {}); // awaited below; until then a failure must not count as unhandled
         while (inFlight.size >= pipelineDepth) await Promise.race(inFlight);
         while (marking && toMark.length >= pipelineDepth * options.batchSize) await marking;
         claim = await next;
         next = undefined;
         if (claim.rows.length === 0 || stopping()) break;
-        if (Date.now() - lastLagCheck > LAG_CHECK_MS) await measureLag(db);
+        if (Date.now() - lastLagCheck > LAG_CHECK_MS) await measureLag(t);
       }
     } catch (error) {
       failure ??= error;
     } finally {
       // Claimed but not published: those rows simply stay due. Every batch in flight gets its
-      // confirms, and every confirmed row its UPDATE, before the round ends.
+      // confirms (or fails with its channel), and every confirmed row its UPDATE, before the round ends.
       await next?.catch(() => {});
       await Promise.all(inFlight);
       while (marking) await marking;
@@ -397,18 +583,20 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
   };
 
   /** Sleep until the poll, or until a delayed row comes due if that is sooner (delays fire on time). */
-  const idleWaitMs = async (db: pg.Client): Promise<number> => {
-    const r = await db.query<{ ms: number | null }>(
-      `SELECT (extract(epoch FROM min(available_at) - now()) * 1000)::float8 AS ms FROM outbox WHERE published_at IS NULL AND available_at > now()`,
+  const idleWaitMs = async (t: Term): Promise<number> => {
+    const r = await t.inTurn(() =>
+      t.db.query<{ ms: number | null }>(
+        `SELECT (extract(epoch FROM min(available_at) - now()) * 1000)::float8 AS ms FROM outbox WHERE published_at IS NULL AND available_at > now()`,
+      ),
     );
     const ms = r.rows[0]?.ms;
     return ms === null || ms === undefined ? options.pollIntervalMs : Math.max(1, Math.min(options.pollIntervalMs, Math.ceil(ms)));
   };
 
-  const measureLag = async (db: pg.Client) => {
+  const measureLag = async (t: Term) => {
     lastLagCheck = Date.now();
-    const r = await inTurn(() =>
-      db.query<{ lag_ms: number | null; pending: number }>(
+    const r = await t.inTurn(() =>
+      t.db.query<{ lag_ms: number | null; pending: number }>(
         `SELECT (extract(epoch FROM now() - min(available_at)) * 1000)::float8 AS lag_ms, count(*)::int AS pending
            FROM outbox WHERE published_at IS NULL AND available_at <= now()`,
       ),
@@ -418,29 +606,45 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     if (stats.pending > 0) logger.warn({ lagMs: Math.round(stats.lagMs), pending: stats.pending }, 'outbox lag');
   };
 
+  /** Publishes round after round while the lease holds and the relay runs. */
+  const lead = async (t: Term) => {
+    while (!abort.signal.aborted && t.lease.holds()) {
+      notified = false;
+      const more = await runOnce(t);
+      failures = 0;
+      if (!t.lease.holds()) break;
+      if (Date.now() - lastLagCheck > LAG_CHECK_MS) await measureLag(t);
+      // Notified during the round: start the next at once, without the idle-wait query.
+      if (!more && !notified) {
+        const ms = await idleWaitMs(t);
+        if (!notified) await waitForWork(ms, t.lease.signal);
+      }
+    }
+  };
+
+  /** Rounds failed in a row: the backoff before this replica tries to lead again. */
+  let failures = 0;
+
   const run = async () => {
-    let failures = 0;
     while (!abort.signal.aborted) {
-      client ??= await becomeLeader();
-      const db = client;
-      if (!db) break;
+      const t = await acquire();
+      if (!t) break;
+      let error: unknown;
       try {
-        notified = false;
-        const more = await runOnce(db);
-        failures = 0;
-        if (Date.now() - lastLagCheck > LAG_CHECK_MS) await measureLag(db);
-        // Notified during the round: start the next at once, without the idle-wait query.
-        if (!more && !notified) {
-          const ms = await idleWaitMs(db);
-          if (!notified) await waitForWork(ms);
-        }
-      } catch (error) {
+        await lead(t);
+      } catch (e) {
+        error = e;
+      }
+      // A lost lease explains whatever failed in the round it cut short (closed channel, closed connection).
+      const lost = t.lease.reason() ?? (error instanceof LeaseLostError ? error.reason : undefined);
+      await endTerm(t);
+      if (lost === 'expired' || lost === 'taken') {
+        logger.warn({ epoch: t.lease.epoch, reason: lost }, 'relay lease lost; standing by');
+      } else if (error !== undefined) {
         failures++;
         const delay = Math.min(options.retryMaxMs, 100 * 2 ** Math.min(failures, 10));
         logger.warn({ err: (error as Error).message, retryInMs: delay }, 'relay round failed');
-        // Start clean: reconnect (and re-take the lock) and open a fresh channel.
-        await closeDb();
-        await closeAmqp();
+        // Start clean: the lease was given back, the connections closed; a standby may take over meanwhile.
         await sleep(delay, abort.signal);
       }
     }
@@ -448,16 +652,21 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
 
   return {
     name: 'relay',
-    stats: () => ({ ...stats }),
+    stats: () => {
+      const t = term;
+      const leading = t !== undefined && t.lease.holds();
+      return { ...stats, leader: leading, epoch: leading ? t.lease.epoch : 0 };
+    },
     async start() {
       loop = run().catch((error: unknown) => logger.error({ err: error }, 'relay loop crashed'));
     },
     stop() {
       return (stopped ??= (async () => {
         abort.abort();
-        await loop; // the batch in flight gets its confirms and its UPDATE
+        await loop; // the batch in flight gets its confirms and its UPDATE; the lease is given back
         await closeAmqp();
-        await closeDb();
+        await closeClient(leaseDb);
+        leaseDb = undefined;
       })());
     },
   };

@@ -30,7 +30,7 @@ afterAll(async () => {
   await broker?.cleanup();
 });
 
-// A fresh database per test: leadership (the advisory lock) and the outbox are per database.
+// A fresh database per test: leadership (the lease in relay_lease) and the outbox are per database.
 beforeEach(async () => {
   tdb = await createTestDatabase('relay');
   service = createTaskService({ db: tdb.db, names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3, maxBatch: 100 });
@@ -193,7 +193,7 @@ describe('outbox relay', () => {
     await leader.stop();
     expect(Date.now() - stopping).toBeLessThan(3000);
     expect(leader.stats().leader).toBe(false);
-    // PostgreSQL freed the lock with the leader's session: the standby takes it within a poll.
+    // The leader gave the lease back as it stopped: the standby takes it within a poll.
     await eventually(() => standby.stats().leader, { timeoutMs: 5000 });
     await submit(4);
     await eventually(() => allPublished(7));
