@@ -192,3 +192,50 @@ describe('the task service is all or nothing', () => {
     expect(other.rows[0]?.n).toBe(0);
   });
 });
+
+describe('cancel withdraws the unpublished dispatches', () => {
+  const caller = { tenant: 'default', actor: 'test' };
+  const service = () => createTaskService({ db: tdb.db, names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3, maxBatch: 500 });
+  const rows = (taskId: string) =>
+    tdb.db.selectFrom('outbox').select(['exchange', 'published_at', 'body']).where('stream_id', '=', taskId).orderBy('id').execute();
+
+  it('a delayed task cancelled before it is due keeps no dispatch row, only the cancel broadcast', async () => {
+    const { task } = await service().submit({ type: 'noop', notBefore: new Date(Date.now() + 3_600_000).toISOString() }, caller);
+    expect((await rows(task.taskId)).map((r) => [r.exchange, r.published_at])).toEqual([[names.tasks, null]]);
+    await service().cancel(task.taskId, caller, 'not needed');
+    // On main the dispatch row stayed and went out when due, to any node that missed the cancel.
+    expect((await rows(task.taskId)).map((r) => r.exchange)).toEqual([names.system]);
+  });
+
+  it('a retrying task loses its pending retry; a dispatch already published is left as it was', async () => {
+    const { task } = await service().submit({ type: 'noop' }, caller);
+    await sql`UPDATE outbox SET published_at = now() WHERE stream_id = ${task.taskId}`.execute(tdb.db);
+    await tdb.db.transaction().execute((trx) =>
+      executeTaskCommands(
+        trx,
+        [
+          { taskId: task.taskId, command: { type: 'StartTask', data: { attempt: 1, nodeId: 'n1', now: new Date().toISOString() } }, metadata: {} },
+          {
+            taskId: task.taskId,
+            command: {
+              type: 'FailTask',
+              data: { attempt: 1, nodeId: 'n1', error: { message: 'x', code: 'x', retryable: true }, startedAt: null, backoff: { baseMs: 3_600_000, factor: 1, maxMs: 3_600_000 }, random: 0, now: new Date().toISOString() },
+            },
+            metadata: {},
+          },
+        ],
+        names,
+      ),
+    );
+    expect((await rows(task.taskId)).map((r) => [(r.body as { attempt?: number }).attempt, r.published_at === null])).toEqual([
+      [1, false],
+      [2, true],
+    ]);
+    await service().cancel(task.taskId, caller, null);
+    const after = await rows(task.taskId);
+    expect(after.map((r) => [r.exchange, (r.body as { attempt?: number }).attempt ?? null])).toEqual([
+      [names.tasks, 1],
+      [names.system, null],
+    ]);
+  });
+});
