@@ -11,6 +11,7 @@ import {
   ValidationError,
   type CatchUp,
   type ScheduleCommand,
+  type ScheduleSkipReason,
   type ScheduleSpec,
   type ScheduleState,
   type ScheduleStatus,
@@ -173,18 +174,43 @@ export function createScheduler(options: SchedulerOptions): Role & { tick(): Pro
     const fireAt = state.nextFireAt as string;
     const late = now.getTime() - Date.parse(fireAt);
     const upcoming = nextFireAt(spec.cron, spec.timezone, now);
+    const skip = (reason: ScheduleSkipReason) =>
+      applyScheduleCommand(trx, state, { type: 'SkipSchedule', data: { from: fireAt, nextFireAt: upcoming, now: now.toISOString(), reason } }, 'scheduler');
     if (spec.catchUp === 'skip' && late > options.misfireGraceMs) {
-      await applyScheduleCommand(trx, state, { type: 'SkipSchedule', data: { from: fireAt, nextFireAt: upcoming, now: now.toISOString() } }, 'scheduler');
+      await skip({ kind: 'missed', lateMs: late });
       return false;
     }
     // 'once' (or on time): one run for this due time; runs missed meanwhile fold into it.
     const taskId = firingTaskId(state.scheduleId, fireAt);
-    const after = await applyScheduleCommand(trx, state, { type: 'FireSchedule', data: { fireAt, taskId, nextFireAt: upcoming, now: now.toISOString() } }, 'scheduler');
-    if (after === state) return false;
-    const task = buildTaskSpec(spec.template, spec.tenant, taskId, options);
-    const command: TaskCommand = { type: 'SubmitTask', data: { task, now: now.toISOString() } };
-    await executeTaskCommands(trx, [{ taskId, command, metadata: { tenant: spec.tenant, actor: `schedule:${state.scheduleId}`, causationId: state.scheduleId } }], options.names, new Set([taskId]));
-    return true;
+    // The ScheduleFired and the task it names are written together or not at all: a refused
+    // submit rolls both back to the savepoint, and the run is recorded as skipped, with why.
+    await sql`SAVEPOINT schedule_run`.execute(trx);
+    try {
+      const after = await applyScheduleCommand(trx, state, { type: 'FireSchedule', data: { fireAt, taskId, nextFireAt: upcoming, now: now.toISOString() } }, 'scheduler');
+      if (after === state) {
+        await sql`RELEASE SAVEPOINT schedule_run`.execute(trx);
+        return false;
+      }
+      const task = buildTaskSpec(spec.template, spec.tenant, taskId, options);
+      const command: TaskCommand = { type: 'SubmitTask', data: { task, now: now.toISOString() } };
+      const outcome = await executeTaskCommands(
+        trx,
+        [{ taskId, command, metadata: { tenant: spec.tenant, actor: `schedule:${state.scheduleId}`, causationId: state.scheduleId } }],
+        options.names,
+        new Set([taskId]),
+      );
+      const refused = outcome.refused.get(0);
+      if (refused) throw refused;
+      await sql`RELEASE SAVEPOINT schedule_run`.execute(trx);
+      return true;
+    } catch (error) {
+      const rolledBack = await sql`ROLLBACK TO SAVEPOINT schedule_run`.execute(trx).then(() => true, () => false);
+      if (!(error instanceof FogschedError) || !rolledBack) throw error;
+      // A template that no longer fits (tiers changed): skip this run, keep the schedule.
+      logger.error({ scheduleId: state.scheduleId, fireAt, code: error.code, err: error.message }, 'schedule run refused');
+      await skip({ kind: 'refused', error: { code: error.code, message: error.message } });
+      return false;
+    }
   };
 
   /**
@@ -245,13 +271,7 @@ export function createScheduler(options: SchedulerOptions): Role & { tick(): Pro
       let fired = 0;
       const now = new Date();
       for (const row of rows) {
-        try {
-          if (await fire(trx, scheduleRowToState(row), now)) fired++;
-        } catch (error) {
-          if (!(error instanceof FogschedError)) throw error;
-          // A template that no longer fits (tiers changed): skip this run, keep the schedule.
-          logger.error({ scheduleId: row.schedule_id, err: error.message }, 'schedule run refused');
-        }
+        if (await fire(trx, scheduleRowToState(row), now)) fired++;
       }
       return fired;
     });
