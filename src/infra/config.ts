@@ -63,6 +63,10 @@ export const ConfigSchema = Type.Object({
   BROKER_HEARTBEAT_TTL_MS: Int(100, 90000, 'TTL of rabbitmq:node:{node}:heartbeat; a member whose key expired leaves the cluster set'),
   FOG_HEARTBEAT_INTERVAL_MS: Int(100, 10000, 'a fog node refreshes fog:node:{id} this often'),
   FOG_HEARTBEAT_TTL_MS: Int(100, 30000, 'TTL of fog:node:{id}; the coordinator reaps a node whose hash expired'),
+
+  // Running lease (scheduler role; src/schedules/lease.ts).
+  RUNNING_LEASE_MS: Int(1, 1_800_000, 'a running task without timeoutMs whose result has not come this long after its start is given up (lease-expired) and retried'),
+  RUNNING_LEASE_GRACE_MS: Int(0, 30_000, 'a running task with timeoutMs is given up (lease-expired) this long after its timeout'),
 });
 
 export type Config = Readonly<Static<typeof ConfigSchema>> & { readonly fogNodeId: string };

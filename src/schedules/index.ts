@@ -1,1 +1,2 @@
 export * from './schedules.js';
+export * from './lease.js';

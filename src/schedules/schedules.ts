@@ -9,6 +9,7 @@ import {
   initialScheduleState,
   ScheduleNotFoundError,
   ValidationError,
+  type BackoffOptions,
   type CatchUp,
   type ScheduleCommand,
   type ScheduleSkipReason,
@@ -24,6 +25,7 @@ import { sleep, type Role } from '../infra/role.js';
 import type { TopologyNames } from '../outbox/index.js';
 import { appendEvents, type Database, type Executor, type SchedulesTable } from '../store/index.js';
 import { buildTaskSpec, executeTaskCommands, type Caller } from '../tasks/index.js';
+import { expireRunningLeases, nextLeaseExpiryMs, type RunningLease } from './lease.js';
 
 export interface ScheduleInput {
   readonly name?: string;
@@ -155,15 +157,29 @@ export interface SchedulerOptions extends ScheduleDeps {
   readonly pollIntervalMs: number;
   /** A run late by more than this counts as missed (catch-up policy decides). */
   readonly misfireGraceMs: number;
+  /** RUNNING_LEASE_MS and RUNNING_LEASE_GRACE_MS. */
+  readonly lease: RunningLease;
+  /** Backoff of the retries the lease schedules (RETRY_BASE_MS, RETRY_FACTOR, RETRY_MAX_MS). */
+  readonly backoff: BackoffOptions;
+}
+
+export interface Scheduler extends Role {
+  /** Fires every due schedule once; returns the number of tasks created. */
+  tick(): Promise<number>;
+  /** Fails waiting tasks past their deadline; returns how many. */
+  expireOverdue(): Promise<number>;
+  /** Gives up running attempts whose node was lost or whose lease ran out; returns how many. */
+  expireLeases(): Promise<number>;
 }
 
 /**
- * Fires due schedules and expires waiting tasks past their deadline. Replica-safe: due rows are claimed with FOR UPDATE SKIP
- * LOCKED, the firing is checked against the schedule's state by decide, and
- * the created task's id is derived from (schedule, run time), so a run can
- * never create two tasks, across replicas and restarts.
+ * Fires due schedules, expires waiting tasks past their deadline and gives up running tasks
+ * whose lease ran out. Replica-safe: due rows are claimed with FOR UPDATE SKIP LOCKED, the
+ * firing is checked against the schedule's state by decide, and the created task's id is
+ * derived from (schedule, run time), so a run can never create two tasks, across replicas and
+ * restarts.
  */
-export function createScheduler(options: SchedulerOptions): Role & { tick(): Promise<number>; expireOverdue(): Promise<number> } {
+export function createScheduler(options: SchedulerOptions): Scheduler {
   const logger = options.logger.child({ role: 'scheduler' });
   const abort = new AbortController();
   let loop: Promise<void> | undefined;
@@ -276,6 +292,15 @@ export function createScheduler(options: SchedulerOptions): Role & { tick(): Pro
       return fired;
     });
 
+  const leaseSweep = {
+    db: options.db,
+    names: options.names,
+    lease: options.lease,
+    backoff: options.backoff,
+    logger,
+  };
+  const expireLeases = () => expireRunningLeases(leaseSweep);
+
   const run = async () => {
     let failures = 0;
     while (!abort.signal.aborted) {
@@ -283,14 +308,17 @@ export function createScheduler(options: SchedulerOptions): Role & { tick(): Pro
       try {
         await tick();
         await expireOverdue();
+        await expireLeases();
         failures = 0;
         const next = await sql<{ ms: number | null }>`
           SELECT (extract(epoch FROM least(
             (SELECT min(next_fire_at) FROM schedules WHERE state = 'active'),
             (SELECT min(deadline) FROM task_current WHERE deadline IS NOT NULL AND state IN ('queued', 'scheduled', 'retrying'))
           ) - now()) * 1000)::float8 AS ms`.execute(options.db);
-        const ms = next.rows[0]?.ms;
-        if (ms !== null && ms !== undefined) wait = Math.max(5, Math.min(wait, Math.ceil(ms)));
+        const leaseMs = await nextLeaseExpiryMs(options.db, options.lease);
+        for (const ms of [next.rows[0]?.ms, leaseMs]) {
+          if (ms !== null && ms !== undefined) wait = Math.max(5, Math.min(wait, Math.ceil(ms)));
+        }
       } catch (error) {
         failures++;
         wait = Math.min(10_000, 200 * 2 ** Math.min(failures, 6));
@@ -304,6 +332,7 @@ export function createScheduler(options: SchedulerOptions): Role & { tick(): Pro
     name: 'scheduler',
     tick,
     expireOverdue,
+    expireLeases,
     async start() {
       loop = run();
     },

@@ -39,6 +39,8 @@ describe('a refused schedule run', () => {
       logger: createLogger('silent'),
       pollIntervalMs: 50,
       misfireGraceMs: 60_000,
+      lease: { leaseMs: 3_600_000, graceMs: 3_600_000 },
+      backoff: { baseMs: 10, factor: 1, maxMs: 10 },
     });
     // Wall-clock time must reach the first run (within a second).
     await eventually(
