@@ -25,7 +25,15 @@ CREATE INDEX task_current_running_idx ON task_current ((spec->>'timeoutMs' IS NU
 -- however many losses the log holds. Only loss events are in it (a few per node restart).
 CREATE INDEX events_node_lost_idx ON events (stream_id, position) WHERE type = 'FogNodeLost';
 
+-- Retention (src/schedules/retention.ts) deletes the oldest inbox rows and idempotency keys
+-- in batches; without these it would read the whole table to find them. (Outbox rows are
+-- found by walking the primary key from its low end: ids grow with created_at.)
+CREATE INDEX inbox_received_at_idx ON inbox (received_at);
+CREATE INDEX idempotency_keys_created_at_idx ON idempotency_keys (created_at);
+
 -- Down Migration
 DROP INDEX events_node_lost_idx;
+DROP INDEX idempotency_keys_created_at_idx;
+DROP INDEX inbox_received_at_idx;
 DROP INDEX task_current_running_idx;
 DROP FUNCTION task_lease_base_ms(timestamptz, jsonb);

@@ -49,6 +49,7 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
         tiers: parseTiers(config.TIERS),
         defaultMaxAttempts: config.DEFAULT_MAX_ATTEMPTS,
         maxBatch: config.SUBMIT_MAX_BATCH,
+        idempotencyKeyTtlHours: config.IDEMPOTENCY_KEY_TTL_HOURS,
       });
       // Lazy, no offline queue: a down Redis fails a cluster read at once and never holds a request.
       redis = createRedis(config.REDIS_URL, { logger, name: 'fogsched-api', lazyConnect: true });

@@ -64,9 +64,16 @@ export const ConfigSchema = Type.Object({
   FOG_HEARTBEAT_INTERVAL_MS: Int(100, 10000, 'a fog node refreshes fog:node:{id} this often'),
   FOG_HEARTBEAT_TTL_MS: Int(100, 30000, 'TTL of fog:node:{id}; the coordinator reaps a node whose hash expired'),
 
-  // Running lease (scheduler role; src/schedules/lease.ts).
+  // Running lease and retention (scheduler role; src/schedules/lease.ts, retention.ts).
   RUNNING_LEASE_MS: Int(1, 1_800_000, 'a running task without timeoutMs whose result has not come this long after its start is given up (lease-expired) and retried'),
   RUNNING_LEASE_GRACE_MS: Int(0, 30_000, 'a running task with timeoutMs is given up (lease-expired) this long after its timeout'),
+  OUTBOX_RETENTION_DAYS: Type.Number({ exclusiveMinimum: 0, default: 7, description: 'published outbox rows older than this are deleted' }),
+  INBOX_RETENTION_DAYS: Type.Number({
+    exclusiveMinimum: 0,
+    default: 7,
+    description: "ingest's applied message ids older than this are deleted; keep it above the longest a message can wait to be redelivered",
+  }),
+  IDEMPOTENCY_KEY_TTL_HOURS: Type.Number({ exclusiveMinimum: 0, default: 24, description: 'an Idempotency-Key older than this names a new task; deleted after it' }),
 });
 
 export type Config = Readonly<Static<typeof ConfigSchema>> & { readonly fogNodeId: string };

@@ -26,6 +26,7 @@ import type { TopologyNames } from '../outbox/index.js';
 import { appendEvents, type Database, type Executor, type SchedulesTable } from '../store/index.js';
 import { buildTaskSpec, executeTaskCommands, type Caller } from '../tasks/index.js';
 import { expireRunningLeases, nextLeaseExpiryMs, type RunningLease } from './lease.js';
+import { pruneRetention, type RetentionOptions, type RetentionResult } from './retention.js';
 
 export interface ScheduleInput {
   readonly name?: string;
@@ -161,6 +162,10 @@ export interface SchedulerOptions extends ScheduleDeps {
   readonly lease: RunningLease;
   /** Backoff of the retries the lease schedules (RETRY_BASE_MS, RETRY_FACTOR, RETRY_MAX_MS). */
   readonly backoff: BackoffOptions;
+  /** OUTBOX_RETENTION_DAYS, INBOX_RETENTION_DAYS, IDEMPOTENCY_KEY_TTL_HOURS. */
+  readonly retention: RetentionOptions;
+  /** How often retention runs (default 60 s). */
+  readonly retentionIntervalMs?: number;
 }
 
 export interface Scheduler extends Role {
@@ -170,14 +175,16 @@ export interface Scheduler extends Role {
   expireOverdue(): Promise<number>;
   /** Gives up running attempts whose node was lost or whose lease ran out; returns how many. */
   expireLeases(): Promise<number>;
+  /** Deletes old outbox, inbox and idempotency-key rows (see RetentionOptions). */
+  pruneRetention(): Promise<RetentionResult>;
 }
 
 /**
- * Fires due schedules, expires waiting tasks past their deadline and gives up running tasks
- * whose lease ran out. Replica-safe: due rows are claimed with FOR UPDATE SKIP LOCKED, the
- * firing is checked against the schedule's state by decide, and the created task's id is
- * derived from (schedule, run time), so a run can never create two tasks, across replicas and
- * restarts.
+ * Fires due schedules, expires waiting tasks past their deadline, gives up running tasks whose
+ * lease ran out, and prunes the outbox, inbox and idempotency keys. Replica-safe: due rows are
+ * claimed with FOR UPDATE SKIP LOCKED, the firing is checked against the schedule's state by
+ * decide, and the created task's id is derived from (schedule, run time), so a run can never
+ * create two tasks, across replicas and restarts.
  */
 export function createScheduler(options: SchedulerOptions): Scheduler {
   const logger = options.logger.child({ role: 'scheduler' });
@@ -328,13 +335,29 @@ export function createScheduler(options: SchedulerOptions): Scheduler {
     }
   };
 
+  const prune = () => pruneRetention(options.db, options.retention, abort.signal);
+
+  /** Retention in a loop of its own: a long backlog to delete never holds back a schedule run. */
+  const retain = async () => {
+    while (!abort.signal.aborted) {
+      try {
+        const pruned = await prune();
+        if (pruned.outbox + pruned.inbox + pruned.idempotencyKeys > 0) logger.info(pruned, 'retention pruned rows');
+      } catch (error) {
+        logger.warn({ err: (error as Error).message }, 'retention failed; will retry');
+      }
+      await sleep(options.retentionIntervalMs ?? 60_000, abort.signal);
+    }
+  };
+
   return {
     name: 'scheduler',
     tick,
     expireOverdue,
     expireLeases,
+    pruneRetention: prune,
     async start() {
-      loop = run();
+      loop = Promise.all([run(), retain()]).then(() => undefined);
     },
     stop() {
       return (stopped ??= (async () => {

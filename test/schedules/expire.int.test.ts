@@ -30,6 +30,7 @@ describe('deadlines without a fog node', () => {
     const scheduler = createScheduler({ db: tdb.db, names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3, logger: createLogger('silent'), pollIntervalMs: 50, misfireGraceMs: 1000,
       lease: { leaseMs: 3_600_000, graceMs: 3_600_000 },
       backoff: { baseMs: 10, factor: 1, maxMs: 10 },
+      retention: { outboxDays: 7, inboxDays: 7, idempotencyKeyHours: 24 },
     });
     await scheduler.start();
     try {

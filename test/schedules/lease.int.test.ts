@@ -90,6 +90,7 @@ describe('node-lost', () => {
       misfireGraceMs: 1000,
       lease: LONG,
       backoff,
+      retention: { outboxDays: 7, inboxDays: 7, idempotencyKeyHours: 24 },
     });
     await scheduler.start();
     try {

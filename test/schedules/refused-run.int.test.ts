@@ -41,6 +41,7 @@ describe('a refused schedule run', () => {
       misfireGraceMs: 60_000,
       lease: { leaseMs: 3_600_000, graceMs: 3_600_000 },
       backoff: { baseMs: 10, factor: 1, maxMs: 10 },
+      retention: { outboxDays: 7, inboxDays: 7, idempotencyKeyHours: 24 },
     });
     // Wall-clock time must reach the first run (within a second).
     await eventually(

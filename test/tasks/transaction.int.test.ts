@@ -193,6 +193,37 @@ describe('the task service is all or nothing', () => {
   });
 });
 
+describe('idempotency keys expire (IDEMPOTENCY_KEY_TTL_HOURS)', () => {
+  const caller = { tenant: 'default', actor: 'test' };
+  const service = () => createTaskService({ db: tdb.db, names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3, maxBatch: 500, idempotencyKeyTtlHours: 24 });
+  const makeOld = (key: string, hours: number) => sql`UPDATE idempotency_keys SET created_at = now() - ${hours}::float8 * interval '1 hour' WHERE key = ${key}`.execute(tdb.db);
+
+  it('a key older than the TTL names a new task, even before retention deleted it; the new task then owns the key', async () => {
+    const key = `ttl-${randomUUID()}`;
+    const { task: first } = await service().submit({ type: 'noop', idempotencyKey: key }, caller);
+    await makeOld(key, 23);
+    const replay = await service().submit({ type: 'noop', idempotencyKey: key }, caller);
+    expect(replay).toMatchObject({ created: false, task: { taskId: first.taskId } });
+
+    await makeOld(key, 25);
+    const again = await service().submit({ type: 'noop', idempotencyKey: key }, caller);
+    expect(again.created).toBe(true);
+    expect(again.task.taskId).not.toBe(first.taskId);
+    expect(await tdb.db.selectFrom('idempotency_keys').select('task_id').where('key', '=', key).executeTakeFirst()).toEqual({ task_id: again.task.taskId });
+    const retried = await service().submit({ type: 'noop', idempotencyKey: key }, caller);
+    expect(retried).toMatchObject({ created: false, task: { taskId: again.task.taskId } });
+  });
+
+  it('an expired key with a different request is a new task, not a conflict (batch too)', async () => {
+    const key = `ttl-${randomUUID()}`;
+    await service().submit({ type: 'noop', idempotencyKey: key }, caller);
+    await expect(service().submit({ type: 'other', idempotencyKey: key }, caller)).rejects.toBeInstanceOf(IdempotencyConflictError);
+    await makeOld(key, 48);
+    const [fresh] = await service().submitBatch([{ type: 'other', idempotencyKey: key }], caller);
+    expect(fresh).toMatchObject({ created: true, task: { spec: { type: 'other' } } });
+  });
+});
+
 describe('cancel withdraws the unpublished dispatches', () => {
   const caller = { tenant: 'default', actor: 'test' };
   const service = () => createTaskService({ db: tdb.db, names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3, maxBatch: 500 });
