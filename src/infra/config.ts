@@ -66,7 +66,7 @@ export const ConfigSchema = Type.Object({
 
   // Running lease and retention (scheduler role; src/schedules/lease.ts, retention.ts).
   RUNNING_LEASE_MS: Int(1, 1_800_000, 'a running task without timeoutMs whose result has not come this long after its start is given up (lease-expired) and retried'),
-  RUNNING_LEASE_GRACE_MS: Int(0, 30_000, 'a running task with timeoutMs is given up (lease-expired) this long after its timeout'),
+  RUNNING_LEASE_GRACE_MS: Int(0, 30_000, 'a running task with timeoutMs is given up (lease-expired) this long after its timeout, a task of a lost node (node-lost) this long after the loss'),
   OUTBOX_RETENTION_DAYS: Type.Number({ exclusiveMinimum: 0, default: 7, description: 'published outbox rows older than this are deleted' }),
   INBOX_RETENTION_DAYS: Type.Number({
     exclusiveMinimum: 0,

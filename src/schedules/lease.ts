@@ -13,7 +13,11 @@ import { executeTaskCommands } from '../tasks/index.js';
 export interface RunningLease {
   /** RUNNING_LEASE_MS: the lease of a task without `timeoutMs`, from its start (default 30 min). */
   readonly leaseMs: number;
-  /** RUNNING_LEASE_GRACE_MS: a task with `timeoutMs` gets `timeoutMs` plus this (default 30 s). */
+  /**
+   * RUNNING_LEASE_GRACE_MS: a task with `timeoutMs` gets `timeoutMs` plus this; a task of a lost
+   * node is given up this long after the loss was recorded, so a result the node sent before it
+   * went (still in the results queue) is applied rather than thrown away (default 30 s).
+   */
   readonly graceMs: number;
 }
 
@@ -60,21 +64,23 @@ const NOW_MS = sql<number>`(extract(epoch FROM now())::float8 * 1000)`;
 /**
  * Locks (FOR UPDATE SKIP LOCKED: several scheduler replicas share the work, none waits) the
  * running tasks that may have to be given up: those whose node has a `FogNodeLost` later in the
- * log than their `TaskStarted`, and those whose lease ran out by their start time. Each is a
+ * log than their `TaskStarted` (and at least the grace ago), and those whose lease ran out by
+ * their start time. Each is a
  * range scan of task_current_running_idx, or a lookup in events_node_lost_idx per node that
  * runs tasks now (then one in the task's stream per task of a lost node).
  */
 async function lockCandidates(trx: Executor, lease: RunningLease, limit: number): Promise<string[]> {
   const lost = await sql<{ task_id: string }>`
     SELECT t.task_id FROM task_current t
-      JOIN (SELECT n.node_id, l.position
+      JOIN (SELECT n.node_id, l.position, l.recorded_at
               FROM (SELECT DISTINCT node_id FROM task_current WHERE state = 'running') n
               CROSS JOIN LATERAL (
-                SELECT e.position FROM events e
+                SELECT e.position, e.recorded_at FROM events e
                  WHERE e.stream_id = 'node:' || n.node_id AND e.type = 'FogNodeLost'
                  ORDER BY e.position DESC LIMIT 1) l) lost
         ON lost.node_id = t.node_id
      WHERE t.state = 'running'
+       AND lost.recorded_at <= now() - ${lease.graceMs}::float8 * interval '1 millisecond'
        AND lost.position > (SELECT s.position FROM events s
                              WHERE s.stream_id = t.task_id::text AND s.type = 'TaskStarted'
                              ORDER BY s.stream_version DESC LIMIT 1)
@@ -119,14 +125,14 @@ async function readCandidates(trx: Executor, ids: readonly string[]): Promise<Ru
 /** Why this running attempt must be given up, or null while it still holds its lease. */
 export function leaseVerdict(c: RunningAttemptRow, lease: RunningLease): { code: LeaseFailureCode; message: string } | null {
   // Log order, not clocks: the loss was recorded after the start was (positions only grow).
-  if (c.lost_position !== null && c.lost_position > c.started_position) {
+  const now = c.now.getTime();
+  if (c.lost_position !== null && c.lost_position > c.started_position && c.lost_recorded_at && now - c.lost_recorded_at.getTime() >= lease.graceMs) {
     return {
       code: 'node-lost',
       message: `fog node ${c.node_id} was lost (${c.lost_reason ?? 'unknown reason'}, recorded ${c.lost_recorded_at?.toISOString()}) while it ran attempt ${c.attempt}`,
     };
   }
   const allowanceMs = c.timeout_ms === null ? lease.leaseMs : c.timeout_ms + lease.graceMs;
-  const now = c.now.getTime();
   // Both clocks must agree the lease ran out: the node's start time (a node's clock running
   // behind would end it early) and when the database recorded the start (a start written late,
   // after an ingest backlog, would end it before its result could arrive).

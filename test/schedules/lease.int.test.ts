@@ -18,8 +18,8 @@ const names = topologyNames('t_');
 const logger = createLogger('silent');
 const caller = { tenant: 'default', actor: 'test' };
 const backoff = { baseMs: 10, factor: 1, maxMs: 10 };
-/** Leases long enough that only the test's own tasks expire, and only the ones meant to. */
-const LONG: RunningLease = { leaseMs: 3_600_000, graceMs: 3_600_000 };
+/** A lease no task here outlives, and no grace after a node's loss (no task here has a timeout it could cut short). */
+const NODE_LOST: RunningLease = { leaseMs: 3_600_000, graceMs: 0 };
 let tdb: TestDatabase;
 
 beforeAll(async () => {
@@ -71,7 +71,7 @@ const attemptFailures = async (taskIds: readonly string[]) =>
     (await sql<{ n: number }>`SELECT count(*)::int AS n FROM events WHERE stream_id = ANY(${taskIds}::text[]) AND type = 'TaskAttemptFailed'`.execute(tdb.db)).rows[0]?.n,
   );
 
-const sweep = (lease: RunningLease = LONG) => expireRunningLeases({ db: tdb.db, names, lease, backoff, logger });
+const sweep = (lease: RunningLease = NODE_LOST) => expireRunningLeases({ db: tdb.db, names, lease, backoff, logger });
 
 describe('node-lost', () => {
   it('the scheduler role retries a task whose node was lost after it started, with error node-lost; the late result is a no-op', async () => {
@@ -88,7 +88,7 @@ describe('node-lost', () => {
       logger,
       pollIntervalMs: 50,
       misfireGraceMs: 1000,
-      lease: LONG,
+      lease: NODE_LOST,
       backoff,
       retention: { outboxDays: 7, inboxDays: 7, idempotencyKeyHours: 24 },
     });
@@ -143,6 +143,25 @@ describe('node-lost', () => {
     expect(row).toMatchObject({ state: 'failed', failure_reason: 'max-attempts' });
     expect(row.last_error).toMatchObject({ code: 'node-lost' });
     expect(await types(task)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskStarted', 'TaskAttemptFailed', 'TaskFailed']);
+  });
+
+  it('waits RUNNING_LEASE_GRACE_MS after the loss: a result the node sent before it went is applied, not thrown away', async () => {
+    const done = await submit();
+    const silent = await submit();
+    await joined('edge-j');
+    await start(done, 'edge-j');
+    await start(silent, 'edge-j');
+    await lost('edge-j');
+    const lostAt = Date.now();
+    const lease = { leaseMs: 3_600_000, graceMs: 500 };
+    await sweep(lease);
+    expect((await current(silent)).state).toBe('running');
+    // The result of one of them was still in the results queue when the coordinator saw the node go.
+    await command(done, { type: 'SucceedTask', data: { attempt: 1, nodeId: 'edge-j', output: 1, durationMs: 5, startedAt: new Date().toISOString(), now: new Date().toISOString() } });
+    await eventually(async () => (await sweep(lease)) >= 0 && (await current(silent)).state !== 'running', { timeoutMs: 5000, intervalMs: 20 });
+    expect(Date.now() - lostAt).toBeGreaterThanOrEqual(500);
+    expect((await current(silent)).last_error).toMatchObject({ code: 'node-lost' });
+    expect(await types(done)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskStarted', 'TaskSucceeded']);
   });
 
   it('two scheduler replicas sweeping at once give each attempt up exactly once', async () => {
