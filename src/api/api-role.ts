@@ -52,6 +52,7 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
         defaultMaxAttempts: config.DEFAULT_MAX_ATTEMPTS,
         maxBatch: config.SUBMIT_MAX_BATCH,
         maxQueued: config.SUBMIT_QUEUE_MAX,
+        idempotencyKeyTtlHours: config.IDEMPOTENCY_KEY_TTL_HOURS,
       });
       // Lazy, no offline queue: a down Redis fails a cluster read at once and never holds a request.
       redis = createRedis(config.REDIS_URL, { logger, name: 'fogsched-api', lazyConnect: true });

@@ -165,6 +165,9 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
         logger,
         pollIntervalMs: config.SCHEDULER_POLL_INTERVAL_MS,
         misfireGraceMs: config.SCHEDULER_MISFIRE_GRACE_MS,
+        lease: { leaseMs: config.RUNNING_LEASE_MS, graceMs: config.RUNNING_LEASE_GRACE_MS },
+        backoff: { baseMs: config.RETRY_BASE_MS, factor: config.RETRY_FACTOR, maxMs: config.RETRY_MAX_MS },
+        retention: { outboxDays: config.OUTBOX_RETENTION_DAYS, inboxDays: config.INBOX_RETENTION_DAYS, idempotencyKeyHours: config.IDEMPOTENCY_KEY_TTL_HOURS },
       });
       return { name: 'scheduler', start: () => scheduler.start(), stop: async () => { await scheduler.stop(); await pg.close(); } };
     }));

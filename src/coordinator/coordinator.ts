@@ -36,6 +36,8 @@ export interface Coordinator extends Role {
   readonly id: string;
   /** Holds the lease now, by its own clock (the lease may end earlier in Redis; every write is fenced). */
   isLeader(): boolean;
+  /** Fog nodes this replica keeps something about (last heartbeat seen, cached stream state): those in `fog:nodes` at its last round. */
+  trackedNodes(): { readonly seen: number; readonly streams: number };
 }
 
 interface FogNodeSeen {
@@ -188,6 +190,13 @@ export function createCoordinator(deps: CoordinatorDeps): Coordinator {
   const fogRound = async () => {
     if (!redis) return;
     const ids = await redis.smembers(keys.fogNodes);
+    // Forget nodes no longer in the set (reaped by this or another replica): a restarted fog node
+    // usually comes back under a new id (hostname-pid), so what is kept of gone ones would grow by
+    // one entry per restart. A node that comes back under an old id is read afresh.
+    const present = new Set(ids);
+    for (const map of [fogSeen, streams]) {
+      for (const nodeId of map.keys()) if (!present.has(nodeId)) map.delete(nodeId);
+    }
     const alive: string[] = [];
     const dead: string[] = [];
     for (const nodeId of ids) {
@@ -249,7 +258,10 @@ export function createCoordinator(deps: CoordinatorDeps): Coordinator {
         logger.warn({ nodeId, inFlight: seen?.inFlightTaskIds.length ?? 0, reason: seen?.state === 'stopped' ? 'stopped' : 'heartbeat-expired' }, 'fog node lost');
       }
       // Only after the event is durable: a failed append leaves the node in the set for the next round.
-      if ((await fencedRun('fogReap', [keys.fogNodes, keys.fogNode(nodeId)], [nodeId])) === 1) fogSeen.delete(nodeId);
+      if ((await fencedRun('fogReap', [keys.fogNodes, keys.fogNode(nodeId)], [nodeId])) === 1) {
+        fogSeen.delete(nodeId);
+        streams.delete(nodeId);
+      }
     }
   };
 
@@ -293,6 +305,7 @@ export function createCoordinator(deps: CoordinatorDeps): Coordinator {
     name: 'coordinator',
     id,
     isLeader,
+    trackedNodes: () => ({ seen: fogSeen.size, streams: streams.size }),
     async start() {
       redis = createRedis(deps.redisUrl, { logger, name: `fogsched-${id}` });
       scripts = fenced(redis);

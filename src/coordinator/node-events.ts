@@ -19,7 +19,7 @@ export interface FogNodeLost {
     lastSeen: string | null;
     /** `heartbeat-expired` (its hash timed out) or `stopped` (it said goodbye). */
     reason: 'heartbeat-expired' | 'stopped';
-    /** Tasks it was running at its last heartbeat; they return to their queues on their own (unacked). */
+    /** Tasks it held at its last heartbeat: one not yet started returns to its queue (unacked); the scheduler gives up a running one (node-lost). */
     inFlightTaskIds: string[];
     at: string;
   };

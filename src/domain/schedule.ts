@@ -31,7 +31,14 @@ export type ScheduleEvent =
   | { type: 'ScheduleResumed'; data: { actor: string; nextFireAt: string | null; at: string } }
   | { type: 'ScheduleDeleted'; data: { actor: string; at: string } }
   | { type: 'ScheduleFired'; data: { fireAt: string; taskId: string; nextFireAt: string | null; at: string } }
-  | { type: 'ScheduleSkipped'; data: { from: string; nextFireAt: string | null; at: string } };
+  | { type: 'ScheduleSkipped'; data: { from: string; nextFireAt: string | null; at: string; reason?: ScheduleSkipReason } };
+
+/**
+ * Why a run was skipped: `missed` (later than the misfire grace, catch-up `skip`) or `refused`
+ * (its task could not be submitted, e.g. the template fits no tier any more; `error` says why).
+ * Events written before reasons existed have none: those runs were missed.
+ */
+export type ScheduleSkipReason = { readonly kind: 'missed'; readonly lateMs: number } | { readonly kind: 'refused'; readonly error: { readonly code: string; readonly message: string } };
 
 export type ScheduleCommand =
   | { type: 'CreateSchedule'; data: { schedule: ScheduleSpec; nextFireAt: string | null; actor: string; now: string } }
@@ -40,7 +47,7 @@ export type ScheduleCommand =
   | { type: 'DeleteSchedule'; data: { actor: string; now: string } }
   /** Fire the due run at `fireAt` (the caller computed `nextFireAt` from the cron). */
   | { type: 'FireSchedule'; data: { fireAt: string; taskId: string; nextFireAt: string | null; now: string } }
-  | { type: 'SkipSchedule'; data: { from: string; nextFireAt: string | null; now: string } };
+  | { type: 'SkipSchedule'; data: { from: string; nextFireAt: string | null; now: string; reason: ScheduleSkipReason } };
 
 export interface ScheduleState {
   readonly scheduleId: string;
@@ -88,7 +95,7 @@ export function decideSchedule(state: ScheduleState, command: ScheduleCommand): 
     }
     case 'SkipSchedule':
       if (state.status !== 'active' || state.nextFireAt !== command.data.from) return [];
-      return [{ type: 'ScheduleSkipped', data: { from: command.data.from, nextFireAt: command.data.nextFireAt, at: command.data.now } }];
+      return [{ type: 'ScheduleSkipped', data: { from: command.data.from, nextFireAt: command.data.nextFireAt, at: command.data.now, reason: command.data.reason } }];
     default:
       return assertNever(command);
   }

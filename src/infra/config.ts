@@ -95,6 +95,17 @@ export const ConfigSchema = Type.Object({
   // cannot store (U+0000, not JSON) or larger than this is reported as failed `output-not-storable`.
   // At most 64 MiB, so a result message always stays below RabbitMQ's max_message_size.
   FOG_NODE_MAX_OUTPUT_BYTES: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024, description: 'largest handler output (its JSON, in bytes) a fog node reports' }),
+
+  // Running lease and retention (scheduler role; src/schedules/lease.ts, retention.ts).
+  RUNNING_LEASE_MS: Int(1, 1_800_000, 'a running task without timeoutMs whose result has not come this long after its start is given up (lease-expired) and retried'),
+  RUNNING_LEASE_GRACE_MS: Int(0, 30_000, 'a running task with timeoutMs is given up (lease-expired) this long after its timeout, a task of a lost node (node-lost) this long after the loss'),
+  OUTBOX_RETENTION_DAYS: Type.Number({ exclusiveMinimum: 0, default: 7, description: 'published outbox rows older than this are deleted' }),
+  INBOX_RETENTION_DAYS: Type.Number({
+    exclusiveMinimum: 0,
+    default: 7,
+    description: "ingest's applied message ids older than this are deleted; keep it above the longest a message can wait to be redelivered",
+  }),
+  IDEMPOTENCY_KEY_TTL_HOURS: Type.Number({ exclusiveMinimum: 0, default: 24, description: 'an Idempotency-Key older than this names a new task; deleted after it' }),
 });
 
 export type Config = Readonly<Static<typeof ConfigSchema>> & { readonly fogNodeId: string };

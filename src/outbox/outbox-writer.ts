@@ -73,3 +73,15 @@ export function insertOutbox(rows: readonly OutboxRow[]) {
     INSERT INTO outbox (message_id, stream_id, exchange, routing_key, headers, body, available_at)
     SELECT * FROM ${jsonRecordset(OUTBOX_COLUMNS, rows)}`;
 }
+
+/**
+ * The DELETE of the tasks' dispatches not yet published (a cancel withdraws them), as a CTE of
+ * the task write: a delayed or retrying task that was cancelled is then never sent, even to a
+ * fog node that missed the cancel broadcast (the node's own check stays as a second guard). A
+ * row the relay has already sent keeps its published_at and is left alone; one it is sending
+ * right now goes out, and the cancel broadcast, a later row, follows it.
+ */
+export function withdrawDispatches(taskIds: readonly string[], names: TopologyNames) {
+  return sql`
+    DELETE FROM outbox WHERE stream_id = ANY(${taskIds}::text[]) AND exchange = ${names.tasks} AND published_at IS NULL RETURNING id`;
+}

@@ -1,1 +1,3 @@
 export * from './schedules.js';
+export * from './lease.js';
+export * from './retention.js';

@@ -10,8 +10,10 @@ import {
   ScheduleLimitReachedError,
   ScheduleNotFoundError,
   ValidationError,
+  type BackoffOptions,
   type CatchUp,
   type ScheduleCommand,
+  type ScheduleSkipReason,
   type ScheduleSpec,
   type ScheduleState,
   type ScheduleStatus,
@@ -24,6 +26,8 @@ import { sleep, type Role } from '../infra/role.js';
 import type { TopologyNames } from '../outbox/index.js';
 import { appendEvents, type Database, type Executor, type SchedulesTable } from '../store/index.js';
 import { buildTaskSpec, callerMetadata, executeTaskCommands, type Caller } from '../tasks/index.js';
+import { expireRunningLeases, nextLeaseExpiryMs, type RunningLease } from './lease.js';
+import { pruneRetention, type RetentionOptions, type RetentionResult } from './retention.js';
 
 export interface ScheduleInput {
   readonly name?: string;
@@ -196,15 +200,35 @@ export interface SchedulerOptions extends ScheduleDeps {
   readonly pollIntervalMs: number;
   /** A run late by more than this counts as missed (catch-up policy decides). */
   readonly misfireGraceMs: number;
+  /** RUNNING_LEASE_MS and RUNNING_LEASE_GRACE_MS. */
+  readonly lease: RunningLease;
+  /** Backoff of the retries the lease schedules (RETRY_BASE_MS, RETRY_FACTOR, RETRY_MAX_MS). */
+  readonly backoff: BackoffOptions;
+  /** OUTBOX_RETENTION_DAYS, INBOX_RETENTION_DAYS, IDEMPOTENCY_KEY_TTL_HOURS. */
+  readonly retention: RetentionOptions;
+  /** How often retention runs (default 60 s). */
+  readonly retentionIntervalMs?: number;
+}
+
+export interface Scheduler extends Role {
+  /** Fires every due schedule once; returns the number of tasks created. */
+  tick(): Promise<number>;
+  /** Fails waiting tasks past their deadline; returns how many. */
+  expireOverdue(): Promise<number>;
+  /** Gives up running attempts whose node was lost or whose lease ran out; returns how many. */
+  expireLeases(): Promise<number>;
+  /** Deletes old outbox, inbox and idempotency-key rows (see RetentionOptions). */
+  pruneRetention(): Promise<RetentionResult>;
 }
 
 /**
- * Fires due schedules and expires waiting tasks past their deadline. Replica-safe: due rows are claimed with FOR UPDATE SKIP
- * LOCKED, the firing is checked against the schedule's state by decide, and
- * the created task's id is derived from (schedule, run time), so a run can
- * never create two tasks, across replicas and restarts.
+ * Fires due schedules, expires waiting tasks past their deadline, gives up running tasks whose
+ * lease ran out, and prunes the outbox, inbox and idempotency keys. Replica-safe: due rows are
+ * claimed with FOR UPDATE SKIP LOCKED, the firing is checked against the schedule's state by
+ * decide, and the created task's id is derived from (schedule, run time), so a run can never
+ * create two tasks, across replicas and restarts.
  */
-export function createScheduler(options: SchedulerOptions): Role & { tick(): Promise<number>; expireOverdue(): Promise<number> } {
+export function createScheduler(options: SchedulerOptions): Scheduler {
   const logger = options.logger.child({ role: 'scheduler' });
   const abort = new AbortController();
   let loop: Promise<void> | undefined;
@@ -215,18 +239,43 @@ export function createScheduler(options: SchedulerOptions): Role & { tick(): Pro
     const fireAt = state.nextFireAt as string;
     const late = now.getTime() - Date.parse(fireAt);
     const upcoming = nextFireAt(spec.cron, spec.timezone, now);
+    const skip = (reason: ScheduleSkipReason) =>
+      applyScheduleCommand(trx, state, { type: 'SkipSchedule', data: { from: fireAt, nextFireAt: upcoming, now: now.toISOString(), reason } }, 'scheduler');
     if (spec.catchUp === 'skip' && late > options.misfireGraceMs) {
-      await applyScheduleCommand(trx, state, { type: 'SkipSchedule', data: { from: fireAt, nextFireAt: upcoming, now: now.toISOString() } }, 'scheduler');
+      await skip({ kind: 'missed', lateMs: late });
       return false;
     }
     // 'once' (or on time): one run for this due time; runs missed meanwhile fold into it.
     const taskId = firingTaskId(state.scheduleId, fireAt);
-    const after = await applyScheduleCommand(trx, state, { type: 'FireSchedule', data: { fireAt, taskId, nextFireAt: upcoming, now: now.toISOString() } }, 'scheduler');
-    if (after === state) return false;
-    const task = buildTaskSpec(spec.template, spec.tenant, taskId, options);
-    const command: TaskCommand = { type: 'SubmitTask', data: { task, now: now.toISOString() } };
-    await executeTaskCommands(trx, [{ taskId, command, metadata: { tenant: spec.tenant, actor: `schedule:${state.scheduleId}`, causationId: state.scheduleId } }], options.names, new Set([taskId]));
-    return true;
+    // The ScheduleFired and the task it names are written together or not at all: a refused
+    // submit rolls both back to the savepoint, and the run is recorded as skipped, with why.
+    await sql`SAVEPOINT schedule_run`.execute(trx);
+    try {
+      const after = await applyScheduleCommand(trx, state, { type: 'FireSchedule', data: { fireAt, taskId, nextFireAt: upcoming, now: now.toISOString() } }, 'scheduler');
+      if (after === state) {
+        await sql`RELEASE SAVEPOINT schedule_run`.execute(trx);
+        return false;
+      }
+      const task = buildTaskSpec(spec.template, spec.tenant, taskId, options);
+      const command: TaskCommand = { type: 'SubmitTask', data: { task, now: now.toISOString() } };
+      const outcome = await executeTaskCommands(
+        trx,
+        [{ taskId, command, metadata: { tenant: spec.tenant, actor: `schedule:${state.scheduleId}`, causationId: state.scheduleId } }],
+        options.names,
+        new Set([taskId]),
+      );
+      const refused = outcome.refused.get(0);
+      if (refused) throw refused;
+      await sql`RELEASE SAVEPOINT schedule_run`.execute(trx);
+      return true;
+    } catch (error) {
+      const rolledBack = await sql`ROLLBACK TO SAVEPOINT schedule_run`.execute(trx).then(() => true, () => false);
+      if (!(error instanceof FogschedError) || !rolledBack) throw error;
+      // A template that no longer fits (tiers changed): skip this run, keep the schedule.
+      logger.error({ scheduleId: state.scheduleId, fireAt, code: error.code, err: error.message }, 'schedule run refused');
+      await skip({ kind: 'refused', error: { code: error.code, message: error.message } });
+      return false;
+    }
   };
 
   /**
@@ -287,16 +336,19 @@ export function createScheduler(options: SchedulerOptions): Role & { tick(): Pro
       let fired = 0;
       const now = new Date();
       for (const row of rows) {
-        try {
-          if (await fire(trx, scheduleRowToState(row), now)) fired++;
-        } catch (error) {
-          if (!(error instanceof FogschedError)) throw error;
-          // A template that no longer fits (tiers changed): skip this run, keep the schedule.
-          logger.error({ scheduleId: row.schedule_id, err: error.message }, 'schedule run refused');
-        }
+        if (await fire(trx, scheduleRowToState(row), now)) fired++;
       }
       return fired;
     });
+
+  const leaseSweep = {
+    db: options.db,
+    names: options.names,
+    lease: options.lease,
+    backoff: options.backoff,
+    logger,
+  };
+  const expireLeases = () => expireRunningLeases(leaseSweep);
 
   const run = async () => {
     let failures = 0;
@@ -305,14 +357,17 @@ export function createScheduler(options: SchedulerOptions): Role & { tick(): Pro
       try {
         await tick();
         await expireOverdue();
+        await expireLeases();
         failures = 0;
         const next = await sql<{ ms: number | null }>`
           SELECT (extract(epoch FROM least(
             (SELECT min(next_fire_at) FROM schedules WHERE state = 'active'),
             (SELECT min(deadline) FROM task_current WHERE deadline IS NOT NULL AND state IN ('queued', 'scheduled', 'retrying'))
           ) - now()) * 1000)::float8 AS ms`.execute(options.db);
-        const ms = next.rows[0]?.ms;
-        if (ms !== null && ms !== undefined) wait = Math.max(5, Math.min(wait, Math.ceil(ms)));
+        const leaseMs = await nextLeaseExpiryMs(options.db, options.lease);
+        for (const ms of [next.rows[0]?.ms, leaseMs]) {
+          if (ms !== null && ms !== undefined) wait = Math.max(5, Math.min(wait, Math.ceil(ms)));
+        }
       } catch (error) {
         failures++;
         wait = Math.min(10_000, 200 * 2 ** Math.min(failures, 6));
@@ -322,12 +377,29 @@ export function createScheduler(options: SchedulerOptions): Role & { tick(): Pro
     }
   };
 
+  const prune = () => pruneRetention(options.db, options.retention, abort.signal);
+
+  /** Retention in a loop of its own: a long backlog to delete never holds back a schedule run. */
+  const retain = async () => {
+    while (!abort.signal.aborted) {
+      try {
+        const pruned = await prune();
+        if (pruned.outbox + pruned.inbox + pruned.idempotencyKeys > 0) logger.info(pruned, 'retention pruned rows');
+      } catch (error) {
+        logger.warn({ err: (error as Error).message }, 'retention failed; will retry');
+      }
+      await sleep(options.retentionIntervalMs ?? 60_000, abort.signal);
+    }
+  };
+
   return {
     name: 'scheduler',
     tick,
     expireOverdue,
+    expireLeases,
+    pruneRetention: prune,
     async start() {
-      loop = run();
+      loop = Promise.all([run(), retain()]).then(() => undefined);
     },
     stop() {
       return (stopped ??= (async () => {

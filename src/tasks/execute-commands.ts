@@ -4,7 +4,7 @@ import { sql } from 'kysely';
 import { asConcurrencyError, insertEvents, type EventMetadata, type Executor, type NewEvent } from '../store/index.js';
 import { loadTaskStates, taskProjectionCtes } from '../projections/index.js';
 import { PREPARE_MARK } from '../infra/postgres.js';
-import { insertOutbox, outboxRowFor, type OutboxRow, type TopologyNames } from '../outbox/index.js';
+import { insertOutbox, outboxRowFor, withdrawDispatches, type OutboxRow, type TopologyNames } from '../outbox/index.js';
 
 export interface CommandItem {
   readonly taskId: string;
@@ -24,7 +24,8 @@ export interface CommandOutcome {
  * Runs task commands in the caller's transaction: locks and loads each task's
  * state (from its task_current snapshot), decides in input order, then appends
  * every event, updates task_current and task_history, and writes dispatch rows
- * to the outbox — one statement for the whole batch. A refused command
+ * to the outbox (a cancel deletes the task's unpublished ones) — one statement
+ * for the whole batch. A refused command
  * (typed domain error) is reported and changes nothing; anything else throws.
  *
  * `newTasks`: ids known to have no stream yet (a submit), so no load is needed.
@@ -76,6 +77,7 @@ export async function executeTaskCommands(
     const history = pending.map((p) => ({ position: 0, eventId: p.eventId, state: p.state, event: p.event, metadata: p.metadata }));
     const outbox: OutboxRow[] = pending.flatMap((p) => outboxRowFor(p.state, p.event, p.eventId, names) ?? []);
     const submittedEvent = new Map(pending.flatMap((p) => (p.event.type === 'TaskSubmitted' ? [[p.state.taskId, p.eventId] as const] : [])));
+    const cancelled = pending.filter((p) => p.event.type === 'TaskCancelled').map((p) => p.state.taskId);
     const touched = [...new Set(pending.map((p) => p.state.taskId))];
     const current = touched.map((id) => ({ state: states.get(id) as TaskState, seqEventId: submittedEvent.get(id) ?? null }));
     // One statement for the four tables: the events, then task_current, task_history and the
@@ -85,6 +87,7 @@ export async function executeTaskCommands(
         WITH appended AS (${insertEvents(newEvents)}),
         ${taskProjectionCtes('appended', current, history)}
         ${outbox.length > 0 ? sql`, outbox_written AS (${insertOutbox(outbox)})` : sql``}
+        ${cancelled.length > 0 ? sql`, withdrawn AS (${withdrawDispatches(cancelled, names)})` : sql``}
         SELECT count(*) FROM appended`.execute(trx);
     } catch (error) {
       throw asConcurrencyError(error, newEvents) ?? error;

@@ -75,7 +75,14 @@ export interface TaskServiceOptions {
   readonly maxQueued?: number;
   /** Group-commit transactions in flight at once (default 3, see createGroupCommit). */
   readonly concurrency?: number;
+  /**
+   * IDEMPOTENCY_KEY_TTL_HOURS (default 24): a key older than this is treated as new, whether or
+   * not retention has deleted it yet, so the window does not depend on when retention last ran.
+   */
+  readonly idempotencyKeyTtlHours?: number;
 }
+
+export const DEFAULT_IDEMPOTENCY_KEY_TTL_HOURS = 24;
 
 interface PreparedSubmit {
   readonly spec: TaskSpec;
@@ -88,6 +95,7 @@ export type TaskService = ReturnType<typeof createTaskService>;
 /** Submits (group-committed), cancels and requeues tasks. */
 export function createTaskService(options: TaskServiceOptions) {
   const { db, names } = options;
+  const keyTtlHours = options.idempotencyKeyTtlHours ?? DEFAULT_IDEMPOTENCY_KEY_TTL_HOURS;
 
   const prepare = (input: SubmitInput, caller: Caller): PreparedSubmit => {
     // Time-ordered ids (UUIDv7): every per-task index then grows at its right edge, so a long log
@@ -116,11 +124,14 @@ export function createTaskService(options: TaskServiceOptions) {
     if (owners.size > 0) {
       const keyed = [...owners.values()].map((i) => items[i] as PreparedSubmit);
       // Claims the keys; a key a concurrent transaction holds makes this wait for it, then skip.
+      // A key past its TTL is taken over (the row now names the new task), as if it were gone.
       const claimed = await sql<{ tenant: string; key: string }>`
-        INSERT INTO idempotency_keys (tenant, key, task_id, request_hash)
+        INSERT INTO idempotency_keys AS k (tenant, key, task_id, request_hash)
         SELECT * FROM unnest(${keyed.map((p) => p.spec.tenant)}::text[], ${keyed.map((p) => p.spec.idempotencyKey)}::text[],
           ${keyed.map((p) => p.spec.taskId)}::uuid[], ${keyed.map((p) => p.hash)}::text[])
-        ON CONFLICT DO NOTHING RETURNING tenant, key`.execute(trx);
+        ON CONFLICT (tenant, key) DO UPDATE SET task_id = EXCLUDED.task_id, request_hash = EXCLUDED.request_hash, created_at = now()
+          WHERE k.created_at < now() - ${keyTtlHours}::float8 * interval '1 hour'
+        RETURNING tenant, key`.execute(trx);
       const claimedKeys = new Set(claimed.rows.map((r) => `${r.tenant}\u0000${r.key}`));
       const lost = [...owners.entries()].filter(([k]) => !claimedKeys.has(k));
       if (lost.length > 0) {

@@ -71,6 +71,32 @@ describe('fog-node membership', () => {
   });
 });
 
+describe('memory', () => {
+  it('fog nodes restarting under new ids: neither the leader nor a follower keeps anything about the reaped ones', async () => {
+    const prefix = newPrefix();
+    const keys = redisKeys(prefix);
+    const leader = s.add(coordinator(db, { prefix, coordinatorId: 'mem-a' }), (x) => x.stop());
+    await leader.start();
+    await eventually(() => leader.isLeader(), { timeoutMs: 3000 });
+    const follower = s.add(coordinator(db, { prefix, coordinatorId: 'mem-b' }), (x) => x.stop());
+    await follower.start();
+    const ids = Array.from({ length: 40 }, (_, i) => `short-${i}`);
+    // Four generations of ten nodes: each joins, is seen by both replicas, says goodbye and is reaped.
+    for (let g = 0; g < 4; g++) {
+      const generation = ids.slice(g * 10, g * 10 + 10);
+      const beats = generation.map((nodeId) => fogHeartbeat({ prefix, nodeId, ttlMs: 60_000 }));
+      for (const b of beats) b.start();
+      await eventually(async () => (await Promise.all(generation.map((id) => nodeEvents(db, id)))).every((e) => e.length === 1), { timeoutMs: 5000 });
+      await eventually(() => follower.trackedNodes().seen >= generation.length, { timeoutMs: 3000 });
+      await Promise.all(beats.map((b) => b.stop()));
+      await eventually(async () => (await redis.scard(keys.fogNodes)) === 0, { timeoutMs: 5000 });
+    }
+    for (const id of ids) expect((await nodeEvents(db, id)).map((e) => e.type)).toEqual(['FogNodeJoined', 'FogNodeLost']);
+    // On main these held one entry per node id ever seen (the leader's stream cache, the follower's heartbeats).
+    await eventually(() => [leader, follower].every((c) => c.trackedNodes().seen === 0 && c.trackedNodes().streams === 0), { timeoutMs: 3000 });
+  });
+});
+
 describe('leadership', () => {
   it('two coordinators: one leads; when it dies without releasing the lease the other takes over within the lease time; a node lost is recorded once', async () => {
     const prefix = newPrefix();

@@ -46,7 +46,7 @@ describe('projection rebuild', () => {
     expect(after.rows[0]?.h).toBe(report.events);
     // The swapped-in tables carry the live tables' index names.
     const indexes = await sql<{ indexname: string }>`SELECT indexname FROM pg_indexes WHERE tablename = 'task_current' ORDER BY 1`.execute(tdb.db);
-    expect(indexes.rows.map((r) => r.indexname)).toEqual(['task_current_deadline_idx', 'task_current_list_idx', 'task_current_pkey', 'task_current_seq_key', 'task_current_state_idx']);
+    expect(indexes.rows.map((r) => r.indexname)).toEqual(['task_current_deadline_idx', 'task_current_list_idx', 'task_current_pkey', 'task_current_running_idx', 'task_current_seq_key', 'task_current_state_idx']);
   });
 
   it('finds a corrupted projection row and names the column', async () => {

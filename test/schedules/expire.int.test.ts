@@ -27,7 +27,11 @@ describe('deadlines without a fog node', () => {
     await tdb.db.transaction().execute((trx) =>
       executeTaskCommands(trx, [{ taskId: running.taskId, command: { type: 'StartTask', data: { attempt: 1, nodeId: 'n1', now: new Date().toISOString() } }, metadata: {} }], names),
     );
-    const scheduler = createScheduler({ db: tdb.db, names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3, logger: createLogger('silent'), pollIntervalMs: 50, misfireGraceMs: 1000 });
+    const scheduler = createScheduler({ db: tdb.db, names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3, logger: createLogger('silent'), pollIntervalMs: 50, misfireGraceMs: 1000,
+      lease: { leaseMs: 3_600_000, graceMs: 3_600_000 },
+      backoff: { baseMs: 10, factor: 1, maxMs: 10 },
+      retention: { outboxDays: 7, inboxDays: 7, idempotencyKeyHours: 24 },
+    });
     await scheduler.start();
     try {
       const state = async (id: string) => (await tdb.db.selectFrom('task_current').select(['state', 'failure_reason']).where('task_id', '=', id).executeTakeFirstOrThrow());

@@ -192,3 +192,81 @@ describe('the task service is all or nothing', () => {
     expect(other.rows[0]?.n).toBe(0);
   });
 });
+
+describe('idempotency keys expire (IDEMPOTENCY_KEY_TTL_HOURS)', () => {
+  const caller = { tenant: 'default', actor: 'test' };
+  const service = () => createTaskService({ db: tdb.db, names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3, maxBatch: 500, idempotencyKeyTtlHours: 24 });
+  const makeOld = (key: string, hours: number) => sql`UPDATE idempotency_keys SET created_at = now() - ${hours}::float8 * interval '1 hour' WHERE key = ${key}`.execute(tdb.db);
+
+  it('a key older than the TTL names a new task, even before retention deleted it; the new task then owns the key', async () => {
+    const key = `ttl-${randomUUID()}`;
+    const { task: first } = await service().submit({ type: 'noop', idempotencyKey: key }, caller);
+    await makeOld(key, 23);
+    const replay = await service().submit({ type: 'noop', idempotencyKey: key }, caller);
+    expect(replay).toMatchObject({ created: false, task: { taskId: first.taskId } });
+
+    await makeOld(key, 25);
+    const again = await service().submit({ type: 'noop', idempotencyKey: key }, caller);
+    expect(again.created).toBe(true);
+    expect(again.task.taskId).not.toBe(first.taskId);
+    expect(await tdb.db.selectFrom('idempotency_keys').select('task_id').where('key', '=', key).executeTakeFirst()).toEqual({ task_id: again.task.taskId });
+    const retried = await service().submit({ type: 'noop', idempotencyKey: key }, caller);
+    expect(retried).toMatchObject({ created: false, task: { taskId: again.task.taskId } });
+  });
+
+  it('an expired key with a different request is a new task, not a conflict (batch too)', async () => {
+    const key = `ttl-${randomUUID()}`;
+    await service().submit({ type: 'noop', idempotencyKey: key }, caller);
+    await expect(service().submit({ type: 'other', idempotencyKey: key }, caller)).rejects.toBeInstanceOf(IdempotencyConflictError);
+    await makeOld(key, 48);
+    const [fresh] = await service().submitBatch([{ type: 'other', idempotencyKey: key }], caller);
+    expect(fresh).toMatchObject({ created: true, task: { spec: { type: 'other' } } });
+  });
+});
+
+describe('cancel withdraws the unpublished dispatches', () => {
+  const caller = { tenant: 'default', actor: 'test' };
+  const service = () => createTaskService({ db: tdb.db, names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3, maxBatch: 500 });
+  const rows = (taskId: string) =>
+    tdb.db.selectFrom('outbox').select(['exchange', 'published_at', 'body']).where('stream_id', '=', taskId).orderBy('id').execute();
+
+  it('a delayed task cancelled before it is due keeps no dispatch row, only the cancel broadcast', async () => {
+    const { task } = await service().submit({ type: 'noop', notBefore: new Date(Date.now() + 3_600_000).toISOString() }, caller);
+    expect((await rows(task.taskId)).map((r) => [r.exchange, r.published_at])).toEqual([[names.tasks, null]]);
+    await service().cancel(task.taskId, caller, 'not needed');
+    // On main the dispatch row stayed and went out when due, to any node that missed the cancel.
+    expect((await rows(task.taskId)).map((r) => r.exchange)).toEqual([names.system]);
+  });
+
+  it('a retrying task loses its pending retry; a dispatch already published is left as it was', async () => {
+    const { task } = await service().submit({ type: 'noop' }, caller);
+    await sql`UPDATE outbox SET published_at = now() WHERE stream_id = ${task.taskId}`.execute(tdb.db);
+    await tdb.db.transaction().execute((trx) =>
+      executeTaskCommands(
+        trx,
+        [
+          { taskId: task.taskId, command: { type: 'StartTask', data: { attempt: 1, nodeId: 'n1', now: new Date().toISOString() } }, metadata: {} },
+          {
+            taskId: task.taskId,
+            command: {
+              type: 'FailTask',
+              data: { attempt: 1, nodeId: 'n1', error: { message: 'x', code: 'x', retryable: true }, startedAt: null, backoff: { baseMs: 3_600_000, factor: 1, maxMs: 3_600_000 }, random: 0, now: new Date().toISOString() },
+            },
+            metadata: {},
+          },
+        ],
+        names,
+      ),
+    );
+    expect((await rows(task.taskId)).map((r) => [(r.body as { attempt?: number }).attempt, r.published_at === null])).toEqual([
+      [1, false],
+      [2, true],
+    ]);
+    await service().cancel(task.taskId, caller, null);
+    const after = await rows(task.taskId);
+    expect(after.map((r) => [r.exchange, (r.body as { attempt?: number }).attempt ?? null])).toEqual([
+      [names.tasks, 1],
+      [names.system, null],
+    ]);
+  });
+});
