@@ -95,7 +95,7 @@ export async function exercise(h: Harness): Promise<void> {
   const failing2 = need((await api.POST('/v1/tasks', { body: { type: 'flaky' } })).data, 'submit flaky');
   await h.deadLetter(failing.id);
   await h.deadLetter(failing2.id);
-  const dlq = await api.GET('/v1/dlq', { params: { query: { type: 'flaky', reason: 'delivery-limit' } } });
+  const dlq = await api.GET('/v1/dlq', { params: { query: { type: 'flaky', reason: 'rejected' } } });
   h.seen('listFailedTasks', dlq.response, dlq.data ?? dlq.error);
   h.check(need(dlq.data, 'dlq').items.length === 2, 'two failed tasks');
   const requeued = await api.POST('/v1/tasks/{id}/requeue', { params: { path: { id: failing.id } } });

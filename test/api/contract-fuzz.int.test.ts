@@ -225,7 +225,7 @@ async function failedTasks(n: number): Promise<string[]> {
   const ids: string[] = [];
   for (let i = 0; i < n; i++) {
     const id = (await api.app.inject({ method: 'POST', url: '/v1/tasks', payload: { type: 'flaky' } })).json<{ id: string }>().id;
-    const command = { type: 'DeadLetterTask' as const, data: { attempt: 1, reason: 'delivery-limit' as const, queue: null, now: new Date().toISOString() } };
+    const command = { type: 'DeadLetterTask' as const, data: { attempt: 1, reason: 'rejected' as const, queue: null, now: new Date().toISOString() } };
     await tdb.db.transaction().execute((trx) => executeTaskCommands(trx, [{ taskId: id, command, metadata: { actor: 'test' } }], api.names));
     ids.push(id);
   }

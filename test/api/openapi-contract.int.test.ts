@@ -215,7 +215,7 @@ describe('a client generated from the document', () => {
         const now = new Date().toISOString();
         return end(taskId, { type: 'SucceedTask', data: { attempt: 1, nodeId: 'n1', output: { ok: true }, durationMs: 1, startedAt: now, now } });
       },
-      deadLetter: (taskId) => end(taskId, { type: 'DeadLetterTask', data: { attempt: 1, reason: 'delivery-limit', queue: null, now: new Date().toISOString() } }),
+      deadLetter: (taskId) => end(taskId, { type: 'DeadLetterTask', data: { attempt: 1, reason: 'rejected', queue: null, now: new Date().toISOString() } }),
       check: (condition, message) => expect(condition, message).toBe(true),
     });
 

@@ -136,7 +136,8 @@ describe('fogsched CLI (built)', () => {
 
     const history = (await (await fetch(`${base}/v1/tasks/${task.id}/history`)).json()) as { events: { type: string; actor: string | null }[] };
     expect(history.events.map((e) => e.type)).toEqual(['TaskSubmitted', 'TaskQueued']);
-    expect(history.events[0]?.actor).toBe('e2e');
+    // X-Actor is not the actor (the credential is: anonymous on an open API); it is kept as onBehalfOf in the event metadata.
+    expect(history.events[0]?.actor).toBe('anonymous');
 
     const listed = (await (await fetch(`${base}/v1/tasks?limit=10`)).json()) as { items: { id: string }[] };
     expect(listed.items.map((i) => i.id)).toContain(task.id);
