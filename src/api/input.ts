@@ -55,6 +55,13 @@ export function findTextViolation(value: unknown, path: string, maxDepth = INPUT
   return null;
 }
 
+/** `s` cut to at most `max` UTF-16 units, never between the halves of a surrogate pair (half of one is text PostgreSQL refuses). */
+export function cutText(s: string, max: number): string {
+  if (s.length <= max) return s;
+  const last = s.charCodeAt(max - 1);
+  return s.slice(0, last >= 0xd800 && last <= 0xdbff ? max - 1 : max);
+}
+
 function refuse(violation: InputViolation): never {
   throw new ValidationError(`${violation.path} ${violation.message}`, { errors: [violation] });
 }

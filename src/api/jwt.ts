@@ -4,6 +4,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { FogschedError } from '../domain/index.js';
 import { API_ROLES, TENANT_PATTERN, type ApiRole, type JwtSettings } from '../infra/config.js';
 import { UnauthorizedError, bearerOf, type JwtVerifier, type Principal } from './auth.js';
+import { cutText, findTextViolation } from './input.js';
 
 type Algorithm = NonNullable<NonNullable<FastifyJWTOptions['verify']>['algorithms']>[number];
 
@@ -118,7 +119,10 @@ export function principalOf(claims: Record<string, unknown>, settings: Pick<JwtS
   }
   const sub = claims.sub;
   if (typeof sub !== 'string' || sub.length === 0) throw new UnauthorizedError('the token has no subject (sub)');
-  return { tenant, role: named[0] as ApiRole, actor: `jwt:${sub.slice(0, 200)}`, via: 'jwt' };
+  // The actor goes into every event's metadata (jsonb): text PostgreSQL refuses would be a 500 there.
+  const bad = findTextViolation(sub, 'sub');
+  if (bad) throw new UnauthorizedError(`the token's subject (sub) ${bad.message}`);
+  return { tenant, role: named[0] as ApiRole, actor: `jwt:${cutText(sub, 200)}`, via: 'jwt' };
 }
 
 /** `a.b.c` reaches into nested objects (Keycloak puts roles under `realm_access.roles`); a claim named with the dots wins. */

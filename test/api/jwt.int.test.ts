@@ -195,6 +195,22 @@ describe('JWT bearer tokens with a shared secret (HS256)', () => {
     }
   });
 
+  it('a sub PostgreSQL cannot store (a NUL, a lone surrogate) is 401, not a 500; a long one is cut whole characters at a time', async () => {
+    const before = await events();
+    for (const sub of ['svc\u0000root', 'svc\ud800', '\udc00svc']) {
+      const res = await submit(hs, hs256({ sub }));
+      expect(res.statusCode, `${JSON.stringify(sub)}: ${res.body}`).toBe(401);
+      expect(res.json()).toMatchObject({ code: 'UNAUTHORIZED' });
+    }
+    expect(await events()).toBe(before);
+
+    // 199 characters and an emoji (two UTF-16 units): cutting at 200 units would leave half of it.
+    const res = await submit(hs, hs256({ sub: `${'s'.repeat(199)}😀` }));
+    expect(res.statusCode, res.body).toBe(202);
+    const row = await sql<{ metadata: { actor: string } }>`SELECT metadata FROM events WHERE stream_id = ${res.json<{ id: string }>().id} AND type = 'TaskSubmitted'`.execute(tdb.db);
+    expect(row.rows[0]?.metadata.actor).toBe(`jwt:${'s'.repeat(199)}`);
+  });
+
   it('beside a JWKS: HS256 tokens take the secret, RS256 ones the key set, and an HS256 token never takes a public key', async () => {
     const both = await app({ JWT_SECRET: HS_SECRET, JWT_JWKS_URL: jwksUrl, JWT_ISSUER: ISSUER, JWT_AUDIENCE: AUDIENCE });
     try {
