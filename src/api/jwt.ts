@@ -1,5 +1,6 @@
+import { KeyObject } from 'node:crypto';
 import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt';
-import buildGetJwks from 'get-jwks';
+import { createRemoteJWKSet, errors as joseErrors } from 'jose';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { FogschedError } from '../domain/index.js';
 import { API_ROLES, TENANT_PATTERN, type ApiRole, type JwtSettings } from '../infra/config.js';
@@ -15,15 +16,16 @@ const JWKS_ALGORITHMS: Algorithm[] = ['RS256', 'ES256'];
 const CLOCK_TOLERANCE_MS = 5_000;
 /** A JWKS that does not answer within this is treated as down (503), not as a bad token. */
 const JWKS_TIMEOUT_MS = 5_000;
+/** The key set is fetched again after this, at the next token. */
+const JWKS_MAX_AGE_MS = 60_000;
 /**
- * Lookups of (alg, kid) pairs not seen before, at most this many per window, and a pair the key set
- * lacked is not looked up again for a minute: tokens with random kids must not make us hammer the
- * provider. The price: while such a flood lasts, a key rotated in meanwhile may be refused for a
- * window. Pairs, not kids, so a token naming a real kid with the wrong alg cannot block that kid.
+ * A kid the key set lacks makes us fetch the set again, but at most once per this: tokens naming
+ * random kids (anyone can send them, with no credential) cost the provider one fetch per 10 s,
+ * and since the whole set is kept, a key the provider rotates in is found within 10 s whatever
+ * else is sent meanwhile. (Looking kids up one by one under a lookup budget, as before, let such
+ * a flood spend the budget and keep a rotated key refused for as long as it lasted.)
  */
-const UNKNOWN_KID_LOOKUPS = 10;
-const UNKNOWN_KID_WINDOW_MS = 10_000;
-const MISSING_KID_MS = 60_000;
+const UNKNOWN_KID_COOLDOWN_MS = 10_000;
 
 export class AuthUnavailableError extends FogschedError {
   constructor(cause: unknown) {
@@ -34,9 +36,9 @@ export class AuthUnavailableError extends FogschedError {
 /**
  * Registers @fastify/jwt on `app` and returns the verifier the access hook calls for a bearer
  * value shaped like a JWT. HS256 with JWT_SECRET, and/or RS256/ES256 with the key the token's `kid`
- * names in JWT_JWKS_URL (fetched with get-jwks, cached a minute; only that URL is ever fetched,
- * whatever the token's `iss` says). Every token needs `exp` and `sub`; `iss` and `aud` are checked
- * when set; the tenant and role come from the configured claims.
+ * names in the key set at JWT_JWKS_URL (fetched whole with jose's remote key set, kept a minute;
+ * only that URL is ever fetched, whatever the token's `iss` says). Every token needs `exp` and
+ * `sub`; `iss` and `aud` are checked when set; the tenant and role come from the configured claims.
  */
 export async function registerJwt(app: FastifyInstance, settings: JwtSettings): Promise<JwtVerifier> {
   const algorithms = [...(settings.secret ? HMAC_ALGORITHMS : []), ...(settings.jwksUrl ? JWKS_ALGORITHMS : [])];
@@ -45,10 +47,8 @@ export async function registerJwt(app: FastifyInstance, settings: JwtSettings): 
     secret = settings.secret as string;
   } else {
     const url = new URL(settings.jwksUrl);
-    const jwks = buildGetJwks({ jwksPath: `${url.pathname}${url.search}`, ttl: 60_000 });
-    const known = new Set<string>(); // `${alg} ${kid}` found in the key set
-    const missing = new Map<string, number>(); // `${alg} ${kid}` → when the key set lacked it
-    let window = { start: 0, lookups: 0 };
+    const keySet = createRemoteJWKSet(url, { timeoutDuration: JWKS_TIMEOUT_MS, cacheMaxAge: JWKS_MAX_AGE_MS, cooldownDuration: UNKNOWN_KID_COOLDOWN_MS });
+    const pems = new WeakMap<object, string>(); // jose keeps one key object per JWK of the set; fast-jwt wants PEM
     secret = async (_request, token) => {
       const header = (token as { header?: { alg?: unknown; kid?: unknown } }).header ?? {};
       const alg = typeof header.alg === 'string' ? header.alg : '';
@@ -57,28 +57,19 @@ export async function registerJwt(app: FastifyInstance, settings: JwtSettings): 
       // The key follows from the alg, never the other way round: an HS256 token is checked with the secret only.
       if ((HMAC_ALGORITHMS as string[]).includes(alg)) return settings.secret as string;
       if (!kid) throw new UnauthorizedError('the token names no key (kid)');
-      const notFound = new UnauthorizedError(`the token's key ${JSON.stringify(kid)} is not in the issuer's key set`);
-      const pair = `${alg} ${kid}`;
-      if (!known.has(pair)) {
-        const now = Date.now();
-        if (now - (missing.get(pair) ?? -Infinity) < MISSING_KID_MS) throw notFound;
-        if (now - window.start >= UNKNOWN_KID_WINDOW_MS) window = { start: now, lookups: 0 };
-        if (++window.lookups > UNKNOWN_KID_LOOKUPS) throw notFound;
-      }
+      let key: Awaited<ReturnType<typeof keySet>>;
       try {
-        const key = await withTimeout(jwks.getPublicKey({ domain: url.origin, alg, kid }), JWKS_TIMEOUT_MS);
-        known.add(pair);
-        return key;
+        key = await keySet({ alg, kid });
       } catch (error) {
-        if ((error as { code?: string }).code === 'JWK_NOT_FOUND') {
-          if (missing.size > 10_000) missing.clear();
-          missing.set(pair, Date.now());
-          known.delete(pair); // rotated out
-          throw notFound;
+        if (error instanceof joseErrors.JWKSNoMatchingKey || error instanceof joseErrors.JWKSMultipleMatchingKeys) {
+          throw new UnauthorizedError(`the token's key ${JSON.stringify(kid)} is not in the issuer's key set`);
         }
         app.log.warn({ err: (error as Error).message, jwks: url.origin + url.pathname }, 'jwks unavailable');
         throw new AuthUnavailableError(error);
       }
+      let pem = pems.get(key);
+      if (pem === undefined) pems.set(key, (pem = KeyObject.from(key).export({ type: 'spki', format: 'pem' }) as string));
+      return pem;
     };
   }
   await app.register(fastifyJwt, {
@@ -134,14 +125,4 @@ function claimAt(claims: Record<string, unknown>, path: string): unknown {
     at = (at as Record<string, unknown>)[part];
   }
   return at;
-}
-
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    promise,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
 }

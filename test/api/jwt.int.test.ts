@@ -11,7 +11,7 @@ import { createLogger } from '../../src/infra/logger.js';
 import { topologyNames } from '../../src/outbox/index.js';
 import { createScheduleService } from '../../src/schedules/index.js';
 import { createTaskService } from '../../src/tasks/index.js';
-import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
+import { createTestDatabase, eventually, type TestDatabase } from '../helpers/database.js';
 import { freePort } from '../helpers/processes.js';
 
 /**
@@ -66,8 +66,9 @@ async function app(env: Record<string, string>, apiKeys = ''): Promise<FastifyIn
   return a;
 }
 
+let keys: Record<string, unknown>[] = []; // what the JWKS endpoint serves; a test rotates a key in
 beforeAll(async () => {
-  const keys = [
+  keys = [
     { ...rsa.publicKey.export({ format: 'jwk' }), kid: 'rsa-1', alg: 'RS256', use: 'sig' },
     { ...ec.publicKey.export({ format: 'jwk' }), kid: 'ec-1', alg: 'ES256', use: 'sig' },
   ];
@@ -160,6 +161,26 @@ describe('JWT bearer tokens from an OIDC provider (JWKS)', () => {
     expect((await submit(oidc, token(claims(), { alg: 'ES256', kid: 'rsa-1', key: ec.privateKey }))).statusCode).toBe(401);
     const known = await submit(oidc, rs());
     expect(known.statusCode, known.body).toBe(202);
+  });
+
+  it('a key the provider rotates in is accepted however many unknown kids are sent meanwhile', async () => {
+    // Anyone can send tokens naming random kids, with no credential at all: they must not keep the API from seeing a real new key.
+    const attack = () => Promise.all(Array.from({ length: 12 }, () => submit(oidc, token(claims(), { alg: 'RS256', kid: randomUUID(), key: stranger.privateKey }))));
+    await attack();
+    const rotated = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    keys.push({ ...rotated.publicKey.export({ format: 'jwk' }), kid: 'rsa-2', alg: 'RS256', use: 'sig' });
+    const fresh = token(claims(), { alg: 'RS256', kid: 'rsa-2', key: rotated.privateKey });
+    const before = jwksRequests;
+    const started = Date.now();
+    await eventually(
+      async () => {
+        for (const res of await attack()) expect(res.statusCode).toBe(401);
+        return (await submit(oidc, fresh)).statusCode === 202;
+      },
+      { timeoutMs: 30_000, intervalMs: 500 },
+    );
+    // Still not hammered: about one fetch per 10 s of flood.
+    expect(jwksRequests - before).toBeLessThanOrEqual(Math.ceil((Date.now() - started) / 10_000) + 1);
   });
 
   it('a JWKS that cannot be fetched is 503 AUTH_UNAVAILABLE (the token may be fine), not 401', async () => {
