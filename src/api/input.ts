@@ -133,6 +133,17 @@ export function parseCursor(cursor: string | undefined, path = 'querystring/curs
   return value > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(value);
 }
 
+/**
+ * The nextCursor of a page: its last position when the page is full, by count (`limit`) or by
+ * bytes (INPUT_LIMITS.maxPageBytes reached); null otherwise. A page that ends exactly at the last
+ * item may still give a cursor, whose page is then empty.
+ */
+export function nextCursorOf(rows: readonly { readonly seq: number; readonly pageBytes?: number }[], limit: number): string | null {
+  const last = rows[rows.length - 1];
+  if (!last) return null;
+  return rows.length >= limit || (last.pageBytes ?? 0) >= INPUT_LIMITS.maxPageBytes ? String(last.seq) : null;
+}
+
 const EARLIEST = Date.parse(INPUT_LIMITS.earliestTime);
 const LATEST = Date.parse(INPUT_LIMITS.latestTime);
 

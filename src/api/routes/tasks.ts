@@ -8,6 +8,7 @@ import {
   CancelBody,
   HISTORY_EXAMPLE,
   IdempotencyHeaders,
+  INPUT_LIMITS,
   ListQuery,
   SubmitBody,
   Task,
@@ -22,7 +23,7 @@ import {
 import { toTaskView } from '../task-view.js';
 import { DEFAULT_API_LIMITS, type ApiDeps } from '../app.js';
 import { callerOf } from '../caller.js';
-import { checkPayloadSizes, checkTaskTimes, parseCursor } from '../input.js';
+import { checkPayloadSizes, checkTaskTimes, nextCursorOf, parseCursor } from '../input.js';
 
 const Location = { location: { type: 'string', description: 'the task: /v1/tasks/{id}' } } as never;
 
@@ -134,9 +135,9 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
         ...(q.type ? { type: q.type } : {}),
         ...(q.tier ? { tier: q.tier } : {}),
         ...(beforeSeq !== undefined ? { beforeSeq } : {}),
+        maxBytes: INPUT_LIMITS.maxPageBytes,
       });
-      const last = rows[rows.length - 1];
-      return { items: rows.map((r) => toTaskView(r.state)), nextCursor: rows.length === limit && last ? String(last.seq) : null };
+      return { items: rows.map((r) => toTaskView(r.state)), nextCursor: nextCursorOf(rows, limit) };
     },
   );
 
