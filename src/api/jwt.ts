@@ -38,7 +38,8 @@ export class AuthUnavailableError extends FogschedError {
  * value shaped like a JWT. HS256 with JWT_SECRET, and/or RS256/ES256 with the key the token's `kid`
  * names in the key set at JWT_JWKS_URL (fetched whole with jose's remote key set, kept a minute;
  * only that URL is ever fetched, whatever the token's `iss` says). Every token needs `exp` and
- * `sub`; `iss` and `aud` are checked when set; the tenant and role come from the configured claims.
+ * `sub`, and `iss` and `aud` (matching) when JWT_ISSUER and JWT_AUDIENCE are set; the tenant and
+ * role come from the configured claims.
  */
 export async function registerJwt(app: FastifyInstance, settings: JwtSettings): Promise<JwtVerifier> {
   const algorithms = [...(settings.secret ? HMAC_ALGORITHMS : []), ...(settings.jwksUrl ? JWKS_ALGORITHMS : [])];
@@ -77,7 +78,9 @@ export async function registerJwt(app: FastifyInstance, settings: JwtSettings): 
     decode: { complete: true },
     verify: {
       algorithms,
-      requiredClaims: ['exp', 'sub'],
+      // fast-jwt checks allowedIss/allowedAud only on a token that has the claim: without requiring
+      // them, a token with no iss or no aud (one the provider made for another client) passed both.
+      requiredClaims: ['exp', 'sub', ...(settings.issuer ? ['iss'] : []), ...(settings.audience.length > 0 ? ['aud'] : [])],
       clockTolerance: CLOCK_TOLERANCE_MS,
       ...(settings.issuer ? { allowedIss: settings.issuer } : {}),
       ...(settings.audience.length > 0 ? { allowedAud: [...settings.audience] } : {}),
