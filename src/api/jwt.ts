@@ -1,6 +1,6 @@
 import { KeyObject } from 'node:crypto';
 import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt';
-import { createRemoteJWKSet, errors as joseErrors } from 'jose';
+import { createRemoteJWKSet, customFetch, errors as joseErrors } from 'jose';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { FogschedError } from '../domain/index.js';
 import { API_ROLES, TENANT_PATTERN, type ApiRole, type JwtSettings } from '../infra/config.js';
@@ -48,7 +48,21 @@ export async function registerJwt(app: FastifyInstance, settings: JwtSettings): 
     secret = settings.secret as string;
   } else {
     const url = new URL(settings.jwksUrl);
-    const keySet = createRemoteJWKSet(url, { timeoutDuration: JWKS_TIMEOUT_MS, cacheMaxAge: JWKS_MAX_AGE_MS, cooldownDuration: UNKNOWN_KID_COOLDOWN_MS });
+    // jose's cooldown counts from the last fetch that worked: while the provider fails, every token
+    // would make it fetch again, so a failed fetch holds the next one back for the cooldown too.
+    let failedAt = -Infinity;
+    const fetchOnceInAWhile = async (resource: string, init: RequestInit): Promise<Response> => {
+      if (Date.now() - failedAt < UNKNOWN_KID_COOLDOWN_MS) throw new Error(`the key set could not be fetched less than ${UNKNOWN_KID_COOLDOWN_MS / 1000} s ago`);
+      try {
+        const response = await fetch(resource, init);
+        if (response.status !== 200) failedAt = Date.now();
+        return response;
+      } catch (error) {
+        failedAt = Date.now();
+        throw error;
+      }
+    };
+    const keySet = createRemoteJWKSet(url, { timeoutDuration: JWKS_TIMEOUT_MS, cacheMaxAge: JWKS_MAX_AGE_MS, cooldownDuration: UNKNOWN_KID_COOLDOWN_MS, [customFetch]: fetchOnceInAWhile });
     const pems = new WeakMap<object, string>(); // jose keeps one key object per JWK of the set; fast-jwt wants PEM
     secret = async (_request, token) => {
       const header = (token as { header?: { alg?: unknown; kid?: unknown } }).header ?? {};

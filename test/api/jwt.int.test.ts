@@ -43,6 +43,7 @@ const rs = (extra: Record<string, unknown> = {}) => token(claims(extra), { alg: 
 const es = (extra: Record<string, unknown> = {}) => token(claims(extra), { alg: 'ES256', kid: 'ec-1', key: ec.privateKey });
 
 let jwksRequests = 0;
+let failingRequests = 0; // to /failing/certs, which always answers 500
 let jwks: http.Server;
 let jwksUrl: string;
 let tdb: TestDatabase;
@@ -73,6 +74,7 @@ beforeAll(async () => {
     { ...ec.publicKey.export({ format: 'jwk' }), kid: 'ec-1', alg: 'ES256', use: 'sig' },
   ];
   jwks = http.createServer((req, res) => {
+    if (req.url === '/failing/certs') return void (failingRequests++, res.writeHead(500).end('{}'));
     jwksRequests++;
     if (req.url !== '/realms/fog/protocol/openid-connect/certs') return void res.writeHead(404).end();
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys }));
@@ -185,6 +187,21 @@ describe('JWT bearer tokens from an OIDC provider (JWKS)', () => {
     );
     // Still not hammered: about one fetch per 10 s of flood.
     expect(jwksRequests - before).toBeLessThanOrEqual(Math.ceil((Date.now() - started) / 10_000) + 1);
+  });
+
+  it('a JWKS that answers with errors is asked again at most once per 10 s, however many tokens come', async () => {
+    const failing = await app({ JWT_JWKS_URL: new URL('/failing/certs', jwksUrl).href, JWT_ISSUER: ISSUER, JWT_AUDIENCE: AUDIENCE });
+    try {
+      const started = Date.now();
+      for (let i = 0; i < 30; i++) {
+        const res = await submit(failing, i % 2 ? rs() : token(claims(), { alg: 'RS256', kid: randomUUID(), key: rsa.privateKey }));
+        expect(res.statusCode, res.body).toBe(503);
+        expect(res.json()).toMatchObject({ code: 'AUTH_UNAVAILABLE' });
+      }
+      expect(failingRequests).toBeLessThanOrEqual(Math.ceil((Date.now() - started) / 10_000) + 1);
+    } finally {
+      await failing.close();
+    }
   });
 
   it('a JWKS that cannot be fetched is 503 AUTH_UNAVAILABLE (the token may be fine), not 401', async () => {
