@@ -1,6 +1,6 @@
 import { KeyObject } from 'node:crypto';
 import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt';
-import { createRemoteJWKSet, customFetch, errors as joseErrors } from 'jose';
+import { createRemoteJWKSet, customFetch, errors as joseErrors, jwksCache, type ExportedJWKSCache, type JWKSCacheInput } from 'jose';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { FogschedError } from '../domain/index.js';
 import { API_ROLES, TENANT_PATTERN, type ApiRole, type JwtSettings } from '../infra/config.js';
@@ -16,7 +16,11 @@ const JWKS_ALGORITHMS: Algorithm[] = ['RS256', 'ES256'];
 const CLOCK_TOLERANCE_MS = 5_000;
 /** A JWKS that does not answer within this is treated as down (503), not as a bad token. */
 const JWKS_TIMEOUT_MS = 5_000;
-/** The key set is fetched again after this, at the next token. */
+/**
+ * The key set is fetched again this long after the last fetch that worked, in the background: a
+ * key the provider dropped is refused a minute later, and once a set is loaded no token waits for
+ * the provider, nor fails while it is down (the last set answers meanwhile).
+ */
 const JWKS_MAX_AGE_MS = 60_000;
 /**
  * A kid the key set lacks makes us fetch the set again, but at most once per this: tokens naming
@@ -36,8 +40,8 @@ export class AuthUnavailableError extends FogschedError {
 /**
  * Registers @fastify/jwt on `app` and returns the verifier the access hook calls for a bearer
  * value shaped like a JWT. HS256 with JWT_SECRET, and/or RS256/ES256 with the key the token's `kid`
- * names in the key set at JWT_JWKS_URL (fetched whole with jose's remote key set, kept a minute;
- * only that URL is ever fetched, whatever the token's `iss` says). Every token needs `exp` and
+ * names in the key set at JWT_JWKS_URL (fetched whole with jose's remote key set, refreshed in the
+ * background after a minute; only that URL is ever fetched, whatever the token's `iss` says). Every token needs `exp` and
  * `sub`, and `iss` and `aud` (matching) when JWT_ISSUER and JWT_AUDIENCE are set; the tenant and
  * role come from the configured claims.
  */
@@ -62,7 +66,15 @@ export async function registerJwt(app: FastifyInstance, settings: JwtSettings): 
         throw error;
       }
     };
-    const keySet = createRemoteJWKSet(url, { timeoutDuration: JWKS_TIMEOUT_MS, cacheMaxAge: JWKS_MAX_AGE_MS, cooldownDuration: UNKNOWN_KID_COOLDOWN_MS, [customFetch]: fetchOnceInAWhile });
+    const loaded: Partial<ExportedJWKSCache> = {}; // jose writes the set and the time (uat) of each fetch that worked
+    const keySet = createRemoteJWKSet(url, {
+      timeoutDuration: JWKS_TIMEOUT_MS,
+      cacheMaxAge: Infinity, // aged out below, in the background, instead of in the request that finds it old
+      cooldownDuration: UNKNOWN_KID_COOLDOWN_MS,
+      [customFetch]: fetchOnceInAWhile,
+      [jwksCache]: loaded as JWKSCacheInput,
+    });
+    const unavailable = (error: unknown) => app.log.warn({ err: (error as Error).message, jwks: url.origin + url.pathname }, 'jwks unavailable');
     const pems = new WeakMap<object, string>(); // jose keeps one key object per JWK of the set; fast-jwt wants PEM
     secret = async (_request, token) => {
       const header = (token as { header?: { alg?: unknown; kid?: unknown } }).header ?? {};
@@ -72,6 +84,10 @@ export async function registerJwt(app: FastifyInstance, settings: JwtSettings): 
       // The key follows from the alg, never the other way round: an HS256 token is checked with the secret only.
       if ((HMAC_ALGORITHMS as string[]).includes(alg)) return settings.secret as string;
       if (!kid) throw new UnauthorizedError('the token names no key (kid)');
+      const now = Date.now();
+      if (loaded.uat !== undefined && now - loaded.uat >= JWKS_MAX_AGE_MS && now - failedAt >= UNKNOWN_KID_COOLDOWN_MS && !keySet.reloading) {
+        keySet.reload().catch(unavailable);
+      }
       let key: Awaited<ReturnType<typeof keySet>>;
       try {
         key = await keySet({ alg, kid });
@@ -79,7 +95,7 @@ export async function registerJwt(app: FastifyInstance, settings: JwtSettings): 
         if (error instanceof joseErrors.JWKSNoMatchingKey || error instanceof joseErrors.JWKSMultipleMatchingKeys) {
           throw new UnauthorizedError(`the token's key ${JSON.stringify(kid)} is not in the issuer's key set`);
         }
-        app.log.warn({ err: (error as Error).message, jwks: url.origin + url.pathname }, 'jwks unavailable');
+        unavailable(error);
         throw new AuthUnavailableError(error);
       }
       let pem = pems.get(key);

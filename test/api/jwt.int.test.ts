@@ -3,7 +3,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { sql } from 'kysely';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { buildApi } from '../../src/api/app.js';
 import { DEFAULT_TIERS } from '../../src/domain/index.js';
 import { jwtSettings, loadConfig, parseApiKeys } from '../../src/infra/config.js';
@@ -44,6 +44,7 @@ const es = (extra: Record<string, unknown> = {}) => token(claims(extra), { alg: 
 
 let jwksRequests = 0;
 let failingRequests = 0; // to /failing/certs, which always answers 500
+let providerDown = false; // the JWKS endpoint answers 503 meanwhile
 let jwks: http.Server;
 let jwksUrl: string;
 let tdb: TestDatabase;
@@ -75,6 +76,7 @@ beforeAll(async () => {
   ];
   jwks = http.createServer((req, res) => {
     if (req.url === '/failing/certs') return void (failingRequests++, res.writeHead(500).end('{}'));
+    if (providerDown) return void res.writeHead(503).end('{}');
     jwksRequests++;
     if (req.url !== '/realms/fog/protocol/openid-connect/certs') return void res.writeHead(404).end();
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys }));
@@ -208,6 +210,28 @@ describe('JWT bearer tokens from an OIDC provider (JWKS)', () => {
     const res = await submit(broken, rs());
     expect(res.statusCode, res.body).toBe(503);
     expect(res.json()).toMatchObject({ code: 'AUTH_UNAVAILABLE' });
+  });
+
+  it('once a key set is loaded, a provider that is down does not fail tokens; the set is refreshed in the background, so dropped keys go', async () => {
+    expect((await submit(oidc, rs())).statusCode).toBe(202);
+    // Only Date is faked: the key set's age is what matters; sockets and timers run as usual.
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      vi.setSystemTime(Date.now() + 61_000); // the set is a minute old: due for a refresh
+      providerDown = true;
+      const whileDown = await submit(oidc, rs());
+      expect(whileDown.statusCode, whileDown.body).toBe(202);
+
+      providerDown = false;
+      const ecKey = keys.find((k) => k.kid === 'ec-1') as Record<string, unknown>;
+      keys = keys.filter((k) => k !== ecKey);
+      vi.setSystemTime(Date.now() + 11_000); // past the wait after the failed refresh
+      expect((await submit(oidc, rs())).statusCode).toBe(202); // starts the refresh
+      await eventually(async () => (await submit(oidc, es())).statusCode === 401, { timeoutMs: 5000 });
+      keys.push(ecKey);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });
 
