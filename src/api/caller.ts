@@ -1,5 +1,6 @@
 import type { FastifyRequest } from 'fastify';
 import type { Caller } from '../tasks/index.js';
+import { cutText } from './input.js';
 
 /**
  * Who is calling: tenant and actor come from the request's credential (src/api/auth.ts). `X-Actor`
@@ -8,7 +9,7 @@ import type { Caller } from '../tasks/index.js';
  */
 export function callerOf(request: FastifyRequest): Caller {
   const claimed = request.headers['x-actor'];
-  const onBehalfOf = typeof claimed === 'string' && claimed.length > 0 ? claimed.slice(0, 200) : undefined;
+  const onBehalfOf = typeof claimed === 'string' && claimed.length > 0 ? cutText(claimed, 200) : undefined;
   return {
     tenant: request.principal?.tenant ?? request.tenant,
     actor: request.principal?.actor ?? 'anonymous',

@@ -55,6 +55,13 @@ export function findTextViolation(value: unknown, path: string, maxDepth = INPUT
   return null;
 }
 
+/** `s` cut to at most `max` UTF-16 units, never between the halves of a surrogate pair (half of one is text PostgreSQL refuses). */
+export function cutText(s: string, max: number): string {
+  if (s.length <= max) return s;
+  const last = s.charCodeAt(max - 1);
+  return s.slice(0, last >= 0xd800 && last <= 0xdbff ? max - 1 : max);
+}
+
 function refuse(violation: InputViolation): never {
   throw new ValidationError(`${violation.path} ${violation.message}`, { errors: [violation] });
 }
@@ -124,6 +131,17 @@ export function parseCursor(cursor: string | undefined, path = 'querystring/curs
   const value = BigInt(cursor);
   if (value < 1n || value > INPUT_LIMITS.maxCursor) refuse({ path, message: `must be a position from 1 to ${INPUT_LIMITS.maxCursor}` });
   return value > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(value);
+}
+
+/**
+ * The nextCursor of a page: its last position when the page is full, by count (`limit`) or by
+ * bytes (INPUT_LIMITS.maxPageBytes reached); null otherwise. A page that ends exactly at the last
+ * item may still give a cursor, whose page is then empty.
+ */
+export function nextCursorOf(rows: readonly { readonly seq: number; readonly pageBytes?: number }[], limit: number): string | null {
+  const last = rows[rows.length - 1];
+  if (!last) return null;
+  return rows.length >= limit || (last.pageBytes ?? 0) >= INPUT_LIMITS.maxPageBytes ? String(last.seq) : null;
 }
 
 const EARLIEST = Date.parse(INPUT_LIMITS.earliestTime);

@@ -1,9 +1,11 @@
+import { KeyObject } from 'node:crypto';
 import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt';
-import buildGetJwks from 'get-jwks';
+import { createRemoteJWKSet, customFetch, errors as joseErrors, jwksCache, type ExportedJWKSCache, type JWKSCacheInput } from 'jose';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { FogschedError } from '../domain/index.js';
 import { API_ROLES, TENANT_PATTERN, type ApiRole, type JwtSettings } from '../infra/config.js';
 import { UnauthorizedError, bearerOf, type JwtVerifier, type Principal } from './auth.js';
+import { cutText, findTextViolation } from './input.js';
 
 type Algorithm = NonNullable<NonNullable<FastifyJWTOptions['verify']>['algorithms']>[number];
 
@@ -15,14 +17,19 @@ const CLOCK_TOLERANCE_MS = 5_000;
 /** A JWKS that does not answer within this is treated as down (503), not as a bad token. */
 const JWKS_TIMEOUT_MS = 5_000;
 /**
- * Lookups of (alg, kid) pairs not seen before, at most this many per window, and a pair the key set
- * lacked is not looked up again for a minute: tokens with random kids must not make us hammer the
- * provider. The price: while such a flood lasts, a key rotated in meanwhile may be refused for a
- * window. Pairs, not kids, so a token naming a real kid with the wrong alg cannot block that kid.
+ * The key set is fetched again this long after the last fetch that worked, in the background: a
+ * key the provider dropped is refused a minute later, and once a set is loaded no token waits for
+ * the provider, nor fails while it is down (the last set answers meanwhile).
  */
-const UNKNOWN_KID_LOOKUPS = 10;
-const UNKNOWN_KID_WINDOW_MS = 10_000;
-const MISSING_KID_MS = 60_000;
+const JWKS_MAX_AGE_MS = 60_000;
+/**
+ * A kid the key set lacks makes us fetch the set again, but at most once per this: tokens naming
+ * random kids (anyone can send them, with no credential) cost the provider one fetch per 10 s,
+ * and since the whole set is kept, a key the provider rotates in is found within 10 s whatever
+ * else is sent meanwhile. (Looking kids up one by one under a lookup budget, as before, let such
+ * a flood spend the budget and keep a rotated key refused for as long as it lasted.)
+ */
+const UNKNOWN_KID_COOLDOWN_MS = 10_000;
 
 export class AuthUnavailableError extends FogschedError {
   constructor(cause: unknown) {
@@ -33,9 +40,10 @@ export class AuthUnavailableError extends FogschedError {
 /**
  * Registers @fastify/jwt on `app` and returns the verifier the access hook calls for a bearer
  * value shaped like a JWT. HS256 with JWT_SECRET, and/or RS256/ES256 with the key the token's `kid`
- * names in JWT_JWKS_URL (fetched with get-jwks, cached a minute; only that URL is ever fetched,
- * whatever the token's `iss` says). Every token needs `exp` and `sub`; `iss` and `aud` are checked
- * when set; the tenant and role come from the configured claims.
+ * names in the key set at JWT_JWKS_URL (fetched whole with jose's remote key set, refreshed in the
+ * background after a minute; only that URL is ever fetched, whatever the token's `iss` says). Every token needs `exp` and
+ * `sub`, and `iss` and `aud` (matching) when JWT_ISSUER and JWT_AUDIENCE are set; the tenant and
+ * role come from the configured claims.
  */
 export async function registerJwt(app: FastifyInstance, settings: JwtSettings): Promise<JwtVerifier> {
   const algorithms = [...(settings.secret ? HMAC_ALGORITHMS : []), ...(settings.jwksUrl ? JWKS_ALGORITHMS : [])];
@@ -44,10 +52,30 @@ export async function registerJwt(app: FastifyInstance, settings: JwtSettings): 
     secret = settings.secret as string;
   } else {
     const url = new URL(settings.jwksUrl);
-    const jwks = buildGetJwks({ jwksPath: `${url.pathname}${url.search}`, ttl: 60_000 });
-    const known = new Set<string>(); // `${alg} ${kid}` found in the key set
-    const missing = new Map<string, number>(); // `${alg} ${kid}` → when the key set lacked it
-    let window = { start: 0, lookups: 0 };
+    // jose's cooldown counts from the last fetch that worked: while the provider fails, every token
+    // would make it fetch again, so a failed fetch holds the next one back for the cooldown too.
+    let failedAt = -Infinity;
+    const fetchOnceInAWhile = async (resource: string, init: RequestInit): Promise<Response> => {
+      if (Date.now() - failedAt < UNKNOWN_KID_COOLDOWN_MS) throw new Error(`the key set could not be fetched less than ${UNKNOWN_KID_COOLDOWN_MS / 1000} s ago`);
+      try {
+        const response = await fetch(resource, init);
+        if (response.status !== 200) failedAt = Date.now();
+        return response;
+      } catch (error) {
+        failedAt = Date.now();
+        throw error;
+      }
+    };
+    const loaded: Partial<ExportedJWKSCache> = {}; // jose writes the set and the time (uat) of each fetch that worked
+    const keySet = createRemoteJWKSet(url, {
+      timeoutDuration: JWKS_TIMEOUT_MS,
+      cacheMaxAge: Infinity, // aged out below, in the background, instead of in the request that finds it old
+      cooldownDuration: UNKNOWN_KID_COOLDOWN_MS,
+      [customFetch]: fetchOnceInAWhile,
+      [jwksCache]: loaded as JWKSCacheInput,
+    });
+    const unavailable = (error: unknown) => app.log.warn({ err: (error as Error).message, jwks: url.origin + url.pathname }, 'jwks unavailable');
+    const pems = new WeakMap<object, string>(); // jose keeps one key object per JWK of the set; fast-jwt wants PEM
     secret = async (_request, token) => {
       const header = (token as { header?: { alg?: unknown; kid?: unknown } }).header ?? {};
       const alg = typeof header.alg === 'string' ? header.alg : '';
@@ -56,28 +84,23 @@ export async function registerJwt(app: FastifyInstance, settings: JwtSettings): 
       // The key follows from the alg, never the other way round: an HS256 token is checked with the secret only.
       if ((HMAC_ALGORITHMS as string[]).includes(alg)) return settings.secret as string;
       if (!kid) throw new UnauthorizedError('the token names no key (kid)');
-      const notFound = new UnauthorizedError(`the token's key ${JSON.stringify(kid)} is not in the issuer's key set`);
-      const pair = `${alg} ${kid}`;
-      if (!known.has(pair)) {
-        const now = Date.now();
-        if (now - (missing.get(pair) ?? -Infinity) < MISSING_KID_MS) throw notFound;
-        if (now - window.start >= UNKNOWN_KID_WINDOW_MS) window = { start: now, lookups: 0 };
-        if (++window.lookups > UNKNOWN_KID_LOOKUPS) throw notFound;
+      const now = Date.now();
+      if (loaded.uat !== undefined && now - loaded.uat >= JWKS_MAX_AGE_MS && now - failedAt >= UNKNOWN_KID_COOLDOWN_MS && !keySet.reloading) {
+        keySet.reload().catch(unavailable);
       }
+      let key: Awaited<ReturnType<typeof keySet>>;
       try {
-        const key = await withTimeout(jwks.getPublicKey({ domain: url.origin, alg, kid }), JWKS_TIMEOUT_MS);
-        known.add(pair);
-        return key;
+        key = await keySet({ alg, kid });
       } catch (error) {
-        if ((error as { code?: string }).code === 'JWK_NOT_FOUND') {
-          if (missing.size > 10_000) missing.clear();
-          missing.set(pair, Date.now());
-          known.delete(pair); // rotated out
-          throw notFound;
+        if (error instanceof joseErrors.JWKSNoMatchingKey || error instanceof joseErrors.JWKSMultipleMatchingKeys) {
+          throw new UnauthorizedError(`the token's key ${JSON.stringify(kid)} is not in the issuer's key set`);
         }
-        app.log.warn({ err: (error as Error).message, jwks: url.origin + url.pathname }, 'jwks unavailable');
+        unavailable(error);
         throw new AuthUnavailableError(error);
       }
+      let pem = pems.get(key);
+      if (pem === undefined) pems.set(key, (pem = KeyObject.from(key).export({ type: 'spki', format: 'pem' }) as string));
+      return pem;
     };
   }
   await app.register(fastifyJwt, {
@@ -85,7 +108,9 @@ export async function registerJwt(app: FastifyInstance, settings: JwtSettings): 
     decode: { complete: true },
     verify: {
       algorithms,
-      requiredClaims: ['exp', 'sub'],
+      // fast-jwt checks allowedIss/allowedAud only on a token that has the claim: without requiring
+      // them, a token with no iss or no aud (one the provider made for another client) passed both.
+      requiredClaims: ['exp', 'sub', ...(settings.issuer ? ['iss'] : []), ...(settings.audience.length > 0 ? ['aud'] : [])],
       clockTolerance: CLOCK_TOLERANCE_MS,
       ...(settings.issuer ? { allowedIss: settings.issuer } : {}),
       ...(settings.audience.length > 0 ? { allowedAud: [...settings.audience] } : {}),
@@ -118,7 +143,10 @@ export function principalOf(claims: Record<string, unknown>, settings: Pick<JwtS
   }
   const sub = claims.sub;
   if (typeof sub !== 'string' || sub.length === 0) throw new UnauthorizedError('the token has no subject (sub)');
-  return { tenant, role: named[0] as ApiRole, actor: `jwt:${sub.slice(0, 200)}`, via: 'jwt' };
+  // The actor goes into every event's metadata (jsonb): text PostgreSQL refuses would be a 500 there.
+  const bad = findTextViolation(sub, 'sub');
+  if (bad) throw new UnauthorizedError(`the token's subject (sub) ${bad.message}`);
+  return { tenant, role: named[0] as ApiRole, actor: `jwt:${cutText(sub, 200)}`, via: 'jwt' };
 }
 
 /** `a.b.c` reaches into nested objects (Keycloak puts roles under `realm_access.roles`); a claim named with the dots wins. */
@@ -130,14 +158,4 @@ function claimAt(claims: Record<string, unknown>, path: string): unknown {
     at = (at as Record<string, unknown>)[part];
   }
   return at;
-}
-
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    promise,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
 }

@@ -9,8 +9,14 @@ import { PRIORITIES, TASK_STATUSES } from '../domain/index.js';
  * components too.
  */
 
-/** Limits on what a request may carry that are not settings (those are in ApiLimits). README lists both. */
+/** Limits on what a request may carry, and on a page of a list, that are not settings (those are in ApiLimits). README lists both. */
 export const INPUT_LIMITS = Object.freeze({
+  /**
+   * Bytes of payloads, outputs and errors (schedules: templates) as JSON text in one page of a
+   * list; the page ends after the item that reaches it, with a nextCursor. Without it 500 items of
+   * 256 KiB payloads (and larger outputs) were one answer of hundreds of MiB built in memory.
+   */
+  maxPageBytes: 8 * 1024 * 1024,
   /** Tasks in one POST /v1/tasks/batch. */
   maxBatchItems: 1000,
   /** Nesting of a JSON body (objects and arrays), the body itself being level 1. */
@@ -310,6 +316,9 @@ export const ScheduleIdParams = Type.Object({ id: Type.String({ format: 'uuid', 
 
 const CursorQ = Type.String({ pattern: '^[1-9][0-9]{0,18}$', description: 'nextCursor of the previous page (a position; 1 to 9223372036854775807)' });
 const LimitQ = (max: number, def: number) => Type.Integer({ minimum: 1, maximum: max, default: def });
+/** A list's page size: at most `max` items, and fewer once they hold 8 MiB (INPUT_LIMITS.maxPageBytes). */
+const PageLimitQ = (max: number, def: number) =>
+  Type.Integer({ minimum: 1, maximum: max, default: def, description: `items per page; a page also ends once its items hold about ${INPUT_LIMITS.maxPageBytes / 1024 / 1024} MiB of payloads and outputs (follow nextCursor)` });
 
 export const ListQuery = Type.Object(
   {
@@ -317,13 +326,13 @@ export const ListQuery = Type.Object(
     priority: Type.Optional(PriorityQ),
     type: Type.Optional(Type.String({ maxLength: 200 })),
     tier: Type.Optional(Type.String({ maxLength: 50 })),
-    limit: Type.Optional(LimitQ(500, 50)),
+    limit: Type.Optional(PageLimitQ(500, 50)),
     cursor: Type.Optional(CursorQ),
   },
   { additionalProperties: false },
 );
 
-export const ScheduleListQuery = Type.Object({ limit: Type.Optional(LimitQ(500, 50)), cursor: Type.Optional(CursorQ) }, { additionalProperties: false });
+export const ScheduleListQuery = Type.Object({ limit: Type.Optional(PageLimitQ(500, 50)), cursor: Type.Optional(CursorQ) }, { additionalProperties: false });
 
 /** Operations whose body may be left out (the OpenAPI document says `required: false`). */
 export const OPTIONAL_BODY_OPERATIONS: readonly string[] = ['cancelTask'];
@@ -339,7 +348,7 @@ const dlqFilter = {
   until: Type.Optional(DateTime('failed before')),
 };
 
-export const DlqQuery = Type.Object({ ...dlqFilter, limit: Type.Optional(LimitQ(500, 50)), cursor: Type.Optional(CursorQ) }, { additionalProperties: false });
+export const DlqQuery = Type.Object({ ...dlqFilter, limit: Type.Optional(PageLimitQ(500, 50)), cursor: Type.Optional(CursorQ) }, { additionalProperties: false });
 
 export const DlqRequeueBody = Type.Object(
   {

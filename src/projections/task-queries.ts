@@ -1,5 +1,5 @@
-import { sql } from 'kysely';
-import type { Executor } from '../store/index.js';
+import { sql, type Selectable, type SelectQueryBuilder } from 'kysely';
+import type { Database, Executor, TaskCurrentTable } from '../store/index.js';
 import { rowToState } from './task-projections.js';
 import type { TaskState } from '../domain/index.js';
 
@@ -12,11 +12,42 @@ export interface TaskListFilter {
   /** Only tasks with seq below this (the cursor). */
   readonly beforeSeq?: number;
   readonly limit: number;
+  /** A page also ends once the tasks before the next one hold this many bytes (pageBytes); absent: no byte bound. */
+  readonly maxBytes?: number;
 }
 
 export interface ListedTask {
   readonly seq: number;
   readonly state: TaskState;
+  /** With `maxBytes`: the bytes of this page up to and including this task (its spec, output and error as JSON text). */
+  readonly pageBytes?: number;
+}
+
+/** What a task weighs in an answer: the JSON text of its spec (with the payload), output and last error. */
+const TASK_BYTES = sql<number>`(octet_length(spec::text) + coalesce(octet_length(output::text), 0) + coalesce(octet_length(last_error::text), 0))`;
+
+/**
+ * The first `limit` rows of `q` (newest first), cut after the row that brings the page to
+ * `maxBytes`: a row comes while the rows before it hold less, so a page always has one row and
+ * passes the bound by at most one. The sums are PostgreSQL's (a window over the limited scan),
+ * so the rows past the bound never reach this process.
+ */
+async function pageOf(db: Executor, q: SelectQueryBuilder<Database, 'task_current', Selectable<TaskCurrentTable>>, limit: number, maxBytes: number | undefined): Promise<ListedTask[]> {
+  if (maxBytes === undefined) {
+    const rows = await q.orderBy('seq', 'desc').limit(limit).execute();
+    return rows.map((row) => ({ seq: row.seq, state: rowToState(row) }));
+  }
+  const limited = q
+    .select([sql<string>`sum(${TASK_BYTES}) OVER (ORDER BY seq DESC)`.as('page_bytes'), TASK_BYTES.as('row_bytes')])
+    .orderBy('seq', 'desc')
+    .limit(limit);
+  const rows = await db
+    .selectFrom(limited.as('page'))
+    .selectAll()
+    .where(sql<boolean>`page_bytes - row_bytes < ${maxBytes}`)
+    .orderBy('seq', 'desc')
+    .execute();
+  return rows.map(({ page_bytes, row_bytes: _, ...row }) => ({ seq: row.seq, state: rowToState(row), pageBytes: Number(page_bytes) }));
 }
 
 export async function getTask(db: Executor, tenant: string, taskId: string): Promise<TaskState | null> {
@@ -32,8 +63,7 @@ export async function listTasks(db: Executor, filter: TaskListFilter): Promise<L
   if (filter.type) q = q.where('type', '=', filter.type);
   if (filter.tier) q = q.where('tier', '=', filter.tier);
   if (filter.beforeSeq !== undefined) q = q.where('seq', '<', filter.beforeSeq);
-  const rows = await q.orderBy('seq', 'desc').limit(filter.limit).execute();
-  return rows.map((row) => ({ seq: row.seq, state: rowToState(row) }));
+  return pageOf(db, q, filter.limit, filter.maxBytes);
 }
 
 export interface HistoryEntry {
@@ -99,13 +129,12 @@ export interface FailedTaskFilter {
 }
 
 /** Failed tasks (the dead-letter view), newest first by seq. */
-export async function listFailedTasks(db: Executor, filter: FailedTaskFilter & { tenant: string; limit: number; beforeSeq?: number }): Promise<ListedTask[]> {
+export async function listFailedTasks(db: Executor, filter: FailedTaskFilter & { tenant: string; limit: number; beforeSeq?: number; maxBytes?: number }): Promise<ListedTask[]> {
   let q = db.selectFrom('task_current').selectAll().where('tenant', '=', filter.tenant).where('state', '=', 'failed');
   if (filter.type) q = q.where('type', '=', filter.type);
   if (filter.reason) q = q.where('failure_reason', '=', filter.reason);
   if (filter.since) q = q.where('finished_at', '>=', new Date(filter.since));
   if (filter.until) q = q.where('finished_at', '<', new Date(filter.until));
   if (filter.beforeSeq !== undefined) q = q.where('seq', '<', filter.beforeSeq);
-  const rows = await q.orderBy('seq', 'desc').limit(filter.limit).execute();
-  return rows.map((row) => ({ seq: row.seq, state: rowToState(row) }));
+  return pageOf(db, q, filter.limit, filter.maxBytes);
 }

@@ -178,11 +178,21 @@ export function createScheduleService(deps: ScheduleDeps) {
       if (state.status === 'new' || state.status === 'deleted' || state.spec?.tenant !== caller.tenant) throw new ScheduleNotFoundError(scheduleId);
       return state;
     },
-    async list(caller: Caller, opts: { limit: number; beforeSeq?: number }): Promise<{ seq: number; state: ScheduleState }[]> {
+    /** Newest first; with `maxBytes` a page also ends after the schedule whose template brings it there (`pageBytes`, counted in PostgreSQL). */
+    async list(caller: Caller, opts: { limit: number; beforeSeq?: number; maxBytes?: number }): Promise<{ seq: number; state: ScheduleState; pageBytes?: number }[]> {
       let q = db.selectFrom('schedules').selectAll().where('tenant', '=', caller.tenant).where('state', '!=', 'deleted');
       if (opts.beforeSeq !== undefined) q = q.where('seq', '<', opts.beforeSeq);
-      const rows = await q.orderBy('seq', 'desc').limit(opts.limit).execute();
-      return rows.map((r) => ({ seq: r.seq, state: scheduleRowToState(r) }));
+      if (opts.maxBytes === undefined) {
+        const rows = await q.orderBy('seq', 'desc').limit(opts.limit).execute();
+        return rows.map((r) => ({ seq: r.seq, state: scheduleRowToState(r) }));
+      }
+      // As listTasks: a row comes while the rows before it hold less than maxBytes.
+      const limited = q
+        .select([sql<string>`sum(octet_length(template::text)) OVER (ORDER BY seq DESC)`.as('page_bytes'), sql<number>`octet_length(template::text)`.as('row_bytes')])
+        .orderBy('seq', 'desc')
+        .limit(opts.limit);
+      const rows = await db.selectFrom(limited.as('page')).selectAll().where(sql<boolean>`page_bytes - row_bytes < ${opts.maxBytes}`).orderBy('seq', 'desc').execute();
+      return rows.map(({ page_bytes, row_bytes: _, ...r }) => ({ seq: r.seq, state: scheduleRowToState(r), pageBytes: Number(page_bytes) }));
     },
     pause: (id: string, caller: Caller) => mutate(id, caller, () => ({ type: 'PauseSchedule', data: { actor: caller.actor, now: new Date().toISOString() } })),
     resume: (id: string, caller: Caller) =>

@@ -10,7 +10,7 @@ import { loadConfig, parseApiKeys } from '../../src/infra/config.js';
 import { createLogger } from '../../src/infra/logger.js';
 import { topologyNames } from '../../src/outbox/index.js';
 import { createScheduleService } from '../../src/schedules/index.js';
-import { createTaskService } from '../../src/tasks/index.js';
+import { createTaskService, executeTaskCommands } from '../../src/tasks/index.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { ID, V1_ROUTES } from './v1-routes.js';
 
@@ -221,5 +221,53 @@ describe('roles', () => {
     const operator = await app.inject({ method: 'GET', url: '/readyz', headers: { 'x-api-key': ACME } });
     expect(operator.json()).toEqual({ status: 'degraded', checks: { postgresql: { ok: true, critical: true }, broker: { ok: false, critical: false } }, details: { limits: null } });
     expect(operator.body).not.toMatch(/hunter2|amqp:|ECONNREFUSED/);
+  });
+});
+
+describe('tenant isolation of what is found by filter, key or cursor', () => {
+  const as = (key: string, method: string, url: string, payload?: object, headers: Record<string, string> = {}) =>
+    app.inject({ method: method as 'GET', url, headers: { 'x-api-key': key, ...headers }, ...(payload ? { payload } : {}) });
+  async function failedTask(key: string, type: string): Promise<string> {
+    const id = (await as(key, 'POST', '/v1/tasks', { type })).json<{ id: string }>().id;
+    const command = { type: 'DeadLetterTask' as const, data: { attempt: 1, reason: 'delivery-limit' as const, queue: null, now: new Date().toISOString() } };
+    await tdb.db.transaction().execute((trx) => executeTaskCommands(trx, [{ taskId: id, command, metadata: { actor: 'test' } }], names));
+    return id;
+  }
+
+  it('DLQ list and requeue by filter, single requeue and history reach only the caller tenant', async () => {
+    const type = 'iso.failing';
+    const mine = await failedTask(ACME, type);
+    const theirs = await failedTask(GLOBEX, type);
+    expect((await as(ACME, 'GET', `/v1/dlq?type=${type}&limit=500`)).json<{ items: { id: string }[] }>().items.map((t) => t.id)).toEqual([mine]);
+    expect((await as(ACME, 'POST', `/v1/tasks/${theirs}/requeue`)).statusCode).toBe(404);
+    expect((await as(ACME, 'GET', `/v1/tasks/${theirs}/history`)).statusCode).toBe(404);
+    expect((await as(ACME, 'POST', '/v1/dlq/requeue', { type })).json()).toMatchObject({ matched: 1, requeued: 1, taskIds: [mine] });
+    const state = await sql<{ state: string }>`SELECT state FROM task_current WHERE task_id = ${theirs}`.execute(tdb.db);
+    expect(state.rows[0]?.state).toBe('failed');
+  });
+
+  it("an Idempotency-Key is the tenant's own: the same key elsewhere makes another task, never a replay or a conflict", async () => {
+    const key = 'iso-order-42';
+    const a = await as(ACME, 'POST', '/v1/tasks', { type: 'x' }, { 'idempotency-key': key });
+    const b = await as(GLOBEX, 'POST', '/v1/tasks', { type: 'y' }, { 'idempotency-key': key });
+    expect([a.statusCode, b.statusCode]).toEqual([202, 202]);
+    expect(b.json<{ id: string }>().id).not.toBe(a.json<{ id: string }>().id);
+    const batch = await as(GLOBEX, 'POST', '/v1/tasks/batch', { tasks: [{ type: 'y', idempotencyKey: key }] });
+    expect(batch.statusCode).toBe(202);
+    expect(batch.json<{ tasks: { id: string }[] }>().tasks[0]?.id).toBe(b.json<{ id: string }>().id);
+  });
+
+  it("a cursor is only a position: another tenant's rows stay out of every page, and its schedules are 404", async () => {
+    const newest = (await as(GLOBEX, 'POST', '/v1/tasks', { type: 'iso.page' })).json<{ id: string }>().id;
+    const seq = (await sql<{ seq: string }>`SELECT seq FROM task_current WHERE task_id = ${newest}`.execute(tdb.db)).rows[0]?.seq;
+    const page = (await as(ACME, 'GET', `/v1/tasks?limit=500&cursor=${Number(seq) + 1}`)).json<{ items: { id: string }[] }>();
+    const tenants = await sql<{ tenant: string }>`SELECT DISTINCT tenant FROM task_current WHERE task_id = ANY(${page.items.map((t) => t.id)}::uuid[])`.execute(tdb.db);
+    expect(tenants.rows.map((r) => r.tenant)).toEqual(['acme']);
+
+    const schedule = (await as(GLOBEX, 'POST', '/v1/schedules', { cron: '0 0 1 1 *', template: { type: 'noop' } })).json<{ id: string }>().id;
+    for (const [method, url] of [['GET', `/v1/schedules/${schedule}`], ['POST', `/v1/schedules/${schedule}/pause`], ['POST', `/v1/schedules/${schedule}/resume`], ['DELETE', `/v1/schedules/${schedule}`]] as const) {
+      expect((await as(ACME, method, url)).statusCode, `${method} ${url}`).toBe(404);
+    }
+    expect((await as(ACME, 'GET', '/v1/schedules?limit=500')).json<{ items: { id: string }[] }>().items.map((s) => s.id)).not.toContain(schedule);
   });
 });

@@ -98,6 +98,8 @@ describe('principalOf (claims of a verified token)', () => {
     expect(() => principalOf({ sub: 'u', tenant: 'acme', role: 'admin' }, claims)).toThrow(/role claim/);
     expect(() => principalOf({ sub: 'u', tenant: 'acme', role: ['auditor', 'operator'] }, claims)).toThrow(/it holds auditor, operator/);
     expect(() => principalOf({ tenant: 'acme', role: 'operator' }, claims)).toThrow(/no subject/);
+    expect(() => principalOf({ sub: 'u\u0000', tenant: 'acme', role: 'operator' }, claims)).toThrow(/subject \(sub\) contains a NUL/);
+    expect(() => principalOf({ sub: 'u\ud800', tenant: 'acme', role: 'operator' }, claims)).toThrow(/subject \(sub\) contains a lone surrogate/);
     expect(() => principalOf({ sub: 'u', tenant: 'acme', role: 'toString' }, claims)).toThrow(/role claim/);
     expect(() => principalOf({ sub: 'u', role: 'operator' }, { tenantClaim: 'constructor', roleClaim: 'role' })).toThrow(/constructor claim must name a tenant/);
   });

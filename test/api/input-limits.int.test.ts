@@ -336,6 +336,13 @@ describe('nothing else changed for a valid request', () => {
     // X-Actor is kept as onBehalfOf beside the credential's actor (README, Authentication and limits).
     expect((row.metadata as { onBehalfOf: string }).onBehalfOf).toHaveLength(200);
   });
+  it('an X-Actor is cut between characters, never inside a surrogate pair (which PostgreSQL refuses)', async () => {
+    // Only inject can send such a header: Node reads a socket's header bytes as latin1.
+    const res = await app.inject({ method: 'POST', url: '/v1/tasks', payload: { type: 'noop' }, headers: { 'x-actor': `${'a'.repeat(199)}😀` } });
+    expect(res.statusCode, res.body).toBe(202);
+    const row = await tdb.db.selectFrom('events').select('metadata').where('stream_id', '=', res.json<{ id: string }>().id).executeTakeFirstOrThrow();
+    expect((row.metadata as { onBehalfOf: string }).onBehalfOf).toBe('a'.repeat(199));
+  });
   it('an unknown id stays 404', async () => {
     await rejected({ method: 'GET', url: `/v1/tasks/${randomUUID()}` }, 404, 'TASK_NOT_FOUND');
   });

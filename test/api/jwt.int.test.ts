@@ -3,7 +3,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { sql } from 'kysely';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { buildApi } from '../../src/api/app.js';
 import { DEFAULT_TIERS } from '../../src/domain/index.js';
 import { jwtSettings, loadConfig, parseApiKeys } from '../../src/infra/config.js';
@@ -11,7 +11,7 @@ import { createLogger } from '../../src/infra/logger.js';
 import { topologyNames } from '../../src/outbox/index.js';
 import { createScheduleService } from '../../src/schedules/index.js';
 import { createTaskService } from '../../src/tasks/index.js';
-import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
+import { createTestDatabase, eventually, type TestDatabase } from '../helpers/database.js';
 import { freePort } from '../helpers/processes.js';
 
 /**
@@ -43,6 +43,8 @@ const rs = (extra: Record<string, unknown> = {}) => token(claims(extra), { alg: 
 const es = (extra: Record<string, unknown> = {}) => token(claims(extra), { alg: 'ES256', kid: 'ec-1', key: ec.privateKey });
 
 let jwksRequests = 0;
+let failingRequests = 0; // to /failing/certs, which always answers 500
+let providerDown = false; // the JWKS endpoint answers 503 meanwhile
 let jwks: http.Server;
 let jwksUrl: string;
 let tdb: TestDatabase;
@@ -66,12 +68,15 @@ async function app(env: Record<string, string>, apiKeys = ''): Promise<FastifyIn
   return a;
 }
 
+let keys: Record<string, unknown>[] = []; // what the JWKS endpoint serves; a test rotates a key in
 beforeAll(async () => {
-  const keys = [
+  keys = [
     { ...rsa.publicKey.export({ format: 'jwk' }), kid: 'rsa-1', alg: 'RS256', use: 'sig' },
     { ...ec.publicKey.export({ format: 'jwk' }), kid: 'ec-1', alg: 'ES256', use: 'sig' },
   ];
   jwks = http.createServer((req, res) => {
+    if (req.url === '/failing/certs') return void (failingRequests++, res.writeHead(500).end('{}'));
+    if (providerDown) return void res.writeHead(503).end('{}');
     jwksRequests++;
     if (req.url !== '/realms/fog/protocol/openid-connect/certs') return void res.writeHead(404).end();
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys }));
@@ -123,6 +128,10 @@ describe('JWT bearer tokens from an OIDC provider (JWKS)', () => {
       'not yet valid': rs({ nbf: now() + 60 }),
       'wrong issuer': rs({ iss: 'https://evil.test/realms/fog' }),
       'wrong audience': rs({ aud: 'someone-else' }),
+      // A provider signs tokens for all its clients: one with no aud (or no iss) must not slip past the checks a wrong one fails.
+      'no audience': rs({ aud: undefined }),
+      'no issuer': rs({ iss: undefined }),
+      'an empty audience list': rs({ aud: [] }),
       'bad signature (another key, same kid)': token(claims(), { alg: 'RS256', kid: 'rsa-1', key: stranger.privateKey }),
       'payload changed after signing': `${h}.${b64(claims({ tenant: 'globex', role: 'operator' }))}.${sig}`,
       'alg none': token(claims(), { alg: 'none', kid: 'rsa-1' }),
@@ -162,10 +171,67 @@ describe('JWT bearer tokens from an OIDC provider (JWKS)', () => {
     expect(known.statusCode, known.body).toBe(202);
   });
 
+  it('a key the provider rotates in is accepted however many unknown kids are sent meanwhile', async () => {
+    // Anyone can send tokens naming random kids, with no credential at all: they must not keep the API from seeing a real new key.
+    const attack = () => Promise.all(Array.from({ length: 12 }, () => submit(oidc, token(claims(), { alg: 'RS256', kid: randomUUID(), key: stranger.privateKey }))));
+    await attack();
+    const rotated = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    keys.push({ ...rotated.publicKey.export({ format: 'jwk' }), kid: 'rsa-2', alg: 'RS256', use: 'sig' });
+    const fresh = token(claims(), { alg: 'RS256', kid: 'rsa-2', key: rotated.privateKey });
+    const before = jwksRequests;
+    const started = Date.now();
+    await eventually(
+      async () => {
+        for (const res of await attack()) expect(res.statusCode).toBe(401);
+        return (await submit(oidc, fresh)).statusCode === 202;
+      },
+      { timeoutMs: 30_000, intervalMs: 500 },
+    );
+    // Still not hammered: about one fetch per 10 s of flood.
+    expect(jwksRequests - before).toBeLessThanOrEqual(Math.ceil((Date.now() - started) / 10_000) + 1);
+  });
+
+  it('a JWKS that answers with errors is asked again at most once per 10 s, however many tokens come', async () => {
+    const failing = await app({ JWT_JWKS_URL: new URL('/failing/certs', jwksUrl).href, JWT_ISSUER: ISSUER, JWT_AUDIENCE: AUDIENCE });
+    try {
+      const started = Date.now();
+      for (let i = 0; i < 30; i++) {
+        const res = await submit(failing, i % 2 ? rs() : token(claims(), { alg: 'RS256', kid: randomUUID(), key: rsa.privateKey }));
+        expect(res.statusCode, res.body).toBe(503);
+        expect(res.json()).toMatchObject({ code: 'AUTH_UNAVAILABLE' });
+      }
+      expect(failingRequests).toBeLessThanOrEqual(Math.ceil((Date.now() - started) / 10_000) + 1);
+    } finally {
+      await failing.close();
+    }
+  });
+
   it('a JWKS that cannot be fetched is 503 AUTH_UNAVAILABLE (the token may be fine), not 401', async () => {
     const res = await submit(broken, rs());
     expect(res.statusCode, res.body).toBe(503);
     expect(res.json()).toMatchObject({ code: 'AUTH_UNAVAILABLE' });
+  });
+
+  it('once a key set is loaded, a provider that is down does not fail tokens; the set is refreshed in the background, so dropped keys go', async () => {
+    expect((await submit(oidc, rs())).statusCode).toBe(202);
+    // Only Date is faked: the key set's age is what matters; sockets and timers run as usual.
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      vi.setSystemTime(Date.now() + 61_000); // the set is a minute old: due for a refresh
+      providerDown = true;
+      const whileDown = await submit(oidc, rs());
+      expect(whileDown.statusCode, whileDown.body).toBe(202);
+
+      providerDown = false;
+      const ecKey = keys.find((k) => k.kid === 'ec-1') as Record<string, unknown>;
+      keys = keys.filter((k) => k !== ecKey);
+      vi.setSystemTime(Date.now() + 11_000); // past the wait after the failed refresh
+      expect((await submit(oidc, rs())).statusCode).toBe(202); // starts the refresh
+      await eventually(async () => (await submit(oidc, es())).statusCode === 401, { timeoutMs: 5000 });
+      keys.push(ecKey);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });
 
@@ -183,6 +249,8 @@ describe('JWT bearer tokens with a shared secret (HS256)', () => {
       'not yet valid': hs256({ nbf: now() + 60 }),
       'wrong issuer': hs256({ iss: 'https://evil.test' }),
       'wrong audience': hs256({ aud: 'other' }),
+      'no audience': hs256({ aud: undefined }),
+      'no issuer': hs256({ iss: undefined }),
       'another secret': hs256({}, `${HS_SECRET}x`),
       'alg none': token(claims(), { alg: 'none' }),
       RS256: rs(),
@@ -193,6 +261,22 @@ describe('JWT bearer tokens with a shared secret (HS256)', () => {
       expect(res.statusCode, `${name}: ${res.body}`).toBe(401);
       expect(res.json()).toMatchObject({ code: 'UNAUTHORIZED' });
     }
+  });
+
+  it('a sub PostgreSQL cannot store (a NUL, a lone surrogate) is 401, not a 500; a long one is cut whole characters at a time', async () => {
+    const before = await events();
+    for (const sub of ['svc\u0000root', 'svc\ud800', '\udc00svc']) {
+      const res = await submit(hs, hs256({ sub }));
+      expect(res.statusCode, `${JSON.stringify(sub)}: ${res.body}`).toBe(401);
+      expect(res.json()).toMatchObject({ code: 'UNAUTHORIZED' });
+    }
+    expect(await events()).toBe(before);
+
+    // 199 characters and an emoji (two UTF-16 units): cutting at 200 units would leave half of it.
+    const res = await submit(hs, hs256({ sub: `${'s'.repeat(199)}😀` }));
+    expect(res.statusCode, res.body).toBe(202);
+    const row = await sql<{ metadata: { actor: string } }>`SELECT metadata FROM events WHERE stream_id = ${res.json<{ id: string }>().id} AND type = 'TaskSubmitted'`.execute(tdb.db);
+    expect(row.rows[0]?.metadata.actor).toBe(`jwt:${'s'.repeat(199)}`);
   });
 
   it('beside a JWKS: HS256 tokens take the secret, RS256 ones the key set, and an HS256 token never takes a public key', async () => {

@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
+import net from 'node:net';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createApiRole } from '../../src/api/api-role.js';
 import { loadConfig } from '../../src/infra/config.js';
 import { createTestDatabase, eventually, type TestDatabase } from '../helpers/database.js';
-import { tcpProxy } from '../helpers/processes.js';
+import { freePort, tcpProxy } from '../helpers/processes.js';
 
 /** Per-tenant submit limits through the api role, with the machine's Redis (behind a proxy where the test takes Redis away). */
 const ACME = 'acme-key-0123456789abcdef';
@@ -49,6 +50,34 @@ async function api(env: Record<string, string>, redisUrl = inject('redisUrl')) {
     submit: (key: string, n = 1) => (n === 1 ? post('/v1/tasks', key, { type: 'noop' }) : post('/v1/tasks/batch', key, { tasks: Array.from({ length: n }, () => ({ type: 'noop' })) })),
     post,
     ready: async (key?: string) => (await fetch(`${base}/readyz`, { headers: key ? { 'x-api-key': key } : {} })).json() as Promise<Record<string, unknown>>,
+  };
+}
+
+/** A TCP proxy that, once frozen, keeps every connection open and forwards nothing (a hung Redis, not a closed one). */
+async function freezingProxy(target: { host: string; port: number }) {
+  const port = await freePort();
+  const sockets = new Set<net.Socket>();
+  let frozen = false;
+  const server = net.createServer((client) => {
+    const upstream = net.connect(target.port, target.host);
+    for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
+      sockets.add(from);
+      from.on('data', (data) => void (frozen || to.write(data)));
+      from.on('close', () => sockets.delete(from));
+      from.on('error', () => {
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
+  return {
+    port,
+    freeze: () => void (frozen = true),
+    close: () => {
+      for (const socket of sockets) socket.destroy();
+      server.close();
+    },
   };
 }
 
@@ -135,6 +164,22 @@ describe('Redis down', () => {
     await eventually(async () => (await a.submit(ACME)).status === 429, { timeoutMs: 10_000 });
     expect((await a.ready(ACME)).details).toMatchObject({ limits: { state: 'enforced' } });
     expect(a.lines.filter((l) => l.msg === 'submit limits enforced again')).toHaveLength(1);
+  });
+
+  it('a Redis that stops answering (connection open, no reply) holds a submit for one command timeout, not one per Redis read', async () => {
+    const [host, port] = new URL(inject('redisUrl')).host.split(':') as [string, string];
+    const redis = await freezingProxy({ host, port: Number(port || 6379) });
+    stops.push(async () => redis.close());
+    const a = await api({ TENANT_SUBMIT_RATE: '1000', TENANT_MAX_ACTIVE_TASKS: '100000' }, `redis://127.0.0.1:${redis.port}`);
+    expect((await a.submit(ACME)).status).toBe(202);
+
+    redis.freeze();
+    for (let i = 0; i < 3; i++) {
+      const started = Date.now();
+      expect((await a.submit(ACME)).status).toBe(202); // fail open
+      // The api's Redis commands time out after 2 s (createRedis); the limits and the live-tier lookup each waited that long in turn.
+      expect(Date.now() - started).toBeLessThan(3500);
+    }
   });
 
   it('both unset: no limits, and the operator details say so', async () => {

@@ -283,6 +283,67 @@ describe('GET /v1/tasks', () => {
   });
 });
 
+describe('a page of a list is bounded in bytes, not only in items', () => {
+  // 500 tasks with 256 KiB payloads (the default MAX_PAYLOAD_BYTES; an echo handler doubles it with its
+  // output) would be one answer of 128 MiB or more, built in the API's memory: a few such reads at once
+  // by any submitter or auditor could take the process down. A page ends after INPUT_LIMITS.maxPageBytes.
+  const big = 'x'.repeat(250 * 1024);
+  const MAX_PAGE = 8 * 1024 * 1024;
+
+  /** Every page of `url` (limit=500), with the size of each answer. */
+  async function walk(url: string): Promise<{ ids: string[]; sizes: number[]; counts: number[] }> {
+    const out = { ids: [] as string[], sizes: [] as number[], counts: [] as number[] };
+    let cursor: string | null = null;
+    do {
+      const res: LightMyRequestResponse = await app.inject({ method: 'GET', url: `${url}${url.includes('?') ? '&' : '?'}limit=500${cursor ? `&cursor=${cursor}` : ''}` });
+      expect(res.statusCode, res.body.slice(0, 300)).toBe(200);
+      const page: { items: { id: string }[]; nextCursor: string | null } = res.json();
+      out.ids.push(...page.items.map((t) => t.id));
+      out.sizes.push(res.body.length);
+      out.counts.push(page.items.length);
+      cursor = page.nextCursor;
+    } while (cursor !== null && out.sizes.length < 20);
+    return out;
+  }
+
+  it('GET /v1/tasks and /v1/dlq: about 8 MiB of payloads, outputs and errors per page, a cursor to the rest, every task once', async () => {
+    const type = `big.${randomUUID().slice(0, 8)}`;
+    const ids: string[] = [];
+    for (let b = 0; b < 3; b++) {
+      const res = await app.inject({ method: 'POST', url: '/v1/tasks/batch', payload: { tasks: Array.from({ length: 15 }, () => ({ type, payload: big })) } });
+      expect(res.statusCode, res.body.slice(0, 300)).toBe(202);
+      ids.push(...res.json<{ tasks: { id: string }[] }>().tasks.map((t) => t.id));
+    }
+    const tasks = await walk(`/v1/tasks?type=${type}`);
+    expect(new Set(tasks.ids)).toEqual(new Set(ids));
+    expect(tasks.ids).toHaveLength(ids.length);
+    expect(tasks.counts.length, `${tasks.counts}`).toBeGreaterThan(1);
+    for (const size of tasks.sizes) expect(size).toBeLessThan(MAX_PAGE + 2 * big.length); // the row that passes the budget ends the page
+
+    // The same tasks failed: the DLQ pages the same way (each failure's error counts too).
+    const command = { type: 'DeadLetterTask' as const, data: { attempt: 1, reason: 'delivery-limit' as const, queue: null, now: new Date().toISOString() } };
+    await tdb.db.transaction().execute((trx) => executeTaskCommands(trx, ids.map((taskId) => ({ taskId, command, metadata: { actor: 'test' } })), names));
+    const dlq = await walk(`/v1/dlq?type=${type}`);
+    expect(new Set(dlq.ids)).toEqual(new Set(ids));
+    expect(dlq.ids).toHaveLength(ids.length);
+    for (const size of dlq.sizes) expect(size).toBeLessThan(MAX_PAGE + 2 * big.length);
+  });
+
+  it('GET /v1/schedules: the same for templates', async () => {
+    const created: string[] = [];
+    for (let i = 0; i < 40; i++) {
+      const res = await app.inject({ method: 'POST', url: '/v1/schedules', payload: { cron: '0 0 1 1 *', template: { type: 'noop', payload: big } } });
+      expect(res.statusCode, res.body.slice(0, 300)).toBe(201);
+      created.push(res.json<{ id: string }>().id);
+    }
+    const schedules = await walk('/v1/schedules');
+    expect(schedules.ids.filter((id) => created.includes(id))).toHaveLength(created.length);
+    expect(new Set(schedules.ids).size).toBe(schedules.ids.length);
+    for (const size of schedules.sizes) expect(size).toBeLessThan(MAX_PAGE + 2 * big.length);
+    for (const id of created) expect((await app.inject({ method: 'DELETE', url: `/v1/schedules/${id}` })).statusCode).toBe(204);
+  });
+});
+
 describe('POST /v1/tasks/:id/cancel', () => {
   it('cancels a queued task (200 cancelled); a second cancel returns it unchanged', async () => {
     const created = (await submit({ type: 'noop' })).json<TaskBody>();

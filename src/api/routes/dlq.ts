@@ -1,10 +1,10 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { listFailedTasks } from '../../projections/index.js';
-import { DlqQuery, DlqRequeueBody, RequeueResult, Task, TASK_EXAMPLE, TaskIdParams, TaskList, json, problems, ref } from '../schemas.js';
+import { DlqQuery, DlqRequeueBody, INPUT_LIMITS, RequeueResult, Task, TASK_EXAMPLE, TaskIdParams, TaskList, json, problems, ref } from '../schemas.js';
 import { toTaskView } from '../task-view.js';
 import type { ApiDeps } from '../app.js';
 import { callerOf } from '../caller.js';
-import { parseCursor } from '../input.js';
+import { nextCursorOf, parseCursor } from '../input.js';
 
 const FAILED_EXAMPLE = {
   ...TASK_EXAMPLE,
@@ -34,9 +34,8 @@ export const dlqRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) =
     async (request) => {
       const { limit = 50, cursor, ...filter } = request.query;
       const beforeSeq = parseCursor(cursor);
-      const rows = await listFailedTasks(deps.db, { ...filter, tenant: callerOf(request).tenant, limit, ...(beforeSeq !== undefined ? { beforeSeq } : {}) });
-      const last = rows[rows.length - 1];
-      return { items: rows.map((r) => toTaskView(r.state)), nextCursor: rows.length === limit && last ? String(last.seq) : null };
+      const rows = await listFailedTasks(deps.db, { ...filter, tenant: callerOf(request).tenant, limit, ...(beforeSeq !== undefined ? { beforeSeq } : {}), maxBytes: INPUT_LIMITS.maxPageBytes });
+      return { items: rows.map((r) => toTaskView(r.state)), nextCursor: nextCursorOf(rows, limit) };
     },
   );
 

@@ -1,10 +1,10 @@
 import { Type } from '@sinclair/typebox';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { ScheduleState } from '../../domain/index.js';
-import { SCHEDULE_EXAMPLE, Schedule, ScheduleBody, ScheduleIdParams, ScheduleList, ScheduleListQuery, json, problems, ref } from '../schemas.js';
+import { INPUT_LIMITS, SCHEDULE_EXAMPLE, Schedule, ScheduleBody, ScheduleIdParams, ScheduleList, ScheduleListQuery, json, problems, ref } from '../schemas.js';
 import { DEFAULT_API_LIMITS, type ApiDeps } from '../app.js';
 import { callerOf } from '../caller.js';
-import { checkPayloadSizes, parseCursor } from '../input.js';
+import { checkPayloadSizes, nextCursorOf, parseCursor } from '../input.js';
 
 function toView(s: ScheduleState) {
   const spec = s.spec;
@@ -65,9 +65,8 @@ export const scheduleRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, de
     async (request) => {
       const limit = request.query.limit ?? 50;
       const beforeSeq = parseCursor(request.query.cursor);
-      const rows = await deps.schedules.list(callerOf(request), { limit, ...(beforeSeq !== undefined ? { beforeSeq } : {}) });
-      const last = rows[rows.length - 1];
-      return { items: rows.map((r) => toView(r.state)), nextCursor: rows.length === limit && last ? String(last.seq) : null };
+      const rows = await deps.schedules.list(callerOf(request), { limit, ...(beforeSeq !== undefined ? { beforeSeq } : {}), maxBytes: INPUT_LIMITS.maxPageBytes });
+      return { items: rows.map((r) => toView(r.state)), nextCursor: nextCursorOf(rows, limit) };
     },
   );
   app.get(

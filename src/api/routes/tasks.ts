@@ -8,6 +8,7 @@ import {
   CancelBody,
   HISTORY_EXAMPLE,
   IdempotencyHeaders,
+  INPUT_LIMITS,
   ListQuery,
   SubmitBody,
   Task,
@@ -22,7 +23,7 @@ import {
 import { toTaskView } from '../task-view.js';
 import { DEFAULT_API_LIMITS, type ApiDeps } from '../app.js';
 import { callerOf } from '../caller.js';
-import { checkPayloadSizes, checkTaskTimes, parseCursor } from '../input.js';
+import { checkPayloadSizes, checkTaskTimes, nextCursorOf, parseCursor } from '../input.js';
 
 const Location = { location: { type: 'string', description: 'the task: /v1/tasks/{id}' } } as never;
 
@@ -50,10 +51,13 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
     async (request, reply) => {
       checkTaskTimes(request.body, 'body');
       checkPayloadSizes([{ path: 'body/payload', payload: request.body.payload }], maxPayloadBytes);
+      // Asked now, not after the write: a Redis that does not answer then costs one command timeout, not
+      // two in a row. Caught here, since a refused submit never awaits it; unknown is null anyway.
+      const liveTiers = deps.liveTiers?.().catch(() => null);
       await admit(deps, request, reply, 1);
       const { task, created } = await deps.tasks.submit({ ...request.body, idempotencyKey: request.headers['idempotency-key'] ?? null }, callerOf(request));
       const view = toTaskView(task);
-      const live = await deps.liveTiers?.();
+      const live = await liveTiers;
       if (live && !live.has(view.tier)) {
         // Accepted all the same: the dispatch waits on its queue until a node of that tier joins.
         return reply.code(created ? 202 : 200).header('location', `/v1/tasks/${task.taskId}`).send({ ...view, warnings: [`no live fog node serves tier ${view.tier}; the task waits until one joins`] });
@@ -131,9 +135,9 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
         ...(q.type ? { type: q.type } : {}),
         ...(q.tier ? { tier: q.tier } : {}),
         ...(beforeSeq !== undefined ? { beforeSeq } : {}),
+        maxBytes: INPUT_LIMITS.maxPageBytes,
       });
-      const last = rows[rows.length - 1];
-      return { items: rows.map((r) => toTaskView(r.state)), nextCursor: rows.length === limit && last ? String(last.seq) : null };
+      return { items: rows.map((r) => toTaskView(r.state)), nextCursor: nextCursorOf(rows, limit) };
     },
   );
 
