@@ -229,7 +229,7 @@ describe('tenant isolation of what is found by filter, key or cursor', () => {
     app.inject({ method: method as 'GET', url, headers: { 'x-api-key': key, ...headers }, ...(payload ? { payload } : {}) });
   async function failedTask(key: string, type: string): Promise<string> {
     const id = (await as(key, 'POST', '/v1/tasks', { type })).json<{ id: string }>().id;
-    const command = { type: 'DeadLetterTask' as const, data: { attempt: 1, reason: 'delivery-limit' as const, queue: null, now: new Date().toISOString() } };
+    const command = { type: 'DeadLetterTask' as const, data: { attempt: 1, reason: 'rejected' as const, queue: null, now: new Date().toISOString() } };
     await tdb.db.transaction().execute((trx) => executeTaskCommands(trx, [{ taskId: id, command, metadata: { actor: 'test' } }], names));
     return id;
   }

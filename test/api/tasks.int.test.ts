@@ -321,7 +321,7 @@ describe('a page of a list is bounded in bytes, not only in items', () => {
     for (const size of tasks.sizes) expect(size).toBeLessThan(MAX_PAGE + 2 * big.length); // the row that passes the budget ends the page
 
     // The same tasks failed: the DLQ pages the same way (each failure's error counts too).
-    const command = { type: 'DeadLetterTask' as const, data: { attempt: 1, reason: 'delivery-limit' as const, queue: null, now: new Date().toISOString() } };
+    const command = { type: 'DeadLetterTask' as const, data: { attempt: 1, reason: 'rejected' as const, queue: null, now: new Date().toISOString() } };
     await tdb.db.transaction().execute((trx) => executeTaskCommands(trx, ids.map((taskId) => ({ taskId, command, metadata: { actor: 'test' } })), names));
     const dlq = await walk(`/v1/dlq?type=${type}`);
     expect(new Set(dlq.ids)).toEqual(new Set(ids));
