@@ -1,3 +1,4 @@
+import * as domain from '../domain/index.js';
 import {
   decide,
   dispatchOf,
@@ -103,6 +104,7 @@ export const RULES = {
   'not-terminal': 'a task has no terminal event after the recovery period',
   'multiple-terminal': 'a task has more than one terminal event (per requeue window)',
   'invalid-transition': 'an event is not one decide could have produced from the state before it',
+  'dead-lettered-unstarted': 'a task was dead-lettered for its delivery limit although that attempt never started (graceful returns counted as poison)',
   'attempt-budget': 'more attempts were dispatched than maxAttempts allows (returns re-dispatch the same attempt and do not count)',
   'ran-after-cancel': 'an attempt started on a node although the cancel was committed before that attempt was even due',
   'cancel-not-outcome': 'a cancel was answered 2xx but the task ended otherwise',
@@ -137,6 +139,7 @@ export function checkHistory(history: History, client: ClientLog, observed: read
       ...checkTerminal(taskId, events, reported.get(taskId)),
       ...checkTransitions(taskId, events, settings),
       ...checkAttemptBudget(taskId, events),
+      ...checkDeadLetters(taskId, events, reported.get(taskId)),
     ]),
     ...checkCancels(history, client, observed),
     ...checkOutbox(history),
@@ -359,6 +362,31 @@ export function checkAttemptBudget(taskId: string, events: readonly LoggedEvent[
       violations.push({ rule: 'attempt-budget', taskId, detail: `${attempts.size} attempts dispatched (${[...attempts].join(', ')}) with maxAttempts ${maxAttempts}${i > 0 ? ` in requeue window ${i}` : ''}` });
     }
   });
+  return violations;
+}
+
+/**
+ * Returns of an unstarted attempt after which a dead-letter is allowed again (issue 15's
+ * MAX_RETURNS; read from the domain when it has it).
+ */
+const MAX_RETURNS = (domain as { MAX_RETURNS?: number }).MAX_RETURNS ?? 5;
+
+/**
+ * The delivery limit is for poison, a task that takes its runner down: a task whose attempt
+ * never started (no TaskStarted, no start any node reported) must not be dead-lettered for it,
+ * unless it was returned MAX_RETURNS times (TaskReturned) first.
+ */
+export function checkDeadLetters(taskId: string, events: readonly LoggedEvent[], reported: readonly ObservedRecord[] = []): Violation[] {
+  const violations: Violation[] = [];
+  for (const e of events) {
+    if (e.type !== 'TaskDeadLettered' || e.data.reason !== 'delivery-limit') continue;
+    const attempt = e.data.attempt as number;
+    const started = events.some((x) => x.type === 'TaskStarted' && x.data.attempt === attempt) || reported.some((r) => r.kind === 'started' && r.attempt === attempt);
+    const returns = events.filter((x) => x.type === 'TaskReturned' && x.data.attempt === attempt).length;
+    if (!started && returns < MAX_RETURNS) {
+      violations.push({ rule: 'dead-lettered-unstarted', taskId, detail: `attempt ${attempt} dead-lettered (delivery-limit) at v${e.version} without ever starting (${returns} recorded returns)` });
+    }
+  }
   return violations;
 }
 

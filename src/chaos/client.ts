@@ -75,9 +75,11 @@ const SCENARIOS: readonly { name: string; weight: number; batchable: boolean; ca
   { name: 'poison', weight: 2, batchable: true, build: (_r, ref) => ({ type: 'crash', payload: { ref }, maxAttempts: 2 }) },
   { name: 'timeout-spin', weight: 2, batchable: true, build: (_r, ref) => ({ type: 'spin', payload: { ref, ms: 2000 }, timeoutMs: 300, maxAttempts: 2 }) },
   { name: 'timeout-sleep', weight: 3, batchable: true, build: (_r, ref) => ({ type: 'sleep', payload: { ref, ms: 5000 }, timeoutMs: 300, maxAttempts: 2 }) },
+  { name: 'unstorable-output', weight: 1, batchable: true, build: (_r, ref) => ({ type: 'unstorable', payload: { ref } }) },
   { name: 'delayed', weight: 8, batchable: true, build: (r, ref) => ({ type: 'noop', payload: { ref }, notBefore: inMs(between(r, 2000, 12_000)) }) },
   { name: 'cancel-queued', weight: 3, batchable: false, cancel: 'queued', build: (r, ref) => ({ type: 'sleep', payload: { ref, ms: between(r, 20, 200) } }) },
-  { name: 'cancel-delayed', weight: 3, batchable: false, cancel: 'delayed', build: (r, ref) => ({ type: 'noop', payload: { ref }, notBefore: inMs(between(r, 6000, 12_000)) }) },
+  // Due 10–25 s later: faults in between (Redis lost, fog nodes restarted) must not let it run.
+  { name: 'cancel-delayed', weight: 3, batchable: false, cancel: 'delayed', build: (r, ref) => ({ type: 'noop', payload: { ref }, notBefore: inMs(between(r, 10_000, 25_000)) }) },
   { name: 'cancel-running', weight: 3, batchable: false, cancel: 'running', build: (r, ref) => ({ type: 'sleep', payload: { ref, ms: between(r, 4000, 6000) } }) },
   {
     name: 'cancel-retrying',

@@ -9,11 +9,12 @@ import { between, pickOne, sleep, type Random } from './util.js';
  * (so a recovery can be told apart from the next fault's effect).
  */
 
-export const FAULT_KINDS = ['kill-role', 'pause-role', 'kill-broker', 'redis-down', 'postgres-restart', 'table-lock', 'partition-broker'] as const;
+export const FAULT_KINDS = ['kill-role', 'restart-role', 'pause-role', 'kill-broker', 'redis-down', 'postgres-restart', 'table-lock', 'partition-broker'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 export const FAULT_DESCRIPTIONS: Record<FaultKind, string> = {
-  'kill-role': 'SIGKILL a fogsched process (any role); the supervisor restarts it',
+  'kill-role': 'SIGKILL a fogsched process (a role picked at random, then one of its processes); the supervisor restarts it',
+  'restart-role': 'SIGTERM a fogsched process (a graceful stop, as a rolling update does); the supervisor starts it again',
   'pause-role': 'SIGSTOP a fogsched process for a while, then SIGCONT',
   'kill-broker': 'SIGKILL a RabbitMQ node, restart it a few seconds later',
   'redis-down': 'kill Redis (everything in it is lost), start it empty later',
@@ -59,6 +60,7 @@ export interface NemesisOptions {
 function holdRange(kind: FaultKind, quick: boolean, statementTimeoutMs: number): [number, number] {
   switch (kind) {
     case 'kill-role':
+    case 'restart-role':
       return [0, 0];
     case 'pause-role':
       return quick ? [3000, 5000] : [3000, 10_000];
@@ -80,8 +82,8 @@ export const PROGRESS_WAIT_MS = { quick: 10_000, full: 30_000 } as const;
 
 /**
  * Runs faults until `durationMs` has passed: first every kind once in a seeded order (this
- * round is always completed, even past the duration), then seeded picks (process kills and
- * pauses twice as often as the rest). After each fault is healed, the next waits until tasks
+ * round is always completed, even past the duration), then seeded picks (process kills,
+ * restarts and pauses twice as often as the rest). After each fault is healed, the next waits until tasks
  * complete again (at most PROGRESS_WAIT_MS) and a seeded gap of 1.5–3.5 s. Returns what it did.
  */
 export async function runNemesis(opts: NemesisOptions): Promise<FaultRecord[]> {
@@ -94,7 +96,7 @@ export async function runNemesis(opts: NemesisOptions): Promise<FaultRecord[]> {
     const j = Math.floor(random() * (i + 1));
     [firstRound[i], firstRound[j]] = [firstRound[j] as FaultKind, firstRound[i] as FaultKind];
   }
-  const weightedKinds = opts.kinds.flatMap((k) => (k === 'kill-role' || k === 'pause-role' ? [k, k] : [k]));
+  const weightedKinds = opts.kinds.flatMap((k) => (k === 'kill-role' || k === 'restart-role' || k === 'pause-role' ? [k, k] : [k]));
   while ((firstRound.length > 0 || Date.now() - t0 < opts.durationMs) && !opts.signal?.aborted) {
     const kind = firstRound.shift() ?? pickOne(random, weightedKinds);
     const [lo, hi] = holdRange(kind, opts.quick, opts.statementTimeoutMs);
@@ -127,24 +129,33 @@ async function inject(kind: FaultKind, holdMs: number, opts: NemesisOptions): Pr
   try {
     switch (kind) {
       case 'kill-role':
+      case 'restart-role':
       case 'pause-role': {
+        // A role first, then one of its processes: fog nodes (four processes) are not hit
+        // four times as often as the single-purpose roles.
         const live = opts.supervisor.processes.filter((p) => p.pid() !== null);
-        const victim = pickOne(random, live);
+        const role = pickOne(random, [...new Set(live.map((p) => p.spec.role))].sort());
+        const victim = pickOne(random, live.filter((p) => p.spec.role === role));
         target = victim.spec.name;
-        const pid = victim.pid() as number;
         if (kind === 'kill-role') {
-          process.kill(pid, 'SIGKILL');
+          victim.signal('SIGKILL');
           return done();
         }
-        process.kill(pid, 'SIGSTOP');
+        if (kind === 'restart-role') {
+          const exits = victim.exits.length;
+          victim.signal('SIGTERM');
+          // Held until it has stopped (its graceful stop is part of the fault); the supervisor starts it again.
+          await timed('graceful stop', async () => {
+            const deadline = Date.now() + 30_000;
+            while (victim.exits.length === exits && Date.now() < deadline) await sleep(100);
+          });
+          return done();
+        }
+        victim.signal('SIGSTOP');
         try {
           await sleep(holdMs);
         } finally {
-          try {
-            process.kill(pid, 'SIGCONT');
-          } catch {
-            // it died meanwhile
-          }
+          victim.signal('SIGCONT');
         }
         return done();
       }
@@ -185,7 +196,9 @@ async function inject(kind: FaultKind, holdMs: number, opts: NemesisOptions): Pr
         target = 'task_current';
         const client = new pg.Client({ connectionString: opts.databaseUrl });
         client.on('error', () => {});
-        await client.connect();
+        await timed('connect', async () => {
+          await client.connect();
+        });
         try {
           await client.query('BEGIN');
           await client.query('SET LOCAL statement_timeout = 0');

@@ -1,5 +1,6 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { topologyNames } from '../outbox/topology.js';
 import { checkHistory, type Violation } from './checker.js';
 import { runClient } from './client.js';
@@ -56,6 +57,8 @@ export const CHAOS_ENV: Readonly<Record<string, string>> = {
   // The running lease of issue 15 (scheduler role); a build without it ignores these.
   RUNNING_LEASE_MS: '20000',
   RUNNING_LEASE_GRACE_MS: '5000',
+  // The chaos handlers (an output PostgreSQL cannot store), beside the built-ins.
+  FOG_NODE_HANDLERS: fileURLToPath(new URL('./handlers.js', import.meta.url)),
 };
 
 /** Fog-node processes per tier. */
@@ -207,8 +210,8 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
     const stoppingAt = Date.now();
     await supervisor.stop();
     await spy.stop();
-    // Exits the nemesis did not cause (its kills are SIGKILLs): crashes worth reading in logs/.
-    const selfExits = supervisor.processes.flatMap((p) => p.exits.filter((e) => e.at < stoppingAt && e.signal !== 'SIGKILL').map((e) => ({ name: p.spec.name, ...e })));
+    // Exits the nemesis did not cause: crashes worth reading in logs/.
+    const selfExits = supervisor.processes.flatMap((p) => p.exits.filter((e) => e.at < stoppingAt && !e.byHarness).map((e) => ({ name: p.spec.name, ...e })));
 
     // --- the checker ---------------------------------------------------------------------
     const history = await loadHistory(databaseUrl);

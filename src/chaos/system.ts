@@ -26,8 +26,10 @@ export interface Supervised {
   pid(): number | null;
   /** Times (ms since epoch) this process was started, the first one included. */
   readonly starts: number[];
-  /** Exits seen: when, and the code or signal. */
-  readonly exits: { at: number; code: number | null; signal: string | null }[];
+  /** Exits seen: when, the code or signal, and whether the harness caused it (`signal()`, `stop()`). */
+  readonly exits: { at: number; code: number | null; signal: string | null; byHarness: boolean }[];
+  /** Sends a signal to the running incarnation; an exit that follows a SIGKILL or SIGTERM sent here counts as caused by the harness. */
+  signal(signal: NodeJS.Signals): boolean;
 }
 
 /**
@@ -43,7 +45,7 @@ export interface Supervisor {
 
 export function createSupervisor(opts: { logDir: string; restartDelayMs: number; log?: (line: string) => void }): Supervisor {
   const log = opts.log ?? (() => {});
-  const processes: (Supervised & { proc?: ChildProcess; exited?: Promise<void> })[] = [];
+  const processes: (Supervised & { proc?: ChildProcess; exited?: Promise<void>; expectExit?: boolean })[] = [];
   let stopping = false;
 
   const launch = (entry: (typeof processes)[number]) => {
@@ -58,7 +60,8 @@ export function createSupervisor(opts: { logDir: string; restartDelayMs: number;
     entry.starts.push(Date.now());
     entry.exited = new Promise((resolve) =>
       proc.once('exit', (code, signal) => {
-        entry.exits.push({ at: Date.now(), code, signal });
+        entry.exits.push({ at: Date.now(), code, signal, byHarness: stopping || entry.expectExit === true });
+        entry.expectExit = false;
         entry.proc = undefined;
         resolve();
         if (stopping) return;
@@ -78,6 +81,16 @@ export function createSupervisor(opts: { logDir: string; restartDelayMs: number;
         starts: [],
         exits: [],
         pid: () => entry.proc?.pid ?? null,
+        signal(sig) {
+          const proc = entry.proc;
+          if (!proc) return false;
+          if (sig === 'SIGKILL' || sig === 'SIGTERM') entry.expectExit = true;
+          try {
+            return proc.kill(sig);
+          } catch {
+            return false;
+          }
+        },
       };
       processes.push(entry);
       launch(entry);

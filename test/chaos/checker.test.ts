@@ -3,6 +3,7 @@ import { decide, evolve, initialTaskState, type TaskCommand, type TaskSpec, type
 import {
   checkAttemptBudget,
   checkCancels,
+  checkDeadLetters,
   checkHistory,
   checkOutbox,
   checkReadModel,
@@ -153,6 +154,15 @@ describe('the chaos checker, rule by rule', () => {
     expect(checkAttemptBudget(id, two)).toEqual([]);
     const third = tamper(two, { type: 'TaskRetryScheduled', data: { attempt: 3, delayMs: 400, availableAt: at(900), at: at(500) }, recordedAt: T0 + 500 });
     expect(checkAttemptBudget(id, third).map((v) => v.rule)).toEqual(['attempt-budget']);
+  });
+
+  it('dead-lettered-unstarted: only an attempt that started (poison) is dead-lettered for the delivery limit', () => {
+    const poison = logOf(id, [submit(aSpec(id)), start(1, 10), start(1, 20, 'node-b'), deadLetter(1, 30)]);
+    expect(checkDeadLetters(id, poison)).toEqual([]);
+    const neverStarted = logOf(id, [submit(aSpec(id)), deadLetter(1, 30)]);
+    expect(checkDeadLetters(id, neverStarted).map((v) => v.rule)).toEqual(['dead-lettered-unstarted']);
+    // A start the node reported counts even when its record never reached the log.
+    expect(checkDeadLetters(id, neverStarted, [{ kind: 'started', taskId: id, attempt: 1, nodeId: 'node-a', at: T0 + 5 }])).toEqual([]);
   });
 
   describe('ran-after-cancel and cancel-not-outcome', () => {
