@@ -460,6 +460,15 @@ export function checkReadModel(history: History): Violation[] {
   return violations;
 }
 
+/** The two checks the CLI does itself: `fogsched projections verify` and `fogsched audit verify` (exit 0 each). */
+export function toolViolations(projectionsVerify: { code: number; output: string }, auditVerify: { code: number; output: string }): Violation[] {
+  const tail = (text: string, lines: number) => text.trim().split('\n').slice(-lines).join(' | ');
+  return [
+    ...(projectionsVerify.code === 0 ? [] : [{ rule: 'read-models' as const, detail: `projections verify exited ${projectionsVerify.code}: ${tail(projectionsVerify.output, 5)}` }]),
+    ...(auditVerify.code === 0 ? [] : [{ rule: 'hash-chain' as const, detail: `audit verify exited ${auditVerify.code}: ${tail(auditVerify.output, 3)}` }]),
+  ];
+}
+
 /** How each task ended, for the report: succeeded, failed (by reason), cancelled, or its state when it did not end. */
 export function outcomeOf(taskId: string, events: readonly LoggedEvent[]): string {
   const state = events.reduce((s, e) => evolve(s, asTaskEvent(e)), initialTaskState(taskId));

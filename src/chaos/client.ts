@@ -28,7 +28,7 @@ export interface ClientOptions {
 export interface ClientResult extends ClientLog {
   /** Logical submits per scenario. */
   readonly scenarios: Record<string, number>;
-  /** HTTP answers by class over every attempt: 2xx, 4xx, 5xx, refused, unknown (timeout or reset). */
+  /** Answers over every request: by HTTP status, or `refused` / `unknown` (timeout, reset) when there was none. */
   readonly answers: Record<string, number>;
   readonly scheduleId: string | null;
   /** Deletes the cron schedule (retrying until the API answers) and closes the record file; call before the recovery wait. */
@@ -112,7 +112,7 @@ export async function runClient(opts: ClientOptions): Promise<ClientResult> {
   const random = opts.random;
   const out = createWriteStream(opts.recordPath, { flags: 'a' });
   const record = (entry: Record<string, unknown>) => out.write(`${JSON.stringify(entry)}\n`);
-  const answers: Record<string, number> = { '2xx': 0, '4xx': 0, '5xx': 0, refused: 0, unknown: 0 };
+  const answers: Record<string, number> = {};
   const scenarios: Record<string, number> = {};
   const submits: SubmitOutcome[] = [];
   const cancels: AcknowledgedCancel[] = [];
@@ -145,7 +145,9 @@ export async function runClient(opts: ClientOptions): Promise<ClientResult> {
       answer = { status: null, body: null, kind: code === 'ECONNREFUSED' ? 'refused' : 'unknown', error: `${(error as Error).name}: ${code ?? (error as Error).message}` };
     }
     const answeredAt = Date.now();
-    answers[answer.kind] = (answers[answer.kind] ?? 0) + 1;
+    // By status (a 500 is a bug, a 503 an outage), the rest by kind.
+    const key = answer.status !== null ? String(answer.status) : answer.kind;
+    answers[key] = (answers[key] ?? 0) + 1;
     return { ...answer, port, sentAt, answeredAt };
   };
 
@@ -177,7 +179,7 @@ export async function runClient(opts: ClientOptions): Promise<ClientResult> {
         status: a.status,
         answer: a.kind,
         ...(ids ? { taskIds: ids } : {}),
-        ...(a.kind === '4xx' ? { problem: (a.body as { code?: string }).code ?? null } : {}),
+        ...(a.kind === '4xx' || a.kind === '5xx' ? { problem: (a.body as { code?: string } | null)?.code ?? null } : {}),
         ...(a.error ? { error: a.error } : {}),
       });
       if (a.kind === '4xx') break;

@@ -6,11 +6,13 @@ import { FAULT_KINDS, type FaultKind, type FaultRecord } from './nemesis.js';
  * Figures of a chaos run, from the event log's commit times: how long each fault stalled the
  * system, and how far throughput dipped.
  *
- * A one-second bucket is *stalled* when no task completed in it although tasks were waiting
- * that the system did complete later (tasks that never completed are the checker's business
- * and would otherwise make every quiet second look stalled). A fault's recovery is the time
- * from its start to the end of the longest stall that began while it was held or within
- * 15 s after it was healed; 0 when it caused none.
+ * A *stall* is two or more one-second buckets in a row in which no task completed although
+ * tasks were waiting that the system did complete later (tasks that never completed are the
+ * checker's business and would otherwise make every quiet second look stalled). Each stall
+ * belongs to the last fault that began before it (one bucket of slack) if it began while that
+ * fault was held or within 15 s after it was healed. A fault's recovery is the time from its
+ * start to the end of the longest of its stalls; 0 when it caused none; clipped (`≥`) when the
+ * stall still ran as the next fault began.
  */
 
 export const STALL_ATTRIBUTION_MS = 15_000;
@@ -63,21 +65,29 @@ export function recoveries(tasks: ReadonlyMap<string, readonly LoggedEvent[]>, f
   // Waiting work at a bucket's start and end (a task waits from its first due time to its end).
   const waitingAt = (t: number) => waits.filter((w) => w.from <= t && w.to > t).length;
   const stalled = completions.map((n, b) => n === 0 && waitingAt(start + b * 1000) > 0 && waitingAt(start + (b + 1) * 1000) > 0);
-  // Maximal runs of stalled buckets: [first, end) in ms.
+  // Maximal runs of stalled buckets, [first, end) in ms; a single quiet second is noise.
   const stalls: { from: number; to: number }[] = [];
   for (let b = 0; b < buckets; b++) {
     if (!stalled[b]) continue;
     let e = b;
     while (e + 1 < buckets && stalled[e + 1]) e++;
-    stalls.push({ from: start + b * 1000, to: start + (e + 1) * 1000 });
+    if (e > b) stalls.push({ from: start + b * 1000, to: start + (e + 1) * 1000 });
     b = e;
   }
   const ordered = [...faults].sort((a, b) => a.startedAt - b.startedAt);
+  /** The fault a stall belongs to: the last one begun by the stall's first bucket's end. */
+  const ownerOf = (stall: { from: number }) => {
+    let owner = -1;
+    ordered.forEach((f, k) => {
+      if (f.startedAt <= stall.from + 1000) owner = k;
+    });
+    return owner;
+  };
   return ordered.map((fault, k) => {
     const next = ordered[k + 1]?.startedAt ?? Infinity;
-    const windowEnd = Math.min(Math.max(fault.healedAt, fault.startedAt) + STALL_ATTRIBUTION_MS, next);
-    // A stall under way when the fault began started before it: it belongs to the earlier cause.
-    const caused = stalls.filter((s) => s.from >= fault.startedAt - 1000 && s.from < windowEnd);
+    const windowEnd = Math.max(fault.healedAt, fault.startedAt) + STALL_ATTRIBUTION_MS;
+    // A stall under way when the fault began belongs to the earlier cause.
+    const caused = stalls.filter((s) => ownerOf(s) === k && s.from >= fault.startedAt - 1000 && s.from < windowEnd);
     let recoveryMs = 0;
     let clipped = false;
     for (const s of caused) {
@@ -135,7 +145,7 @@ export function formatReport(r: ReportInput): string {
     const list = byKind.get(kind);
     const skipped = r.skippedFaults.find((s) => s.kind === kind);
     if (!list) {
-      lines.push(`  ${kind.padEnd(17)} 0${skipped ? `  skipped: ${skipped.why}` : ''}`);
+      lines.push(`  ${kind.padEnd(17)}  0${skipped ? `  skipped: ${skipped.why}` : ''}`);
       continue;
     }
     const rec = r.recoveries.filter((x) => x.fault.kind === kind);
@@ -151,7 +161,8 @@ export function formatReport(r: ReportInput): string {
   const c = r.client;
   lines.push(
     `client: ${c.submits} submits (${c.accepted} accepted, ${c.rejected} rejected, ${c.unknown} unknown), ${c.cancels} cancels acknowledged; answers ${Object.entries(c.answers)
-      .map(([k, v]) => `${k} ${v}`)
+      .sort(([a], [b]) => (a < b ? -1 : 1))
+      .map(([k, v]) => `${k}: ${v}`)
       .join(', ')}`,
   );
   lines.push(`messages ingest set aside (MessageDeadLettered): ${r.deadLetteredMessages}`);

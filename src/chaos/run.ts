@@ -2,7 +2,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { topologyNames } from '../outbox/topology.js';
-import { checkHistory, type Violation } from './checker.js';
+import { checkHistory, toolViolations, type Violation } from './checker.js';
 import { runClient } from './client.js';
 import { loadHistory, openWork, progressProbe } from './history.js';
 import { FAULT_KINDS, runNemesis, type FaultKind, type FaultRecord } from './nemesis.js';
@@ -219,8 +219,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
     const [projections, audit] = [await runFogsched(['projections', 'verify'], base), await runFogsched(['audit', 'verify'], base)];
     writeFileSync(join(opts.outDir, 'projections-verify.txt'), projections.output);
     writeFileSync(join(opts.outDir, 'audit-verify.txt'), audit.output);
-    if (projections.code !== 0) violations.push({ rule: 'read-models', detail: `exit ${projections.code}: ${projections.output.trim().split('\n').slice(-5).join(' | ')}` });
-    if (audit.code !== 0) violations.push({ rule: 'hash-chain', detail: `exit ${audit.code}: ${audit.output.trim().split('\n').slice(-3).join(' | ')}` });
+    violations.push(...toolViolations(projections, audit));
 
     const runs = new Map<string, Set<string>>();
     const starts = spy.records.filter((r) => r.kind === 'started');

@@ -11,6 +11,7 @@ import {
   checkSubmits,
   checkTerminal,
   checkTransitions,
+  toolViolations,
   type ClientLog,
   type History,
   type LoggedEvent,
@@ -197,6 +198,14 @@ describe('the chaos checker, rule by rule', () => {
   it('outbox-unpublished: nothing due stays in the outbox', () => {
     expect(checkOutbox(historyOf([]))).toEqual([]);
     expect(checkOutbox(historyOf([], { unpublishedDue: [{ id: 7, streamId: id, exchange: 'tasks', availableAt: T0 }] })).map((v) => v.rule)).toEqual(['outbox-unpublished']);
+  });
+
+  it('read-models and hash-chain: `projections verify` and `audit verify` exit 0', () => {
+    const ok = { code: 0, output: 'ok\n' };
+    expect(toolViolations(ok, ok)).toEqual([]);
+    const violations = toolViolations({ code: 1, output: 'task_current: 1 row differs\n' }, { code: 1, output: 'BROKEN: stream x version 2\n' });
+    expect(violations.map((v) => v.rule)).toEqual(['read-models', 'hash-chain']);
+    expect(violations[1]?.detail).toContain('BROKEN: stream x version 2');
   });
 
   it('read-model-drift: task_current is the fold of the log', () => {
