@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import { runChaos } from './run.js';
+import { runHardExitCleanups } from './util.js';
 
 /**
  * `npm run chaos -- [--quick] [--tasks N] [--duration S] [--seed S] [--no-faults] [--recovery S] [--out DIR]`
@@ -38,7 +39,11 @@ const program = new Command()
     const outDir = resolve(opts.out ?? join(tmpdir(), `fogsched-chaos-${new Date().toISOString().replace(/[:.]/g, '-')}-${seed}`));
     const abort = new AbortController();
     const onSignal = () => {
-      if (abort.signal.aborted) process.exit(130);
+      if (abort.signal.aborted) {
+        // No time for the orderly stop: SIGKILL everything the run started.
+        runHardExitCleanups();
+        process.exit(130);
+      }
       process.stderr.write('chaos: stopping (again to exit at once)\n');
       abort.abort();
     };

@@ -11,7 +11,7 @@ import { formatReport, recoveries, throughput } from './report.js';
 import { ownServicesUnavailable, startOwnPostgres, startOwnRedis, type OwnPostgres, type OwnRedis } from './services.js';
 import { startResultSpy, type ResultSpy } from './spy.js';
 import { createSupervisor, runFogsched, waitApiReady, type ProcessSpec, type Supervisor } from './system.js';
-import { canConnect, freePort, seededRandom, sleep } from './util.js';
+import { canConnect, freePort, onHardExit, seededRandom, sleep } from './util.js';
 
 export interface ChaosOptions {
   readonly tasks: number;
@@ -98,17 +98,25 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
   let spy: ResultSpy | undefined;
   try {
     const t0 = Date.now();
-    [cluster, postgres, redis] = await Promise.all([
+    // Each is kept as soon as it is up, so one failing to start does not leak the others.
+    const starting = await Promise.allSettled([
       startRabbitCluster({
         network: kinds.includes('partition-broker') ? 'namespaces' : 'loopback',
         log,
         // As deployed (deploy/swarm/rabbitmq.conf): the minority side of a partition pauses.
         extraConf: ['cluster_partition_handling = pause_minority'],
         keepLogsIn: join(opts.outDir, 'logs', 'rabbitmq'),
+      }).then((c) => {
+        cluster = c;
+        onHardExit(() => c.killNow());
+        return c;
       }),
-      startOwnPostgres({ log }),
-      startOwnRedis({ dir: opts.outDir, log }),
+      startOwnPostgres({ log }).then((p) => (postgres = p)),
+      startOwnRedis({ dir: opts.outDir, log }).then((r) => (redis = r)),
     ]);
+    const failed = starting.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    if (!cluster || !postgres || !redis) throw new Error('a service did not start');
     log(`services up in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     const databaseUrl = postgres.url('fogsched');
     const base: Record<string, string> = { ...CHAOS_ENV, DATABASE_URL: databaseUrl, REDIS_URL: redis.url, COORDINATOR_BROKERS: cluster.brokersEnv, AMQP_URL: cluster.urlList };

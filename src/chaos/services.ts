@@ -3,7 +3,7 @@ import { chownSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { canConnect, eventually, freePort, userIds } from './util.js';
+import { canConnect, eventually, freePort, onHardExit, userIds } from './util.js';
 
 const run = promisify(execFile);
 
@@ -74,6 +74,10 @@ export async function startOwnPostgres(opts: { log?: (line: string) => void } = 
         rmSync(root, { recursive: true, force: true });
       })()),
   };
+  onHardExit(() => {
+    killPostmaster(data);
+    rmSync(root, { recursive: true, force: true });
+  });
   await pg.start();
   log(`postgresql up on 127.0.0.1:${port} (${data})`);
   return pg;
@@ -125,6 +129,7 @@ export async function startOwnRedis(opts: { dir: string; log?: (line: string) =>
     },
     destroy: () => redis.kill(),
   };
+  onHardExit(() => proc?.kill('SIGKILL'));
   await redis.start();
   log(`redis up on 127.0.0.1:${port}`);
   return redis;

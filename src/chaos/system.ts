@@ -3,7 +3,7 @@ import { closeSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { sleep } from './util.js';
+import { onHardExit, sleep } from './util.js';
 
 const run = promisify(execFile);
 
@@ -47,6 +47,10 @@ export function createSupervisor(opts: { logDir: string; restartDelayMs: number;
   const log = opts.log ?? (() => {});
   const processes: (Supervised & { proc?: ChildProcess; exited?: Promise<void>; expectExit?: boolean })[] = [];
   let stopping = false;
+  onHardExit(() => {
+    stopping = true;
+    for (const p of processes) p.proc?.kill('SIGKILL');
+  });
 
   const launch = (entry: (typeof processes)[number]) => {
     const fd = openSync(join(opts.logDir, `${entry.spec.name}.log`), 'a');

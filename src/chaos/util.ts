@@ -80,3 +80,26 @@ export type Random = () => number;
 
 export const pickOne = <T>(random: Random, items: readonly T[]): T => items[Math.floor(random() * items.length)] as T;
 export const between = (random: Random, lo: number, hi: number): number => lo + Math.floor(random() * (hi - lo + 1));
+
+const hardExitCleanups = new Set<() => void>();
+
+/**
+ * Registers a synchronous last-resort cleanup (SIGKILL what a component started), for an exit
+ * that cannot wait for the orderly one (a second Ctrl-C). Returns its unregistration.
+ */
+export function onHardExit(cleanup: () => void): () => void {
+  hardExitCleanups.add(cleanup);
+  return () => hardExitCleanups.delete(cleanup);
+}
+
+/** Runs every registered last-resort cleanup; never throws. */
+export function runHardExitCleanups(): void {
+  for (const cleanup of hardExitCleanups) {
+    try {
+      cleanup();
+    } catch {
+      // best effort
+    }
+  }
+  hardExitCleanups.clear();
+}
