@@ -28,7 +28,7 @@ beforeAll(async () => {
   if (unavailable) return;
   cluster = await startRabbitCluster({
     size: 1,
-    conf: [`consumer_timeout = ${CONSUMER_TIMEOUT_MS}`],
+    extraConf: [`consumer_timeout = ${CONSUMER_TIMEOUT_MS}`],
     advancedConfig: '[{rabbit, [{channel_tick_interval, 500}]}].',
   });
   url = cluster.urls[0] as string;
