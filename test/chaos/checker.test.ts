@@ -160,7 +160,12 @@ describe('the chaos checker, rule by rule', () => {
   it('dead-lettered-unstarted: only an attempt that started (poison) is dead-lettered for the delivery limit', () => {
     const poison = logOf(id, [submit(aSpec(id)), start(1, 10), start(1, 20, 'node-b'), deadLetter(1, 30)]);
     expect(checkDeadLetters(id, poison)).toEqual([]);
-    const neverStarted = logOf(id, [submit(aSpec(id)), deadLetter(1, 30)]);
+    // The domain now returns a never-started attempt (TaskReturned) instead of failing it, so the
+    // violating log is written by hand, as the code before issue 15 would have written it.
+    const returned = logOf(id, [submit(aSpec(id)), deadLetter(1, 30)]);
+    expect(returned.map((e) => e.type)).toContain('TaskReturned');
+    expect(checkDeadLetters(id, returned)).toEqual([]);
+    const neverStarted = tamper(logOf(id, [submit(aSpec(id))]), { type: 'TaskDeadLettered', data: { attempt: 1, reason: 'delivery-limit', queue: 'tasks.light.normal', at: at(30) }, recordedAt: T0 + 30 });
     expect(checkDeadLetters(id, neverStarted).map((v) => v.rule)).toEqual(['dead-lettered-unstarted']);
     // A start the node reported counts even when its record never reached the log.
     expect(checkDeadLetters(id, neverStarted, [{ kind: 'started', taskId: id, attempt: 1, nodeId: 'node-a', at: T0 + 5 }])).toEqual([]);
