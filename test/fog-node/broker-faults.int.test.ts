@@ -75,7 +75,8 @@ describe.skipIf(unavailable !== null)('fog node against a broker that closes cha
   it('acks a task message once its started record is confirmed, while the task still runs', async () => {
     const e = await env();
     const queue = e.names.taskQueue('light', 'normal');
-    const task = aTaskMessage({ type: 'sleep', payload: { ms: 4000 } });
+    // Long enough that the checks below (rabbitmqctl is slow on a loaded machine) end while it runs.
+    const task = aTaskMessage({ type: 'sleep', payload: { ms: 15_000 } });
     await publishTasks(publisher, e.names, [task]);
     const node = testFogNode(e.base);
     await node.start();
@@ -83,9 +84,9 @@ describe.skipIf(unavailable !== null)('fog node against a broker that closes cha
     await eventually(async () => {
       const counts = await queueCounts(queue);
       return counts.ready === 0 && counts.unacked === 0;
-    }, { timeoutMs: 3000, message: 'the task message was still unacked while its task ran' });
+    }, { timeoutMs: 8000, message: 'the task message was still unacked while its task ran' });
     expect(node.stats().inFlight).toBe(1); // still running: the ack did not wait for the result
-    await eventually(() => e.results.kinds(task.taskId).includes('succeeded'), { timeoutMs: 10_000 });
+    await eventually(() => e.results.kinds(task.taskId).includes('succeeded'), { timeoutMs: 30_000 });
     expect(e.results.kinds(task.taskId)).toEqual(['started', 'succeeded']);
   });
 
@@ -159,7 +160,8 @@ describe.skipIf(unavailable !== null)('fog node against a broker that closes cha
   it('keeps a running task running when the broker closes its connection; it finishes once, with no second run', async () => {
     const e = await env();
     const queue = e.names.taskQueue('light', 'normal');
-    const task = aTaskMessage({ type: 'sleep', payload: { ms: 4000 } });
+    // Long enough that the checks below (rabbitmqctl is slow on a loaded machine) end while it runs.
+    const task = aTaskMessage({ type: 'sleep', payload: { ms: 15_000 } });
     await publishTasks(publisher, e.names, [task]);
     const node = testFogNode(e.base, { nodeId: 'closed-by-broker' });
     await node.start();

@@ -240,11 +240,13 @@ describe('outbox relay pipeline', () => {
 
   it('a queue at its max length nacking batches in flight: refused rows retry, each goes out once', async () => {
     const t = await ownTopology('full', 300);
-    // Slower than the relay: the queue keeps filling up and refusing publishes.
-    const received = await consume(t.queue, { prefetch: 100, ackEveryMs: 20 });
     const n = 3000;
     await insertRows(t.names.tasks, n);
     const relay = startRelay({ topology: t.topology, batchSize: 50 });
+    // Nobody consumes until the full queue refused rows (on a loaded machine a consumer started
+    // first could keep up with the relay and the queue would never fill), then one slower than the relay.
+    await eventually(async () => (await rows()).some((r) => r.attempts > 0), { timeoutMs: 30_000, message: 'the full queue never refused a publish' });
+    const received = await consume(t.queue, { prefetch: 100, ackEveryMs: 20 });
     const all = await eventually(async () => {
       const r = await rows();
       return r.every((x) => x.published) ? r : null;
