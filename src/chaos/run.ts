@@ -1,7 +1,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { topologyNames } from '../outbox/topology.js';
+import { topologyNames } from '../broker/index.js';
 import { checkHistory, toolViolations, type Violation } from './checker.js';
 import { runClient } from './client.js';
 import { loadHistory, openWork, progressProbe } from './history.js';
