@@ -175,7 +175,7 @@ function untilAborted(connecting: Promise<ChannelModel>, signal: AbortSignal): P
       },
       (error: unknown) => {
         signal.removeEventListener('abort', onAbort);
-        reject(error as Error);
+        reject(error);
       },
     );
   });

@@ -262,7 +262,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
   } finally {
     await supervisor?.stop(3000).catch(() => {});
     await spy?.stop(0).catch(() => {});
-    await Promise.all([cluster?.stop(), postgres?.destroy(), redis?.destroy()].map((p) => p?.catch((error: unknown) => log(`cleanup: ${(error as Error).message}`))));
+    await Promise.all([cluster?.stop(), postgres?.destroy(), redis?.destroy()].flatMap((p) => (p ? [p.catch((error: unknown) => log(`cleanup: ${(error as Error).message}`))] : [])));
   }
 }
 

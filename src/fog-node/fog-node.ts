@@ -124,7 +124,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
   const queue = createLocalQueue<Delivery>(options.agingMs);
   const running = new Map<string, Run>();
   const recent = createRecentMap<string, Attempt>(RECENT_ATTEMPTS);
-  let pending: PendingRecord[] = [];
+  const pending: PendingRecord[] = [];
   let pendingBytes = 0;
   let flushing: Promise<void> | undefined;
   let flushTimer: NodeJS.Timeout | undefined;
@@ -623,7 +623,7 @@ function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
       },
       (error: unknown) => {
         signal.removeEventListener('abort', onAbort);
-        reject(error as Error);
+        reject(error);
       },
     );
   });

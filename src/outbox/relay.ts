@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { backoffMs, createBackoff, createBrokerClient, declareTopology, type BrokerConnection, type ConfirmingChannel, type OutgoingMessage, type Topology } from '../broker/index.js';
+import { coerceError } from '../domain/index.js';
 import type { Logger } from '../infra/logger.js';
 import { sleep, type Role } from '../infra/role.js';
 import {
@@ -544,7 +545,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
       await Promise.all(inFlight);
       while (marking) await marking;
     }
-    if (failure !== undefined) throw failure;
+    if (failure !== undefined) throw coerceError(failure);
     return claim.full && !refused;
   };
 

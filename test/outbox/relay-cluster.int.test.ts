@@ -1,5 +1,5 @@
 import net from 'node:net';
-import { afterAll, afterEach, beforeAll, expect, inject, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, inject, it } from 'vitest';
 import { DEFAULT_TIERS } from '../../src/domain/index.js';
 import { createLogger } from '../../src/infra/logger.js';
 import { createRelay, declareTopology } from '../../src/outbox/index.js';
