@@ -68,7 +68,7 @@ const brokerRule = {
 const brokerFace = { group: ['**/broker/*', '!**/broker/index.js'], message: 'Import src/broker through its index.js.' };
 
 export default defineConfig(
-  { ignores: ['dist/', 'coverage/', 'node_modules/', 'bench/results/'] },
+  { ignores: ['dist/', 'coverage/', 'node_modules/', 'bench/results/', '.scratch/'] },
   js.configs.recommended,
   tseslint.configs.recommendedTypeChecked,
   {
