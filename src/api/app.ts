@@ -87,6 +87,8 @@ function fogschedFormats<A extends { addFormat(name: string, format: unknown): u
 export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   const limits: ApiLimits = { ...DEFAULT_API_LIMITS, ...deps.inputLimits };
   const app = Fastify({
+    // The assertion picks Fastify's logger type for the instance (pino's own would not fit FastifyInstance).
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-assertion
     loggerInstance: deps.logger as FastifyBaseLogger,
     // Per-request access logs cost more than a submit at our rates; errors are still logged.
     logController: new LogController({ disableRequestLogging: true }),
@@ -98,6 +100,8 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     // ajv-formats first (a tuple: its options type is narrower than Fastify's Plugin), then our date-time over it.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: true }, plugins: [[ajvFormats.default as never, {}], fogschedFormats] },
     // Every error Fastify raises itself is answered by the one problem writer too.
+    // The handler returns the reply, which is thenable; Fastify does not await it here, nor need to.
+    // eslint-disable-next-line @typescript-eslint/no-misused-promises
     frameworkErrors: errorHandler,
     clientErrorHandler,
   }).withTypeProvider<TypeBoxTypeProvider>();
@@ -180,7 +184,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
           }
         }),
       );
-      const checks = Object.fromEntries(results);
+      const checks = Object.fromEntries<{ ok: boolean; critical: boolean }>(results);
       const down = results.some(([, r]) => !r.ok && r.critical);
       const degraded = results.some(([, r]) => !r.ok);
       // Only to an operator who showed a credential; without credentials (open API) the public view.
@@ -195,6 +199,8 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(clusterRoutes, routeDeps);
   await app.register(dlqRoutes, routeDeps);
   await app.register(scheduleRoutes, routeDeps);
+  // As for loggerInstance above: the instance keeps its TypeBox provider and pino logger types inside.
+  // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-assertion
   return app as unknown as FastifyInstance;
 }
 

@@ -3,7 +3,7 @@ import { topologyOf } from '../cli/start.js';
 import { loadConfig } from '../infra/config.js';
 import { createPostgres, migrate } from '../infra/postgres.js';
 import { rebuildProjections } from '../projections/index.js';
-import { declareTopology } from '../outbox/topology.js';
+import { declareTopology } from '../broker/index.js';
 import type { Settings } from './settings.js';
 import {
   AMQP_URL,

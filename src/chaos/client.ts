@@ -140,7 +140,7 @@ export async function runClient(opts: ClientOptions): Promise<ClientResult> {
       const kind = res.status >= 200 && res.status < 300 ? '2xx' : res.status >= 400 && res.status < 500 ? '4xx' : res.status >= 500 ? '5xx' : 'unknown';
       answer = { status: res.status, body: parsed, kind };
     } catch (error) {
-      const code = ((error as { cause?: { code?: string } }).cause?.code ?? (error as { code?: string }).code) as string | undefined;
+      const code = ((error as { cause?: { code?: string } }).cause?.code ?? (error as { code?: string }).code);
       // Refused: no connection was made, so the request never arrived. Anything else may have.
       answer = { status: null, body: null, kind: code === 'ECONNREFUSED' ? 'refused' : 'unknown', error: `${(error as Error).name}: ${code ?? (error as Error).message}` };
     }

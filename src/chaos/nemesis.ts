@@ -119,7 +119,7 @@ async function inject(kind: FaultKind, holdMs: number, opts: NemesisOptions): Pr
   const startedAt = Date.now();
   let target = '';
   let note = '';
-  const done = (error?: unknown): FaultRecord => ({ kind, target, startedAt, healedAt: Date.now(), ...(note ? { note } : {}), ...(error ? { error: (error as Error).message ?? String(error) } : {}) });
+  const done = (error?: unknown): FaultRecord => ({ kind, target, startedAt, healedAt: Date.now(), ...(note ? { note } : {}), ...(error ? { error: (error as Error).message ?? JSON.stringify(error) } : {}) });
   /** Runs a healing step and notes how long it took. */
   const timed = async (what: string, step: () => Promise<void>) => {
     const t = Date.now();

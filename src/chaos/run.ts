@@ -1,7 +1,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { topologyNames } from '../outbox/topology.js';
+import { topologyNames } from '../broker/index.js';
 import { checkHistory, toolViolations, type Violation } from './checker.js';
 import { runClient } from './client.js';
 import { loadHistory, openWork, progressProbe } from './history.js';
@@ -262,7 +262,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
   } finally {
     await supervisor?.stop(3000).catch(() => {});
     await spy?.stop(0).catch(() => {});
-    await Promise.all([cluster?.stop(), postgres?.destroy(), redis?.destroy()].map((p) => p?.catch((error: unknown) => log(`cleanup: ${(error as Error).message}`))));
+    await Promise.all([cluster?.stop(), postgres?.destroy(), redis?.destroy()].flatMap((p) => (p ? [p.catch((error: unknown) => log(`cleanup: ${(error as Error).message}`))] : [])));
   }
 }
 

@@ -12,7 +12,7 @@ export async function eventually<T>(check: () => Promise<T> | T, opts: { timeout
   for (;;) {
     try {
       const value = await check();
-      if (value) return value as NonNullable<T>;
+      if (value) return value;
       lastError = new Error(opts.message ?? 'condition not met');
     } catch (error) {
       lastError = error;

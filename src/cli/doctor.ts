@@ -1,6 +1,6 @@
 import pg from 'pg';
-import amqp from 'amqplib';
 import { Redis } from 'ioredis';
+import { brokerUrls, probeBroker } from '../broker/index.js';
 import type { Config } from '../infra/config.js';
 import { redactUrl } from '../infra/logger.js';
 import { pendingMigrations } from '../infra/postgres.js';
@@ -38,15 +38,13 @@ export async function runDoctor(config: Config, write: (line: string) => void = 
         }
       },
     },
-    ...config.AMQP_URL.split(',').map((url) => ({
+    ...brokerUrls(config.AMQP_URL).map((url) => ({
       name: 'rabbitmq',
-      target: redactUrl(url.trim()),
+      target: redactUrl(url),
       howToStart: 'rabbitmq-server -detached   (or: docker run -d -p 5672:5672 rabbitmq:3.13-management)',
       async run() {
-        const conn = await amqp.connect(url.trim(), { timeout: 3000 });
-        const props = conn.connection.serverProperties as { version?: string };
-        await conn.close();
-        return `RabbitMQ ${props.version ?? '?'}`;
+        const { version } = await probeBroker(url, { timeoutMs: 3000, name: 'fogsched-doctor' });
+        return `RabbitMQ ${version ?? '?'}`;
       },
     })),
     {

@@ -1,5 +1,5 @@
 import pg from 'pg';
-import amqp from 'amqplib';
+import { brokerUrls, probeBroker } from '../broker/index.js';
 import type { Config } from '../infra/config.js';
 import { redactUrl } from '../infra/logger.js';
 
@@ -68,11 +68,9 @@ async function checkPostgres(url: string, timeoutMs: number): Promise<string> {
 /** Healthy when any broker of the cluster list accepts a connection (the fog node fails over to it). */
 async function checkBroker(urls: string, timeoutMs: number): Promise<string> {
   const failures: string[] = [];
-  for (const url of urls.split(',').map((u) => u.trim()).filter(Boolean)) {
+  for (const url of brokerUrls(urls)) {
     try {
-      const connection = await amqp.connect(url, { timeout: timeoutMs, clientProperties: { connection_name: 'fogsched-healthcheck' } });
-      connection.on('error', () => {});
-      await connection.close().catch(() => {});
+      await probeBroker(url, { timeoutMs, name: 'fogsched-healthcheck' });
       return `rabbitmq ${redactUrl(url)}`;
     } catch (error) {
       const e = error as { code?: string; message?: string };

@@ -1,4 +1,4 @@
-import { Command, InvalidArgumentError } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import { isUuid, TaskNotFoundError } from '../domain/index.js';
 import type { Config } from '../infra/config.js';
 import { cursorAfter, LOG_START, readAll, readStream, type LogCursor, type StoredEvent } from '../store/index.js';

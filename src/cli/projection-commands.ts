@@ -1,4 +1,4 @@
-import { Command, InvalidArgumentError } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import cliProgress from 'cli-progress';
 import type { Config } from '../infra/config.js';
 import { createPostgres, isConnectionError, pendingMigrations, type Postgres } from '../infra/postgres.js';

@@ -4,7 +4,7 @@ import { parseBrokers, parseTiers } from '../infra/config.js';
 import { createLogger, type Logger } from '../infra/logger.js';
 import type { Role } from '../infra/role.js';
 import { FogschedError, servedTiers } from '../domain/index.js';
-import { topology, topologyNames, type Topology } from '../outbox/topology.js';
+import { topology, topologyNames, type Topology } from '../broker/index.js';
 
 export const ROLE_NAMES = ['api', 'relay', 'ingest', 'fog-node', 'coordinator', 'scheduler'] as const;
 

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import amqp from 'amqplib';
 import type { Redis } from 'ioredis';
 import type { Kysely } from 'kysely';
+import { probeBroker } from '../broker/index.js';
 import type { BrokerSpec } from '../infra/config.js';
 import type { Logger } from '../infra/logger.js';
 import { createRedis, redisKeys, type RedisKeys } from '../infra/redis.js';
@@ -129,25 +129,11 @@ export function createCoordinator(deps: CoordinatorDeps): Coordinator {
 
   // --- brokers -------------------------------------------------------------------
 
-  const probe = async (broker: BrokerSpec): Promise<boolean> => {
-    let timer: NodeJS.Timeout | undefined;
-    const connecting = amqp.connect(broker.url, { timeout: probeTimeoutMs, clientProperties: { connection_name: `fogsched-coordinator-probe-${id}` } });
-    try {
-      const connection = await Promise.race([
-        connecting,
-        new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${probeTimeoutMs} ms`)), probeTimeoutMs))),
-      ]);
-      connection.on('error', () => {});
-      await connection.close().catch(() => {});
-      return true;
-    } catch {
-      // A connection that opens after the timeout is closed when it does.
-      void connecting.then((c) => c.close().catch(() => {}), () => {});
-      return false;
-    } finally {
-      clearTimeout(timer);
-    }
-  };
+  const probe = (broker: BrokerSpec): Promise<boolean> =>
+    probeBroker(broker.url, { timeoutMs: probeTimeoutMs, name: `fogsched-coordinator-probe-${id}` }).then(
+      () => true,
+      () => false,
+    );
 
   const brokerRound = async () => {
     if (!redis || deps.brokers.length === 0 || !isLeader()) return;

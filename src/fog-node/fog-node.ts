@@ -1,10 +1,19 @@
 import { randomUUID } from 'node:crypto';
-import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib';
+import type { ConsumeMessage } from 'amqplib';
 import { PRIORITIES, type NodeMetricSample, type Priority, type ResultRecord, type SystemMessage, type TaskError, type TaskMessage } from '../domain/index.js';
-import { connectAmqp } from '../infra/amqp.js';
+import {
+  createBackoff,
+  createBrokerClient,
+  createChannelSlot,
+  declareTopology,
+  type BrokerChannel,
+  type BrokerConnection,
+  type ConfirmingChannel,
+  type Topology,
+  type TopologyNames,
+} from '../broker/index.js';
 import type { Logger } from '../infra/logger.js';
 import { sleep, type Role } from '../infra/role.js';
-import { declareTopology, type Topology, type TopologyNames } from '../outbox/topology.js';
 import { loadHandlers, type Handler } from './handlers.js';
 import { createThreadPool, HandlerError, WorkerCrashedError, type ThreadPool } from './thread-pool.js';
 import { createFogHeartbeat, type FogHeartbeat } from './heartbeat.js';
@@ -115,16 +124,16 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
   const queue = createLocalQueue<Delivery>(options.agingMs);
   const running = new Map<string, Run>();
   const recent = createRecentMap<string, Attempt>(RECENT_ATTEMPTS);
-  let pending: PendingRecord[] = [];
+  const pending: PendingRecord[] = [];
   let pendingBytes = 0;
   let flushing: Promise<void> | undefined;
   let flushTimer: NodeJS.Timeout | undefined;
   let metricsTimer: NodeJS.Timeout | undefined;
-  let connection: ChannelModel | undefined;
-  let publishChannel: ConfirmChannel | undefined;
+  const broker = createBrokerClient({ urls: options.amqpUrl, name: `fogsched-fog-node-${options.nodeId}`, logger });
+  let connection: BrokerConnection | undefined;
+  let publishChannel: ConfirmingChannel | undefined;
   /** The consume channel now; deliveries of any other generation are never settled (their channel is gone). */
-  let consume: { readonly channel: Channel; readonly generation: number; readonly tags: string[] } | undefined;
-  let generations = 0;
+  const consume = createChannelSlot<{ readonly channel: BrokerChannel; readonly tags: string[] }>();
   let draining = false;
   let handlers = new Map<string, Handler>();
   let threads: ThreadPool | undefined;
@@ -141,15 +150,8 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
   const settle = (d: Delivery, how: 'ack' | 'requeue' | 'reject'): void => {
     if (d.settled) return;
     d.settled = true;
-    const c = consume;
-    if (!c || c.generation !== d.generation) return;
-    try {
-      if (how === 'ack') c.channel.ack(d.msg);
-      else c.channel.nack(d.msg, false, how === 'requeue');
-    } catch (error) {
-      // The channel closed under us: the broker returns the delivery by itself.
-      logger.debug({ err: (error as Error).message, taskId: d.task?.taskId }, 'settling a delivery failed; its channel is gone');
-    }
+    // A closed channel drops it too: the broker returns the delivery by itself.
+    consume.of(d.generation)?.channel.settle(d.msg, how);
   };
 
   const markDurable = (attempt: Attempt) => {
@@ -172,7 +174,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
     while (!draining && running.size < options.slots) {
       const next = queue.pick(Date.now());
       if (!next) break;
-      if (next.generation !== consume?.generation) continue; // its channel is gone: the broker returned it
+      if (!consume.isCurrent(next.generation)) continue; // its channel is gone: the broker returned it
       const attempt = known(next.task);
       if (attempt) join(attempt, next);
       else void execute(next);
@@ -310,11 +312,12 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
 
   /** Resolves true once the broker confirmed the message; false only when the node stopped first (the records are lost then, the running lease recovers their tasks). */
   const publishUntilConfirmed = async (body: Buffer, messageId: string, records: number): Promise<boolean> => {
+    const retry = createBackoff({ baseMs: 50, maxMs: 2000 });
     for (let attempt = 0; ; attempt++) {
       const ch = publishChannel;
       if (ch) {
         try {
-          await publishConfirmed(ch, body, messageId);
+          await ch.publishConfirmed({ exchange: options.names.results, routingKey: `task.batch.${options.nodeId}`, body, options: { persistent: true, messageId, contentType: 'application/json' } });
           return true;
         } catch (error) {
           if (attempt % 20 === 0) logger.warn({ err: (error as Error).message, records }, 'result publish failed; retrying');
@@ -322,16 +325,9 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
       }
       // Keep the records: they are facts.
       if (abort.signal.aborted) return false;
-      await sleep(Math.min(2000, 50 * 2 ** Math.min(attempt, 6)), abort.signal);
+      await sleep(retry.next(), abort.signal);
     }
   };
-
-  const publishConfirmed = (ch: ConfirmChannel, body: Buffer, messageId: string) =>
-    new Promise<void>((resolve, reject) => {
-      ch.publish(options.names.results, `task.batch.${options.nodeId}`, body, { persistent: true, messageId, contentType: 'application/json' }, (error: unknown) =>
-        error ? reject(error instanceof Error ? error : new Error('nacked')) : resolve(),
-      );
-    });
 
   // --- metrics ---------------------------------------------------------------------
 
@@ -366,12 +362,9 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
       completed: stats.completed,
       failed: stats.failed,
     };
-    try {
-      // Metrics may be lost (the queue drops its head when full); no need to wait for the confirm.
-      ch.publish(options.names.metrics, `metrics.node.${options.nodeId}`, Buffer.from(JSON.stringify(sample)), { contentType: 'application/json' }, () => {});
-    } catch {
-      // its channel just closed; the next sample goes on the next one
-    }
+    // Metrics may be lost (the queue drops its head when full); no need to wait for the confirm.
+    // A channel that just closed drops it; the next sample goes on the next one.
+    ch.publish({ exchange: options.names.metrics, routingKey: `metrics.node.${options.nodeId}`, body: Buffer.from(JSON.stringify(sample)), options: { contentType: 'application/json' } }, () => {});
   };
 
   // --- consuming -------------------------------------------------------------------
@@ -394,7 +387,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
       return;
     }
     const d: Delivery = { msg, task, priority, tierRank, receivedAt: Date.now(), generation: gen, settled: false };
-    if (consume?.generation !== gen) return; // its channel is gone: the broker returned it
+    if (!consume.isCurrent(gen)) return; // its channel is gone: the broker returned it
     if (draining) return settle(d, 'requeue');
     if (cancelled.has(task.taskId)) return settle(d, 'ack'); // cancelled before it got here
     const attempt = known(task);
@@ -443,27 +436,22 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
    * the old one held return to their queues by themselves, so the buffered ones
    * are dropped here and acks meant for it are dropped; running tasks run on.
    */
-  const keepConsuming = async (conn: ChannelModel, connectionClosed: Promise<void>) => {
-    let connectionOpen = true;
-    void connectionClosed.then(() => (connectionOpen = false));
-    for (let failures = 0; !abort.signal.aborted && !draining && connectionOpen; ) {
-      const gen = ++generations;
-      let channel: Channel | undefined;
+  const keepConsuming = async (conn: BrokerConnection) => {
+    const retry = createBackoff({ baseMs: 100, maxMs: 5000 });
+    while (!abort.signal.aborted && !draining && conn.isOpen()) {
+      let channel: BrokerChannel | undefined;
+      let gen = 0;
       let why = 'setup failed';
       try {
-        const ch = await conn.createChannel();
+        const ch = await conn.channel('consume');
         channel = ch;
-        ch.on('error', (error: unknown) => logger.warn({ err: error }, 'consume channel error'));
+        gen = ch.generation;
         // From the moment it is lost nothing is settled on it, nor started from it.
-        const lost = () => {
-          if (consume?.generation === gen) consume = undefined;
-        };
-        const channelClosed = new Promise<string>((resolve) =>
-          ch.once('close', () => {
-            lost();
-            resolve('channel closed');
-          }),
-        );
+        const lost = () => consume.lose(gen);
+        const channelClosed = ch.closed.then(() => {
+          lost();
+          return 'channel closed';
+        });
         const cancelledByBroker = new Promise<string>((resolve) => {
           consumerLost = (g) => {
             if (g !== gen) return;
@@ -472,69 +460,66 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
           };
         });
         // The queues may be gone (a consumer cancelled because its queue was deleted): declare them again.
-        await declareTopology(ch, options.topology);
-        await ch.prefetch(options.prefetch, false);
-        const current = { channel: ch, generation: gen, tags: [] as string[] };
-        consume = current;
+        await declareTopology(ch.raw, options.topology);
+        await ch.raw.prefetch(options.prefetch, false);
+        const current = { channel: ch, tags: [] as string[] };
+        consume.use(gen, current);
         // Before any task arrives: our own queue on the `system` fanout; it lives as long as this channel's consumer.
-        const system = await ch.assertQueue('', { exclusive: true, autoDelete: true, durable: false });
-        await ch.bindQueue(system.queue, options.names.system, '');
-        await ch.consume(system.queue, onSystem(gen), { noAck: true });
+        const system = await ch.raw.assertQueue('', { exclusive: true, autoDelete: true, durable: false });
+        await ch.raw.bindQueue(system.queue, options.names.system, '');
+        await ch.raw.consume(system.queue, onSystem(gen), { noAck: true });
         // Cancels broadcast while this node was not listening are kept in Redis.
         for (const taskId of await earlierCancels()) cancelled.add(taskId);
         for (const [rank, tier] of options.servedTiers.entries()) {
           for (const priority of PRIORITIES) {
             if (draining) break;
-            const { consumerTag } = await ch.consume(options.names.taskQueue(tier, priority), onDelivery(rank, priority, gen), { noAck: false });
+            const { consumerTag } = await ch.raw.consume(options.names.taskQueue(tier, priority), onDelivery(rank, priority, gen), { noAck: false });
             current.tags.push(consumerTag);
             // stop() may have cancelled the others while this consume was on its way.
-            if (draining) await ch.cancel(consumerTag).catch(() => {});
+            if (draining) await ch.raw.cancel(consumerTag).catch(() => {});
           }
         }
         stats.consumers = draining ? 0 : current.tags.length;
-        failures = 0;
+        retry.reset();
         logger.info({ served: options.servedTiers, slots: options.slots, prefetch: options.prefetch, generation: gen }, 'fog node consuming');
-        why = await Promise.race([channelClosed, cancelledByBroker, connectionClosed.then(() => 'connection closed')]);
+        why = await Promise.race([channelClosed, cancelledByBroker, conn.closed.then(() => 'connection closed')]);
       } catch (error) {
         if (!abort.signal.aborted) logger.warn({ err: (error as Error).message }, 'fog node consume setup failed');
       }
       consumerLost = undefined;
       stats.consumers = 0;
-      if (consume?.generation === gen) consume = undefined;
+      consume.lose(gen);
       // Its unacked deliveries go back to their queues; those of running tasks come back and join their run.
       queue.remove((d) => d.generation === gen);
       stats.buffered = queue.size;
-      await channel?.close().catch(() => {});
-      if (abort.signal.aborted || draining || !connectionOpen) return;
+      await channel?.close();
+      if (abort.signal.aborted || draining || !conn.isOpen()) return;
       stats.consumerRestarts++;
-      const delay = Math.min(5000, 100 * 2 ** Math.min(failures++, 6));
+      const delay = retry.next();
       logger.warn({ reason: why, retryInMs: delay }, 'fog node lost its consume channel; consuming again');
       await sleep(delay, abort.signal);
     }
   };
 
   /** Keeps a confirm channel for results and metrics while the connection lives; one the broker closes is replaced. */
-  const keepPublishing = async (conn: ChannelModel, connectionClosed: Promise<void>) => {
-    let connectionOpen = true;
-    void connectionClosed.then(() => (connectionOpen = false));
-    for (let failures = 0; !abort.signal.aborted && connectionOpen; ) {
-      let channel: ConfirmChannel | undefined;
+  const keepPublishing = async (conn: BrokerConnection) => {
+    const retry = createBackoff({ baseMs: 100, maxMs: 5000 });
+    while (!abort.signal.aborted && conn.isOpen()) {
+      let channel: ConfirmingChannel | undefined;
       try {
-        const ch = await conn.createConfirmChannel();
+        const ch = await conn.confirmChannel('publish');
         channel = ch;
-        ch.on('error', (error: unknown) => logger.warn({ err: error }, 'publish channel error'));
-        const channelClosed = new Promise<void>((resolve) => ch.once('close', () => resolve()));
-        await declareTopology(ch, options.topology);
+        await declareTopology(ch.raw, options.topology);
         publishChannel = ch;
-        failures = 0;
-        await Promise.race([channelClosed, connectionClosed]);
+        retry.reset();
+        await Promise.race([ch.closed, conn.closed]);
       } catch (error) {
         if (!abort.signal.aborted) logger.warn({ err: (error as Error).message }, 'fog node publish channel setup failed');
       }
       if (publishChannel === channel) publishChannel = undefined;
-      await channel?.close().catch(() => {});
-      if (abort.signal.aborted || !connectionOpen) return;
-      const delay = Math.min(5000, 100 * 2 ** Math.min(failures++, 6));
+      await channel?.close();
+      if (abort.signal.aborted || !conn.isOpen()) return;
+      const delay = retry.next();
       logger.warn({ retryInMs: delay }, 'fog node lost its publish channel; opening another');
       await sleep(delay, abort.signal);
     }
@@ -542,24 +527,24 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
 
   const connect = async () => {
     while (!abort.signal.aborted) {
-      const conn = await connectAmqp(options.amqpUrl, { logger, signal: abort.signal, name: `fogsched-fog-node-${options.nodeId}` });
+      const conn = await broker.connect(abort.signal);
       if (!conn) return;
-      const closed = new Promise<void>((resolve) => conn.once('close', () => resolve()));
       // A stop (or SIGTERM) while this connection is still being set up closes it too.
-      const closeOnStop = () => void conn.close().catch(() => {});
+      const closeOnStop = () => void conn.close();
       if (abort.signal.aborted) closeOnStop();
       else abort.signal.addEventListener('abort', closeOnStop, { once: true });
       connection = conn;
       try {
-        await Promise.all([keepPublishing(conn, closed), keepConsuming(conn, closed)]);
+        await Promise.all([keepPublishing(conn), keepConsuming(conn)]);
         // Draining: the consume side is done; stay connected (acks and records still go out) until stop closes it.
-        await closed;
+        await conn.closed;
       } finally {
         abort.signal.removeEventListener('abort', closeOnStop);
       }
       connection = undefined;
       if (abort.signal.aborted) return;
       // Lost the broker: deliveries of the old channels come back to the queues by themselves; running tasks run on.
+      // The next connection goes to the next node of the list (broker.connect takes them in turn).
       logger.warn('fog node lost the broker; reconnecting');
       await sleep(200, abort.signal);
     }
@@ -595,8 +580,8 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
       return (stopped ??= (async () => {
         // Stop taking work, give buffered tasks back at once, let running ones finish.
         draining = true;
-        const c = consume;
-        for (const tag of c?.tags ?? []) await c?.channel.cancel(tag).catch(() => {});
+        const c = consume.current?.channel;
+        for (const tag of c?.tags ?? []) await c?.channel.raw.cancel(tag).catch(() => {});
         stats.consumers = 0;
         for (const d of queue.remove()) settle(d, 'requeue');
         stats.buffered = 0;
@@ -614,7 +599,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
         clearInterval(metricsTimer);
         await heartbeat?.stop();
         abort.abort();
-        await connection?.close().catch(() => {});
+        await connection?.close();
         await connectLoop;
         await threads?.close();
         redis?.disconnect();
@@ -638,7 +623,7 @@ function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
       },
       (error: unknown) => {
         signal.removeEventListener('abort', onAbort);
-        reject(error as Error);
+        reject(error);
       },
     );
   });

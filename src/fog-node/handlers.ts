@@ -3,7 +3,7 @@ import { pathToFileURL } from 'node:url';
 
 /** How a task type runs: inline on the node's event loop, or in a worker thread. */
 export type Handler =
-  | { readonly kind: 'inline'; run(payload: unknown, signal: AbortSignal, context: HandlerContext): Promise<unknown> | unknown }
+  | { readonly kind: 'inline'; run(payload: unknown, signal: AbortSignal, context: HandlerContext): unknown /* a value, or a promise of one */ }
   | { readonly kind: 'thread'; readonly module: string; readonly exportName: string };
 
 /** What a handler knows of the run it is part of. */

@@ -30,7 +30,8 @@ export type OutputCheck =
  * ```
  */
 export function checkOutput(output: unknown, maxBytes: number): OutputCheck {
-  let problem: string | null = null;
+  // Set inside the replacer, which flow analysis does not see: typed so, not narrowed to null.
+  let problem = null as string | null;
   let json: string | undefined;
   try {
     // One pass: the replacer sees every key and every value after toJSON, as the broker message will carry them.

@@ -2,4 +2,4 @@ export * from './config.js';
 export * from './logger.js';
 export * from './postgres.js';
 export * from './role.js';
-export * from './amqp.js';
+export * from './backoff.js';

@@ -1,4 +1,5 @@
 import { Redis } from 'ioredis';
+import { backoffMs } from './backoff.js';
 import { redactUrl, type Logger } from './logger.js';
 
 /**
@@ -37,7 +38,8 @@ export function createRedis(url: string, opts: { logger: Logger; name: string; m
     maxRetriesPerRequest: 1,
     connectTimeout: 2000,
     commandTimeout: 2000,
-    retryStrategy: (times) => Math.min(100 * 2 ** Math.min(times, 5), opts.maxBackoffMs ?? 2000),
+    // `times` counts the attempts of this outage, from 1.
+    retryStrategy: (times) => backoffMs(times, { baseMs: 200, maxMs: opts.maxBackoffMs ?? 2000 }),
   });
   redis.on('error', (error: Error) => {
     if (!down) opts.logger.warn({ err: error.message, redis: redactUrl(url) }, 'redis unavailable');

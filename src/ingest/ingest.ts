@@ -1,11 +1,10 @@
 import { createHash } from 'node:crypto';
 import { sql, type Kysely } from 'kysely';
-import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
+import type { ConsumeMessage } from 'amqplib';
 import {
   assertNever,
   invalidResultBatch,
   isUuid,
-  retryDelayMs,
   RETURNS_HEADER,
   type BackoffOptions,
   type FailureReason,
@@ -16,11 +15,10 @@ import {
   type TaskError,
   type TaskMessage,
 } from '../domain/index.js';
-import { connectAmqp } from '../infra/amqp.js';
+import { createBackoff, createBrokerClient, declareTopology, type BrokerChannel, type BrokerConnection, type Topology, type TopologyNames } from '../broker/index.js';
 import type { Logger } from '../infra/logger.js';
 import { classifyPgError, PREPARE_MARK } from '../infra/postgres.js';
 import { sleep, type Role } from '../infra/role.js';
-import { declareTopology, type Topology, type TopologyNames } from '../outbox/index.js';
 import { appendEvents, type Database, type Executor, type NewEvent } from '../store/index.js';
 import { executeTaskCommands, type CommandItem } from '../tasks/index.js';
 import { isStorableText, storableBody, storableJson, storableText } from './storable.js';
@@ -118,12 +116,12 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
   const logger = options.logger.child({ role: 'ingest' });
   const abort = new AbortController();
   const stats: IngestStats = { batches: 0, messages: 0, duplicates: 0, rejected: 0, retries: 0, setAside: 0, notStorable: 0 };
-  const retryBackoff: BackoffOptions = { baseMs: 100, factor: 2, maxMs: options.retryMaxMs ?? 10_000 };
+  const broker = createBrokerClient({ urls: options.amqpUrl, name: 'fogsched-ingest', logger });
   const unknownErrorLimit = options.unknownErrorLimit ?? 5;
   let queue: Pending[] = [];
   let wake: (() => void) | undefined;
-  let connection: ChannelModel | undefined;
-  let channel: Channel | undefined;
+  let connection: BrokerConnection | undefined;
+  let channel: BrokerChannel | undefined;
   let loop: Promise<void> | undefined;
   let stopped: Promise<void> | undefined;
   let lastRetention = 0;
@@ -133,7 +131,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
     const conn = connection;
     if (!conn || abort.signal.aborted) return;
     logger.warn({ why }, 'ingest restarting its broker connection');
-    void conn.close().catch(() => {});
+    void conn.close();
   };
 
   const onMessage = (source: Source) => (msg: ConsumeMessage | null) => {
@@ -156,22 +154,21 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
     });
 
   const connect = async (): Promise<boolean> => {
-    const conn = await connectAmqp(options.amqpUrl, { logger, signal: abort.signal, name: 'fogsched-ingest' });
+    const conn = await broker.connect(abort.signal);
     if (!conn) return false;
     try {
-      const ch = await conn.createChannel();
-      ch.on('error', (error: unknown) => logger.warn({ err: error }, 'ingest channel error'));
+      const ch = await conn.channel('consume');
       // A channel closed by the broker (e.g. an unknown delivery tag) leaves the connection up: reconnect.
-      ch.on('close', () => restart('channel closed'));
-      await declareTopology(ch, options.topology);
-      await ch.prefetch(options.batchSize * 2, false);
+      void ch.closed.then(() => restart('channel closed'));
+      await declareTopology(ch.raw, options.topology);
+      await ch.raw.prefetch(options.batchSize * 2, false);
       const n = options.names;
-      await ch.consume(n.resultsQueue, onMessage('results'), { noAck: false });
-      await ch.consume(n.metricsQueue, onMessage('metrics'), { noAck: false });
-      await ch.consume(n.dlq, onMessage('dlq'), { noAck: false });
+      await ch.raw.consume(n.resultsQueue, onMessage('results'), { noAck: false });
+      await ch.raw.consume(n.metricsQueue, onMessage('metrics'), { noAck: false });
+      await ch.raw.consume(n.dlq, onMessage('dlq'), { noAck: false });
       connection = conn;
       channel = ch;
-      conn.once('close', () => {
+      void conn.closed.then(() => {
         if (connection !== conn) return;
         connection = undefined;
         channel = undefined;
@@ -184,17 +181,19 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
       return true;
     } catch (error) {
       logger.warn({ err: (error as Error).message }, 'ingest setup failed');
-      await conn.close().catch(() => {});
+      await conn.close();
       return false;
     }
   };
 
   const run = async () => {
-    let failures = 0;
+    const setupRetry = createBackoff({ baseMs: 250, maxMs: 5000 });
+    const retry = createBackoff({ baseMs: 100, maxMs: options.retryMaxMs ?? 10_000 });
     let unknownFailures = 0;
     while (!abort.signal.aborted) {
-      if (!channel && !(await connect())) {
-        await sleep(500, abort.signal);
+      if (!channel) {
+        if (await connect()) setupRetry.reset();
+        else await sleep(setupRetry.next(), abort.signal);
         continue;
       }
       await waitForBatch(queue.length > 0 ? options.flushMs : 1000);
@@ -205,19 +204,18 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
         // An error nobody classified that keeps coming back is treated as permanent, so one
         // message cannot hold up the queue for ever: its batch is bisected and it is isolated.
         await settle(ch, batch, unknownFailures >= unknownErrorLimit);
-        failures = 0;
+        retry.reset();
         unknownFailures = 0;
       } catch (error) {
         const unsettled = error instanceof Unsettled ? error : new Unsettled(batch, error, 'unknown');
         // Keep what is not settled, in order, at the front; after a lost channel they come back as new deliveries instead.
         if (channel === ch) queue.unshift(...unsettled.rest);
-        failures++;
+        const delay = retry.next();
         unknownFailures = unsettled.kind === 'transient' ? 0 : unknownFailures + 1;
         stats.retries++;
-        const delay = retryDelayMs(failures, retryBackoff, Math.random());
         const cause = unsettled.error as { message?: string; code?: string };
         logger.warn(
-          { err: cause?.message, code: cause?.code, kind: unsettled.kind, retryInMs: delay, messages: unsettled.rest.length, failures },
+          { err: cause?.message, code: cause?.code, kind: unsettled.kind, retryInMs: delay, messages: unsettled.rest.length, failures: retry.failures },
           'ingest batch not applied; will retry',
         );
         await sleep(delay, abort.signal);
@@ -241,7 +239,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
    * causes it, which is then applied record by record. Throws Unsettled with what is left
    * (in order) on a transient error.
    */
-  const settle = async (ch: Channel, batch: readonly Pending[], strict: boolean): Promise<void> => {
+  const settle = async (ch: BrokerChannel, batch: readonly Pending[], strict: boolean): Promise<void> => {
     let tally = newTally();
     try {
       await options.db.transaction().execute((trx) => applyMessages({ trx, now: new Date().toISOString(), strict, tally }, batch));
@@ -273,7 +271,8 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
     }
     // Every delivery up to `last` on this channel is in this or an earlier, already settled batch.
     const last = batch.reduce((max, p) => Math.max(max, p.msg.fields.deliveryTag), 0);
-    ch.ack({ fields: { deliveryTag: last } } as ConsumeMessage, true);
+    // On a channel that has gone meanwhile it is dropped: the broker redelivers them, and the inbox skips them.
+    ch.settle({ fields: { deliveryTag: last } } as ConsumeMessage, 'ack-up-to');
     stats.batches++;
     stats.messages += batch.length;
     stats.duplicates += tally.duplicates;
@@ -432,7 +431,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
         abort.abort();
         wake?.();
         await loop; // the batch in flight commits and is acked
-        await connection?.close().catch(() => {});
+        await connection?.close();
       })());
     },
   };

@@ -5,6 +5,7 @@
  * everything else JSON can say, it stores.
  */
 
+// eslint-disable-next-line no-control-regex -- NUL is what PostgreSQL refuses: finding it is the point
 const NUL = /\u0000/g;
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
 
@@ -16,6 +17,7 @@ export function storableText(text: string, maxChars = Infinity): string {
 
 /** Whether PostgreSQL stores `text` as it is. */
 export function isStorableText(text: string): boolean {
+  // eslint-disable-next-line no-control-regex -- as NUL above
   return !/\u0000|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(text);
 }
 

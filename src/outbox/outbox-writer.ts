@@ -1,7 +1,7 @@
 import { sql } from 'kysely';
 import { dispatchOf, RETURNS_HEADER, taskRoutingKey, type SystemMessage, type TaskEvent, type TaskMessage, type TaskState } from '../domain/index.js';
-import { jsonRecordset, type Column, type Executor } from '../store/index.js';
-import type { TopologyNames } from './topology.js';
+import { jsonRecordset, type Column } from '../store/index.js';
+import type { TopologyNames } from '../broker/index.js';
 
 export interface OutboxRow {
   readonly messageId: string;

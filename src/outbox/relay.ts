@@ -1,10 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import type { Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
-import type { ChannelModel, ConfirmChannel } from 'amqplib';
-import { connectAmqp } from '../infra/amqp.js';
+import { backoffMs, createBackoff, createBrokerClient, declareTopology, type BrokerConnection, type ConfirmingChannel, type OutgoingMessage, type Topology } from '../broker/index.js';
+import { coerceError } from '../domain/index.js';
 import type { Logger } from '../infra/logger.js';
 import { sleep, type Role } from '../infra/role.js';
 import {
@@ -20,7 +19,6 @@ import {
   type LeaseSpec,
   type LeaseTerm,
 } from './relay-lease.js';
-import { declareTopology, type Topology } from './topology.js';
 
 export interface RelayOptions {
   readonly databaseUrl: string;
@@ -161,11 +159,11 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
   /** The standby's connection: acquires the lease, and renews it while this replica leads. */
   let leaseDb: pg.Client | undefined;
   let term: Term | undefined;
-  let connection: ChannelModel | undefined;
-  let channel: ConfirmChannel | undefined;
+  // Connections take turns over the cluster's nodes, and a refused round backs off before the next.
+  const broker = createBrokerClient({ urls: options.amqpUrl, name: 'fogsched-relay', logger, backoff: { baseMs: 100, maxMs: options.retryMaxMs } });
+  let connection: BrokerConnection | undefined;
+  let channel: ConfirmingChannel | undefined;
   let closingAmqp: Promise<void> | undefined;
-  /** Message ids the broker returned as unroutable, per channel, until their batch settles. */
-  const returnedOf = new WeakMap<ConfirmChannel, Set<string>>();
   let lastLagCheck = 0;
   /** A NOTIFY came while a round ran (nobody was waiting to be woken): go again at once. */
   let notified = false;
@@ -194,18 +192,8 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     connection = undefined;
     channel = undefined;
     if (!conn) return closingAmqp ?? Promise.resolve();
-    const closing = (async () => {
-      let timer: NodeJS.Timeout | undefined;
-      const closed = await Promise.race([
-        conn.close().then(() => true, () => true),
-        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), CLOSE_WAIT_MS))),
-      ]);
-      clearTimeout(timer);
-      // amqplib has no abort of its own; its Connection keeps the socket as `stream`.
-      if (!closed) (conn.connection as unknown as { stream?: Socket }).stream?.destroy(new Error('relay closed the connection'));
-    })();
-    closingAmqp = closing;
-    return closing;
+    closingAmqp = conn.close(CLOSE_WAIT_MS);
+    return closingAmqp;
   };
 
   const openSession = async (purpose: string): Promise<pg.Client> => {
@@ -242,24 +230,24 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
 
   /** Stands by until this replica holds the lease; then opens the term's connection. Undefined once stopped. */
   const acquire = async (): Promise<Term | undefined> => {
-    let failures = 0;
+    const retry = createBackoff({ baseMs: 200, maxMs: Math.min(options.retryMaxMs, 1000) });
     while (!abort.signal.aborted) {
       try {
         leaseDb ??= await openSession('lease');
         const sentAt = performance.now();
         const epoch = await tryAcquireLease(leaseDb, spec);
-        failures = 0;
+        retry.reset();
         if (epoch !== undefined) {
           const t = await openTerm(leaseDb, epoch, sentAt);
           logger.info({ epoch }, 'relay is the publishing replica');
           return t;
         }
       } catch (error) {
-        failures++;
-        if (failures === 1 || failures % 10 === 0) logger.warn({ err: (error as Error).message }, 'relay cannot reach postgresql; retrying');
+        const delay = retry.next();
+        if (retry.failures === 1 || retry.failures % 10 === 0) logger.warn({ err: (error as Error).message, retryInMs: delay }, 'relay cannot reach postgresql; retrying');
         await closeClient(leaseDb);
         leaseDb = undefined;
-        await sleep(Math.min(options.retryMaxMs, 1000), abort.signal);
+        await sleep(delay, abort.signal);
         continue;
       }
       await sleep(standbyPollMs, abort.signal);
@@ -333,8 +321,9 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     }
   };
 
-  const ensureChannel = async (ended: AbortSignal): Promise<ConfirmChannel | undefined> => {
-    if (channel) return channel;
+  /** The connection of this term, opened if there is none; bounded by CONNECT_ROUND_MS. */
+  const ensureConnection = async (ended: AbortSignal): Promise<BrokerConnection | undefined> => {
+    if (connection?.isOpen()) return connection;
     // Bounded: during a broker outage the round ends (rows stay due) instead of parking the
     // loop inside connect, so the lag is still measured and reported, and the next round retries.
     // (Not AbortSignal.any + AbortSignal.timeout: on Node 20 the timeout signal can be garbage
@@ -344,9 +333,11 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     const timer = setTimeout(endRound, CONNECT_ROUND_MS);
     abort.signal.addEventListener('abort', endRound, { once: true });
     ended.addEventListener('abort', endRound, { once: true });
-    let conn: ChannelModel | undefined;
+    let conn: BrokerConnection | undefined;
     try {
-      conn = await connectAmqp(options.amqpUrl, { logger, signal: round.signal, name: 'fogsched-relay', maxBackoffMs: options.retryMaxMs });
+      // Each round goes on from the node after the one tried last: a node that hangs (each
+      // attempt at it times out) costs one round, not every round.
+      conn = await broker.connect(round.signal);
     } finally {
       clearTimeout(timer);
       abort.signal.removeEventListener('abort', endRound);
@@ -354,27 +345,28 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     }
     if (!conn) return undefined;
     if (ended.aborted) {
-      await conn.close().catch(() => {});
+      await conn.close();
       return undefined;
     }
     connection = conn;
-    conn.on('close', () => {
+    void conn.closed.then(() => {
       if (connection === conn) {
         connection = undefined;
         channel = undefined;
       }
     });
-    const ch = await conn.createConfirmChannel();
-    ch.on('error', (error: unknown) => logger.warn({ err: error }, 'relay channel error'));
-    ch.on('close', () => {
+    return conn;
+  };
+
+  const ensureChannel = async (ended: AbortSignal): Promise<ConfirmingChannel | undefined> => {
+    if (channel?.isOpen()) return channel;
+    const conn = await ensureConnection(ended);
+    if (!conn) return undefined;
+    const ch = await conn.confirmChannel('relay');
+    void ch.closed.then(() => {
       if (channel === ch) channel = undefined;
     });
-    const returned = new Set<string>();
-    returnedOf.set(ch, returned);
-    ch.on('return', (msg: { properties: { messageId?: string } }) => {
-      if (msg.properties.messageId) returned.add(msg.properties.messageId);
-    });
-    await declareTopology(ch, options.topology);
+    await declareTopology(ch.raw, options.topology);
     if (connection !== conn) return undefined; // closed meanwhile (the lease ended)
     channel = ch;
     return ch;
@@ -382,53 +374,28 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
 
   /**
    * Publishes one claimed batch on `ch` (in id order) and resolves once every row is confirmed or
-   * refused (nack, return, channel loss). One callback per row, no promise per row.
+   * refused (nack, return as unroutable, channel loss). One callback per row, no promise per row.
    */
-  const publishBatch = (ch: ConfirmChannel, returned: Set<string>, rows: readonly ClaimedRow[]): Promise<BatchOutcome> =>
-    new Promise((resolve) => {
-      const errors: (string | undefined)[] = new Array<string | undefined>(rows.length);
-      let waiting = rows.length;
-      const finish = () => {
-        const ok: number[] = [];
-        const failed: FailedRow[] = [];
-        rows.forEach((row, i) => {
-          // The broker sends basic.return before the confirm of that message.
-          const wasReturned = returned.delete(row.message_id);
-          const error = errors[i] ?? (wasReturned ? `unroutable: no queue bound to ${row.exchange}/${row.routing_key}` : undefined);
-          if (error === undefined) ok.push(row.id);
-          else failed.push({ id: row.id, attempts: row.attempts, error });
-        });
-        resolve({ ok, failed });
-      };
-      if (waiting === 0) return finish();
-      const timestamp = Math.floor(Date.now() / 1000);
-      for (let i = 0; i < rows.length; i++) {
-        const row = rows[i] as ClaimedRow;
-        try {
-          ch.publish(
-            row.exchange,
-            row.routing_key,
-            Buffer.from(row.body),
-            { persistent: true, mandatory: mandatory.has(row.exchange), messageId: row.message_id, contentType: 'application/json', headers: row.headers, timestamp },
-            (error: unknown) => {
-              if (error) errors[i] = error instanceof Error ? error.message : 'nacked by the broker (queue full?)';
-              if (--waiting === 0) finish();
-            },
-          );
-        } catch (error) {
-          // The channel is closed (or the frame could not be encoded): this row and the rest of the
-          // batch never went out. amqplib queued a confirm callback for this row that no delivery tag
-          // will ever match, so later confirms on this channel would land on the wrong rows: drop it.
-          if (channel === ch) channel = undefined;
-          ch.close().catch(() => {});
-          const reason = `not sent: ${(error as Error).message ?? String(error)}`;
-          for (let j = i; j < rows.length; j++) errors[j] = reason;
-          waiting -= rows.length - i;
-          if (waiting === 0) finish();
-          break;
-        }
-      }
+  const publishBatch = async (ch: ConfirmingChannel, rows: readonly ClaimedRow[]): Promise<BatchOutcome> => {
+    const timestamp = Math.floor(Date.now() / 1000);
+    const messages = rows.map(
+      (row): OutgoingMessage => ({
+        exchange: row.exchange,
+        routingKey: row.routing_key,
+        body: Buffer.from(row.body),
+        options: { persistent: true, mandatory: mandatory.has(row.exchange), messageId: row.message_id, contentType: 'application/json', headers: row.headers, timestamp },
+      }),
+    );
+    const outcomes = await ch.publishAll(messages);
+    const ok: number[] = [];
+    const failed: FailedRow[] = [];
+    rows.forEach((row, i) => {
+      const error = outcomes[i];
+      if (error === undefined) ok.push(row.id);
+      else failed.push({ id: row.id, attempts: row.attempts, error });
     });
+    return { ok, failed };
+  };
 
   /** A fenced write found another epoch: this term is over, whatever its local deadline says. */
   const fencedOut = (t: Term): never => {
@@ -441,7 +408,8 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     const rows = failed.map((f) => ({
       id: f.id,
       error: f.error.slice(0, 500),
-      backoffMs: f.error.startsWith('unknown exchange') ? 3_600_000 : Math.min(options.retryMaxMs, 100 * 2 ** Math.min(f.attempts + 1, 12)),
+      // `attempts` counts the refusals before this one.
+      backoffMs: f.error.startsWith('unknown exchange') ? 3_600_000 : backoffMs(f.attempts + 1, { baseMs: 200, maxMs: options.retryMaxMs }),
     }));
     const r = await t.inTurn(() => backOffFenced(t.db, spec, t.lease.epoch, rows));
     if (!r.held) fencedOut(t);
@@ -503,7 +471,6 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     }
     const ch = await ensureChannel(t.lease.signal);
     if (!ch) return false;
-    const returned = returnedOf.get(ch) ?? new Set<string>();
     const inFlight = new Set<Promise<void>>();
     let refused = false;
     let failure: unknown;
@@ -532,7 +499,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
         }
       })();
     };
-    const stopping = () => refused || failure !== undefined || channel !== ch || abort.signal.aborted || !t.lease.holds();
+    const stopping = () => refused || failure !== undefined || channel !== ch || !ch.isOpen() || abort.signal.aborted || !t.lease.holds();
     try {
       for (;;) {
         // Checked right before the publishes go out: a leader past its deadline sends nothing more.
@@ -543,7 +510,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
         const strays: FailedRow[] = claim.rows
           .filter((r) => !knownExchanges.has(r.exchange))
           .map((r) => ({ id: r.id, attempts: r.attempts, error: `unknown exchange ${r.exchange}` }));
-        const settled = publishBatch(ch, returned, publishable)
+        const settled = publishBatch(ch, publishable)
           .then(async (outcome) => {
             if (outcome.ok.length > 0) markPublished(outcome.ok);
             const failed = [...outcome.failed, ...strays];
@@ -578,7 +545,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
       await Promise.all(inFlight);
       while (marking) await marking;
     }
-    if (failure !== undefined) throw failure;
+    if (failure !== undefined) throw coerceError(failure);
     return claim.full && !refused;
   };
 
@@ -611,7 +578,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     while (!abort.signal.aborted && t.lease.holds()) {
       notified = false;
       const more = await runOnce(t);
-      failures = 0;
+      roundRetry.reset();
       if (!t.lease.holds()) break;
       if (Date.now() - lastLagCheck > LAG_CHECK_MS) await measureLag(t);
       // Notified during the round: start the next at once, without the idle-wait query.
@@ -623,7 +590,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
   };
 
   /** Rounds failed in a row: the backoff before this replica tries to lead again. */
-  let failures = 0;
+  const roundRetry = createBackoff({ baseMs: 200, maxMs: options.retryMaxMs });
 
   const run = async () => {
     while (!abort.signal.aborted) {
@@ -641,8 +608,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
       if (lost === 'expired' || lost === 'taken') {
         logger.warn({ epoch: t.lease.epoch, reason: lost }, 'relay lease lost; standing by');
       } else if (error !== undefined) {
-        failures++;
-        const delay = Math.min(options.retryMaxMs, 100 * 2 ** Math.min(failures, 10));
+        const delay = roundRetry.next();
         logger.warn({ err: (error as Error).message, retryInMs: delay }, 'relay round failed');
         // Start clean: the lease was given back, the connections closed; a standby may take over meanwhile.
         await sleep(delay, abort.signal);

@@ -21,6 +21,7 @@ import {
   type TaskTemplate,
   type Tier,
 } from '../domain/index.js';
+import { createBackoff } from '../infra/backoff.js';
 import type { Logger } from '../infra/logger.js';
 import { sleep, type Role } from '../infra/role.js';
 import type { TopologyNames } from '../outbox/index.js';
@@ -361,14 +362,14 @@ export function createScheduler(options: SchedulerOptions): Scheduler {
   const expireLeases = () => expireRunningLeases(leaseSweep);
 
   const run = async () => {
-    let failures = 0;
+    const retry = createBackoff({ baseMs: 400, maxMs: 10_000 });
     while (!abort.signal.aborted) {
       let wait = options.pollIntervalMs;
       try {
         await tick();
         await expireOverdue();
         await expireLeases();
-        failures = 0;
+        retry.reset();
         const next = await sql<{ ms: number | null }>`
           SELECT (extract(epoch FROM least(
             (SELECT min(next_fire_at) FROM schedules WHERE state = 'active'),
@@ -379,8 +380,7 @@ export function createScheduler(options: SchedulerOptions): Scheduler {
           if (ms !== null && ms !== undefined) wait = Math.max(5, Math.min(wait, Math.ceil(ms)));
         }
       } catch (error) {
-        failures++;
-        wait = Math.min(10_000, 200 * 2 ** Math.min(failures, 6));
+        wait = retry.next();
         logger.warn({ err: (error as Error).message, retryInMs: wait }, 'scheduler tick failed');
       }
       await sleep(wait, abort.signal);

@@ -21,7 +21,7 @@ export interface Column<T> {
  */
 export function jsonRecordset<T>(columns: readonly Column<T>[], rows: readonly T[], opts: { ordinality?: boolean } = {}): RawBuilder<unknown> {
   const keys = columns.map((c) => JSON.stringify(c.name));
-  const parts: string[] = new Array(rows.length);
+  const parts = new Array<string>(rows.length);
   rows.forEach((row, r) => {
     let s = '{';
     columns.forEach((c, i) => {

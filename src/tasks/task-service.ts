@@ -109,7 +109,7 @@ export function createTaskService(options: TaskServiceOptions) {
   /** Writes a group of submits in the caller's transaction; one result per item. */
   const writeSubmits = async (trx: Executor, items: readonly PreparedSubmit[]): Promise<(SubmitResult | Error)[]> => {
     const now = new Date().toISOString();
-    const results: (SubmitResult | Error | undefined)[] = new Array(items.length);
+    const results = new Array<SubmitResult | Error | undefined>(items.length);
     // Idempotency: the first item with a (tenant, key) owns it; later ones with the same key follow it.
     const owners = new Map<string, number>();
     const followers: [number, number][] = [];

@@ -96,7 +96,7 @@ describe('/v1 without a credential, however the path is written', () => {
   it('the same through inject (light-my-request), which normalises some paths itself', async () => {
     for (const [method, route] of V1_ROUTES) {
       for (const variant of variants(route.replace(':id', ID))) {
-        const res = await app.inject({ method: method as 'GET', url: variant, ...(method === 'GET' ? {} : { payload: (BODIES[route] ?? {}) as object }) });
+        const res = await app.inject({ method: method as 'GET', url: variant, ...(method === 'GET' ? {} : { payload: (BODIES[route] ?? {}) }) });
         expect([401, 404], `${method} ${variant}: ${res.body}`).toContain(res.statusCode);
         expect(res.json<{ code: string }>().code).toBe(res.statusCode === 401 ? 'UNAUTHORIZED' : 'ROUTE_NOT_FOUND');
       }

@@ -11,7 +11,6 @@ import {
   operationsOf,
   rowCounts,
   type ContractValidator,
-  type JsonSchema,
   type OpenApiDocument,
   type OperationRef,
 } from './contract.js';
@@ -151,7 +150,7 @@ function requestsFor(op: OperationRef, mode: 'valid' | 'broken'): fc.Arbitrary<G
   const queryParams = params.filter((p) => p.in === 'query');
   const headerParams = params.filter((p) => p.in === 'header');
   const pool: keyof typeof pools = op.path.startsWith('/v1/schedules') ? 'schedule' : op.operation.operationId === 'requeueTask' ? 'failed' : 'task';
-  const bodySchema = op.operation.requestBody?.content['application/json']?.schema as JsonSchema | undefined;
+  const bodySchema = op.operation.requestBody?.content['application/json']?.schema;
 
   const path = fc.record(
     Object.fromEntries(
@@ -176,7 +175,7 @@ function requestsFor(op: OperationRef, mode: 'valid' | 'broken'): fc.Arbitrary<G
 
   const validHeaders = fc
     .tuple(...headerParams.map((p) => fc.option(validValue(p.schema, ctx, p.name), { nil: undefined })))
-    .map((values) => Object.fromEntries(values.flatMap((v, i) => (v === undefined ? [] : [[headerParams[i]!.name, String(v)]]))) as Record<string, string>);
+    .map((values) => Object.fromEntries(values.flatMap((v, i) => (v === undefined ? [] : [[headerParams[i]!.name, typeof v === 'string' ? v : JSON.stringify(v)]]))) as Record<string, string>);
   const headers =
     mode === 'valid'
       ? validHeaders
@@ -239,7 +238,7 @@ let lastRows: Awaited<ReturnType<typeof rowCounts>>;
 
 async function sendAndJudge(op: OperationRef, g: Generated): Promise<void> {
   const req = toInject(op, g);
-  const show = () => `${req.method} ${req.url.slice(0, 300)} headers=${JSON.stringify(req.headers).slice(0, 300)} body=${String(req.payload ?? '').slice(0, 300)}`;
+  const show = () => `${req.method} ${req.url.slice(0, 300)} headers=${JSON.stringify(req.headers).slice(0, 300)} body=${(typeof req.payload === 'string' ? req.payload : JSON.stringify(req.payload ?? '')).slice(0, 300)}`;
   let res: LightMyRequestResponse;
   try {
     res = await api.app.inject(req);
@@ -252,7 +251,7 @@ async function sendAndJudge(op: OperationRef, g: Generated): Promise<void> {
   tally.set(op.operation.operationId!, statuses);
 
   const fail = (why: string) => {
-    throw new Error(`${why}\n  request: ${show()}\n  answer: ${res.statusCode} ${res.headers['content-type']} ${res.body.slice(0, 500)}`);
+    throw new Error(`${why}\n  request: ${show()}\n  answer: ${res.statusCode} ${String(res.headers['content-type'])} ${res.body.slice(0, 500)}`);
   };
   if (res.statusCode >= 500) fail('a 5xx');
   let body: unknown;

@@ -82,7 +82,7 @@ export function createContractValidator(doc: OpenApiDocument) {
   const Ajv = ajv2020.default;
   const ajv = new Ajv({ strict: false, allErrors: true, validateFormats: true });
   ajvFormats.default(ajv);
-  ajv.addSchema(doc as object, 'openapi.json');
+  ajv.addSchema(doc, 'openapi.json');
   const cache = new Map<string, ReturnType<typeof ajv.getSchema>>();
   const validatorAt = (ref: string) => {
     if (!cache.has(ref)) cache.set(ref, ajv.getSchema(ref));

@@ -120,7 +120,7 @@ describe('JWT bearer tokens from an OIDC provider (JWKS)', () => {
   });
 
   it('refuses every token it must not trust: 401 problem+json, nothing written', async () => {
-    const hsWithPublicKey = token(claims(), { alg: 'HS256', kid: 'rsa-1', secret: rsa.publicKey.export({ format: 'pem', type: 'spki' }) as string });
+    const hsWithPublicKey = token(claims(), { alg: 'HS256', kid: 'rsa-1', secret: rsa.publicKey.export({ format: 'pem', type: 'spki' }) });
     const signed = rs();
     const [h, , sig] = signed.split('.');
     const cases: Record<string, string> = {
@@ -284,7 +284,7 @@ describe('JWT bearer tokens with a shared secret (HS256)', () => {
     try {
       expect((await submit(both, hs256())).statusCode).toBe(202);
       expect((await submit(both, rs())).statusCode).toBe(202);
-      const confused = token(claims(), { alg: 'HS256', kid: 'rsa-1', secret: rsa.publicKey.export({ format: 'pem', type: 'spki' }) as string });
+      const confused = token(claims(), { alg: 'HS256', kid: 'rsa-1', secret: rsa.publicKey.export({ format: 'pem', type: 'spki' }) });
       expect((await submit(both, confused)).statusCode).toBe(401);
       expect((await submit(both, token(claims(), { alg: 'none' }))).statusCode).toBe(401);
     } finally {

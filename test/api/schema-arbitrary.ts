@@ -71,7 +71,7 @@ function validString(schema: JsonSchema): fc.Arbitrary<string> {
   if (schema.format === 'uuid') return fc.uuid();
   if (schema.format === 'date-time') return dateTime;
   if (typeof schema.pattern === 'string') {
-    const re = new RegExp(schema.pattern as string);
+    const re = new RegExp(schema.pattern);
     return fc.stringMatching(re).filter((s) => s.length >= minLength && s.length <= maxLength);
   }
   return fc.oneof(
@@ -149,7 +149,7 @@ function placesOf(value: Json, path: (string | number)[] = []): (string | number
 }
 
 function setAt(root: Json, path: (string | number)[], f: (parent: Record<string | number, Json>, key: string | number) => void): Json {
-  const copy = structuredClone(root) as Json;
+  const copy = structuredClone<Json>(root);
   if (path.length === 0) return copy;
   let parent = copy as Record<string | number, Json>;
   for (const key of path.slice(0, -1)) parent = parent[key] as Record<string | number, Json>;

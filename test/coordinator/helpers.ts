@@ -20,9 +20,9 @@ export function testRedis(url = inject('redisUrl')): Redis {
 
 /** Everything a test started, stopped in reverse by `stopAll()`. */
 export function stack() {
-  const stops: (() => Promise<unknown> | unknown)[] = [];
+  const stops: (() => unknown)[] = [];
   return {
-    add<T>(thing: T, stop: (t: T) => Promise<unknown> | unknown): T {
+    add<T>(thing: T, stop: (t: T) => unknown): T {
       stops.push(() => stop(thing));
       return thing;
     },

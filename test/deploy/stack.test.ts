@@ -65,7 +65,7 @@ const REQUIRED_ENV: Record<string, readonly string[]> = {
 describe('deploy/swarm/stack.yml', () => {
   it('`docker stack config` accepts it (offline, no engine needed)', (ctx) => {
     const result = spawnSync('docker', ['stack', 'config', '-c', STACK_FILE], { encoding: 'utf8', timeout: 30_000 });
-    if ((result.error as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') {
+    if ((result.error as { code?: string } | undefined)?.code === 'ENOENT') {
       process.stdout.write('skipping `docker stack config`: the docker client is not installed\n');
       ctx.skip();
     }

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import amqp, { type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { afterAll, expect } from 'vitest';
-import type { Priority, ResultBatch, ResultRecord, TaskMessage } from '../../src/domain/index.js';
+import type { ResultBatch, ResultRecord, TaskMessage } from '../../src/domain/index.js';
 import { createFogNode, type FogNodeOptions } from '../../src/fog-node/index.js';
 import { createLogger } from '../../src/infra/logger.js';
 import { topology, topologyNames, type Topology, type TopologyNames } from '../../src/outbox/index.js';
@@ -50,7 +50,7 @@ export function aTaskMessage(overrides: Partial<TaskMessage> = {}): TaskMessage 
 /** Publishes task messages as the relay does (persistent, confirmed). */
 export async function publishTasks(channel: ConfirmChannel, names: TopologyNames, tasks: readonly TaskMessage[]): Promise<void> {
   for (const task of tasks) {
-    channel.publish(names.tasks, `${task.tier}.${task.priority as Priority}`, Buffer.from(JSON.stringify(task)), {
+    channel.publish(names.tasks, `${task.tier}.${task.priority}`, Buffer.from(JSON.stringify(task)), {
       persistent: true,
       messageId: randomUUID(),
       contentType: 'application/json',
@@ -119,7 +119,7 @@ export function testFogNode(
     maxOutputBytes: 1024 * 1024,
     logger,
     ...overrides,
-  } as FogNodeOptions);
+  });
   live.add(node);
   return node;
 }

@@ -152,6 +152,7 @@ export async function tcpProxy(target: { host: string; port: number }) {
   return { port, up, down };
 }
 
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- test code reads arbitrary JSON
 export async function postJson(url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; body: any }> {
   const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
   return { status: res.status, body: await res.json() };

@@ -210,7 +210,10 @@ describe('relay leadership lease', () => {
     const seen = new Set<string>();
     for (const m of received) {
       if (seen.has(m)) twice.push(m);
-      else (seen.add(m), firsts.push(m));
+      else {
+        seen.add(m);
+        firsts.push(m);
+      }
     }
     expect(firsts).toEqual(all.map((r) => r.message_id));
     // Only rows the new epoch marked came twice (sent by both, marked by the one that held the lease).

@@ -4,7 +4,7 @@ import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { DEFAULT_TIERS, PRIORITIES, type TaskMessage } from '../../src/domain/index.js';
 import { createLogger } from '../../src/infra/logger.js';
-import { createRelay, declareTopology, type RelayOptions, type Topology, type TopologyNames } from '../../src/outbox/index.js';
+import { createRelay, declareTopology, type RelayOptions } from '../../src/outbox/index.js';
 import { createTaskService, executeTaskCommands, type TaskService } from '../../src/tasks/index.js';
 import { createTestDatabase, eventually, type TestDatabase } from '../helpers/database.js';
 import { openTestBroker, testTopology, TIERS, uniquePrefix, type TestBroker } from '../helpers/broker.js';
