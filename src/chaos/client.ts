@@ -6,7 +6,8 @@ import { between, pickOne, sleep, type Random } from './util.js';
  * The chaos client: submits a seeded mix of tasks through both APIs while the nemesis works,
  * cancels some of them in every state, keeps one cron schedule firing, and writes every
  * request with its answer to a JSONL file. A submit whose answer was lost (timeout, reset,
- * 5xx) is retried with the same Idempotency-Key; if no attempt got a 2xx it stays "unknown".
+ * 5xx) or refused is retried with the same Idempotency-Key for about 30 s; if no attempt got a
+ * 2xx it stays "unknown" (or "rejected" when every attempt was refused or answered 4xx).
  */
 
 export interface ClientOptions {
@@ -34,6 +35,9 @@ export interface ClientResult extends ClientLog {
   /** Deletes the cron schedule (retrying until the API answers) and closes the record file; call before the recovery wait. */
   finish(): Promise<void>;
 }
+
+/** Waits between the tries of one submit: about 30 s in all. */
+const RETRY_DELAYS_MS = [300, 1000, 2000, 4000, 8000, 8000, 8000] as const;
 
 type Answer = { status: number | null; body: unknown; kind: '2xx' | '4xx' | '5xx' | 'refused' | 'unknown'; error?: string };
 
@@ -151,14 +155,17 @@ export async function runClient(opts: ClientOptions): Promise<ClientResult> {
     return { ...answer, port, sentAt, answeredAt };
   };
 
-  /** Sends until a definite answer (2xx or 4xx) or four tries; the outcome over all tries. */
+  /** Sends until a definite answer (2xx or 4xx) or the last try; the outcome over all tries. */
   const submitItems = async (items: readonly Item[], batch: boolean): Promise<(string | null)[]> => {
     const refs = items.map((i) => i.ref);
-    const tries = items.some((i) => i.expect4xx) ? 1 : 4;
+    // A user's client keeps trying through an outage: the retries span about 30 s, longer than
+    // a PostgreSQL restart or a paused api, so most submits land and the Idempotency-Key is
+    // exercised under faults (a retry of a submit that was in fact written must not duplicate it).
+    const tries = items.some((i) => i.expect4xx) ? 1 : RETRY_DELAYS_MS.length + 1;
     let accepted: (string | null)[] | null = null;
     let sawUnknown = false;
     for (let t = 0; t < tries && !accepted; t++) {
-      if (t > 0) await sleep([300, 1000, 2000][t - 1] as number);
+      if (t > 0) await sleep(RETRY_DELAYS_MS[t - 1] as number);
       const a = batch
         ? await call('POST', '/v1/tasks/batch', { tasks: items.map((i) => ({ ...i.body, idempotencyKey: i.ref })) })
         : await call('POST', '/v1/tasks', (items[0] as Item).body, { 'idempotency-key': (items[0] as Item).ref });
