@@ -193,6 +193,7 @@ export async function drainLongLog(s: Settings): Promise<Metrics> {
 /** The drain in `e`, counting only the tasks it submits (seq past the tasks already there). */
 async function drainIn(e: Env, s: Settings): Promise<Metrics> {
   const before = Number((await dbQuery<{ seq: string }>(e.dbUrl, 'SELECT coalesce(max(seq), 0) AS seq FROM task_current')).rows[0]?.seq ?? 0);
+  const writesBefore = await tableWrites(e.dbUrl);
   await startApi(e);
   const batches = Math.ceil(s.drainN / s.batchSize);
   let next = 0;
@@ -218,7 +219,7 @@ async function drainIn(e: Env, s: Settings): Promise<Metrics> {
     },
     s.drainN,
     t0,
-    s.timeoutMs,
+    s.ownTimeoutMs,
   );
   const peak = rss.stop();
   await sleep(s.quick ? 1000 : 2000);
@@ -226,6 +227,11 @@ async function drainIn(e: Env, s: Settings): Promise<Metrics> {
   const span = await dbQuery<{ ms: number }>(e.dbUrl, `SELECT extract(epoch FROM max(finished_at) - min(started_at)) * 1000 AS ms FROM task_current WHERE seq > $1`, [before]);
   const spanMs = Number(span.rows[0]?.ms ?? NaN);
   const outbox = await dbQuery<{ attempts: string; errors: string }>(e.dbUrl, `SELECT coalesce(sum(attempts),0) AS attempts, count(last_error) AS errors FROM outbox`);
+  // A backend sends its table counters to the statistics system at exit at the latest: stop the
+  // processes, then count the writes of the whole submit-and-drain.
+  await Promise.all(e.procs.map((p) => p.stop()));
+  await sleep(1000);
+  const writes = writesPer(writesBefore, await tableWrites(e.dbUrl), s.drainN);
   return {
     tasksPerS: (s.drainN / ms) * 1000,
     tasks: s.drainN,
@@ -237,7 +243,51 @@ async function drainIn(e: Env, s: Settings): Promise<Metrics> {
     workersIdleRssMb: idle,
     outboxRetries: Number(outbox.rows[0]?.attempts ?? 0),
     outboxRowsWithError: Number(outbox.rows[0]?.errors ?? 0),
+    rowWritesPerTask: writes.rows,
+    indexEntriesPerTask: writes.indexEntries,
+    rowWritesByTable: writes.byTable,
   };
+}
+
+interface TableWrites {
+  readonly rows: number;
+  readonly indexEntries: number;
+}
+
+/**
+ * Row writes (inserts + updates + deletes) and index entries written, per table of the public
+ * schema, from `pg_stat_user_tables`. Index entries: every insert and every update that is not
+ * HOT adds one entry to each index of its table (a partial index that skips the row is counted
+ * too, so this is an upper bound); deletes add none.
+ */
+async function tableWrites(dbUrl: string): Promise<Map<string, TableWrites>> {
+  const r = await dbQuery<{ relname: string; ins: string; upd: string; del: string; hot: string; indexes: string }>(
+    dbUrl,
+    `SELECT s.relname, s.n_tup_ins AS ins, s.n_tup_upd AS upd, s.n_tup_del AS del, s.n_tup_hot_upd AS hot,
+            (SELECT count(*) FROM pg_index i WHERE i.indrelid = s.relid) AS indexes
+       FROM pg_stat_user_tables s WHERE s.schemaname = 'public'`,
+  );
+  return new Map(
+    r.rows.map((x) => {
+      const [ins, upd, del, hot, indexes] = [x.ins, x.upd, x.del, x.hot, x.indexes].map(Number) as [number, number, number, number, number];
+      return [x.relname, { rows: ins + upd + del, indexEntries: (ins + upd - hot) * indexes }];
+    }),
+  );
+}
+
+/** Writes per task between two snapshots, in total and by table (`events 4.0, outbox 2.0, ...`). */
+function writesPer(before: Map<string, TableWrites>, after: Map<string, TableWrites>, tasks: number): { rows: number; indexEntries: number; byTable: string } {
+  let rows = 0;
+  let indexEntries = 0;
+  const byTable: string[] = [];
+  for (const [table, a] of after) {
+    const b = before.get(table) ?? { rows: 0, indexEntries: 0 };
+    const dRows = a.rows - b.rows;
+    rows += dRows;
+    indexEntries += a.indexEntries - b.indexEntries;
+    if (dRows > 0) byTable.push(`${table} ${(dRows / tasks).toFixed(1)}`);
+  }
+  return { rows: rows / tasks, indexEntries: indexEntries / tasks, byTable: byTable.sort().join(', ') };
 }
 
 /** Open loop at `latencyRate`/s with every role running; latencies from task_current. */
@@ -251,7 +301,7 @@ export async function latency(s: Settings): Promise<Metrics> {
       await submitOne(e.port, i);
     });
     const ok = r.sent - r.errors;
-    await waitForCount(succeededCount(e.dbUrl), ok, performance.now(), s.timeoutMs);
+    await waitForCount(succeededCount(e.dbUrl), ok, performance.now(), s.ownTimeoutMs);
     const rows = await dbQuery<{ s: number; f: number }>(
       e.dbUrl,
       `SELECT extract(epoch FROM started_at - submitted_at) * 1000 AS s, extract(epoch FROM finished_at - submitted_at) * 1000 AS f
@@ -315,7 +365,7 @@ export async function relay(s: Settings): Promise<Metrics> {
         },
         s.relayM,
         t0,
-        s.timeoutMs,
+        s.ownTimeoutMs,
       );
       // The raw loop is timed without its connect and declares; the relay's publishing window
       // likewise leaves out its process start (node, config, PostgreSQL lock, AMQP connect):

@@ -61,6 +61,8 @@ const ROWS: readonly { scenario: string; metric: string; label: string; unit: st
   { scenario: 'relay', metric: 'publishingRowsPerS', label: 'relay outbox→RabbitMQ, publishing window', unit: 'rows/s', higher: true, ratio: false },
   { scenario: 'relay', metric: 'rawAmqpPerS', label: 'raw amqplib confirms (500/batch)', unit: 'msgs/s', higher: true, ratio: false },
   { scenario: 'relay', metric: 'relayToRaw', label: 'relay (publishing window) / raw', unit: '×', higher: true, ratio: false },
+  { scenario: 'drain', metric: 'rowWritesPerTask', label: 'drain: row writes per task (inserts + updates + deletes, every table)', unit: 'rows', higher: false, ratio: false },
+  { scenario: 'drain', metric: 'indexEntriesPerTask', label: 'drain: index entries written per task (upper bound)', unit: 'entries', higher: false, ratio: false },
   { scenario: 'drain', metric: 'workersPeakRssMb', label: 'drain: worker process peak RSS', unit: 'MiB', higher: false, ratio: false },
   { scenario: 'drain', metric: 'workersIdleRssMb', label: 'drain: worker process RSS after (1 s quick, 2 s full)', unit: 'MiB', higher: false, ratio: false },
   { scenario: 'rebuild', metric: 'eventsPerS', label: 'projection rebuild (replay + swap)', unit: 'events/s', higher: true, ratio: false },
@@ -175,7 +177,7 @@ fogsched's scenarios run ${s.repeat}×, the peers' ${peerRepeat}× (in the first
 - **rebuild**: ${(s.rebuildTasks * 4).toLocaleString('en-US')} events (${s.rebuildTasks.toLocaleString('en-US')} tasks × submitted, queued, started, succeeded) loaded as in drain-long-log (events only, once per bench run, a fresh copy per repeat), then \`rebuildProjections\` (what \`fogsched projections rebuild\` runs) replays them into fresh task_current and task_history tables in batches of 10,000 (a checkpoint every 100,000 events) and swaps them in; timed from its start to the swap.
 - **memory**: \`--roles fog-node\` alone, VmRSS after 3 s idle; the drain scenario also samples the worker process RSS every 100 ms.
 
-Cells are median (min–max over the repeats). † = cut short at the time limit (${(s.timeoutMs / 1000).toFixed(0)} s), or, for a peer, as soon as it has waited ${((s.earlyCutMs ?? s.timeoutMs) / 1000).toFixed(0)} s and its rate so far would only finish after the limit: throughput is the rate until then, latency percentiles only cover the jobs started by then (a lower bound). fogsched has no such cut: a fogsched run that hits the limit is an error.
+Cells are median (min–max over the repeats). † = cut short at the time limit (${(s.timeoutMs / 1000).toFixed(0)} s), or, for a peer, as soon as it has waited ${((s.earlyCutMs ?? s.timeoutMs) / 1000).toFixed(0)} s and its rate so far would only finish after the limit: throughput is the rate until then, latency percentiles only cover the jobs started by then (a lower bound). fogsched has no such cut: a fogsched run that does not finish within ${((s.ownTimeoutMs ?? s.timeoutMs) / 1000).toFixed(0)} s is an error.
 
 ## Settings per peer
 
@@ -186,13 +188,19 @@ ${Object.entries(r.systems)
 ## Results
 
 ${table(r)}
-
+${writesByTable(r)}
 ## fogsched ÷ peer (medians)
 
 Throughput rows: above 1× means fogsched is faster. Latency rows: above 1× means fogsched is slower.
 
 ${ratioTable(r)}
 ${boundsNotes()}${errors.length ? `\n## Errors\n\n${errors.map((e) => `- ${e.replace(/\s+/g, ' ').slice(0, 400)}`).join('\n')}\n` : ''}`;
+}
+
+/** Where the drain's row writes per task go, table by table, from its first repeat that has them. */
+function writesByTable(r: Results): string {
+  const run = r.runs.find((x) => x.system === 'fogsched' && x.scenario === 'drain' && typeof x.metrics?.rowWritesByTable === 'string');
+  return run ? `\nRow writes per task in the drain, by table (inserts + updates + deletes, from \`pg_stat_user_tables\`): ${String(run.metrics?.rowWritesByTable)}.\n` : '';
 }
 
 /** The hand-written analysis (what bounds each figure), kept in docs/benchmark-notes.md and copied in. */
