@@ -32,7 +32,7 @@ COMMENT ON COLUMN audit.capacity_changes.replicas_to IS 'Replicas set.';
 COMMENT ON COLUMN audit.capacity_changes.trigger IS 'below-min, above-max, backlog (ready messages per replica above AUTOSCALE_UP_DEPTH), wait (oldest queued task above AUTOSCALE_UP_WAIT_MS) or idle (the work fits in one replica fewer).';
 COMMENT ON COLUMN audit.capacity_changes.reason IS 'The trigger with the figures measured, in one line.';
 COMMENT ON COLUMN audit.capacity_changes.queue_depth IS 'Ready messages in the tier''s task queues (all priorities).';
-COMMENT ON COLUMN audit.capacity_changes.queued IS 'Tasks of the tier in state queued (task_current at that moment).';
+COMMENT ON COLUMN audit.capacity_changes.queued IS 'Tasks of the tier due and not started (task_current at that moment).';
 COMMENT ON COLUMN audit.capacity_changes.running IS 'Tasks of the tier in state running.';
 COMMENT ON COLUMN audit.capacity_changes.oldest_wait IS 'How long the oldest queued task had waited since it became due.';
 COMMENT ON COLUMN audit.capacity_changes.average_wait IS 'Mean wait of the queued tasks.';

@@ -129,15 +129,20 @@ export function createAutoscaler(options: AutoscalerOptions): Autoscaler {
   };
 
   const measureTasks = async (): Promise<Map<string, TierRow>> => {
-    // FILTER aggregates and interval arithmetic: beyond what the builder says.
+    // FILTER aggregates and interval arithmetic: beyond what the builder says. Waiting means due
+    // and not started: `queued`, and a `scheduled` or `retrying` task once its time has come (the
+    // read model changes its state only when it starts).
     const result = await sql<TierRow>`
+      WITH t AS (
+        SELECT tier, state, now() - coalesce(available_at, submitted_at) AS waited
+          FROM task_current
+         WHERE state IN ('queued', 'scheduled', 'retrying', 'running') AND tier = ANY(${options.tiers.map((t) => t.tier)}::text[]))
       SELECT tier,
-             count(*) FILTER (WHERE state = 'queued') AS queued,
+             count(*) FILTER (WHERE state <> 'running' AND waited >= interval '0') AS queued,
              count(*) FILTER (WHERE state = 'running') AS running,
-             (extract(epoch FROM max(now() - coalesce(available_at, submitted_at)) FILTER (WHERE state = 'queued')) * 1000)::float8 AS oldest_ms,
-             (extract(epoch FROM avg(now() - coalesce(available_at, submitted_at)) FILTER (WHERE state = 'queued')) * 1000)::float8 AS avg_ms
-        FROM task_current
-       WHERE state IN ('queued', 'running') AND tier = ANY(${options.tiers.map((t) => t.tier)}::text[])
+             (extract(epoch FROM max(waited) FILTER (WHERE state <> 'running' AND waited >= interval '0')) * 1000)::float8 AS oldest_ms,
+             (extract(epoch FROM avg(waited) FILTER (WHERE state <> 'running' AND waited >= interval '0')) * 1000)::float8 AS avg_ms
+        FROM t
        GROUP BY tier`.execute(options.db);
     return new Map(result.rows.map((r) => [r.tier, r]));
   };

@@ -18,7 +18,7 @@
 export interface TierMeasurement {
   /** Ready messages in the tier's task queues (every priority), from the broker. */
   readonly depth: number;
-  /** task_current rows of the tier in state `queued` (delivered-but-not-started ones included); null when PostgreSQL did not answer. */
+  /** Due tasks of the tier not started yet (task_current: `queued`, and `scheduled`/`retrying` past their time; delivered-but-not-started ones included); null when unknown. */
   readonly queued: number | null;
   /** task_current rows of the tier in state `running`; null when unknown. */
   readonly running: number | null;
