@@ -233,6 +233,11 @@ describe('deploy/swarm/definitions.json', () => {
     expect(a.deploy.placement?.constraints).toContain('node.role == manager');
     const config = loadConfig(env(a), () => 'x');
     const limits = parseAutoscaleTiers(config.AUTOSCALE_TIERS, parseTiers(config.TIERS));
-    for (const l of limits) expect(stack.services[`fog-${l.tier}`], `fog-${l.tier} exists`).toBeDefined();
+    for (const l of limits) {
+      const replicas = stack.services[`fog-${l.tier}`]?.deploy?.replicas;
+      // A deploy starts each tier inside its limits, so the autoscaler does not undo it at once.
+      expect(replicas, `fog-${l.tier} replicas within ${l.min}..${l.max}`).toBeGreaterThanOrEqual(l.min);
+      expect(replicas, `fog-${l.tier} replicas within ${l.min}..${l.max}`).toBeLessThanOrEqual(l.max);
+    }
   });
 });
