@@ -2,7 +2,10 @@
 # One image for every fogsched role; the role is the command (`start --roles relay`).
 #   docker build -t fogsched/fogsched:0.1.0 .
 # Checked by test/deploy/dockerfile.test.ts (hadolint does not install on our machines).
-ARG NODE_IMAGE=node:20.19-bookworm-slim
+# Node 24 (Active LTS "Krypton"), pinned by digest: the tag names the version for people, the
+# digest fixes the exact image (docker-library's node:24.18.0-bookworm-slim index, all platforms).
+# To move on: `docker buildx imagetools inspect node:24-bookworm-slim` and copy version and digest.
+ARG NODE_IMAGE=node:24.18.0-bookworm-slim@sha256:6f7b03f7c2c8e2e784dcf9295400527b9b1270fd37b7e9a7285cf83b6951452d
 
 FROM ${NODE_IMAGE} AS build
 WORKDIR /app

@@ -2,8 +2,9 @@
 #   make secrets           create the Swarm secrets (once)
 #   make up                deploy or update the stack          make down    remove it (volumes stay)
 #   make status            services, tasks and their state      make health  brokers, membership, fog nodes, queues, outbox lag
-#   make logs S=api        follow one service's logs            make scale-light N=4 (also medium, heavy)
-#   make test-failover     stop one broker task, show cluster, membership and task flow recover
+#   make logs S=api        follow one service's logs            make scale-light N=4 (also medium, heavy; the autoscaler may change it back)
+#   make probe API_KEY=k   submit a noop task through the API and wait for it (the stack requires a key)
+#   make test-failover API_KEY=k  stop one broker task, show cluster, membership and task flow recover
 # fogsched commands run inside a task of the stack on this node (see FOGSCHED below).
 
 STACK      ?= fogsched
@@ -17,6 +18,8 @@ IMAGE      ?= fogsched/fogsched
 TAG        ?= 0.1.0
 export FOGSCHED_IMAGE := $(IMAGE)
 export FOGSCHED_TAG   := $(TAG)
+# The autoscaler scales <stack>_fog-<tier>: it learns the stack's name from here.
+export FOGSCHED_STACK := $(STACK)
 
 # A fogsched CLI that sees the stack's networks and secrets: `docker exec` into a running
 # api/coordinator/relay/ingest task on this node.
@@ -67,6 +70,7 @@ scale-light scale-medium scale-heavy: scale-%:
 
 # Submits a noop task and waits until it has succeeded (the whole loop works).
 probe:
+	@test -n "$(API_KEY)" || { echo "probe: the stack requires an API key: make probe API_KEY=<key> (create-secrets.sh printed it)" >&2; exit 2; }
 	@id=$$(curl -fsS -XPOST $(API)/v1/tasks -H 'content-type: application/json' -H 'X-API-Key: $(API_KEY)' -d '{"type":"noop","payload":{"probe":true}}' | sed -n 's/.*"id":"\([^"]*\)".*/\1/p'); \
 	test -n "$$id" || { echo "probe: submit failed"; exit 1; }; \
 	for i in $$(seq 1 60); do \

@@ -14,7 +14,7 @@ import { redactUrl } from '../infra/logger.js';
  * | relay, ingest, coordinator, scheduler | PostgreSQL answers `SELECT 1` |
  * | fog-node | one broker of `AMQP_URL` accepts an AMQP connection (a fog node never sees PostgreSQL) |
  */
-export const HEALTHCHECK_ROLES = ['api', 'relay', 'ingest', 'fog-node', 'coordinator', 'scheduler'] as const;
+export const HEALTHCHECK_ROLES = ['api', 'relay', 'ingest', 'fog-node', 'coordinator', 'scheduler', 'autoscaler'] as const;
 export type HealthcheckRole = (typeof HEALTHCHECK_ROLES)[number];
 
 export interface HealthcheckOptions {

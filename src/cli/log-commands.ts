@@ -84,6 +84,10 @@ export function formatEvent(e: StoredEvent, withStream = false): string {
     add('priority', t.priority);
     add('maxAttempts', t.maxAttempts);
   }
+  if (e.type === 'FogTierScaled') {
+    add('tier', d.tier);
+    add('replicas', `${String(d.from)}->${String(d.to)}`);
+  }
   add('attempt', d.attempt);
   add('node', d.nodeId);
   add('actor', d.actor ?? e.metadata.actor);

@@ -4,7 +4,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { FogschedError } from '../domain/index.js';
 import { loadConfig, type Config } from '../infra/config.js';
 import { createLogger } from '../infra/logger.js';
-import { ROLE_NAMES, runStart, topologyOf } from './start.js';
+import { DEFAULT_ROLES, ROLE_NAMES, runStart, topologyOf } from './start.js';
 import { DEFAULT_VHOST, formatDefinitions, topologyDefinitions } from './topology-export.js';
 import type { HealthcheckRole } from './healthcheck.js';
 
@@ -42,7 +42,7 @@ program
 program
   .command('start')
   .description('migrate, then run the roles in this process until SIGTERM/SIGINT')
-  .option('--roles <list>', `comma-separated roles: ${ROLE_NAMES.join(', ')}`, parseRoles, [...ROLE_NAMES])
+  .option('--roles <list>', `comma-separated roles: ${ROLE_NAMES.join(', ')} (default all but autoscaler)`, parseRoles, [...DEFAULT_ROLES])
   .option('--fog-nodes <n>', 'local fog nodes to run when the fog-node role is on', parsePositiveInt, 1)
   .option('--tier <tier>', 'tier of the local fog nodes (default FOG_NODE_TIER)')
   .option('--no-migrate', 'do not apply migrations first')

@@ -1,12 +1,15 @@
 import { hostname } from 'node:os';
 import type { Config } from '../infra/config.js';
-import { parseBrokers, parseTiers } from '../infra/config.js';
+import { checkAutoscaleThresholds, parseAutoscaleTiers, parseBrokers, parseTiers } from '../infra/config.js';
 import { createLogger, type Logger } from '../infra/logger.js';
 import type { Role } from '../infra/role.js';
 import { FogschedError, servedTiers } from '../domain/index.js';
 import { topology, topologyNames, type Topology } from '../broker/index.js';
 
-export const ROLE_NAMES = ['api', 'relay', 'ingest', 'fog-node', 'coordinator', 'scheduler'] as const;
+export const ROLE_NAMES = ['api', 'relay', 'ingest', 'fog-node', 'coordinator', 'scheduler', 'autoscaler'] as const;
+
+/** What `fogsched start` runs without --roles: everything but the autoscaler, which starts fog nodes of its own (ask for it by name). */
+export const DEFAULT_ROLES = ROLE_NAMES.filter((r) => r !== 'autoscaler');
 
 export interface StartOptions {
   readonly config: Config;
@@ -170,6 +173,43 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
         retention: { outboxDays: config.OUTBOX_RETENTION_DAYS, inboxDays: config.INBOX_RETENTION_DAYS, idempotencyKeyHours: config.IDEMPOTENCY_KEY_TTL_HOURS },
       });
       return { name: 'scheduler', start: () => scheduler.start(), stop: async () => { await scheduler.stop(); await pg.close(); } };
+    }));
+  }
+  if (roles.includes('autoscaler')) {
+    // Settings are checked here, before anything starts: a bad AUTOSCALE_TIERS is one clear line.
+    const scaled = parseAutoscaleTiers(config.AUTOSCALE_TIERS, tiers);
+    checkAutoscaleThresholds(config);
+    list.push(lazyRole('autoscaler', async () => {
+      const [{ createPostgres }, a] = await Promise.all([import('../infra/postgres.js'), import('../autoscaler/index.js')]);
+      const pg = createPostgres({ url: config.DATABASE_URL, poolMax: 2, connectTimeoutMs: config.PG_CONNECT_TIMEOUT_MS, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, applicationName: 'fogsched-autoscaler' });
+      const holder = `${hostname()}-${process.pid}`;
+      const backend =
+        config.AUTOSCALER_BACKEND === 'swarm'
+          ? a.createSwarmBackend({ socketPath: config.AUTOSCALER_DOCKER_SOCKET, stack: config.AUTOSCALER_SWARM_STACK })
+          : a.createLocalBackend({ idPrefix: `auto-${holder}`, env: process.env, logger, killAfterMs: config.FOG_NODE_GRACE_MS + 20_000 });
+      const autoscaler = a.createAutoscaler({
+        db: pg.db,
+        databaseUrl: config.DATABASE_URL,
+        amqpUrl: config.AMQP_URL,
+        topology: topo,
+        names,
+        tiers: scaled,
+        policy: {
+          slotsPerReplica: config.FOG_NODE_SLOTS,
+          upDepth: config.AUTOSCALE_UP_DEPTH,
+          downDepth: config.AUTOSCALE_DOWN_DEPTH,
+          upWaitMs: config.AUTOSCALE_UP_WAIT_MS,
+          downWaitMs: config.AUTOSCALE_DOWN_WAIT_MS,
+          upCooldownMs: config.AUTOSCALE_UP_COOLDOWN_MS,
+          downCooldownMs: config.AUTOSCALE_DOWN_COOLDOWN_MS,
+        },
+        backend,
+        intervalMs: config.AUTOSCALER_INTERVAL_MS,
+        leaseMs: config.AUTOSCALER_LEASE_MS,
+        holder,
+        logger,
+      });
+      return { name: 'autoscaler', start: () => autoscaler.start(), stop: async () => { await autoscaler.stop(); await pg.close(); } };
     }));
   }
   // The API starts last, so it takes requests only once the pipeline behind it runs.

@@ -96,6 +96,20 @@ export const ConfigSchema = Type.Object({
   // At most 64 MiB, so a result message always stays below RabbitMQ's max_message_size.
   FOG_NODE_MAX_OUTPUT_BYTES: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024, description: 'largest handler output (its JSON, in bytes) a fog node reports' }),
 
+  // --- autoscaler role (issue 17.5; src/autoscaler/) ---
+  AUTOSCALE_TIERS: Type.String({ default: 'light:1:4,medium:0:2,heavy:0:1', description: 'tier:min:max fog-node replicas the autoscaler keeps per tier; tiers not listed are left alone' }),
+  AUTOSCALER_BACKEND: Type.Union([Type.Literal('swarm'), Type.Literal('local')], { default: 'local', description: 'swarm: update the replicas of the Swarm services <stack>_fog-<tier> over the Docker socket; local: start and stop fog-node child processes on this machine' }),
+  AUTOSCALER_INTERVAL_MS: Int(100, 5000, 'the autoscaler measures and decides this often'),
+  AUTOSCALER_LEASE_MS: Int(1000, 10000, 'leader lease of the autoscaler (row autoscaler of relay_lease): one replica scales, the others stand by'),
+  AUTOSCALE_UP_DEPTH: Int(1, 10, 'scale up when the ready messages of a tier exceed this many per replica'),
+  AUTOSCALE_UP_WAIT_MS: Int(1, 30000, 'scale up when the oldest queued task of a tier has waited longer than this'),
+  AUTOSCALE_DOWN_DEPTH: Int(0, 0, 'scale down only when, with one replica fewer, the ready messages per replica would be at most this (below AUTOSCALE_UP_DEPTH: the hysteresis band)'),
+  AUTOSCALE_DOWN_WAIT_MS: Int(0, 1000, 'scale down only when the oldest queued task has waited at most this (below AUTOSCALE_UP_WAIT_MS)'),
+  AUTOSCALE_UP_COOLDOWN_MS: Int(0, 30000, 'least time between two scale-ups of a tier'),
+  AUTOSCALE_DOWN_COOLDOWN_MS: Int(0, 120000, 'least time from any scaling of a tier to its next scale-down'),
+  AUTOSCALER_SWARM_STACK: Type.String({ default: 'fogsched', description: 'swarm backend: the stack name; the services are <stack>_fog-<tier>' }),
+  AUTOSCALER_DOCKER_SOCKET: Type.String({ default: '/var/run/docker.sock', description: 'swarm backend: the Docker Engine API socket (mount it into the autoscaler container, on a manager node)' }),
+
   // Running lease and retention (scheduler role; src/schedules/lease.ts, retention.ts).
   RUNNING_LEASE_MS: Int(1, 1_800_000, 'a running task without timeoutMs whose result has not come this long after its start is given up (lease-expired) and retried'),
   RUNNING_LEASE_GRACE_MS: Int(0, 30_000, 'a running task with timeoutMs is given up (lease-expired) this long after its timeout, a task of a lost node (node-lost) this long after the loss'),
@@ -330,4 +344,43 @@ export function parseBrokers(text: string, amqpUrl: string): readonly BrokerSpec
   }
   if (new Set(brokers.map((b) => b.node)).size !== brokers.length) throw fail('names a node twice');
   return Object.freeze(brokers);
+}
+
+/** Fog-node replicas the autoscaler keeps for one tier. */
+export interface AutoscaleTier {
+  readonly tier: string;
+  readonly min: number;
+  readonly max: number;
+}
+
+/** `light:1:4,medium:0:2` → per-tier limits; every tier must be one of TIERS, each once, 0 <= min <= max. */
+export function parseAutoscaleTiers(text: string, tiers: readonly TierSpec[]): readonly AutoscaleTier[] {
+  const fail = (detail: string) => new ConfigError(`invalid configuration: AUTOSCALE_TIERS=${JSON.stringify(text)} ${detail}`);
+  const entries = text.split(',').map((p) => p.trim()).filter(Boolean);
+  if (entries.length === 0) throw fail('must be tier:min:max,... (e.g. light:1:4,medium:0:2)');
+  const seen = new Set<string>();
+  return Object.freeze(
+    entries.map((entry) => {
+      const parts = entry.split(':');
+      const [tier, minText, maxText] = parts;
+      if (parts.length !== 3 || !tier || !/^\d+$/.test(minText ?? '') || !/^\d+$/.test(maxText ?? '')) throw fail(`has ${JSON.stringify(entry)}: each entry must be tier:min:max with whole numbers`);
+      const min = Number(minText);
+      const max = Number(maxText);
+      if (!tiers.some((t) => t.name === tier)) throw fail(`names tier ${tier}; TIERS has ${tiers.map((t) => t.name).join(', ')}`);
+      if (seen.has(tier)) throw fail(`names tier ${tier} twice`);
+      if (max < 1 || min > max) throw fail(`has ${JSON.stringify(entry)}: need 0 <= min <= max and max >= 1`);
+      seen.add(tier);
+      return Object.freeze({ tier, min, max });
+    }),
+  );
+}
+
+/** Checked when the autoscaler role starts (other roles do not care). The hysteresis band must be a band: the scale-down marks below the scale-up marks. */
+export function checkAutoscaleThresholds(config: Pick<Static<typeof ConfigSchema>, 'AUTOSCALE_UP_DEPTH' | 'AUTOSCALE_DOWN_DEPTH' | 'AUTOSCALE_UP_WAIT_MS' | 'AUTOSCALE_DOWN_WAIT_MS'>): void {
+  if (config.AUTOSCALE_DOWN_DEPTH >= config.AUTOSCALE_UP_DEPTH) {
+    throw new ConfigError(`invalid configuration: AUTOSCALE_DOWN_DEPTH=${config.AUTOSCALE_DOWN_DEPTH} must be below AUTOSCALE_UP_DEPTH=${config.AUTOSCALE_UP_DEPTH}`);
+  }
+  if (config.AUTOSCALE_DOWN_WAIT_MS >= config.AUTOSCALE_UP_WAIT_MS) {
+    throw new ConfigError(`invalid configuration: AUTOSCALE_DOWN_WAIT_MS=${config.AUTOSCALE_DOWN_WAIT_MS} must be below AUTOSCALE_UP_WAIT_MS=${config.AUTOSCALE_UP_WAIT_MS}`);
+  }
 }

@@ -9,6 +9,7 @@ type Row = Record<string, unknown>;
 
 const AUDITOR = 'fogsched_auditor';
 const AUDIT_VIEWS = [
+  'capacity_changes',
   'message_dead_letters',
   'node_activity',
   'node_membership',
@@ -334,6 +335,12 @@ describe('docs/audit.md', () => {
       expect(rows.map((r) => [r.task_id, r.event_type, iso(r.at), r.actor])).toEqual([
         [TASK_IDS.retried, 'TaskSubmitted', t(60), 'api-key:ops'],
         [TASK_IDS.retried, 'TaskQueued', t(60), 'api-key:ops'],
+      ]);
+    },
+    '14. Why did the fog-node capacity of a tier change between two times?': (rows) => {
+      // The seed's one decision, at 200 s, inside the window (200-1200 s).
+      expect(rows.map((r) => ({ ...r, at: iso(r.at), oldest_wait: secs(r.oldest_wait) }))).toEqual([
+        { tier: 'light', at: t(200), replicas_from: 1, replicas_to: 3, trigger: 'backlog', queue_depth: 25, queued: 27, running: 2, oldest_wait: 4, recorded_by: 'autoscaler-1' },
       ]);
     },
   };

@@ -171,6 +171,15 @@ export async function seedAuditHistory(db: Executor, now: Date = new Date()): Pr
       metadata: coordinator,
     },
     {
+      streamId: 'autoscale:light', streamType: 'autoscale', streamVersion: 1, eventId: randomUUID(), type: 'FogTierScaled',
+      data: {
+        tier: 'light', from: 1, to: 3, trigger: 'backlog',
+        reason: 'backlog: more than 10 ready per replica on 1 (depth 25, queued 27, running 2, oldest wait 4.0 s, average wait 2.0 s)',
+        depth: 25, queued: 27, running: 2, oldestWaitMs: 4000, avgWaitMs: 2000, min: 1, max: 4, backend: 'swarm', at: iso(200),
+      },
+      metadata: { tenant: 'system', actor: 'autoscaler-1' },
+    },
+    {
       streamId: 'message:m-1', streamType: 'message', streamVersion: 1, eventId: randomUUID(), type: 'MessageDeadLettered',
       data: { messageId: 'm-1', exchange: 'results', routingKey: 'task.succeeded.edge-9', headers: {}, body: 'not json', at: iso(900) },
       metadata: { actor: 'ingest' },

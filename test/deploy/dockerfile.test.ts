@@ -46,9 +46,9 @@ describe('Dockerfile', () => {
     expect(result.status).toBe(0);
   });
 
-  it('is multi-stage on a pinned Node 20 slim image, never :latest', () => {
+  it('is multi-stage on a Node 24 slim image pinned by version and digest, never :latest', () => {
     expect(stages.map((s) => s.name)).toEqual(['build', 'runtime']);
-    for (const s of stages) expect(resolve(s.base)).toMatch(/^node:20\.\d+(\.\d+)?-bookworm-slim$/);
+    for (const s of stages) expect(resolve(s.base)).toMatch(/^node:24\.\d+\.\d+-bookworm-slim@sha256:[0-9a-f]{64}$/);
     expect(text).not.toMatch(/:latest\b/);
     expect(instructions.some((i) => i.op === 'ADD')).toBe(false);
   });

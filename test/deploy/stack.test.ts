@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
 import { describe, expect, it } from 'vitest';
-import { ConfigSchema, loadConfig, parseTiers } from '../../src/infra/config.js';
+import { ConfigSchema, loadConfig, parseAutoscaleTiers, parseTiers } from '../../src/infra/config.js';
 import { ROLE_NAMES, topologyOf } from '../../src/cli/start.js';
 import { HEALTHCHECK_ROLES } from '../../src/cli/healthcheck.js';
 import { formatDefinitions, topologyDefinitions } from '../../src/cli/topology-export.js';
@@ -60,6 +60,7 @@ const REQUIRED_ENV: Record<string, readonly string[]> = {
   coordinator: ['DATABASE_URL', 'DATABASE_PASSWORD_FILE', 'AMQP_URL', 'AMQP_PASSWORD_FILE', 'REDIS_URL'],
   scheduler: ['DATABASE_URL', 'DATABASE_PASSWORD_FILE', 'AMQP_URL', 'AMQP_PASSWORD_FILE'],
   'fog-node': ['AMQP_URL', 'AMQP_PASSWORD_FILE', 'REDIS_URL', 'FOG_NODE_TIER'],
+  autoscaler: ['DATABASE_URL', 'DATABASE_PASSWORD_FILE', 'AMQP_URL', 'AMQP_PASSWORD_FILE', 'AUTOSCALER_BACKEND', 'AUTOSCALE_TIERS'],
 };
 
 describe('deploy/swarm/stack.yml', () => {
@@ -223,5 +224,20 @@ describe('deploy/swarm/definitions.json', () => {
     expect(defs.users).toBeUndefined();
     expect(defs.permissions).toBeUndefined();
     expect(text).not.toMatch(/password/i);
+  });
+
+  it('autoscaler: the swarm backend on a manager with the Docker socket, limits for every fog service it scales', () => {
+    const a = stack.services.autoscaler as Service & { volumes: string[]; user?: string; deploy: { placement?: { constraints?: string[] } } };
+    expect(env(a).AUTOSCALER_BACKEND).toBe('swarm');
+    expect(a.volumes).toContain('/var/run/docker.sock:/var/run/docker.sock');
+    expect(a.deploy.placement?.constraints).toContain('node.role == manager');
+    const config = loadConfig(env(a), () => 'x');
+    const limits = parseAutoscaleTiers(config.AUTOSCALE_TIERS, parseTiers(config.TIERS));
+    for (const l of limits) {
+      const replicas = stack.services[`fog-${l.tier}`]?.deploy?.replicas;
+      // A deploy starts each tier inside its limits, so the autoscaler does not undo it at once.
+      expect(replicas, `fog-${l.tier} replicas within ${l.min}..${l.max}`).toBeGreaterThanOrEqual(l.min);
+      expect(replicas, `fog-${l.tier} replicas within ${l.min}..${l.max}`).toBeLessThanOrEqual(l.max);
+    }
   });
 });
