@@ -273,7 +273,9 @@ export function createClient(options: ClientOptions): FogschedClient {
         // The stream may start after the terminal event (it is not said to replay): look once it is open.
         const now = await client.get(taskId, { signal });
         if (isTerminalState(now.state)) return now;
+        let events = 0;
         for await (const event of readServerSentEvents(response.body, alive)) {
+          events += 1;
           failures = 0;
           if (event.id !== undefined) lastEventId = event.id;
           if (event.event === 'dropped') break;
@@ -285,6 +287,8 @@ export function createClient(options: ClientOptions): FogschedClient {
         // The stream ended (after the terminal event, or the server went away): look, then reconnect.
         const after = await client.get(taskId, { signal });
         if (isTerminalState(after.state)) return after;
+        // A stream that keeps ending with nothing in it helps no more than polling would.
+        if (events === 0 && ++failures >= 3) return undefined;
       } catch (error) {
         if (outer.aborted) throw outer.reason;
         // Bad credentials, a task that does not exist: no reconnect helps.

@@ -100,6 +100,15 @@ describe('waitFor over the task event stream', () => {
     expect((await createClient({ baseUrl: f.base }).waitFor(ID, { timeoutMs: 10_000 })).state).toBe('cancelled');
   });
 
+  it('falls back to polling when the stream keeps ending with nothing in it', async () => {
+    const f = await fake((res) => res.end());
+    const waiting = createClient({ baseUrl: f.base }).waitFor(ID, { timeoutMs: 20_000, pollIntervalMs: 10, maxPollIntervalMs: 50 });
+    await expect.poll(() => f.lastEventIds.length, { timeout: 10_000 }).toBe(3);
+    f.state = 'succeeded';
+    expect((await waiting).state).toBe('succeeded');
+    expect(f.lastEventIds).toHaveLength(3);
+  });
+
   it('gives up with WAIT_TIMEOUT on a stream that never ends the task', async () => {
     const f = await fake((res) => res.write(': hb\n\n'));
     await expect(createClient({ baseUrl: f.base }).waitFor(ID, { timeoutMs: 300 })).rejects.toMatchObject({ code: 'WAIT_TIMEOUT' });
