@@ -132,8 +132,9 @@ function parsePositiveInt(value: string): number {
 }
 
 program.parseAsync(process.argv).catch((error: unknown) => {
-  // Help and --version end through here with code 0; commander printed its other errors already.
-  if (error instanceof CommanderError) process.exit(error.exitCode);
+  // Help and --version end through here with code 0; commander printed its other errors already
+  // (an InvalidArgumentError an action throws itself it has not: that one is printed below).
+  if (error instanceof CommanderError && !(error instanceof InvalidArgumentError)) process.exit(error.exitCode);
   // One clear line for the user; the stack only with LOG_LEVEL=debug.
   const message = error instanceof FogschedError ? error.message : error instanceof Error ? error.message : String(error);
   process.stderr.write(`fogsched: ${message}\n`);

@@ -35,10 +35,10 @@ interface Finished {
 }
 
 /** Runs a client command against the test API (flags, unless `useEnv`: FOGSCHED_URL/FOGSCHED_API_KEY). */
-async function fog(args: string[], opts: { key?: string; url?: string; useEnv?: boolean } = {}): Promise<Finished> {
+async function fog(args: string[], opts: { key?: string; url?: string; useEnv?: boolean; raw?: boolean } = {}): Promise<Finished> {
   const url = opts.url ?? env.base;
   const key = opts.key ?? KEY;
-  const p = spawnFogsched(opts.useEnv ? args : [...args, '--url', url, '--api-key', key], opts.useEnv ? { FOGSCHED_URL: url, FOGSCHED_API_KEY: key } : {});
+  const p = spawnFogsched(opts.useEnv || opts.raw ? args : [...args, '--url', url, '--api-key', key], opts.useEnv ? { FOGSCHED_URL: url, FOGSCHED_API_KEY: key } : {});
   let stdout = '';
   let stderr = '';
   p.proc.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -142,5 +142,7 @@ describe('fogsched as an API client (built)', () => {
     expectOneLineFailure(await fog(['task', 'list'], { url: nowhere }), new RegExp(`^fogsched: cannot reach ${nowhere}: connection refused`));
     expectOneLineFailure(await fog(['task', 'list', '--state', 'done']), /^fogsched: option '--state <state>' argument 'done' is invalid/);
     expectOneLineFailure(await fog(['task', 'list'], { url: 'ftp://x' }), /--url .* must be an http:\/\/ or https:\/\/ URL/);
+    // The log commands' own argument checks still print their line (exitOverride lets them through).
+    expectOneLineFailure(await fog(['task', 'show', 'not-a-uuid'], { raw: true }), /^fogsched: task id must be a UUID, got "not-a-uuid"$/m);
   });
 });
