@@ -64,6 +64,16 @@ const brokerRule = {
   ],
 };
 
+/**
+ * The typed client ships as `fogsched/client` for Node 20+ and browsers: global fetch only, so it
+ * imports nothing outside its folder, no package and no node module.
+ */
+const clientRule = {
+  patterns: [
+    { regex: '^(?!\\./)', message: 'src/client imports only its own files: no package, no node module, nothing outside src/client (it uses the global fetch).' },
+  ],
+};
+
 /** Everywhere else, the broker module is used through its index.ts, its public face. */
 const brokerFace = { group: ['**/broker/*', '!**/broker/index.js'], message: 'Import src/broker through its index.js.' };
 
@@ -92,6 +102,7 @@ export default defineConfig(
   { files: ['src/domain/**/*.ts'], rules: { 'no-restricted-imports': ['error', domainRule] } },
   { files: ['src/fog-node/**/*.ts'], rules: { 'no-restricted-imports': ['error', { patterns: [...fogNodeRule.patterns, brokerFace] }] } },
   { files: ['src/broker/**/*.ts'], rules: { 'no-restricted-imports': ['error', brokerRule] } },
+  { files: ['src/client/**/*.ts'], rules: { 'no-restricted-imports': ['error', clientRule] } },
   {
     // Tests read arbitrary JSON (API answers, log lines, broker messages) as `any` on purpose.
     files: ['test/**/*.ts'],

@@ -8,7 +8,7 @@ import { withPostgres } from './projection-commands.js';
 export function registerLogCommands(program: Command, deps: { config: () => Config }): void {
   program
     .command('task')
-    .description('one task, from the event log')
+    .description('tasks: over the API (submit, get, list, ...) or from the event log (show)')
     .command('show <id>')
     .description('print the task\'s timeline: every event of its stream, oldest first')
     .option('--json', 'print the events as JSON lines')

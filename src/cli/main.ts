@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { FogschedError } from '../domain/index.js';
 import { loadConfig, type Config } from '../infra/config.js';
@@ -25,8 +25,10 @@ const program = new Command()
   .name('fogsched')
   .description('Event-sourced task scheduler for fog computing')
   .version(version)
-  .showHelpAfterError()
-  .configureOutput({ outputError: (text, write) => write(text) });
+  // Commander's own errors (unknown option, missing argument, bad value) are one line too; the
+  // exit code is decided below, where every error ends.
+  .exitOverride()
+  .configureOutput({ outputError: (text, write) => write(`fogsched: ${text.replace(/^error: /, '').trim().replace(/\s*\n\s*/g, ' ')} (see --help)\n`) });
 
 program
   .command('migrate')
@@ -103,14 +105,17 @@ program
   });
 
 if (!starting) {
-  const [{ registerProjectionCommands }, { registerLogCommands }, { registerAuditCommands }] = await Promise.all([
+  const [{ registerProjectionCommands }, { registerLogCommands }, { registerAuditCommands }, { registerClientCommands }] = await Promise.all([
     import('./projection-commands.js'),
     import('./log-commands.js'),
     import('./audit-commands.js'),
+    import('./client-commands.js'),
   ]);
   registerProjectionCommands(program, { config });
   registerLogCommands(program, { config });
   registerAuditCommands(program, { config });
+  // After the log commands: `task submit`, `task list`, ... join their `task` (which has `show`).
+  registerClientCommands(program);
 }
 
 function parseRoles(value: string): string[] {
@@ -127,6 +132,9 @@ function parsePositiveInt(value: string): number {
 }
 
 program.parseAsync(process.argv).catch((error: unknown) => {
+  // Help and --version end through here with code 0; commander printed its other errors already
+  // (an InvalidArgumentError an action throws itself it has not: that one is printed below).
+  if (error instanceof CommanderError && !(error instanceof InvalidArgumentError)) process.exit(error.exitCode);
   // One clear line for the user; the stack only with LOG_LEVEL=debug.
   const message = error instanceof FogschedError ? error.message : error instanceof Error ? error.message : String(error);
   process.stderr.write(`fogsched: ${message}\n`);

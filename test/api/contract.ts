@@ -7,6 +7,7 @@ import { sql } from 'kysely';
 import { inject } from 'vitest';
 import { buildApi, type ApiLimits } from '../../src/api/app.js';
 import { DEFAULT_TIERS } from '../../src/domain/index.js';
+import type { ApiKey } from '../../src/infra/config.js';
 import { readClusterView } from '../../src/infra/cluster-view.js';
 import { createLogger } from '../../src/infra/logger.js';
 import { createRedis, recordCancelled, redisKeys, whenReady } from '../../src/infra/redis.js';
@@ -137,7 +138,7 @@ export async function rowCounts(db: Kysely<Database>): Promise<{ events: number;
 }
 
 /** The API over a test database and the real Redis, wired as the api role wires it (cluster view, cancels). */
-export async function buildContractApi(tdb: { db: Kysely<Database> }, opts: { prefix: string; limits?: Partial<ApiLimits>; maxSchedules?: number; minIntervalMs?: number }) {
+export async function buildContractApi(tdb: { db: Kysely<Database> }, opts: { prefix: string; limits?: Partial<ApiLimits>; maxSchedules?: number; minIntervalMs?: number; apiKeys?: readonly ApiKey[] }) {
   const names = topologyNames(opts.prefix);
   const redis = createRedis(inject('redisUrl'), { logger: createLogger('silent'), name: 'contract-test' });
   await whenReady(redis, 5000);
@@ -156,6 +157,7 @@ export async function buildContractApi(tdb: { db: Kysely<Database> }, opts: { pr
     cluster: { read: () => readClusterView(redis, keys, { brokers: [], staleAfterMs: 10_000 }) },
     recordCancelled: (taskId) => recordCancelled(redis, keys, taskId),
     ...(opts.limits ? { inputLimits: opts.limits } : {}),
+    ...(opts.apiKeys ? { apiKeys: opts.apiKeys } : {}),
   });
   return {
     app,
