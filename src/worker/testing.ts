@@ -95,6 +95,8 @@ export async function runHandler<Out = unknown>(type: string, payload: unknown, 
     );
     return { output: output as Out, progress, logs };
   } catch (error) {
+    // As on a node: once the run was aborted (timeout, cancel), the abort is its outcome.
+    if (controller.signal.aborted) throw controller.signal.reason;
     if (error instanceof HandlerError) {
       const t = error.taskError;
       throw deserializeError({ name: t.name ?? 'Error', message: t.message, code: t.code, retryable: t.retryable });
