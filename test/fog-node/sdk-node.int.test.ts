@@ -5,6 +5,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { ResultRecord, TaskMessage } from '../../src/domain/index.js';
 import { eventually } from '../helpers/database.js';
 import { openTestBroker, uniquePrefix, type TestBroker } from '../helpers/broker.js';
+import { pino } from 'pino';
 import { declareTopology, type Topology, type TopologyNames } from '../../src/outbox/index.js';
 import { aTaskMessage, collectResults, failOnUnhandledRejections, lightTopology, publishTasks, stopAllNodes, testFogNode, type ResultLog } from './helpers.js';
 
@@ -76,6 +77,19 @@ describe.skipIf(!built)('fog node with a defineHandlers module', () => {
     expect(finalOf(e.results, legacy.taskId)).toMatchObject({ kind: 'succeeded', output: { legacy: true, attempt: 1 } });
     // The main thread never imported the module (its top level counts its loads on globalThis).
     expect((globalThis as { __sdkFixtureLoads?: number }).__sdkFixtureLoads).toBeUndefined();
+  });
+
+  it('writes the handler’s ctx.log lines to the node’s log, at their level, bound to task id and attempt', async () => {
+    const e = await env();
+    const lines: Record<string, unknown>[] = [];
+    const nodeLogger = pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+    const task = sdkTask('email.send', { to: 'log@example.org' }, { attempt: 2 });
+    const node = testFogNode(e.base, { handlersModule, tierMemoryMb: 512, logger: nodeLogger });
+    await node.start();
+    await publishTasks(publisher, e.names, [task]);
+    await eventually(() => finalOf(e.results, task.taskId), { timeoutMs: 20_000 });
+    await eventually(() => lines.some((l) => l.msg === 'sending email'), { timeoutMs: 5000 });
+    expect(lines.find((l) => l.msg === 'sending email')).toMatchObject({ level: 30, source: 'handler', taskId: task.taskId, attempt: 2, to: 'log@example.org', role: 'fog-node' });
   });
 
   it('coalesces progress: fewer records than reports, the last (1.0) always sent, before the outcome', async () => {
