@@ -92,6 +92,13 @@ describe.skipIf(!built)('fog node with a defineHandlers module', () => {
     expect(lines.find((l) => l.msg === 'sending email')).toMatchObject({ level: 30, source: 'handler', taskId: task.taskId, attempt: 2, to: 'log@example.org', role: 'fog-node' });
   });
 
+  it('refuses to start when the handlers module fails to load, with its error', async () => {
+    const e = await env();
+    const broken = fileURLToPath(new URL('../worker/fixtures/broken-handlers.mjs', import.meta.url));
+    const node = testFogNode(e.base, { handlersModule: broken, tierMemoryMb: 512 });
+    await expect(node.start()).rejects.toThrow(/handlers module .*broken-handlers\.mjs failed to load: TypeError: cannot reach the template store/);
+  });
+
   it('coalesces progress: fewer records than reports, the last (1.0) always sent, before the outcome', async () => {
     const e = await env();
     const task = sdkTask('progress.many', { steps: 40, stepMs: 10 });
