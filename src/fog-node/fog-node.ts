@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { ConsumeMessage } from 'amqplib';
-import { OUT_OF_MEMORY, PRIORITIES, TOO_LARGE_FOR_TIER, type NodeMetricSample, type Priority, type ResultRecord, type SystemMessage, type TaskError, type TaskMessage } from '../domain/index.js';
+import { MAX_PROGRESS_MESSAGE_CHARS, OUT_OF_MEMORY, PRIORITIES, TOO_LARGE_FOR_TIER, type NodeMetricSample, type Priority, type ResultRecord, type SystemMessage, type TaskError, type TaskMessage } from '../domain/index.js';
 import {
   createBackoff,
   createBrokerClient,
@@ -19,7 +19,7 @@ import { createThreadPool, HandlerError, MIN_THREAD_HEAP_MB, WorkerCrashedError,
 import { createProgressCoalescer, type ProgressCoalescer } from './progress-coalescer.js';
 import { createFogHeartbeat, type FogHeartbeat } from './heartbeat.js';
 import { createLocalQueue, type Queued } from './local-queue.js';
-import { checkOutput, storableTaskError, MAX_ERROR_MESSAGE_CHARS } from './output-check.js';
+import { checkOutput, storableTaskError, storableText, MAX_ERROR_MESSAGE_CHARS } from './output-check.js';
 import { createRecentMap } from './recent-map.js';
 import type { Redis } from 'ioredis';
 import { createRedis, readCancelled, redisKeys, whenReady } from '../infra/redis.js';
@@ -263,7 +263,8 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
     const attempt: Attempt = { durable: false, unacked: [d] };
     const memoryMb = memoryOf(task) <= tierMemoryMb ? memoryOf(task) : 0;
     const progress = createProgressCoalescer(options.progressMinIntervalMs ?? 1000, (p) =>
-      report({ kind: 'progress', taskId: task.taskId, attempt: task.attempt, at: p.at, fraction: p.fraction, message: p.message }, attempt),
+      // The message as PostgreSQL's jsonb stores it (a U+0000 would make ingest set the record aside).
+      report({ kind: 'progress', taskId: task.taskId, attempt: task.attempt, at: p.at, fraction: p.fraction, message: p.message === null ? null : storableText(p.message, MAX_PROGRESS_MESSAGE_CHARS) }, attempt),
     );
     const run: Run = { task, controller: new AbortController(), attempt, memoryMb, progress, traceId: traceIdOf(d.msg) };
     running.set(key, run);
