@@ -1,7 +1,6 @@
 /** defineHandlers and the types of a handler and its ctx (see index.ts). */
 import type { Logger } from 'pino';
 
-
 /** What a handler knows of the run it is part of, and what it may do besides returning. */
 export interface HandlerContext {
   readonly taskId: string;
