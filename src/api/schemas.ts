@@ -121,7 +121,15 @@ export const Problem = Type.Object(
 
 // ---------------------------------------------------------------- what the API answers with
 
-export const TaskError = Type.Object({ message: Type.String(), code: Type.String(), retryable: Type.Boolean() }, { $id: 'TaskError' });
+export const TaskError = Type.Object(
+  {
+    message: Type.String(),
+    code: Type.String(),
+    retryable: Type.Boolean(),
+    name: Type.Optional(Type.String({ description: 'class name of the error the handler threw (e.g. TypeError), when not a plain Error' })),
+  },
+  { $id: 'TaskError' },
+);
 
 export const Task = Type.Object(
   {
@@ -142,6 +150,16 @@ export const Task = Type.Object(
     output: Type.Unknown(),
     lastError: Nullable(ref(TaskError)),
     failureReason: Nullable(Type.String()),
+    progress: Nullable(
+      Type.Object(
+        {
+          fraction: Type.Number({ minimum: 0, maximum: 1 }),
+          message: Nullable(Type.String()),
+          at: Type.String({ format: 'date-time', description: "the fog node's clock at the report" }),
+        },
+        { additionalProperties: false, description: "the current (or last) run's last progress report (ctx.progress); null until it reports, reset at each start" },
+      ),
+    ),
     availableAt: Nullable(Type.String({ format: 'date-time' })),
     submittedAt: Type.String({ format: 'date-time' }),
     startedAt: Nullable(Type.String({ format: 'date-time' })),
@@ -390,6 +408,7 @@ export const TASK_EXAMPLE: TaskView = {
   output: null,
   lastError: null,
   failureReason: null,
+  progress: null,
   availableAt: AT_EXAMPLE,
   submittedAt: AT_EXAMPLE,
   startedAt: null,

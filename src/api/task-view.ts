@@ -23,6 +23,7 @@ export function toTaskView(s: TaskState): TaskView {
     output: s.output ?? null,
     lastError: s.lastError,
     failureReason: s.failureReason,
+    progress: s.progress,
     availableAt: s.availableAt,
     submittedAt: s.submittedAt ?? '',
     startedAt: s.startedAt,

@@ -253,6 +253,9 @@ function commandFor(state: TaskState, e: LoggedEvent, settings: CheckSettings): 
       return { type: 'SubmitTask', data: { ...d, now } } as unknown as TaskCommand;
     case 'TaskStarted':
       return { type: 'StartTask', data: { ...d, now } } as unknown as TaskCommand;
+    case 'TaskProgressed':
+      // Valid only while its node runs the current attempt (decide ignores it otherwise).
+      return { type: 'ReportProgress', data: { ...d, now } } as unknown as TaskCommand;
     case 'TaskSucceeded':
       return { type: 'SucceedTask', data: { ...d, startedAt: state.startedAt ?? now, now } } as unknown as TaskCommand;
     case 'TaskAttemptFailed':

@@ -93,6 +93,8 @@ export function formatEvent(e: StoredEvent, withStream = false): string {
   add('actor', d.actor ?? e.metadata.actor);
   add('reason', d.reason);
   add('returns', e.type === 'TaskReturned' ? d.returns : undefined);
+  add('progress', e.type === 'TaskProgressed' ? d.fraction : undefined);
+  add('message', e.type === 'TaskProgressed' ? d.message : undefined);
   const error = d.error as { message?: string; code?: string } | null | undefined;
   if (error) add('error', `${error.code ?? ''}${error.code ? ': ' : ''}${error.message ?? ''}`);
   add('delayMs', d.delayMs);

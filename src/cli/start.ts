@@ -3,7 +3,7 @@ import type { Config } from '../infra/config.js';
 import { checkAutoscaleThresholds, parseAutoscaleTiers, parseBrokers, parseTiers } from '../infra/config.js';
 import { createLogger, type Logger } from '../infra/logger.js';
 import type { Role } from '../infra/role.js';
-import { FogschedError, servedTiers } from '../domain/index.js';
+import { FogschedError, servedTiers, slotsFor } from '../domain/index.js';
 import { topology, topologyNames, type Topology } from '../broker/index.js';
 
 export const ROLE_NAMES = ['api', 'relay', 'ingest', 'fog-node', 'coordinator', 'scheduler', 'autoscaler'] as const;
@@ -108,9 +108,11 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
   }
   if (roles.includes('fog-node')) {
     const tier = options.tier ?? config.FOG_NODE_TIER;
-    if (!tiers.some((t) => t.name === tier)) {
+    const tierSpec = tiers.find((t) => t.name === tier);
+    if (!tierSpec) {
       throw new FogschedError({ code: 'CONFIG_INVALID', status: 500, message: `unknown tier ${tier}; tiers are ${tiers.map((t) => t.name).join(', ')}` });
     }
+    const slots = config.FOG_NODE_SLOTS || slotsFor(tierSpec);
     for (let i = 0; i < options.fogNodes; i++) {
       const nodeId = options.fogNodes > 1 || !config.FOG_NODE_ID ? `${config.FOG_NODE_ID || `${hostname()}-${process.pid}`}${options.fogNodes > 1 ? `-${i + 1}` : ''}` : config.FOG_NODE_ID;
       list.push(
@@ -122,14 +124,17 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
             nodeId,
             tier,
             servedTiers: servedTiers(tier, tiers),
-            slots: config.FOG_NODE_SLOTS,
-            prefetch: config.FOG_NODE_PREFETCH || config.FOG_NODE_SLOTS,
+            slots,
+            prefetch: config.FOG_NODE_PREFETCH || slots,
             graceMs: config.FOG_NODE_GRACE_MS,
             resultFlushMs: config.FOG_NODE_RESULT_FLUSH_MS,
             metricsIntervalMs: config.FOG_NODE_METRICS_INTERVAL_MS,
             agingMs: config.FOG_NODE_AGING_MS,
             handlersModule: config.FOG_NODE_HANDLERS,
             workerMemoryMb: config.FOG_NODE_WORKER_MEMORY_MB,
+            tierMemoryMb: tierSpec.maxMemoryMb,
+            progressMinIntervalMs: config.PROGRESS_MIN_INTERVAL_MS,
+            handlerLogLevel: config.LOG_LEVEL,
             maxOutputBytes: config.FOG_NODE_MAX_OUTPUT_BYTES,
             logger,
             heartbeat: { redisUrl: config.REDIS_URL, prefix: config.REDIS_PREFIX, intervalMs: config.FOG_HEARTBEAT_INTERVAL_MS, ttlMs: config.FOG_HEARTBEAT_TTL_MS, version: options.version },

@@ -13,6 +13,10 @@ export interface TaskMessage {
   readonly deadline: string | null;
   /** When the dispatch became due (for queue-wait figures). */
   readonly availableAt: string;
+  /** The task's resources.memoryMb: the heap limit of the thread that runs it (absent in messages of older versions). */
+  readonly memoryMb?: number;
+  /** The task's attempt budget, for the handler's ctx (absent in messages of older versions). */
+  readonly maxAttempts?: number;
 }
 
 /**
@@ -21,6 +25,8 @@ export interface TaskMessage {
  */
 export type ResultRecord =
   | { readonly kind: 'started'; readonly taskId: string; readonly attempt: number; readonly at: string }
+  /** The handler's last progress report (ctx.progress), coalesced by the node; always before the attempt's outcome. */
+  | { readonly kind: 'progress'; readonly taskId: string; readonly attempt: number; readonly at: string; readonly fraction: number; readonly message: string | null }
   | {
       readonly kind: 'succeeded';
       readonly taskId: string;
@@ -80,13 +86,28 @@ export function invalidResultBatch(value: unknown): string | null {
   for (const record of batch.records as unknown[]) {
     const r = record as Partial<Record<string, unknown>>;
     if (typeof r !== 'object' || r === null) return 'record is not an object';
-    if (!['started', 'succeeded', 'failed', 'returned'].includes(r.kind as string)) return `unknown record kind ${String(r.kind)}`;
+    if (!['started', 'progress', 'succeeded', 'failed', 'returned'].includes(r.kind as string)) return `unknown record kind ${String(r.kind)}`;
     if (typeof r.taskId !== 'string' || !UUID.test(r.taskId)) return 'record taskId is not a uuid';
     if (!Number.isInteger(r.attempt) || typeof r.at !== 'string' || Number.isNaN(Date.parse(r.at))) return 'record attempt or at is invalid';
     if (r.kind === 'failed' && (typeof r.error !== 'object' || r.error === null)) return 'failed record has no error';
+    if (r.kind === 'progress' && !isProgress(r.fraction, r.message)) return 'progress record has a fraction outside [0, 1] or a bad message';
     if (r.kind === 'returned' && !(RETURN_REASONS as readonly unknown[]).includes(r.reason)) return `returned record has an unknown reason ${String(r.reason)}`;
   }
   return null;
+}
+
+/** Longest progress message a handler may report (characters). */
+export const MAX_PROGRESS_MESSAGE_CHARS = 1000;
+
+/** Is this a valid progress report: a finite fraction in [0, 1] and a message of at most MAX_PROGRESS_MESSAGE_CHARS (or none)? */
+export function isProgress(fraction: unknown, message: unknown): boolean {
+  return (
+    typeof fraction === 'number' &&
+    Number.isFinite(fraction) &&
+    fraction >= 0 &&
+    fraction <= 1 &&
+    (message === null || message === undefined || (typeof message === 'string' && message.length <= MAX_PROGRESS_MESSAGE_CHARS))
+  );
 }
 
 export function isUuid(value: unknown): value is string {

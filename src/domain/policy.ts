@@ -24,6 +24,15 @@ export function tierFor(resources: Resources, tiers: readonly Tier[] = DEFAULT_T
   throw new NoTierFitsError(resources, largest);
 }
 
+/**
+ * Slots of a fog node of `tier` when FOG_NODE_SLOTS does not say: as many default-sized tasks
+ * (DEFAULT_RESOURCES.memoryMb) as the tier's memory holds. Larger tasks take more of it: the node
+ * also keeps the heaps of its running thread tasks within maxMemoryMb.
+ */
+export function slotsFor(tier: Tier): number {
+  return Math.max(1, Math.floor(tier.maxMemoryMb / DEFAULT_RESOURCES.memoryMb));
+}
+
 /** Tiers a node of `tier` serves: its own first, then the lighter ones. */
 export function servedTiers(tier: string, tiers: readonly Tier[] = DEFAULT_TIERS): string[] {
   const index = tiers.findIndex((t) => t.name === tier);

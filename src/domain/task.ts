@@ -55,12 +55,29 @@ export interface TaskError {
   readonly message: string;
   readonly code: string;
   readonly retryable: boolean;
+  /** The class name of the error the handler threw (`TypeError`, `RateLimitedError`), when it was not a plain `Error`. */
+  readonly name?: string;
 }
+
+/** What a handler last said of how far it got (ctx.progress); `at` is the node's clock. */
+export interface TaskProgress {
+  /** In [0, 1]. */
+  readonly fraction: number;
+  readonly message: string | null;
+  readonly at: string;
+}
+
+/** Error code of an attempt a fog node refuses because the task asks for more memory than the node's tier has. */
+export const TOO_LARGE_FOR_TIER = 'too-large-for-tier';
+/** Error code of an attempt whose worker thread ran out of its heap (resources.memoryMb). */
+export const OUT_OF_MEMORY = 'out-of-memory';
 
 export type TaskEvent =
   | { type: 'TaskSubmitted'; data: { task: TaskSpec; at: string } }
   | { type: 'TaskQueued'; data: { attempt: number; tier: string; priority: Priority; availableAt: string; at: string } }
   | { type: 'TaskStarted'; data: { attempt: number; nodeId: string; at: string } }
+  /** A running attempt's handler reported progress (coalesced by the node); `reportedAt` is the node's clock. Extends the running lease. */
+  | { type: 'TaskProgressed'; data: { attempt: number; nodeId: string; fraction: number; message: string | null; reportedAt: string; at: string } }
   /** `reportedAt`: the node's clock at the result (absent in events written before ingest used its own clock). */
   | { type: 'TaskSucceeded'; data: { attempt: number; nodeId: string; output: unknown; durationMs: number; at: string; reportedAt?: string } }
   | { type: 'TaskAttemptFailed'; data: { attempt: number; nodeId: string | null; error: TaskError; at: string; reportedAt?: string } }
@@ -78,6 +95,8 @@ export type TaskCommand =
   | { type: 'SubmitTask'; data: { task: TaskSpec; now: string } }
   /** `startedAt`: the node's clock at the start (TaskStarted.at); `now` when absent. */
   | { type: 'StartTask'; data: { attempt: number; nodeId: string; now: string; startedAt?: string } }
+  /** `reportedAt`: the node's clock at the report. */
+  | { type: 'ReportProgress'; data: { attempt: number; nodeId: string; fraction: number; message: string | null; reportedAt: string; now: string } }
   | {
       type: 'SucceedTask';
       data: { attempt: number; nodeId: string; output: unknown; durationMs: number; startedAt: string; now: string; reportedAt?: string };
@@ -125,6 +144,8 @@ export interface TaskState {
   readonly output: unknown;
   readonly lastError: TaskError | null;
   readonly failureReason: FailureReason | null;
+  /** The last progress the running (or last run) attempt reported; null until it reports, and again at each new start. */
+  readonly progress: TaskProgress | null;
 }
 
 export function initialTaskState(taskId: string): TaskState {
@@ -144,6 +165,7 @@ export function initialTaskState(taskId: string): TaskState {
     output: null,
     lastError: null,
     failureReason: null,
+    progress: null,
   };
 }
 
@@ -181,6 +203,13 @@ export function decide(state: TaskState, command: TaskCommand): TaskEvent[] {
       // A redelivery to another node after a crash is a new start of the same attempt.
       return [{ type: 'TaskStarted', data: { attempt, nodeId, at: startedAt ?? now } }];
     }
+    case 'ReportProgress': {
+      const { attempt, nodeId, fraction, message, reportedAt, now } = command.data;
+      // Only the node running the current attempt reports it; a late report (after its result,
+      // or from a node the attempt has left) changes nothing.
+      if (!isCurrentAttempt(state, attempt) || state.status !== 'running' || state.nodeId !== nodeId) return [];
+      return [{ type: 'TaskProgressed', data: { attempt, nodeId, fraction, message, reportedAt, at: now } }];
+    }
     case 'SucceedTask': {
       const { attempt, nodeId, output, durationMs, startedAt, now, reportedAt } = command.data;
       if (!isCurrentAttempt(state, attempt)) return [];
@@ -193,9 +222,11 @@ export function decide(state: TaskState, command: TaskCommand): TaskEvent[] {
       const { attempt, nodeId, error, startedAt, backoff, random, now, reportedAt } = command.data;
       if (!isCurrentAttempt(state, attempt)) return [];
       const expired = error.code === 'expired';
+      // A task refused for its passed deadline, or for asking more memory than the node's tier
+      // has, never ran: no TaskStarted is made up for it.
+      const neverRan = expired || error.code === TOO_LARGE_FOR_TIER;
       const events: TaskEvent[] = [
-        // A task refused for its passed deadline never ran: no TaskStarted is made up for it.
-        ...(nodeId && startedAt && !expired ? startedIfMissing(state, attempt, nodeId, startedAt) : []),
+        ...(nodeId && startedAt && !neverRan ? startedIfMissing(state, attempt, nodeId, startedAt) : []),
         { type: 'TaskAttemptFailed', data: { attempt, nodeId, error, at: now, ...(reportedAt === undefined ? {} : { reportedAt }) } },
       ];
       const attemptsUsed = attempt - state.firstAttempt + 1;
@@ -257,7 +288,12 @@ export function evolve(state: TaskState, event: TaskEvent): TaskState {
       return { ...next, status: availableAt > at ? 'scheduled' : 'queued', attempt, availableAt };
     }
     case 'TaskStarted':
-      return { ...next, status: 'running', attempt: event.data.attempt, nodeId: event.data.nodeId, startedAt: event.data.at };
+      return { ...next, status: 'running', attempt: event.data.attempt, nodeId: event.data.nodeId, startedAt: event.data.at, progress: null };
+    case 'TaskProgressed': {
+      const { fraction, message, reportedAt } = event.data;
+      // `updatedAt` moves on with the version; what the task shows is the node's report.
+      return { ...next, progress: { fraction, message, at: reportedAt } };
+    }
     case 'TaskSucceeded':
       return { ...next, status: 'succeeded', nodeId: event.data.nodeId, output: event.data.output, finishedAt: event.data.at };
     case 'TaskAttemptFailed':

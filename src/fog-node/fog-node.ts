@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { ConsumeMessage } from 'amqplib';
-import { PRIORITIES, type NodeMetricSample, type Priority, type ResultRecord, type SystemMessage, type TaskError, type TaskMessage } from '../domain/index.js';
+import { MAX_PROGRESS_MESSAGE_CHARS, OUT_OF_MEMORY, PRIORITIES, TOO_LARGE_FOR_TIER, type NodeMetricSample, type Priority, type ResultRecord, type SystemMessage, type TaskError, type TaskMessage } from '../domain/index.js';
 import {
   createBackoff,
   createBrokerClient,
@@ -15,10 +15,11 @@ import {
 import type { Logger } from '../infra/logger.js';
 import { sleep, type Role } from '../infra/role.js';
 import { loadHandlers, type Handler } from './handlers.js';
-import { createThreadPool, HandlerError, WorkerCrashedError, type ThreadPool } from './thread-pool.js';
+import { createThreadPool, HandlerError, MIN_THREAD_HEAP_MB, WorkerCrashedError, type ThreadPool } from './thread-pool.js';
+import { createProgressCoalescer, type ProgressCoalescer } from './progress-coalescer.js';
 import { createFogHeartbeat, type FogHeartbeat } from './heartbeat.js';
 import { createLocalQueue, type Queued } from './local-queue.js';
-import { checkOutput, storableTaskError, MAX_ERROR_MESSAGE_CHARS } from './output-check.js';
+import { checkOutput, storableTaskError, storableText, MAX_ERROR_MESSAGE_CHARS } from './output-check.js';
 import { createRecentMap } from './recent-map.js';
 import type { Redis } from 'ioredis';
 import { createRedis, readCancelled, redisKeys, whenReady } from '../infra/redis.js';
@@ -38,7 +39,18 @@ export interface FogNodeOptions {
   readonly metricsIntervalMs: number;
   readonly agingMs: number;
   readonly handlersModule: string;
+  /** Heap limit of a thread whose task message does not say its memoryMb (messages of older versions), and of the thread that lists the handlers module's types. */
   readonly workerMemoryMb: number;
+  /**
+   * Memory of the node's tier (its maxMemoryMb): a task asking more is refused
+   * (`too-large-for-tier`), and the heaps of the thread tasks running at once stay within it.
+   * Default: no limit.
+   */
+  readonly tierMemoryMb?: number;
+  /** PROGRESS_MIN_INTERVAL_MS: at most one progress record per run per this many ms (the last is always sent); default 1000. */
+  readonly progressMinIntervalMs?: number;
+  /** Level of the handlers' ctx.log (their lines are written to the node's log); default 'info'. */
+  readonly handlerLogLevel?: string;
   /** FOG_NODE_MAX_OUTPUT_BYTES: a larger output (as JSON) is reported as failed `output-not-storable`. */
   readonly maxOutputBytes: number;
   readonly logger: Logger;
@@ -70,6 +82,11 @@ interface Run {
   readonly task: TaskMessage;
   readonly controller: AbortController;
   readonly attempt: Attempt;
+  /** Memory this run holds of the tier's (its thread's heap; 0 for an inline handler). */
+  readonly memoryMb: number;
+  readonly progress: ProgressCoalescer;
+  /** Trace id of the delivery (W3C traceparent or x-trace-id header), for the handler's log lines. */
+  readonly traceId: string | null;
 }
 
 interface PendingRecord {
@@ -136,7 +153,12 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
   const consume = createChannelSlot<{ readonly channel: BrokerChannel; readonly tags: string[] }>();
   let draining = false;
   let handlers = new Map<string, Handler>();
-  let threads: ThreadPool | undefined;
+  const threads: ThreadPool = createThreadPool({ keepIdle: 2, idleMs: 30_000 });
+  const tierMemoryMb = options.tierMemoryMb ?? Infinity;
+  /** Memory held by the thread runs in progress (their heaps), kept within tierMemoryMb. */
+  let reservedMb = 0;
+  /** A delivery picked while the memory it needs was held by others: it goes first once enough is free. */
+  let held: Delivery | undefined;
   let connectLoop: Promise<void> | undefined;
   let stopped: Promise<void> | undefined;
   const cancelled = new Set<string>();
@@ -170,14 +192,29 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
 
   // --- picking what runs next -------------------------------------------------------
 
+  /** Heap of the thread a task runs in: its resources.memoryMb (FOG_NODE_WORKER_MEMORY_MB for a message without it). */
+  const heapOf = (task: TaskMessage) => Math.max(MIN_THREAD_HEAP_MB, Math.ceil(typeof task.memoryMb === 'number' && task.memoryMb > 0 ? task.memoryMb : options.workerMemoryMb));
+  /** What a task holds of the tier's memory while it runs: its heap when it runs in a thread, nothing inline. */
+  const memoryOf = (task: TaskMessage) => (handlers.get(task.type)?.kind === 'thread' ? heapOf(task) : 0);
+
   const pump = () => {
     while (!draining && running.size < options.slots) {
-      const next = queue.pick(Date.now());
+      const next = held ?? queue.pick(Date.now());
+      held = undefined;
       if (!next) break;
       if (!consume.isCurrent(next.generation)) continue; // its channel is gone: the broker returned it
       const attempt = known(next.task);
-      if (attempt) join(attempt, next);
-      else void execute(next);
+      if (attempt) {
+        join(attempt, next);
+        continue;
+      }
+      const need = memoryOf(next.task);
+      // Waits for memory when others hold it (never when nothing runs: then it runs, or is refused as too large).
+      if (need > 0 && need <= tierMemoryMb && running.size > 0 && reservedMb + need > tierMemoryMb) {
+        held = next;
+        break;
+      }
+      void execute(next);
     }
     stats.buffered = queue.size;
     stats.inFlight = running.size;
@@ -185,20 +222,53 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
 
   // --- running one task --------------------------------------------------------------
 
-  const runHandler = async (task: TaskMessage, signal: AbortSignal): Promise<unknown> => {
+  /** A handler's ctx.log line (pino JSON from its thread), written to the node's log at its level. */
+  const logLine = (line: string) => {
+    try {
+      const { level, msg, time: _time, ...fields } = JSON.parse(line) as { level?: number; msg?: string; time?: number } & Record<string, unknown>;
+      const label = (typeof level === 'number' ? logger.levels.labels[level] : undefined) ?? 'info';
+      const write = (logger as unknown as Record<string, (o: object, m?: string) => void>)[label] ?? logger.info.bind(logger);
+      write.call(logger, { source: 'handler', ...fields }, msg);
+    } catch {
+      logger.info({ source: 'handler', line }, 'handler log line');
+    }
+  };
+
+  const runHandler = async (run: Run, signal: AbortSignal): Promise<unknown> => {
+    const { task } = run;
     const handler = handlers.get(task.type);
     if (!handler) throw new HandlerError({ message: `no handler for task type ${task.type} on node ${options.nodeId}`, code: 'unknown_handler', retryable: false });
     if (handler.kind === 'inline') return handler.run(task.payload, signal, { taskId: task.taskId, attempt: task.attempt });
-    threads ??= createThreadPool({ memoryMb: options.workerMemoryMb, keepIdle: 2, idleMs: 30_000 });
-    return threads.run(handler.module, handler.exportName, task.payload, signal);
+    const info = {
+      taskId: task.taskId,
+      attempt: task.attempt,
+      maxAttempts: task.maxAttempts ?? task.attempt,
+      tenant: task.tenant,
+      type: task.type,
+      tier: task.tier,
+      deadline: task.deadline,
+      traceId: run.traceId,
+    };
+    return threads.run(
+      { module: handler.module, exportName: handler.exportName, payload: task.payload, info, heapMb: heapOf(task), logLevel: options.handlerLogLevel ?? 'info' },
+      signal,
+      { onProgress: (fraction, message, at) => run.progress.report({ fraction, message, at }), onLog: logLine },
+    );
   };
 
   /** Runs one delivery's task to a record (or a give-back). Never rejects. */
   const execute = async (d: Delivery) => {
     const { task } = d;
     const key = keyOf(task);
-    const run: Run = { task, controller: new AbortController(), attempt: { durable: false, unacked: [d] } };
+    const attempt: Attempt = { durable: false, unacked: [d] };
+    const memoryMb = memoryOf(task) <= tierMemoryMb ? memoryOf(task) : 0;
+    const progress = createProgressCoalescer(options.progressMinIntervalMs ?? 1000, (p) =>
+      // The message as PostgreSQL's jsonb stores it (a U+0000 would make ingest set the record aside).
+      report({ kind: 'progress', taskId: task.taskId, attempt: task.attempt, at: p.at, fraction: p.fraction, message: p.message === null ? null : storableText(p.message, MAX_PROGRESS_MESSAGE_CHARS) }, attempt),
+    );
+    const run: Run = { task, controller: new AbortController(), attempt, memoryMb, progress, traceId: traceIdOf(d.msg) };
     running.set(key, run);
+    reservedMb += memoryMb;
     const { signal } = run.controller;
     const startedAt = new Date().toISOString();
     const t0 = performance.now();
@@ -209,11 +279,21 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
         if (task.deadline && Date.parse(task.deadline) < Date.now()) {
           throw new HandlerError({ message: `deadline ${task.deadline} passed before the task started`, code: 'expired', retryable: false });
         }
+        if (typeof task.memoryMb === 'number' && task.memoryMb > tierMemoryMb) {
+          // Tasks are routed by tier: no other node of this queue has more, so this is final, with the reason.
+          throw new HandlerError({
+            message: `task asks ${task.memoryMb} MB (resources.memoryMb) but tier ${options.tier} of node ${options.nodeId} has ${tierMemoryMb} MB`,
+            code: TOO_LARGE_FOR_TIER,
+            retryable: false,
+          });
+        }
         report({ kind: 'started', taskId: task.taskId, attempt: task.attempt, at: startedAt }, run.attempt);
         if (task.timeoutMs) {
           timeout = setTimeout(() => run.controller.abort(new HandlerError({ message: `timed out after ${task.timeoutMs} ms`, code: 'timeout', retryable: true })), task.timeoutMs);
         }
-        const output = await untilAborted(runHandler(task, signal), signal);
+        const output = await untilAborted(runHandler(run, signal), signal);
+        // The last progress goes out before the outcome (same message queue: ingest sees them in order).
+        progress.flush();
         const check = checkOutput(output, options.maxOutputBytes);
         if (check.ok) {
           stats.completed++;
@@ -224,6 +304,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
           report({ kind: 'failed', ...ended(), error: { message: check.message, code: 'output-not-storable', retryable: false } }, run.attempt);
         }
       } catch (error) {
+        progress.flush();
         if (signal.aborted && signal.reason instanceof CancelledError) {
           // The cancellation is already in the log; nothing to report.
           markDurable(run.attempt);
@@ -233,10 +314,13 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
           // The handler took its thread down. A failed attempt like any other (retried within
           // maxAttempts), not a requeue: the broker's delivery count cannot tell poison from
           // graceful returns on every version, the attempt budget can.
+          // Out of memory is not retried: the same payload on the same heap limit would most likely
+          // run out again; the task fails `out-of-memory` and is resubmitted with more memoryMb.
           stats.crashed++;
           stats.failed++;
-          logger.warn({ taskId: task.taskId, attempt: task.attempt, err: error.message }, 'worker thread crashed under a task');
-          report({ kind: 'failed', ...ended(), error: { message: error.message, code: 'crashed', retryable: true } }, run.attempt);
+          const oom = error.reason === 'out-of-memory';
+          logger.warn({ taskId: task.taskId, attempt: task.attempt, err: error.message, reason: error.reason }, 'worker thread crashed under a task');
+          report({ kind: 'failed', ...ended(), error: { message: error.message, code: oom ? OUT_OF_MEMORY : 'crashed', retryable: !oom } }, run.attempt);
         } else {
           stats.failed++;
           report({ kind: 'failed', ...ended(), error: toTaskError(error, signal) }, run.attempt);
@@ -246,6 +330,8 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
       logger.error({ err: error, taskId: task.taskId }, 'fog node run ended unexpectedly');
     } finally {
       clearTimeout(timeout);
+      progress.flush();
+      reservedMb -= memoryMb;
       running.delete(key);
       recent.set(key, run.attempt, Date.now());
       pump();
@@ -425,6 +511,10 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
     cancelled.add(taskId);
     if (cancelled.size > MAX_REMEMBERED_CANCELS) cancelled.delete(cancelled.values().next().value as string);
     for (const d of queue.remove((w) => w.task.taskId === taskId)) settle(d, 'ack');
+    if (held?.task.taskId === taskId) {
+      settle(held, 'ack');
+      held = undefined;
+    }
     stats.buffered = queue.size;
     for (const run of running.values()) if (run.task.taskId === taskId) run.controller.abort(new CancelledError(`task ${taskId} cancelled`));
   };
@@ -491,6 +581,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
       consume.lose(gen);
       // Its unacked deliveries go back to their queues; those of running tasks come back and join their run.
       queue.remove((d) => d.generation === gen);
+      if (held?.generation === gen) held = undefined;
       stats.buffered = queue.size;
       await channel?.close();
       if (abort.signal.aborted || draining || !conn.isOpen()) return;
@@ -554,7 +645,9 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
     name: `fog-node:${options.nodeId}`,
     stats: () => ({ ...stats, inFlight: running.size, buffered: queue.size }),
     async start() {
-      handlers = await loadHandlers(options.handlersModule);
+      // The handlers module is imported in a worker thread only; one lists its task types here.
+      handlers = await loadHandlers(options.handlersModule, (href) => threads.describe(href, options.workerMemoryMb));
+      logger.info({ types: [...handlers.keys()], tierMemoryMb: options.tierMemoryMb ?? null, slots: options.slots }, 'fog node handlers loaded');
       connectLoop = connect().catch((error: unknown) => logger.error({ err: error }, 'fog node connection loop crashed'));
       metricsTimer = setInterval(sampleMetrics, options.metricsIntervalMs);
       metricsTimer.unref();
@@ -584,6 +677,8 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
         for (const tag of c?.tags ?? []) await c?.channel.raw.cancel(tag).catch(() => {});
         stats.consumers = 0;
         for (const d of queue.remove()) settle(d, 'requeue');
+        if (held) settle(held, 'requeue');
+        held = undefined;
         stats.buffered = 0;
         const deadline = Date.now() + options.graceMs;
         while (running.size > 0 && Date.now() < deadline) await sleep(20);
@@ -601,7 +696,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
         abort.abort();
         await connection?.close();
         await connectLoop;
-        await threads?.close();
+        await threads.close();
         redis?.disconnect();
         logger.info({ completed: stats.completed, failed: stats.failed, returned: stats.returned }, 'fog node stopped');
       })());
@@ -627,6 +722,17 @@ function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
       },
     );
   });
+}
+
+/** The trace id a task message carries: the trace-id of a W3C `traceparent` header, or `x-trace-id`. */
+function traceIdOf(msg: ConsumeMessage): string | null {
+  const headers = (msg.properties.headers ?? {}) as Record<string, unknown>;
+  const parent = headers.traceparent;
+  if (typeof parent === 'string') {
+    const id = parent.split('-')[1];
+    if (id) return id;
+  }
+  return typeof headers['x-trace-id'] === 'string' ? headers['x-trace-id'] : null;
 }
 
 function toTaskError(error: unknown, signal: AbortSignal): TaskError {

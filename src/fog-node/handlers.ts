@@ -1,5 +1,8 @@
 import { isAbsolute, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { handlerError } from '../worker/errors.js';
+
+export { handlerError };
 
 /** How a task type runs: inline on the node's event loop, or in a worker thread. */
 export type Handler =
@@ -12,10 +15,6 @@ export interface HandlerContext {
   readonly attempt: number;
 }
 
-/** An error a handler throws may say whether a retry can help (default: it can). */
-export function handlerError(message: string, opts: { code?: string; retryable?: boolean } = {}): Error {
-  return Object.assign(new Error(message), { code: opts.code ?? 'handler_error', retryable: opts.retryable ?? true });
-}
 
 const THREAD_HANDLERS = import.meta.url.endsWith('.ts')
   ? new URL('../../dist/fog-node/thread-handlers.js', import.meta.url).href
@@ -85,18 +84,16 @@ export function builtinHandlers(): Map<string, Handler> {
 }
 
 /**
- * Built-ins plus every function a user module exports (FOG_NODE_HANDLERS).
- * User handlers run in worker threads with the heap limit, as
- * `(payload, signal) => output`; a thrown error's `retryable` and `code` are kept.
+ * Built-ins plus the task types of a user module (FOG_NODE_HANDLERS): a default export made by
+ * defineHandlers (`fogsched/worker`), and plain exported functions `(payload, signal, ctx)`.
+ * The module is never imported here: `describe` imports it in a worker thread and returns its
+ * type names, so its top-level code runs in worker threads only. A user type named like a
+ * built-in replaces it.
  */
-export async function loadHandlers(userModule: string): Promise<Map<string, Handler>> {
+export async function loadHandlers(userModule: string, describe: (href: string) => Promise<string[]>): Promise<Map<string, Handler>> {
   const handlers = builtinHandlers();
   if (!userModule) return handlers;
   const href = pathToFileURL(isAbsolute(userModule) ? userModule : resolve(process.cwd(), userModule)).href;
-  const mod = (await import(href)) as Record<string, unknown>;
-  const exports = { ...((mod.default as Record<string, unknown> | undefined) ?? {}), ...mod };
-  for (const [name, value] of Object.entries(exports)) {
-    if (typeof value === 'function') handlers.set(name, { kind: 'thread', module: href, exportName: name });
-  }
+  for (const name of await describe(href)) handlers.set(name, { kind: 'thread', module: href, exportName: name });
   return handlers;
 }

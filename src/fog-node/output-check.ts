@@ -72,5 +72,7 @@ export function storableTaskError(error: TaskError): TaskError {
     message: storableText(typeof error.message === 'string' ? error.message : String(error.message), MAX_ERROR_MESSAGE_CHARS),
     code: storableText(typeof error.code === 'string' && error.code ? error.code : 'handler_error', MAX_ERROR_CODE_CHARS),
     retryable: typeof error.retryable === 'boolean' ? error.retryable : true,
+    // The class name of what the handler threw, when it says more than `Error`.
+    ...(typeof error.name === 'string' && error.name && error.name !== 'Error' ? { name: storableText(error.name, MAX_ERROR_CODE_CHARS) } : {}),
   };
 }

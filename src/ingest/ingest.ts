@@ -538,6 +538,9 @@ export function resultCommands(batch: ResultBatch, opts: { backoff: BackoffOptio
       case 'started':
         command = { type: 'StartTask', data: { attempt: r.attempt, nodeId: batch.nodeId, startedAt: r.at, now } };
         break;
+      case 'progress':
+        command = { type: 'ReportProgress', data: { attempt: r.attempt, nodeId: batch.nodeId, fraction: r.fraction, message: r.message ?? null, reportedAt: r.at, now } };
+        break;
       case 'succeeded':
         command = {
           type: 'SucceedTask',

@@ -41,6 +41,8 @@ export function outboxRowFor(state: TaskState, event: TaskEvent, eventId: string
     timeoutMs: spec.timeoutMs,
     deadline: spec.deadline,
     availableAt: dispatch.availableAt,
+    memoryMb: spec.resources.memoryMb,
+    maxAttempts: spec.maxAttempts,
   };
   return {
     messageId: eventId,

@@ -1,5 +1,5 @@
 import { sql } from 'kysely';
-import { initialTaskState, type TaskEvent, type TaskSpec, type TaskState, type TaskStatus, type FailureReason, type TaskError } from '../domain/index.js';
+import { initialTaskState, type TaskEvent, type TaskSpec, type TaskState, type TaskStatus, type FailureReason, type TaskError, type TaskProgress } from '../domain/index.js';
 import { jsonRecordset, type Column, type EventMetadata, type Executor } from '../store/index.js';
 
 export type { Column } from '../store/index.js';
@@ -56,6 +56,9 @@ export const CURRENT_COLUMNS: readonly Column<CurrentRow>[] = [
   { name: 'finished_at', type: 'timestamptz', value: (r) => r.state.finishedAt },
   { name: 'updated_at', type: 'timestamptz', value: (r) => r.state.updatedAt },
   { name: 'deadline', type: 'timestamptz', value: (r) => spec(r.state).deadline },
+  { name: 'progress', type: 'jsonb', value: (r) => json(r.state.progress) },
+  // The running lease runs from the node's last report on the run: its start or its last progress.
+  { name: 'reported_at', type: 'timestamptz', value: (r) => (r.state.status === 'running' ? (r.state.progress?.at ?? r.state.startedAt) : null) },
 ];
 
 /** task_history's columns: one row per event, with the state the event left the task in. */
@@ -80,7 +83,8 @@ export const CURRENT_ON_CONFLICT = sql`
       state = EXCLUDED.state, attempt = EXCLUDED.attempt, first_attempt = EXCLUDED.first_attempt, version = EXCLUDED.version,
       node_id = EXCLUDED.node_id, output = EXCLUDED.output, last_error = EXCLUDED.last_error,
       failure_reason = EXCLUDED.failure_reason, available_at = EXCLUDED.available_at, started_at = EXCLUDED.started_at,
-      finished_at = EXCLUDED.finished_at, updated_at = EXCLUDED.updated_at
+      finished_at = EXCLUDED.finished_at, updated_at = EXCLUDED.updated_at, progress = EXCLUDED.progress,
+      reported_at = EXCLUDED.reported_at
     WHERE cur.version < EXCLUDED.version`;
 
 export function columnList<T>(columns: readonly Column<T>[]) {
@@ -151,6 +155,7 @@ export type TaskCurrentRow = {
   started_at: Date | null;
   finished_at: Date | null;
   updated_at: Date;
+  progress?: unknown;
 };
 
 export function rowToState(row: TaskCurrentRow): TaskState {
@@ -170,6 +175,7 @@ export function rowToState(row: TaskCurrentRow): TaskState {
     output: row.output ?? null,
     lastError: (row.last_error as TaskError | null) ?? null,
     failureReason: row.failure_reason as FailureReason | null,
+    progress: (row.progress as TaskProgress | null | undefined) ?? null,
   };
 }
 

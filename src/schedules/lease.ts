@@ -43,9 +43,12 @@ export interface RunningAttemptRow {
   attempt: number;
   node_id: string;
   started_at: Date;
+  /** The node's last report on the run (its start, or its last progress; the node's clock): the lease runs from it. */
+  reported_at: Date;
   timeout_ms: number | null;
+  /** Position of the run's last report in the log (its TaskStarted or its last TaskProgressed). */
   started_position: number;
-  /** When the TaskStarted of this run was written (the database's clock). */
+  /** When that report was written (the database's clock). */
   started_recorded_at: Date;
   lost_position: number | null;
   lost_recorded_at: Date | null;
@@ -58,7 +61,8 @@ export interface RunningAttemptRow {
 // longer matches the index's boolean column.
 const WITHOUT_TIMEOUT = sql<boolean>`(spec->>'timeoutMs' IS NULL) IS TRUE`;
 const WITH_TIMEOUT = sql<boolean>`(spec->>'timeoutMs' IS NULL) IS FALSE`;
-const LEASE_BASE_MS = sql<number>`task_lease_base_ms(started_at, spec)`;
+// From the node's last report on the run (migration 10): its start, or its last progress.
+const LEASE_BASE_MS = sql<number>`task_lease_base_ms(coalesce(reported_at, started_at), spec)`;
 const NOW_MS = sql<number>`(extract(epoch FROM now())::float8 * 1000)`;
 
 /**
@@ -82,7 +86,7 @@ async function lockCandidates(trx: Executor, lease: RunningLease, limit: number)
      WHERE t.state = 'running'
        AND lost.recorded_at <= now() - ${lease.graceMs}::float8 * interval '1 millisecond'
        AND lost.position > (SELECT s.position FROM events s
-                             WHERE s.stream_id = t.task_id::text AND s.type = 'TaskStarted'
+                             WHERE s.stream_id = t.task_id::text AND s.type IN ('TaskStarted', 'TaskProgressed')
                              ORDER BY s.stream_version DESC LIMIT 1)
      LIMIT ${limit}
        FOR UPDATE OF t SKIP LOCKED`.execute(trx);
@@ -105,14 +109,14 @@ async function lockCandidates(trx: Executor, lease: RunningLease, limit: number)
  */
 async function readCandidates(trx: Executor, ids: readonly string[]): Promise<RunningAttemptRow[]> {
   const result = await sql<RunningAttemptRow>`
-    SELECT t.task_id, t.attempt, t.node_id, t.started_at, (t.spec->>'timeoutMs')::float8 AS timeout_ms,
+    SELECT t.task_id, t.attempt, t.node_id, t.started_at, coalesce(t.reported_at, t.started_at) AS reported_at, (t.spec->>'timeoutMs')::float8 AS timeout_ms,
            st.position AS started_position, st.recorded_at AS started_recorded_at,
            lost.position AS lost_position, lost.recorded_at AS lost_recorded_at, lost.data->>'reason' AS lost_reason,
            now() AS now
       FROM task_current t
       CROSS JOIN LATERAL (
         SELECT s.position, s.recorded_at FROM events s
-         WHERE s.stream_id = t.task_id::text AND s.type = 'TaskStarted'
+         WHERE s.stream_id = t.task_id::text AND s.type IN ('TaskStarted', 'TaskProgressed')
          ORDER BY s.stream_version DESC LIMIT 1) st
       LEFT JOIN LATERAL (
         SELECT e.position, e.recorded_at, e.data FROM events e
@@ -133,14 +137,16 @@ export function leaseVerdict(c: RunningAttemptRow, lease: RunningLease): { code:
     };
   }
   const allowanceMs = c.timeout_ms === null ? lease.leaseMs : c.timeout_ms + lease.graceMs;
-  // Both clocks must agree the lease ran out: the node's start time (a node's clock running
-  // behind would end it early) and when the database recorded the start (a start written late,
-  // after an ingest backlog, would end it before its result could arrive).
-  if (now - c.started_at.getTime() < allowanceMs || now - c.started_recorded_at.getTime() < allowanceMs) return null;
+  // Both clocks must agree the lease ran out: the node's time of its last report (a node's clock
+  // running behind would end it early) and when the database recorded it (a report written late,
+  // after an ingest backlog, would end it before its result could arrive). A report is the start
+  // or a progress report (TaskProgressed): a run that reports is alive.
+  const reportedAt = c.reported_at ?? c.started_at;
+  if (now - reportedAt.getTime() < allowanceMs || now - c.started_recorded_at.getTime() < allowanceMs) return null;
   const why = c.timeout_ms === null ? 'RUNNING_LEASE_MS' : `timeoutMs ${c.timeout_ms} + RUNNING_LEASE_GRACE_MS`;
   return {
     code: 'lease-expired',
-    message: `no result from fog node ${c.node_id} for attempt ${c.attempt} within ${allowanceMs} ms (${why}) of its start at ${c.started_at.toISOString()}`,
+    message: `no result from fog node ${c.node_id} for attempt ${c.attempt} within ${allowanceMs} ms (${why}) of its last report at ${reportedAt.toISOString()} (started ${c.started_at.toISOString()})`,
   };
 }
 

@@ -70,6 +70,10 @@ export interface TaskCurrentTable {
   finished_at: Date | null;
   updated_at: Date;
   deadline: ColumnType<Date | null, Date | string | null | undefined, Date | string | null>;
+  /** The current run's last progress report {fraction, message, at} (migration 10). */
+  progress: Json;
+  /** The node's last report on the running attempt (start or progress); the running lease runs from it. */
+  reported_at: Date | null;
 }
 
 export interface TaskHistoryTable {

@@ -150,6 +150,21 @@ describe('the chaos checker, rule by rule', () => {
     expect(checkTransitions(id, skipped, { backoff: BACKOFF }).map((v) => v.rule)).toEqual(['invalid-transition']);
   });
 
+  it('invalid-transition: TaskProgressed is valid while its node runs the attempt, not after the outcome', () => {
+    const pid = newId();
+    const progress = (fraction: number, ms: number, nodeId = 'node-a'): TaskCommand => ({
+      type: 'ReportProgress',
+      data: { attempt: 1, nodeId, fraction, message: `at ${fraction}`, reportedAt: at(ms - 1), now: at(ms) },
+    });
+    const withProgress = logOf(pid, [submit(aSpec(pid)), start(1, 10), progress(0.5, 12), progress(1, 14), succeed(1, 20)]);
+    expect(withProgress.filter((e) => e.type === 'TaskProgressed')).toHaveLength(2);
+    expect(checkTransitions(pid, withProgress, { backoff: BACKOFF })).toEqual([]);
+    const late = tamper(withProgress, { type: 'TaskProgressed', data: { attempt: 1, nodeId: 'node-a', fraction: 1, message: null, reportedAt: at(30), at: at(31) }, recordedAt: T0 + 31 });
+    const v = checkTransitions(pid, late, { backoff: BACKOFF });
+    expect(v).toHaveLength(1);
+    expect(v[0]?.detail).toContain('TaskProgressed in state succeeded');
+  });
+
   it('attempt-budget: no more attempts than maxAttempts', () => {
     const two = logOf(id, [submit(aSpec(id, { maxAttempts: 2 })), start(1, 10), fail(1, 20, true), start(2, 400), fail(2, 500, true)]);
     expect(checkAttemptBudget(id, two)).toEqual([]);

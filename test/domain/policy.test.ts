@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
+  slotsFor,
   DEFAULT_RESOURCES,
   DEFAULT_TIERS,
   FogschedError,
@@ -186,5 +187,16 @@ describe('retryDelayMs', () => {
 describe('taskRoutingKey', () => {
   it('joins tier and priority', () => {
     expect(taskRoutingKey('medium', 'high')).toBe('medium.high');
+  });
+});
+
+describe('slotsFor', () => {
+  it('derives a node\'s slots from its tier memory: as many default-sized (64 MB) tasks as it holds, at least one', () => {
+    expect(DEFAULT_TIERS.map((t) => [t.name, slotsFor(t)])).toEqual([
+      ['light', 8],
+      ['medium', 12],
+      ['heavy', 16],
+    ]);
+    expect(slotsFor({ name: 'tiny', maxCpu: 0.1, maxMemoryMb: 32 })).toBe(1);
   });
 });

@@ -96,7 +96,7 @@ export async function collectResults(url: string, names: TopologyNames): Promise
   };
 }
 
-type NodeOptions = Omit<FogNodeOptions, 'logger' | 'topology' | 'names' | 'amqpUrl'> & { maxOutputBytes?: number };
+type NodeOptions = Omit<FogNodeOptions, 'topology' | 'names' | 'amqpUrl'> & { maxOutputBytes?: number };
 
 /** A fog node in this process with test defaults; stop it (or let `stopAll` do it). */
 export function testFogNode(

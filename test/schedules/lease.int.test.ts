@@ -61,7 +61,7 @@ async function lost(nodeId: string) {
 async function current(taskId: string) {
   return tdb.db
     .selectFrom('task_current')
-    .select(['state', 'attempt', 'node_id', 'failure_reason', 'last_error'])
+    .select(['state', 'attempt', 'node_id', 'failure_reason', 'last_error', 'progress', 'reported_at'])
     .where('task_id', '=', taskId)
     .executeTakeFirstOrThrow();
 }
@@ -183,6 +183,8 @@ describe('lease-expired', () => {
   /** Sweeps until the task is no longer running (wall-clock time must pass for a lease to run out). */
   const sweepUntilGivenUp = (taskId: string, lease: RunningLease) =>
     eventually(async () => (await sweep(lease)) >= 0 && (await current(taskId)).state !== 'running', { timeoutMs: 5000, intervalMs: 20 });
+  const sweepUntilGivenUpWithin = (taskId: string, lease: RunningLease, timeoutMs: number) =>
+    eventually(async () => (await sweep(lease)) >= 0 && (await current(taskId)).state !== 'running', { timeoutMs, intervalMs: 50 });
 
   it('a task with timeoutMs is given up once timeoutMs + RUNNING_LEASE_GRACE_MS passed since its start, not before', async () => {
     const task = await submit({ type: 'sleep', timeoutMs: 100 });
@@ -220,6 +222,34 @@ describe('lease-expired', () => {
     await sweepUntilGivenUp(task, lease);
     expect(Date.now() - recordedAt).toBeGreaterThanOrEqual(600);
     expect((await current(task)).last_error).toMatchObject({ code: 'lease-expired' });
+  });
+
+  it('a progress report (TaskProgressed) extends the lease: a task that reports is kept, one that went quiet is given up', async () => {
+    const reporting = await submit({ type: 'sleep' });
+    const quiet = await submit({ type: 'sleep' });
+    await start(reporting, 'edge-p');
+    await start(quiet, 'edge-p');
+    const lease = { leaseMs: 3000, graceMs: 3_600_000 };
+    const report = (fraction: number) =>
+      command(reporting, { type: 'ReportProgress', data: { attempt: 1, nodeId: 'edge-p', fraction, message: `at ${fraction}`, reportedAt: new Date().toISOString(), now: new Date().toISOString() } });
+    // Report every 200 ms (far inside the lease) until the quiet one's lease ran out.
+    let fraction = 0;
+    await eventually(
+      async () => {
+        fraction = Math.min(1, fraction + 0.01);
+        expect(await report(fraction)).toBe(1);
+        await sweep(lease);
+        return (await current(quiet)).state !== 'running';
+      },
+      { timeoutMs: 20_000, intervalMs: 200 },
+    );
+    expect((await current(quiet)).last_error).toMatchObject({ code: 'lease-expired' });
+    const kept = await current(reporting);
+    expect(kept.state).toBe('running');
+    expect(kept.progress).toMatchObject({ fraction, message: `at ${fraction}` });
+    // Once it stops reporting, its lease runs out from its last report.
+    await sweepUntilGivenUpWithin(reporting, lease, 20_000);
+    expect((await current(reporting)).last_error).toMatchObject({ code: 'lease-expired', message: expect.stringContaining('last report') });
   });
 
   it('a result that arrives in time ends the lease: nothing is given up', async () => {
