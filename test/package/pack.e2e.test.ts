@@ -15,20 +15,32 @@ import { testEnv } from '../helpers/processes.js';
  * then from that project only: the `fogsched` bin, a fog node running the project's own handlers
  * module (`npx fogsched start`), and a script that submits through `fogsched/client` and waits.
  *
- * The handlers and the task are data below (HANDLERS, TASK): to use the handler SDK, make
- * HANDLERS a module that default-exports `defineHandlers({ 'email.send': ... })` from
- * 'fogsched/worker' and TASK an `email.send` task; nothing else changes.
+ * The handlers module default-exports `defineHandlers({ 'email.send': ... })` from
+ * 'fogsched/worker': its first attempt asks for a retry, the second reports progress and reads
+ * `ctx.attempt`.
  */
 
 const HANDLERS = {
   file: 'handlers.mjs',
-  source: `// Plain exported functions: each export is a task type.
-export async function greet(payload) {
-  return { greeting: 'hello ' + payload.name };
-}
+  source: `// The handler SDK, as a user writes it: any string as a type name, the context, progress.
+import { defineHandlers } from 'fogsched/worker';
+
+export default defineHandlers({
+  'email.send': async (payload, ctx) => {
+    ctx.log.info({ to: payload.to }, 'sending');
+    if (ctx.attempt === 1) throw ctx.retryable(new Error('smtp: try again later'));
+    ctx.progress(0.5, 'rendered');
+    return { sentTo: payload.to, attempt: ctx.attempt, of: ctx.maxAttempts };
+  },
+});
 `,
 };
-const TASK = { type: 'greet', payload: { name: 'fog' }, output: { greeting: 'hello fog' } };
+const TASK = {
+  type: 'email.send',
+  payload: { to: 'ops@example.org' },
+  extra: { maxAttempts: 3, retry: { baseMs: 100, factor: 1, maxMs: 100 } },
+  output: { sentTo: 'ops@example.org', attempt: 2, of: 3 },
+};
 
 const exec = promisify(execFile);
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -81,12 +93,16 @@ describe('the packed package, installed into an empty project', () => {
     expect(help.stdout).toMatch(/\bschedules\b/);
   });
 
-  it('its types resolve: `fogsched/client` and `fogsched` type-check in a strict NodeNext project', () => {
+  it('its types resolve: `fogsched/client`, `fogsched/worker` and `fogsched` type-check in a strict NodeNext project', () => {
     const file = join(project, 'typed.ts');
     writeFileSync(
       file,
       `import { createClient, FogschedApiError, type Task } from 'fogsched/client';
 import { createClient as fromRoot } from 'fogsched';
+import { defineHandlers } from 'fogsched/worker';
+export const handlers = defineHandlers<{ 'email.send': { in: { to: string }; out: { id: string } } }>({
+  'email.send': async (payload, ctx) => ({ id: \`\${payload.to}/\${ctx.attempt}\` }),
+});
 const fog = createClient({ baseUrl: 'http://127.0.0.1:8080', apiKey: 'k' });
 export async function run(): Promise<Task['state']> {
   try {
@@ -121,7 +137,8 @@ export const same: typeof createClient = fromRoot;
 const fog = createClient({ baseUrl: process.env.FOGSCHED_URL });
 const task = await fog.submit(JSON.parse(process.argv[2]));
 const done = await fog.waitFor(task.id, { timeoutMs: 120000 });
-process.stdout.write(JSON.stringify(done));
+const history = await fog.history(task.id);
+process.stdout.write(JSON.stringify({ done, history }));
 `,
     );
     node = spawn(NPX, ['--no-install', 'fogsched', 'start', '--roles', 'api,relay,ingest,fog-node'], {
@@ -143,9 +160,14 @@ process.stdout.write(JSON.stringify(done));
       await new Promise((r) => setTimeout(r, 250));
     }
 
-    const { stdout } = await exec(process.execPath, ['submit.mjs', JSON.stringify({ type: TASK.type, payload: TASK.payload })], { cwd: project, env: { ...process.env, FOGSCHED_URL: base }, timeout: 150_000 });
-    const done = JSON.parse(stdout);
-    expect(done, nodeOutput).toMatchObject({ type: TASK.type, state: 'succeeded', output: TASK.output });
+    const { stdout } = await exec(process.execPath, ['submit.mjs', JSON.stringify({ type: TASK.type, payload: TASK.payload, ...TASK.extra })], { cwd: project, env: { ...process.env, FOGSCHED_URL: base }, timeout: 150_000 });
+    const { done, history } = JSON.parse(stdout) as { done: Record<string, unknown>; history: { type: string; data: Record<string, unknown> }[] };
+    expect(done, nodeOutput).toMatchObject({ type: TASK.type, state: 'succeeded', attempt: 2, output: TASK.output });
+    expect(done.progress, nodeOutput).toMatchObject({ fraction: 0.5, message: 'rendered' });
+    const types = history.map((e) => e.type);
+    expect(types).toContain('TaskAttemptFailed');
+    expect(types).toContain('TaskProgressed');
+    expect(types.at(-1)).toBe('TaskSucceeded');
     expect(readdirSync(join(project, 'node_modules', 'fogsched'))).not.toContain('test');
   }, 300_000);
 });
