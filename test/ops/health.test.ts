@@ -35,7 +35,7 @@ describe('health tracker', () => {
   it('counts only progress: time alone, however the loop is doing, decides nothing else', () => {
     const c = clock();
     const health = createHealthTracker(c.now);
-    const ingest = health.loop('ingest', { intervalMs: 1000, graceMs: 0 });
+    health.loop('ingest', { intervalMs: 1000, graceMs: 0 }); // never beats
     const other = health.loop('scheduler', { intervalMs: 1000, graceMs: 0 });
     c.advance(900);
     other.beat();
