@@ -1,5 +1,5 @@
 import type { FastifyInstance } from 'fastify';
-import { metricsText, recordHttpRequest } from '../infra/metrics.js';
+import { metricsText, recordHttpRequest, registerApiMetrics } from '../infra/metrics.js';
 
 /**
  * Prometheus on the api's own port: `GET /metrics` (the process's registry, the same as on the
@@ -9,6 +9,7 @@ import { metricsText, recordHttpRequest } from '../infra/metrics.js';
  * tenants of METRICS_TENANTS. Prometheus scrapes the ops port, which takes no credentials.
  */
 export function registerMetrics(app: FastifyInstance): void {
+  registerApiMetrics();
   app.addHook('onResponse', async (request, reply) => {
     recordHttpRequest(request.routeOptions.url ?? 'unmatched', request.method, reply.statusCode, reply.elapsedTime / 1000);
   });

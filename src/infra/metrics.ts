@@ -181,6 +181,12 @@ export function recordHttpRequest(route: string, method: string, status: number,
 }
 const HTTP_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
 
+/** Registers the api's metrics, so they are listed (without series) before the first request or refusal. */
+export function registerApiMetrics(): void {
+  httpDuration();
+  rateLimited();
+}
+
 /** `limit`: `rate`, `burst` or `active`. */
 export function recordRateLimited(tenant: string, limit: string): void {
   rateLimited().inc({ tenant: tenantLabel(tenant), limit });
