@@ -288,7 +288,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
     // On a channel that has gone meanwhile it is dropped: the broker redelivers them, and the inbox skips them.
     ch.settle({ fields: { deliveryTag: last } } as ConsumeMessage, 'ack-up-to');
     recordTaskEvents(tally.applied);
-    recordIngestBatch(tally.records);
+    if (tally.records > 0) recordIngestBatch(tally.records); // a batch of metric samples only is not a result batch
     stats.batches++;
     stats.messages += batch.length;
     stats.duplicates += tally.duplicates;
@@ -340,7 +340,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
         else deadLetters.push({ id: e.id, msg: e.msg, reason: 'dead-lettered message is not a task message' });
       }
     }
-    t.tally.applied.push(...(await executeTaskCommands(trx, items, options.names)).applied);
+    for (const a of (await executeTaskCommands(trx, items, options.names)).applied) t.tally.applied.push(a);
     t.tally.records += items.length;
     if (metrics.length > 0) {
       await sql`
@@ -380,7 +380,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
 
   /** One record's command, its events kept for the metrics. */
   const execute = async (t: Try, item: CommandItem) => {
-    t.tally.applied.push(...(await executeTaskCommands(t.trx, [item], options.names)).applied);
+    for (const a of (await executeTaskCommands(t.trx, [item], options.names)).applied) t.tally.applied.push(a);
     t.tally.records++;
   };
 

@@ -96,7 +96,8 @@ export async function executeTaskCommands(
       throw asConcurrencyError(error, newEvents) ?? error;
     }
   }
-  collectors.get(trx)?.push(...pending);
+  const collector = collectors.get(trx);
+  if (collector) for (const p of pending) collector.push(p);
   return { states, refused, eventCount: newEvents.length, applied: pending };
 }
 
