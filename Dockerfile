@@ -36,9 +36,11 @@ RUN chmod 0755 bin/fogsched.js \
 # The image's unprivileged user (uid 1000); the app files stay root-owned and read-only to it.
 USER node
 EXPOSE 8080
-# The default command runs every role, so the default check is the API's; the stack
-# overrides it per service (`fogsched healthcheck --role relay`, ...).
+# Every role serves /healthz on its ops port (OPS_PORT, default 9464): healthy while its loops make
+# progress, whatever PostgreSQL or the broker do (that is /readyz). Checked with node's own fetch
+# (the image has no curl or wget; the fogsched CLI would load its config and modules every time).
+EXPOSE 9464
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["fogsched", "healthcheck", "--role", "api"]
+  CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.OPS_PORT||9464)+'/healthz',{signal:AbortSignal.timeout(4000)}).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
 ENTRYPOINT ["/usr/bin/tini", "--", "fogsched"]
 CMD ["start"]

@@ -8,7 +8,8 @@
 # Values come from the environment when set, else they are generated (openssl rand):
 #   POSTGRES_PASSWORD, RABBITMQ_PASSWORD (user fogsched), RABBITMQ_ADMIN_PASSWORD (user admin),
 #   ERLANG_COOKIE, FOGSCHED_API_KEYS (one key per line: `key`, `tenant:key` or `tenant:role:key`),
-#   FOGSCHED_JWT_SECRET (HS256 secret of JWT bearer tokens, at least 32 characters).
+#   FOGSCHED_JWT_SECRET (HS256 secret of JWT bearer tokens, at least 32 characters),
+#   GRAFANA_ADMIN_PASSWORD (Grafana's user admin).
 # Generated admin password, API key and JWT secret are printed once; nothing else is.
 # Passwords are hex so they need no escaping inside connection URLs.
 set -eu
@@ -50,6 +51,9 @@ api_keys=${FOGSCHED_API_KEYS:-}
 jwt_secret=${FOGSCHED_JWT_SECRET:-}
 [ -n "$jwt_secret" ] || { jwt_secret=$(rand 32); echo "fogsched JWT secret, to sign HS256 tokens (store it now): $jwt_secret"; }
 
+grafana_password=${GRAFANA_ADMIN_PASSWORD:-}
+[ -n "$grafana_password" ] || { grafana_password=$(rand 16); echo "Grafana user admin password (store it now): $grafana_password"; }
+
 # Users and permissions as RabbitMQ definitions, imported at boot next to definitions.json.
 users=$(cat <<JSON
 {
@@ -71,3 +75,4 @@ put rabbitmq_users "$users"
 put erlang_cookie "$cookie"
 put api_keys "$api_keys"
 put jwt_secret "$jwt_secret"
+put grafana_admin_password "$grafana_password"

@@ -16,6 +16,7 @@ import { readClusterView } from '../infra/cluster-view.js';
 import { createRedis, redisKeys, recordCancelled, whenReady } from '../infra/redis.js';
 import { countActiveTasks } from '../projections/index.js';
 import { createSubmitLimits } from './limits.js';
+import { addReadinessCheck } from '../infra/ops-server.js';
 
 export interface ApiRoleOptions {
   readonly config: Config;
@@ -32,6 +33,7 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
   let app: FastifyInstance | undefined;
   let redis: Redis | undefined;
   let address: string | null = null;
+  let untrack: (() => void)[] = [];
   let stopped: Promise<void> | undefined;
   return {
     name: 'api',
@@ -97,6 +99,27 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
       });
       // The first submits would otherwise pass unlimited while the lazy client connects; a down Redis delays the start this long at most.
       if (limits && !(await whenReady(client, 2000))) logger.warn('redis not reachable at start: submit limits not enforced until it is');
+      const readiness: ReadinessCheck[] = [
+        {
+          name: 'postgresql',
+          critical: true,
+          async check() {
+            await sql`SELECT 1`.execute(postgres.db);
+            const pending = await pendingMigrations(postgres.pool);
+            if (pending.length > 0) throw new Error(`migrations not applied: ${pending.join(', ')}`);
+          },
+        },
+        {
+          name: 'redis',
+          critical: false, // membership only: submit, dispatch, run and ingest work without it
+          async check() {
+            await client.ping();
+          },
+        },
+        ...(options.extraReadiness ?? []),
+      ];
+      // The same checks on the process's ops port, named by role there.
+      untrack = readiness.map((c) => addReadinessCheck({ ...c, name: `api:${c.name}` }));
       app = await buildApi({
         apiKeys,
         jwt,
@@ -117,31 +140,14 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
         tasks,
         logger,
         version: options.version,
-        readiness: [
-          {
-            name: 'postgresql',
-            critical: true,
-            async check() {
-              await sql`SELECT 1`.execute(postgres.db);
-              const pending = await pendingMigrations(postgres.pool);
-              if (pending.length > 0) throw new Error(`migrations not applied: ${pending.join(', ')}`);
-            },
-          },
-          {
-            name: 'redis',
-            critical: false, // membership only: submit, dispatch, run and ingest work without it
-            async check() {
-              await client.ping();
-            },
-          },
-          ...(options.extraReadiness ?? []),
-        ],
+        readiness,
       });
       address = await app.listen({ host: config.HOST, port: config.PORT });
       logger.info({ address, docs: `${address}/docs` }, 'api listening');
     },
     stop() {
       return (stopped ??= (async () => {
+        for (const done of untrack) done();
         await app?.close();
         redis?.disconnect();
         await pg?.close();

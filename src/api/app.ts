@@ -19,6 +19,7 @@ import { taskRoutes } from './routes/tasks.js';
 import { clusterRoutes, type ClusterReader } from './routes/cluster.js';
 import { dlqRoutes } from './routes/dlq.js';
 import { scheduleRoutes } from './routes/schedules.js';
+import { registerMetrics } from './metrics-route.js';
 import { Health, OPTIONAL_BODY_OPERATIONS, Readiness, SHARED_SCHEMAS, json, problems } from './schemas.js';
 
 export interface ReadinessCheck {
@@ -115,6 +116,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   app.addHook('onRequest', accessHook({ keys: deps.apiKeys ?? [], jwt }));
   app.addHook('preValidation', refuseBadTextInBody);
   app.setNotFoundHandler(notFoundHandler);
+  registerMetrics(app);
   for (const schema of SHARED_SCHEMAS) app.addSchema(schema);
 
   await app.register(swagger, {

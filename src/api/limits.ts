@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import { FogschedError } from '../domain/index.js';
+import { recordRateLimited } from '../infra/metrics.js';
 import type { Logger } from '../infra/logger.js';
 
 export interface SubmitLimitSettings {
@@ -153,11 +154,15 @@ export function createSubmitLimits(deps: {
   return {
     async admit(tenant, tasks) {
       if (tasks <= 0) return;
-      if (rate > 0 && tasks > burst) throw new BurstExceededError(tasks, burst);
+      if (rate > 0 && tasks > burst) {
+        recordRateLimited(tenant, 'burst');
+        throw new BurstExceededError(tasks, burst);
+      }
       let answer = await run(tenant, tasks, '');
       // The count query's own failure (PostgreSQL down) is not Redis's: it propagates (503).
       if (answer !== 'fail-open' && answer[0] === 'seed') answer = await run(tenant, tasks, String(await deps.countActive(tenant)));
       if (answer === 'fail-open') return;
+      if (answer[0] === 'rate' || answer[0] === 'active') recordRateLimited(tenant, answer[0]);
       if (answer[0] === 'rate') throw new RateLimitedError(Math.max(1, Math.ceil(Number(answer[1]) / 1000)), rate, burst);
       if (answer[0] === 'active') throw new TooManyActiveTasksError(retryActiveSeconds, Number(answer[1]), maxActive, tasks);
     },

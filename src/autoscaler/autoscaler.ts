@@ -5,6 +5,7 @@ import { createBrokerClient, declareTopology, type BrokerChannel, type BrokerCon
 import { PRIORITIES } from '../domain/index.js';
 import type { AutoscaleTier } from '../infra/config.js';
 import type { Logger } from '../infra/logger.js';
+import { processHealth, UNTRACKED, type LoopProgress } from '../infra/health.js';
 import { sleep } from '../infra/role.js';
 import { keepLease, releaseLease, sessionSettings, tryAcquireLease, type LeaseSpec, type LeaseTerm } from '../outbox/relay-lease.js';
 import type { Database } from '../store/index.js';
@@ -210,6 +211,7 @@ export function createAutoscaler(options: AutoscalerOptions): Autoscaler {
     }
   };
 
+  let progress: LoopProgress = UNTRACKED;
   const run = async () => {
     let failures = 0;
     while (!abort.signal.aborted) {
@@ -228,12 +230,15 @@ export function createAutoscaler(options: AutoscalerOptions): Autoscaler {
           leaseDb = undefined;
         }
       }
+      progress.beat(options.intervalMs);
       await sleep(options.intervalMs, abort.signal);
     }
   };
 
   return {
     start() {
+      // /healthz: each round beats, whether it scaled, held or failed on a dependency.
+      if (!loop) progress = processHealth.loop('autoscaler', { intervalMs: options.intervalMs });
       loop ??= run();
       logger.info({ tiers: options.tiers, backend: backend.name, intervalMs: options.intervalMs, policy: options.policy }, 'autoscaler started');
       return Promise.resolve();
@@ -243,6 +248,7 @@ export function createAutoscaler(options: AutoscalerOptions): Autoscaler {
       stopping ??= (async () => {
         abort.abort();
         await loop;
+        progress.dispose();
         const t = term;
         term = undefined;
         if (t && leaseDb) {

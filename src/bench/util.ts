@@ -84,7 +84,7 @@ const live = new Set<Proc>();
 
 /** Spawns `node bin/fogsched.js <args>` with LOG_LEVEL=warn and the given environment. */
 export function spawnFogsched(args: string[], env: Record<string, string>): Proc {
-  const proc = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, LOG_LEVEL: 'warn', OPS_PORT: '0', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   const keep = (d: Buffer) => (out = (out + d.toString()).slice(-20_000));
   proc.stdout?.on('data', keep);

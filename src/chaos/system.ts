@@ -56,7 +56,7 @@ export function createSupervisor(opts: { logDir: string; restartDelayMs: number;
     const fd = openSync(join(opts.logDir, `${entry.spec.name}.log`), 'a');
     writeSync(fd, `--- ${new Date().toISOString()} start ${entry.spec.args.join(' ')}\n`);
     const proc = spawn(process.execPath, [FOGSCHED_BIN, ...entry.spec.args], {
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/root', ...entry.spec.env },
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/root', OPS_PORT: '0', ...entry.spec.env },
       stdio: ['ignore', fd, fd],
     });
     closeSync(fd);

@@ -4,9 +4,10 @@ import type { Config } from '../infra/config.js';
 import { redactUrl } from '../infra/logger.js';
 
 /**
- * `fogsched healthcheck [--role R]`: the container health check of each role.
- * Prints one line and resolves to whether the role is healthy; fast (every check
- * has a short timeout) so Docker's HEALTHCHECK and Swarm can call it often.
+ * `fogsched healthcheck [--role R]`: asks, from outside the role's process, whether what the
+ * role needs answers. Prints one line and resolves to whether it does; every check has a short
+ * timeout. A diagnosis command: the container health check is `GET /healthz` on the role's ops
+ * port (loop progress, see src/infra/health.ts), which a dependency outage does not fail.
  *
  * | role | healthy when |
  * |---|---|

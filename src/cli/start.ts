@@ -3,6 +3,7 @@ import type { Config } from '../infra/config.js';
 import { checkAutoscaleThresholds, parseAutoscaleTiers, parseBrokers, parseTiers } from '../infra/config.js';
 import { createLogger, type Logger } from '../infra/logger.js';
 import type { Role } from '../infra/role.js';
+import type { ReadinessCheck } from '../infra/ops-server.js';
 import { FogschedError, servedTiers, slotsFor } from '../domain/index.js';
 import { topology, topologyNames, type Topology } from '../broker/index.js';
 
@@ -55,6 +56,27 @@ function lazyRole<R extends Role>(name: string, load: () => Promise<R>): Role & 
 }
 
 /**
+ * Adds the role's dependencies to the process's `/readyz` (ops port) while it runs. The checks
+ * are built when the role starts, so a process loads only the clients its roles use.
+ */
+function withReadiness<R extends Role>(role: R, checks: () => Promise<ReadinessCheck[]>): R {
+  let remove: (() => void)[] = [];
+  return {
+    ...role,
+    async start() {
+      const { addReadinessCheck } = await import('../infra/ops-server.js');
+      remove = (await checks()).map((c) => addReadinessCheck(c));
+      await role.start();
+    },
+    async stop() {
+      for (const done of remove) done();
+      remove = [];
+      await role.stop();
+    },
+  };
+}
+
+/**
  * Builds the roles asked for; each runs alone in its own process too (`--roles relay`).
  * Configuration errors throw here; each role's modules load when it starts.
  */
@@ -64,9 +86,13 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
   const topo = topologyOf(config);
   const tiers = parseTiers(config.TIERS);
   const list: Role[] = [];
+  const checks = () => import('../infra/ready-checks.js');
+  const pgReady = async (role: string) => (await checks()).postgresReadiness(`${role}:postgresql`, config.DATABASE_URL);
+  const amqpReady = async (role: string) => (await checks()).brokerReadiness(`${role}:rabbitmq`, config.AMQP_URL);
+  const redisReady = async (role: string, critical: boolean) => (await checks()).redisReadiness(`${role}:redis`, config.REDIS_URL, critical);
   if (roles.includes('relay')) {
     list.push(
-      lazyRole('relay', async () =>
+      withReadiness(lazyRole('relay', async () =>
         (await import('../outbox/relay.js')).createRelay({
           databaseUrl: config.DATABASE_URL,
           amqpUrl: config.AMQP_URL,
@@ -77,11 +103,11 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
           retryMaxMs: config.RELAY_RETRY_MAX_MS,
           leaseMs: config.RELAY_LEASE_MS,
         }),
-      ),
+      ), async () => [await pgReady('relay'), await amqpReady('relay')]),
     );
   }
   if (roles.includes('ingest')) {
-    list.push(lazyRole('ingest', async () => {
+    list.push(withReadiness(lazyRole('ingest', async () => {
       const [{ createPostgres }, { createIngest }] = await Promise.all([import('../infra/postgres.js'), import('../ingest/index.js')]);
       const pg = createPostgres({
         url: config.DATABASE_URL,
@@ -104,7 +130,7 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
         logger,
       });
       return { name: 'ingest', start: () => ingest.start(), stop: async () => { await ingest.stop(); await pg.close(); } };
-    }));
+    }), async () => [await pgReady('ingest'), await amqpReady('ingest')]));
   }
   if (roles.includes('fog-node')) {
     const tier = options.tier ?? config.FOG_NODE_TIER;
@@ -115,8 +141,7 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
     const slots = config.FOG_NODE_SLOTS || slotsFor(tierSpec);
     for (let i = 0; i < options.fogNodes; i++) {
       const nodeId = options.fogNodes > 1 || !config.FOG_NODE_ID ? `${config.FOG_NODE_ID || `${hostname()}-${process.pid}`}${options.fogNodes > 1 ? `-${i + 1}` : ''}` : config.FOG_NODE_ID;
-      list.push(
-        lazyRole(`fog-node:${nodeId}`, async () =>
+      const node = lazyRole(`fog-node:${nodeId}`, async () =>
           (await import('../fog-node/index.js')).createFogNode({
             amqpUrl: config.AMQP_URL,
             topology: topo,
@@ -139,12 +164,13 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
             logger,
             heartbeat: { redisUrl: config.REDIS_URL, prefix: config.REDIS_PREFIX, intervalMs: config.FOG_HEARTBEAT_INTERVAL_MS, ttlMs: config.FOG_HEARTBEAT_TTL_MS, version: options.version },
           }),
-        ),
       );
+      // The nodes of one process share their dependencies: the first reports them. Redis is membership only.
+      list.push(i === 0 ? withReadiness(node, async () => [await amqpReady('fog-node'), await redisReady('fog-node', false)]) : node);
     }
   }
   if (roles.includes('coordinator')) {
-    list.push(lazyRole('coordinator', async () => {
+    list.push(withReadiness(lazyRole('coordinator', async () => {
       const [{ createPostgres }, { createCoordinator }] = await Promise.all([import('../infra/postgres.js'), import('../coordinator/index.js')]);
       const pg = createPostgres({ url: config.DATABASE_URL, poolMax: 2, connectTimeoutMs: config.PG_CONNECT_TIMEOUT_MS, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, applicationName: 'fogsched-coordinator' });
       const coordinator = createCoordinator({
@@ -156,13 +182,14 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
         brokerHeartbeatTtlMs: config.BROKER_HEARTBEAT_TTL_MS,
         leaseMs: config.COORDINATOR_LEASE_MS,
         coordinatorId: `${hostname()}-${process.pid}`,
+        tiers,
         logger,
       });
       return { name: 'coordinator', start: () => coordinator.start(), stop: async () => { await coordinator.stop(); await pg.close(); } };
-    }));
+    }), async () => [await pgReady('coordinator'), await redisReady('coordinator', true)]));
   }
   if (roles.includes('scheduler')) {
-    list.push(lazyRole('scheduler', async () => {
+    list.push(withReadiness(lazyRole('scheduler', async () => {
       const [{ createPostgres }, { createScheduler }] = await Promise.all([import('../infra/postgres.js'), import('../schedules/index.js')]);
       const pg = createPostgres({ url: config.DATABASE_URL, poolMax: 2, connectTimeoutMs: config.PG_CONNECT_TIMEOUT_MS, statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS, applicationName: 'fogsched-scheduler' });
       const scheduler = createScheduler({
@@ -177,8 +204,21 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
         backoff: { baseMs: config.RETRY_BASE_MS, factor: config.RETRY_FACTOR, maxMs: config.RETRY_MAX_MS },
         retention: { outboxDays: config.OUTBOX_RETENTION_DAYS, inboxDays: config.INBOX_RETENTION_DAYS, idempotencyKeyHours: config.IDEMPOTENCY_KEY_TTL_HOURS },
       });
-      return { name: 'scheduler', start: () => scheduler.start(), stop: async () => { await scheduler.stop(); await pg.close(); } };
-    }));
+      const { registerTaskGauges } = await import('../infra/db-gauges.js');
+      let untrack: (() => void) | undefined;
+      return {
+        name: 'scheduler',
+        start: async () => {
+          untrack = registerTaskGauges(config.DATABASE_URL);
+          await scheduler.start();
+        },
+        stop: async () => {
+          await scheduler.stop();
+          untrack?.();
+          await pg.close();
+        },
+      };
+    }), async () => [await pgReady('scheduler')]));
   }
   if (roles.includes('autoscaler')) {
     // Settings are checked here, before anything starts: a bad AUTOSCALE_TIERS is one clear line.
@@ -242,6 +282,10 @@ export async function runStart(options: StartOptions): Promise<void> {
   }
   if (options.roles.some((r) => PROJECTION_ROLES.has(r))) await checkProjections(options, logger);
   const roles = createRoles(options, logger);
+  // One ops server for the process, whatever roles it runs: /healthz, /readyz, /metrics on OPS_PORT.
+  const { configureMetrics, parseTenantList } = await import('../infra/metrics.js');
+  configureMetrics({ tenants: parseTenantList(options.config.METRICS_TENANTS), maxTaskTypes: options.config.METRICS_MAX_TASK_TYPES });
+  const ops = await (await import('../infra/ops-server.js')).startOpsServer({ host: options.config.HOST, port: options.config.OPS_PORT, logger });
   const started: Role[] = [];
   let stopping = false;
   const stopAll = async () => {
@@ -252,6 +296,7 @@ export async function runStart(options: StartOptions): Promise<void> {
         logger.error({ err: error, role: role.name }, 'role failed to stop');
       }
     }
+    await ops.close();
   };
   const onSignal = (signal: NodeJS.Signals) => {
     if (stopping) {

@@ -6,6 +6,10 @@ import type { BrokerSpec } from '../infra/config.js';
 import type { Logger } from '../infra/logger.js';
 import { createRedis, redisKeys, type RedisKeys } from '../infra/redis.js';
 import { sleep, type Role } from '../infra/role.js';
+import { processHealth, UNTRACKED, type LoopProgress } from '../infra/health.js';
+import { cachedSource, registerScrapeGaugeVec } from '../infra/metrics.js';
+import { readClusterView } from '../infra/cluster-view.js';
+import { servedTiers, type Tier } from '../domain/index.js';
 import type { Database } from '../store/index.js';
 import { fenced, type Fenced } from './fenced.js';
 import { appendNodeEvent, readNodeStreamState, type NodeStreamState } from './node-events.js';
@@ -27,6 +31,8 @@ export interface CoordinatorDeps {
   readonly coordinatorId?: string;
   /** An AMQP probe that has not answered within this is a failure (default min(intervalMs, 5000)). */
   readonly probeTimeoutMs?: number;
+  /** TIERS, lightest first: `fogsched_fog_nodes_live` shows each, 0 when no live node serves it (default: the tiers live nodes report). */
+  readonly tiers?: readonly Tier[];
   /** Release the lease on stop so a standby takes over at once (default true). */
   readonly releaseLeaseOnStop?: boolean;
   readonly logger: Logger;
@@ -260,6 +266,7 @@ export function createCoordinator(deps: CoordinatorDeps): Coordinator {
     }
   };
 
+  let progress: LoopProgress = UNTRACKED;
   const workLoop = async () => {
     while (!abort.signal.aborted) {
       const started = performance.now();
@@ -276,6 +283,7 @@ export function createCoordinator(deps: CoordinatorDeps): Coordinator {
       // After a failed round (Redis not connected yet, say) try again soon rather than a whole interval later.
       const period = lastRoundError ? Math.min(deps.intervalMs, 1000) : deps.intervalMs;
       const wait = Math.max(0, period - (performance.now() - started));
+      progress.beat(wait);
       if (!wakeRequested) {
         await new Promise<void>((resolve) => {
           wake = resolve;
@@ -295,7 +303,22 @@ export function createCoordinator(deps: CoordinatorDeps): Coordinator {
     async start() {
       redis = createRedis(deps.redisUrl, { logger, name: `fogsched-${id}` });
       scripts = fenced(redis);
+      // /healthz: each round of the work loop beats (a failed one too: Redis down is /readyz's business).
+      progress = processHealth.loop('coordinator', { intervalMs: deps.intervalMs });
       loops = Promise.all([leaseLoop(), workLoop()]);
+      const client = redis;
+      // Every replica answers this from Redis on scrape (not only the leader), cached and within a timeout.
+      const live = cachedSource('fogsched_fog_nodes_live', async () => {
+        const view = await readClusterView(client, keys, { brokers: deps.brokers, staleAfterMs: 2 * deps.intervalMs });
+        if (view.redis !== 'ok') throw new Error(view.error);
+        const count = new Map<string, number>((deps.tiers ?? []).map((t) => [t.name, 0]));
+        for (const n of view.fogNodes) {
+          if (n.state !== 'up' || !n.tier) continue;
+          for (const tier of servedTiers(n.tier, deps.tiers)) count.set(tier, (count.get(tier) ?? 0) + 1);
+        }
+        return [...count].map(([tier, value]) => ({ labels: { tier }, value }));
+      });
+      registerScrapeGaugeVec('fogsched_fog_nodes_live', 'Live fog nodes (heartbeat in Redis, state up) that serve each tier, their own or a lighter one; read from Redis by the coordinator', ['tier'], live);
       logger.info({ brokers: deps.brokers.map((b) => b.node), intervalMs: deps.intervalMs, leaseMs: deps.leaseMs }, 'coordinator started');
     },
     stop() {
@@ -308,6 +331,7 @@ export function createCoordinator(deps: CoordinatorDeps): Coordinator {
         }
         token = undefined;
         redis?.disconnect();
+        progress.dispose();
       })());
     },
   };

@@ -18,6 +18,8 @@ import { loadHandlers, type Handler } from './handlers.js';
 import { createThreadPool, HandlerError, MIN_THREAD_HEAP_MB, WorkerCrashedError, type ThreadPool } from './thread-pool.js';
 import { createProgressCoalescer, type ProgressCoalescer } from './progress-coalescer.js';
 import { createFogHeartbeat, type FogHeartbeat } from './heartbeat.js';
+import { processHealth } from '../infra/health.js';
+import { registerFogNodeSlots } from '../infra/metrics.js';
 import { createLocalQueue, type Queued } from './local-queue.js';
 import { checkOutput, storableTaskError, storableText, MAX_ERROR_MESSAGE_CHARS } from './output-check.js';
 import { createRecentMap } from './recent-map.js';
@@ -163,6 +165,8 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
   let stopped: Promise<void> | undefined;
   const cancelled = new Set<string>();
   let heartbeat: FogHeartbeat | undefined;
+  /** Its /healthz loop and slot gauge, removed on stop. */
+  const untrack: (() => void)[] = [];
 
   const keyOf = (task: TaskMessage) => `${task.taskId}:${task.attempt}`;
 
@@ -651,9 +655,14 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
       connectLoop = connect().catch((error: unknown) => logger.error({ err: error }, 'fog node connection loop crashed'));
       metricsTimer = setInterval(sampleMetrics, options.metricsIntervalMs);
       metricsTimer.unref();
+      untrack.push(registerFogNodeSlots({ tier: options.tier, slots: () => ({ busy: running.size, free: Math.max(0, options.slots - running.size) }) }));
       if (options.heartbeat) {
+        // /healthz: every heartbeat, written or failed, beats (one that hangs is a stalled node).
+        const progress = processHealth.loop(`fog-node:${options.nodeId}`, { intervalMs: options.heartbeat.intervalMs });
+        untrack.push(() => progress.dispose());
         heartbeat = createFogHeartbeat({
           ...options.heartbeat,
+          onBeat: () => progress.beat(),
           nodeId: options.nodeId,
           tier: options.tier,
           slots: options.slots,
@@ -698,6 +707,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
         await connectLoop;
         await threads.close();
         redis?.disconnect();
+        for (const done of untrack) done();
         logger.info({ completed: stats.completed, failed: stats.failed, returned: stats.returned }, 'fog node stopped');
       })());
     },

@@ -25,6 +25,8 @@ export interface FogHeartbeatOptions {
   /** FOG_HEARTBEAT_TTL_MS (default 30000): the hash expires this long after the last beat. */
   readonly ttlMs: number;
   readonly stats: () => FogHeartbeatStats;
+  /** Called after every beat, written or failed (the node's /healthz progress). */
+  readonly onBeat?: () => void;
   readonly version: string;
   readonly logger: Logger;
 }
@@ -96,6 +98,7 @@ export function createFogHeartbeat(opts: FogHeartbeatOptions): FogHeartbeat {
   const loop = () => {
     beating = beat('up').finally(() => {
       beating = undefined;
+      opts.onBeat?.();
       if (!stopped) timer = setTimeout(loop, opts.intervalMs);
     });
   };

@@ -36,6 +36,10 @@ export const ConfigSchema = Type.Object({
   TENANT_ACTIVE_REFRESH_MS: Int(100, 2000, 'the shared active-task counter of a tenant is re-counted from PostgreSQL this often (how soon finished tasks free the cap)'),
   HOST: Type.String({ default: '127.0.0.1', description: 'address the API listens on' }),
   PORT: Int(0, 8080, 'port the API listens on'),
+  // --- operations (issue 17): health, readiness and Prometheus metrics of every role ---
+  OPS_PORT: Int(0, 9464, 'port of the ops server (/healthz, /readyz, /metrics) on HOST, one per process; 0 picks a free port and logs it'),
+  METRICS_TENANTS: Type.String({ default: '', description: 'comma-separated tenants that get their own tenant label in metrics; every other tenant is counted as other' }),
+  METRICS_MAX_TASK_TYPES: Int(1, 50, 'distinct task types that get their own type label in metrics; later ones are counted as other'),
   LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }),
   AMQP_PREFIX: Type.String({ default: '', description: 'prefix for every exchange and queue name (isolates test runs and tenants of one vhost)' }),
   REDIS_PREFIX: Type.String({ default: '' }),

@@ -21,6 +21,8 @@ import { classifyPgError, PREPARE_MARK } from '../infra/postgres.js';
 import { sleep, type Role } from '../infra/role.js';
 import { appendEvents, type Database, type Executor, type NewEvent } from '../store/index.js';
 import { executeTaskCommands, type CommandItem } from '../tasks/index.js';
+import { processHealth, UNTRACKED, type LoopProgress } from '../infra/health.js';
+import { recordIngestBatch, recordTaskEvents, type TaskEventForMetrics } from '../infra/metrics.js';
 import { isStorableText, storableBody, storableJson, storableText } from './storable.js';
 
 export interface IngestOptions {
@@ -68,6 +70,10 @@ export interface IngestStats {
 
 /** What one transaction did, added to the stats once it committed (a rolled-back try counts nothing). */
 interface Tally {
+  /** Task events appended (for metrics, counted once committed). */
+  applied: TaskEventForMetrics[];
+  /** Result records applied. */
+  records: number;
   duplicates: number;
   rejected: number;
   setAside: number;
@@ -125,6 +131,8 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
   let loop: Promise<void> | undefined;
   let stopped: Promise<void> | undefined;
   let lastRetention = 0;
+  // /healthz: each turn of the consume loop beats (a batch applied or retried, an idle wait of at most a second, a reconnect).
+  let progress: LoopProgress = UNTRACKED;
 
   /** Anything wrong with the channel (an error closed it, the broker cancelled a consumer): start over on a new connection. */
   const restart = (why: string) => {
@@ -191,9 +199,14 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
     const retry = createBackoff({ baseMs: 100, maxMs: options.retryMaxMs ?? 10_000 });
     let unknownFailures = 0;
     while (!abort.signal.aborted) {
+      progress.beat();
       if (!channel) {
         if (await connect()) setupRetry.reset();
-        else await sleep(setupRetry.next(), abort.signal);
+        else {
+          const delay = setupRetry.next();
+          progress.beat(delay);
+          await sleep(delay, abort.signal);
+        }
         continue;
       }
       await waitForBatch(queue.length > 0 ? options.flushMs : 1000);
@@ -218,6 +231,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
           { err: cause?.message, code: cause?.code, kind: unsettled.kind, retryInMs: delay, messages: unsettled.rest.length, failures: retry.failures },
           'ingest batch not applied; will retry',
         );
+        progress.beat(delay);
         await sleep(delay, abort.signal);
         continue;
       }
@@ -273,6 +287,8 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
     const last = batch.reduce((max, p) => Math.max(max, p.msg.fields.deliveryTag), 0);
     // On a channel that has gone meanwhile it is dropped: the broker redelivers them, and the inbox skips them.
     ch.settle({ fields: { deliveryTag: last } } as ConsumeMessage, 'ack-up-to');
+    recordTaskEvents(tally.applied);
+    if (tally.records > 0) recordIngestBatch(tally.records); // a batch of metric samples only is not a result batch
     stats.batches++;
     stats.messages += batch.length;
     stats.duplicates += tally.duplicates;
@@ -324,7 +340,8 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
         else deadLetters.push({ id: e.id, msg: e.msg, reason: 'dead-lettered message is not a task message' });
       }
     }
-    await executeTaskCommands(trx, items, options.names);
+    for (const a of (await executeTaskCommands(trx, items, options.names)).applied) t.tally.applied.push(a);
+    t.tally.records += items.length;
     if (metrics.length > 0) {
       await sql`
         INSERT INTO node_metrics (node_id, at, tier, cpu, rss_mb, in_flight, completed, failed)
@@ -361,18 +378,24 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
     }
   };
 
+  /** One record's command, its events kept for the metrics. */
+  const execute = async (t: Try, item: CommandItem) => {
+    for (const a of (await executeTaskCommands(t.trx, [item], options.names)).applied) t.tally.applied.push(a);
+    t.tally.records++;
+  };
+
   const applyRecordByRecord = async (t: Try, entry: Entry, batch: ResultBatch) => {
     const { trx, now } = t;
     const setAside: { index: number; record: ResultRecord; error: unknown }[] = [];
     for (const [index, record] of batch.records.entries()) {
       const [item] = resultCommands({ ...batch, records: [record] }, { backoff: options.backoff, now });
-      let failure = await underSavepoint(t, () => executeTaskCommands(trx, [item as CommandItem], options.names));
+      let failure = await underSavepoint(t, () => execute(t, item as CommandItem));
       if (failure === undefined) continue;
       if (record.kind === 'succeeded') {
         // The output is what PostgreSQL refuses (a `\u0000`, a value jsonb cannot hold): the
         // run is over and cannot be reported, so the task fails for good with the reason.
         const fallback = outputNotStorable(batch.nodeId, record, failure, now, options.backoff);
-        const second = await underSavepoint(t, () => executeTaskCommands(trx, [fallback], options.names));
+        const second = await underSavepoint(t, () => execute(t, fallback));
         if (second === undefined) {
           t.tally.notStorable++;
           logger.warn({ taskId: record.taskId, attempt: record.attempt, messageId: entry.id, err: (failure as Error).message }, 'task output cannot be stored; task failed output-not-storable');
@@ -383,7 +406,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
         // The handler's error text is what PostgreSQL refuses (a `\u0000` in its message): the
         // failure itself is real, so it is applied with the text made storable.
         const [readable] = resultCommands({ ...batch, records: [{ ...record, error: storableJson(record.error) as TaskError }] }, { backoff: options.backoff, now });
-        const second = await underSavepoint(t, () => executeTaskCommands(trx, [readable as CommandItem], options.names));
+        const second = await underSavepoint(t, () => execute(t, readable as CommandItem));
         if (second === undefined) {
           logger.warn({ taskId: record.taskId, attempt: record.attempt, messageId: entry.id, err: (failure as Error).message }, 'task error text not storable; applied with it made storable');
           continue;
@@ -424,6 +447,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
     name: 'ingest',
     stats: () => ({ ...stats }),
     async start() {
+      progress = processHealth.loop('ingest', { intervalMs: 1000 });
       loop = run().catch((error: unknown) => logger.error({ err: error }, 'ingest loop crashed'));
     },
     stop() {
@@ -432,6 +456,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
         wake?.();
         await loop; // the batch in flight commits and is acked
         await connection?.close();
+        progress.dispose();
       })());
     },
   };
@@ -442,14 +467,17 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
  * when `strict`) rolls back to the savepoint and is returned; anything else is thrown, which
  * fails the whole transaction (to be tried again).
  */
-async function underSavepoint({ trx, strict }: Try, fn: () => Promise<unknown>): Promise<unknown> {
+async function underSavepoint({ trx, strict, tally }: Try, fn: () => Promise<unknown>): Promise<unknown> {
   await sql`SAVEPOINT ingest_item`.execute(trx);
+  const mark = { applied: tally.applied.length, records: tally.records };
   try {
     await fn();
   } catch (error) {
     const kind = classifyPgError(error);
     if (kind === 'transient' || (kind === 'unknown' && !strict)) throw error;
     await sql`ROLLBACK TO SAVEPOINT ingest_item`.execute(trx);
+    tally.applied.length = mark.applied; // rolled back: not appended
+    tally.records = mark.records;
     await sql`RELEASE SAVEPOINT ingest_item`.execute(trx);
     return error ?? new Error('undefined thrown');
   }
@@ -458,7 +486,7 @@ async function underSavepoint({ trx, strict }: Try, fn: () => Promise<unknown>):
 }
 
 function newTally(): Tally {
-  return { duplicates: 0, rejected: 0, setAside: 0, notStorable: 0 };
+  return { applied: [], records: 0, duplicates: 0, rejected: 0, setAside: 0, notStorable: 0 };
 }
 
 interface DeadLetter {

@@ -2,6 +2,9 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
+import { processHealth, UNTRACKED, type LoopProgress } from '../infra/health.js';
+import { recordRelayPublished, recordRelayRefused, registerRelayMetrics } from '../infra/metrics.js';
+import { registerOutboxGauges } from '../infra/db-gauges.js';
 import { backoffMs, createBackoff, createBrokerClient, declareTopology, type BrokerConnection, type ConfirmingChannel, type OutgoingMessage, type Topology } from '../broker/index.js';
 import { coerceError } from '../domain/index.js';
 import type { Logger } from '../infra/logger.js';
@@ -167,6 +170,9 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
   let lastLagCheck = 0;
   /** A NOTIFY came while a round ran (nobody was waiting to be woken): go again at once. */
   let notified = false;
+  // /healthz: every turn of the loop beats (a round, a batch of a long round, a standby look, a backoff).
+  let progress: LoopProgress = UNTRACKED;
+  let opsDone: (() => void)[] = [];
 
   const waitForWork = (ms: number, ended: AbortSignal) =>
     new Promise<void>((resolve) => {
@@ -247,9 +253,11 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
         if (retry.failures === 1 || retry.failures % 10 === 0) logger.warn({ err: (error as Error).message, retryInMs: delay }, 'relay cannot reach postgresql; retrying');
         await closeClient(leaseDb);
         leaseDb = undefined;
+        progress.beat(delay);
         await sleep(delay, abort.signal);
         continue;
       }
+      progress.beat(standbyPollMs);
       await sleep(standbyPollMs, abort.signal);
     }
     return undefined;
@@ -491,6 +499,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
             const r = await t.inTurn(() => markPublishedFenced(t.db, spec, t.lease.epoch, batch));
             if (!r.held) fencedOut(t);
             stats.published += r.rows;
+            recordRelayPublished(r.rows);
           }
         } catch (error) {
           failure ??= error; // the rows not marked stay due and go out again: at least once
@@ -516,6 +525,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
             const failed = [...outcome.failed, ...strays];
             if (failed.length > 0) {
               refused = true;
+              recordRelayRefused(failed.length);
               await backOff(t, failed);
             }
           })
@@ -533,6 +543,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
         while (marking && toMark.length >= pipelineDepth * options.batchSize) await marking;
         claim = await next;
         next = undefined;
+        progress.beat(); // a long round over a backlog is progress too
         if (claim.rows.length === 0 || stopping()) break;
         if (Date.now() - lastLagCheck > LAG_CHECK_MS) await measureLag(t);
       }
@@ -579,6 +590,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
       notified = false;
       const more = await runOnce(t);
       roundRetry.reset();
+      progress.beat(options.pollIntervalMs);
       if (!t.lease.holds()) break;
       if (Date.now() - lastLagCheck > LAG_CHECK_MS) await measureLag(t);
       // Notified during the round: start the next at once, without the idle-wait query.
@@ -610,6 +622,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
       } else if (error !== undefined) {
         const delay = roundRetry.next();
         logger.warn({ err: (error as Error).message, retryInMs: delay }, 'relay round failed');
+        progress.beat(delay);
         // Start clean: the lease was given back, the connections closed; a standby may take over meanwhile.
         await sleep(delay, abort.signal);
       }
@@ -624,6 +637,11 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
       return { ...stats, leader: leading, epoch: leading ? t.lease.epoch : 0 };
     },
     async start() {
+      opsDone = [
+        registerRelayMetrics(() => term !== undefined && term.lease.holds()),
+        registerOutboxGauges(options.databaseUrl),
+      ];
+      progress = processHealth.loop('relay', { intervalMs: options.pollIntervalMs });
       loop = run().catch((error: unknown) => logger.error({ err: error }, 'relay loop crashed'));
     },
     stop() {
@@ -633,6 +651,8 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
         await closeAmqp();
         await closeClient(leaseDb);
         leaseDb = undefined;
+        progress.dispose();
+        for (const done of opsDone) done();
       })());
     },
   };

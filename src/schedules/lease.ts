@@ -3,7 +3,7 @@ import type { BackoffOptions, TaskCommand } from '../domain/index.js';
 import type { Logger } from '../infra/logger.js';
 import type { TopologyNames } from '../outbox/index.js';
 import type { Database, Executor } from '../store/index.js';
-import { executeTaskCommands } from '../tasks/index.js';
+import { countedTransaction, executeTaskCommands } from '../tasks/index.js';
 
 /**
  * How long a `running` task may go without its result before the scheduler gives the attempt up.
@@ -160,7 +160,7 @@ export function leaseVerdict(c: RunningAttemptRow, lease: RunningLease): { code:
 export async function expireRunningLeases(options: LeaseSweepOptions): Promise<number> {
   const limit = options.limit ?? 500;
   const random = options.random ?? Math.random;
-  return options.db.transaction().execute(async (trx) => {
+  return countedTransaction(options.db, async (trx) => {
     const ids = await lockCandidates(trx, options.lease, limit);
     if (ids.length === 0) return 0;
     const items = (await readCandidates(trx, ids)).flatMap((c) => {

@@ -22,11 +22,12 @@ import {
   type Tier,
 } from '../domain/index.js';
 import { createBackoff } from '../infra/backoff.js';
+import { processHealth, UNTRACKED, type LoopProgress } from '../infra/health.js';
 import type { Logger } from '../infra/logger.js';
 import { sleep, type Role } from '../infra/role.js';
 import type { TopologyNames } from '../outbox/index.js';
 import { appendEvents, type Database, type Executor, type SchedulesTable } from '../store/index.js';
-import { buildTaskSpec, callerMetadata, executeTaskCommands, type Caller } from '../tasks/index.js';
+import { buildTaskSpec, callerMetadata, countedTransaction, executeTaskCommands, type Caller } from '../tasks/index.js';
 import { expireRunningLeases, nextLeaseExpiryMs, type RunningLease } from './lease.js';
 import { pruneRetention, type RetentionOptions, type RetentionResult } from './retention.js';
 
@@ -295,7 +296,7 @@ export function createScheduler(options: SchedulerOptions): Scheduler {
    * refuses it too. Returns how many expired.
    */
   const expireOverdue = async (): Promise<number> =>
-    options.db.transaction().execute(async (trx) => {
+    countedTransaction(options.db, async (trx) => {
       const rows = await trx
         .selectFrom('task_current')
         .select(['task_id', 'attempt', 'deadline'])
@@ -333,7 +334,7 @@ export function createScheduler(options: SchedulerOptions): Scheduler {
 
   /** Fires every due schedule once; returns the number of tasks created. */
   const tick = async (): Promise<number> =>
-    options.db.transaction().execute(async (trx) => {
+    countedTransaction(options.db, async (trx) => {
       const rows = await trx
         .selectFrom('schedules')
         .selectAll()
@@ -361,6 +362,7 @@ export function createScheduler(options: SchedulerOptions): Scheduler {
   };
   const expireLeases = () => expireRunningLeases(leaseSweep);
 
+  let progress: LoopProgress = UNTRACKED;
   const run = async () => {
     const retry = createBackoff({ baseMs: 400, maxMs: 10_000 });
     while (!abort.signal.aborted) {
@@ -383,6 +385,7 @@ export function createScheduler(options: SchedulerOptions): Scheduler {
         wait = retry.next();
         logger.warn({ err: (error as Error).message, retryInMs: wait }, 'scheduler tick failed');
       }
+      progress.beat(wait);
       await sleep(wait, abort.signal);
     }
   };
@@ -409,12 +412,15 @@ export function createScheduler(options: SchedulerOptions): Scheduler {
     expireLeases,
     pruneRetention: prune,
     async start() {
+      // /healthz: each scheduler tick beats (retention, in its own loop, may run long and is not tracked).
+      progress = processHealth.loop('scheduler', { intervalMs: options.pollIntervalMs });
       loop = Promise.all([run(), retain()]).then(() => undefined);
     },
     stop() {
       return (stopped ??= (async () => {
         abort.abort();
         await loop;
+        progress.dispose();
       })());
     },
   };

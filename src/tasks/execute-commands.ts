@@ -1,7 +1,8 @@
 import { v7 as uuidv7 } from 'uuid';
 import { decide, evolve, initialTaskState, FogschedError, type TaskCommand, type TaskEvent, type TaskState } from '../domain/index.js';
-import { sql } from 'kysely';
-import { asConcurrencyError, insertEvents, type EventMetadata, type Executor, type NewEvent } from '../store/index.js';
+import { sql, type Kysely, type Transaction } from 'kysely';
+import { recordTaskEvents } from '../infra/metrics.js';
+import { asConcurrencyError, insertEvents, type Database, type EventMetadata, type Executor, type NewEvent } from '../store/index.js';
 import { loadTaskStates, taskProjectionCtes } from '../projections/index.js';
 import { PREPARE_MARK } from '../infra/postgres.js';
 import { insertOutbox, outboxRowFor, withdrawDispatches, type OutboxRow, type TopologyNames } from '../outbox/index.js';
@@ -18,6 +19,8 @@ export interface CommandOutcome {
   /** Items whose command was refused by the domain, by input index. */
   readonly refused: Map<number, FogschedError>;
   readonly eventCount: number;
+  /** Each appended event with the task's state after it, in order (for metrics once the transaction committed: recordTaskEvents). */
+  readonly applied: readonly { readonly state: TaskState; readonly event: TaskEvent }[];
 }
 
 /**
@@ -93,5 +96,24 @@ export async function executeTaskCommands(
       throw asConcurrencyError(error, newEvents) ?? error;
     }
   }
-  return { states, refused, eventCount: newEvents.length };
+  const collector = collectors.get(trx);
+  if (collector) for (const p of pending) collector.push(p);
+  return { states, refused, eventCount: newEvents.length, applied: pending };
+}
+
+/** Task events appended in a transaction of countedTransaction, per transaction. */
+const collectors = new WeakMap<Executor, { state: TaskState; event: TaskEvent }[]>();
+
+/**
+ * `db.transaction().execute(work)`, counting the task events executeTaskCommands appended in it
+ * in the metrics once it committed (a rolled-back transaction counts nothing).
+ */
+export async function countedTransaction<T>(db: Kysely<Database>, work: (trx: Transaction<Database>) => Promise<T>): Promise<T> {
+  const applied: { state: TaskState; event: TaskEvent }[] = [];
+  const result = await db.transaction().execute((trx) => {
+    collectors.set(trx, applied);
+    return work(trx);
+  });
+  recordTaskEvents(applied);
+  return result;
 }

@@ -19,7 +19,7 @@ import type { Database, EventMetadata, Executor } from '../store/index.js';
 import { listFailedTasks, loadTaskStates, type FailedTaskFilter } from '../projections/index.js';
 import type { TopologyNames } from '../outbox/index.js';
 import { isConnectionError } from '../infra/postgres.js';
-import { executeTaskCommands } from './execute-commands.js';
+import { countedTransaction, executeTaskCommands } from './execute-commands.js';
 import { createGroupCommit } from './group-commit.js';
 
 /** A submit as the API validated it. */
@@ -185,7 +185,7 @@ export function createTaskService(options: TaskServiceOptions) {
     maxQueued,
     onFull: () => new SubmitQueueFullError(maxQueued),
     ...(options.concurrency !== undefined ? { concurrency: options.concurrency } : {}),
-    run: (items) => db.transaction().execute((trx) => writeSubmits(trx, items)),
+    run: (items) => countedTransaction(db, (trx) => writeSubmits(trx, items)),
     isolate: (error) => !isConnectionError(error),
   });
 
@@ -202,7 +202,7 @@ export function createTaskService(options: TaskServiceOptions) {
         return [];
       }
     });
-    const results = await db.transaction().execute(async (trx) => {
+    const results = await countedTransaction(db, async (trx) => {
       const r = await writeSubmits(trx, prepared);
       r.forEach((x, index) => {
         if (x instanceof FogschedError) itemErrors.push({ index, error: x });
@@ -216,7 +216,7 @@ export function createTaskService(options: TaskServiceOptions) {
   };
 
   const runCommand = async (taskId: string, caller: Caller, command: TaskCommand): Promise<TaskState> => {
-    const outcome = await db.transaction().execute(async (trx) => {
+    const outcome = await countedTransaction(db, async (trx) => {
       const found = await loadTaskStates(trx, [taskId], { forUpdate: false });
       if (found.get(taskId)?.spec?.tenant !== caller.tenant) throw new TaskNotFoundError(taskId);
       return executeTaskCommands(trx, [{ taskId, command, metadata: callerMetadata(caller) }], names);
@@ -248,7 +248,7 @@ export function createTaskService(options: TaskServiceOptions) {
     queued: () => group.queued() + batchItemsInFlight,
     /** Requeues the failed tasks matching the filter (at most `limit`), one transaction; `dryRun` only counts. */
     async requeueFailed(filter: FailedTaskFilter, caller: Caller, opts: { dryRun: boolean; limit: number }): Promise<{ matched: number; requeued: string[] }> {
-      return db.transaction().execute(async (trx) => {
+      return countedTransaction(db, async (trx) => {
         const rows = await listFailedTasks(trx, { ...filter, tenant: caller.tenant, limit: opts.limit });
         if (opts.dryRun) return { matched: rows.length, requeued: [] };
         const now = new Date().toISOString();

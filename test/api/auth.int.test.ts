@@ -139,7 +139,20 @@ describe('roles', () => {
     expect(new Set(Object.keys(WHO))).toEqual(new Set(v1));
     // A GET's HEAD twin carries the same declaration.
     for (const r of table.filter((x) => x.method === 'HEAD' && x.url.startsWith('/v1'))) expect(r.access, r.url).toBe(table.find((x) => x.method === 'GET' && x.url === r.url)?.access);
-    expect(table.filter((r) => !r.url.startsWith('/v1')).every((r) => r.access === 'public')).toBe(true);
+    // Outside /v1 everything is public but the api port's Prometheus metrics (the ops port serves them to the internal network).
+    expect(table.filter((r) => !r.url.startsWith('/v1') && r.url !== '/metrics').every((r) => r.access === 'public')).toBe(true);
+    expect(table.filter((r) => r.url === '/metrics').map((r) => r.access)).toEqual(['operator', 'operator']);
+  });
+
+  it('GET /metrics on the api port: an operator gets the Prometheus text, others 401 / 403', async () => {
+    expect((await app.inject({ method: 'GET', url: '/metrics' })).statusCode).toBe(401);
+    expect((await app.inject({ method: 'GET', url: '/metrics', headers: { authorization: `Bearer ${ACME_SUBMITTER}` } })).statusCode).toBe(403);
+    expect((await app.inject({ method: 'GET', url: '/metrics', headers: { authorization: `Bearer ${ACME_AUDITOR}` } })).statusCode).toBe(403);
+    const ok = await app.inject({ method: 'GET', url: '/metrics', headers: { authorization: `Bearer ${ACME}` } });
+    expect(ok.statusCode).toBe(200);
+    expect(ok.headers['content-type']).toMatch(/^text\/plain/);
+    // The refused requests above are in it, by route pattern and status.
+    expect(ok.body).toMatch(/^fogsched_http_request_duration_seconds_count\{route="\/metrics",method="GET",status="401"\} \d+$/m);
   });
 
   it('an app with a route that declares no access does not start; if one slipped through it would be refused (403), never open', async () => {

@@ -70,7 +70,7 @@ describe('Dockerfile', () => {
     expect(args.TINI_VERSION).toMatch(/^\d+\.\d+\.\d+-/);
   });
 
-  it('runs as a non-root user under tini, with fogsched as entrypoint and a fogsched health check (exec form)', () => {
+  it('runs as a non-root user under tini, with fogsched as entrypoint and a health check of /healthz on the ops port (exec form, no CLI process)', () => {
     const user = runtime.body.filter((i) => i.op === 'USER').at(-1);
     expect(user?.args).toBeDefined();
     expect(['root', '0']).not.toContain(user?.args);
@@ -78,7 +78,7 @@ describe('Dockerfile', () => {
     expect(order.lastIndexOf('USER')).toBeLessThan(order.indexOf('ENTRYPOINT'));
     expect(runtime.body.find((i) => i.op === 'ENTRYPOINT')?.args).toBe('["/usr/bin/tini", "--", "fogsched"]');
     expect(runtime.body.find((i) => i.op === 'CMD')?.args).toBe('["start"]');
-    expect(runtime.body.find((i) => i.op === 'HEALTHCHECK')?.args).toMatch(/--timeout=\d+s .*CMD \["fogsched", "healthcheck"/);
+    expect(runtime.body.find((i) => i.op === 'HEALTHCHECK')?.args).toMatch(/--timeout=\d+s .*CMD \["node", "-e", ".*\/healthz/);
   });
 
   it('.dockerignore keeps node_modules, build output, VCS data and env files out of the context', () => {

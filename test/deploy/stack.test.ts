@@ -51,6 +51,8 @@ const roleOf = (s: Service): string => {
 };
 const env = (s: Service): Record<string, string> => Object.fromEntries(Object.entries(s.environment ?? {}).map(([k, v]) => [k, String(v)]));
 const dockerfile = readFileSync(new URL('../../Dockerfile', import.meta.url), 'utf8');
+/** The health check of every fogsched service and of the image: GET /healthz on the ops port, 200 or not. */
+const HEALTHZ_SCRIPT = "fetch('http://127.0.0.1:'+(process.env.OPS_PORT||9464)+'/healthz',{signal:AbortSignal.timeout(4000)}).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))";
 
 /** What each role cannot run without in a container (the defaults point at 127.0.0.1). */
 const REQUIRED_ENV: Record<string, readonly string[]> = {
@@ -98,7 +100,9 @@ describe('deploy/swarm/stack.yml', () => {
       const role = roleOf(s);
       expect(s.command?.[0], name).toBe('start');
       expect(HEALTHCHECK_ROLES as readonly string[], name).toContain(role);
-      expect(s.healthcheck?.test.join(' '), name).toBe(`CMD fogsched healthcheck --role ${role}`);
+      // The ops port's /healthz (loop progress), the same check as the image's HEALTHCHECK; no CLI process.
+      expect(s.healthcheck?.test, name).toEqual(['CMD', 'node', '-e', HEALTHZ_SCRIPT]);
+      expect(dockerfile, 'the Dockerfile HEALTHCHECK runs the same script').toContain(JSON.stringify(HEALTHZ_SCRIPT));
       if (!(ROLE_NAMES as readonly string[]).includes(role)) pending.push(`${name} (--roles ${role})`);
     }
     // The coordinator role comes with issue 7; until then its service would restart in a loop.
@@ -139,15 +143,16 @@ describe('deploy/swarm/stack.yml', () => {
       expect(secret.environment, `secret ${name} must not come from an environment variable`).toBeUndefined();
       expect(secret.external === true || typeof secret.file === 'string', `secret ${name} is external or a file`).toBe(true);
     }
-    expect(Object.keys(stack.secrets).sort()).toEqual(['api_keys', 'erlang_cookie', 'jwt_secret', 'postgres_password', 'rabbitmq_password', 'rabbitmq_users']);
+    expect(Object.keys(stack.secrets).sort()).toEqual(['api_keys', 'erlang_cookie', 'grafana_admin_password', 'jwt_secret', 'postgres_password', 'rabbitmq_password', 'rabbitmq_users']);
   });
 
-  it('api: at least 2 replicas, rolling update start-first, on the edge network; the rest only on the internal backend', () => {
+  it('api: at least 2 replicas, rolling update start-first, on the edge network; Grafana on it too; the rest only on the internal backend', () => {
     const api = stack.services.api as Service;
     expect(api.deploy?.replicas).toBeGreaterThanOrEqual(2);
     expect(api.deploy?.update_config?.order).toBe('start-first');
     expect(api.networks).toEqual(['edge', 'backend']);
-    for (const [name, s] of services) if (name !== 'api') expect(s.networks, name).toEqual(['backend']);
+    expect(stack.services.grafana?.networks).toEqual(['edge', 'backend']);
+    for (const [name, s] of services) if (name !== 'api' && name !== 'grafana') expect(s.networks, name).toEqual(['backend']);
     expect(stack.networks.backend).toMatchObject({ driver: 'overlay', internal: true });
     expect(stack.networks.edge).toMatchObject({ driver: 'overlay' });
     for (const name of ['relay', 'ingest', 'coordinator', 'scheduler']) expect(stack.services[name]?.deploy?.replicas, name).toBe(2);

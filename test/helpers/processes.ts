@@ -36,7 +36,8 @@ const live = new Set<Spawned>();
 
 /** Runs the built CLI (`npm run build` first) with extra environment; output is kept for failure messages. */
 export function spawnFogsched(args: string[], env: Record<string, string>): Spawned {
-  const proc = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  // OPS_PORT 0: many processes on one machine, each with an ops port of its own (logged as opsPort).
+  const proc = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, LOG_LEVEL: 'warn', OPS_PORT: '0', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout?.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-20_000)));
   proc.stderr?.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-20_000)));
@@ -177,4 +178,16 @@ export async function waitReady(port: number, spawned: Spawned, timeoutMs = 30_0
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- test code reads arbitrary JSON
 export async function getJson(url: string): Promise<any> {
   return (await fetch(url)).json();
+}
+
+/** The ops port a process picked (OPS_PORT=0) and logged (`"opsPort":N` in "ops server listening"; needs LOG_LEVEL info). */
+export async function opsPortOf(p: Spawned, timeoutMs = 60_000): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (p.proc.exitCode !== null) throw new Error(`fogsched exited early:\n${p.output()}`);
+    const m = /"opsPort":(\d+)/.exec(p.output());
+    if (m) return Number(m[1]);
+    if (Date.now() > deadline) throw new Error(`no ops port logged in ${timeoutMs} ms:\n${p.output()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
