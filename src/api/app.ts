@@ -19,6 +19,7 @@ import { taskRoutes } from './routes/tasks.js';
 import { clusterRoutes, type ClusterReader } from './routes/cluster.js';
 import { dlqRoutes } from './routes/dlq.js';
 import { scheduleRoutes } from './routes/schedules.js';
+import { uiRoutes } from './ui.js';
 import { Health, OPTIONAL_BODY_OPERATIONS, Readiness, SHARED_SCHEMAS, json, problems } from './schemas.js';
 
 export interface ReadinessCheck {
@@ -47,6 +48,8 @@ export interface ApiDeps {
   readonly jwt?: JwtSettings | null;
   /** Per-tenant submit rate and active-task cap (createSubmitLimits); absent: unlimited. */
   readonly limits?: SubmitLimits | null;
+  /** Where the built dashboard is (served at /ui); default dist/ui of this package. */
+  readonly uiDir?: string;
   /** Request limits; each missing one takes its default (DEFAULT_API_LIMITS). */
   readonly inputLimits?: Partial<ApiLimits>;
 }
@@ -199,6 +202,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(clusterRoutes, routeDeps);
   await app.register(dlqRoutes, routeDeps);
   await app.register(scheduleRoutes, routeDeps);
+  await app.register(uiRoutes, { ...(deps.uiDir ? { dir: deps.uiDir } : {}) });
   // As for loggerInstance above: the instance keeps its TypeBox provider and pino logger types inside.
   // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-assertion
   return app as unknown as FastifyInstance;
