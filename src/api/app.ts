@@ -13,13 +13,13 @@ import { clientErrorHandler, errorHandler, notFoundHandler } from './errors.js';
 import { refuseBadTextInBody, refuseBadTextInRequest, strictDateTime } from './input.js';
 import { accessHook, declareAccess, requireAccessDeclarations } from './auth.js';
 import { registerJwt } from './jwt.js';
+import { uiRoutes } from './ui.js';
 import type { SubmitLimits } from './limits.js';
 import type { ApiKey, JwtSettings } from '../infra/config.js';
 import { taskRoutes } from './routes/tasks.js';
 import { clusterRoutes, type ClusterReader } from './routes/cluster.js';
 import { dlqRoutes } from './routes/dlq.js';
 import { scheduleRoutes } from './routes/schedules.js';
-import { uiRoutes } from './ui.js';
 import { Health, OPTIONAL_BODY_OPERATIONS, Readiness, SHARED_SCHEMAS, json, problems } from './schemas.js';
 
 export interface ReadinessCheck {
@@ -46,10 +46,10 @@ export interface ApiDeps {
   readonly apiKeys?: readonly ApiKey[];
   /** JWT bearer tokens beside the keys (jwtSettings of the config); absent: off. */
   readonly jwt?: JwtSettings | null;
-  /** Per-tenant submit rate and active-task cap (createSubmitLimits); absent: unlimited. */
-  readonly limits?: SubmitLimits | null;
   /** Where the built dashboard is (served at /ui); default dist/ui of this package. */
   readonly uiDir?: string;
+  /** Per-tenant submit rate and active-task cap (createSubmitLimits); absent: unlimited. */
+  readonly limits?: SubmitLimits | null;
   /** Request limits; each missing one takes its default (DEFAULT_API_LIMITS). */
   readonly inputLimits?: Partial<ApiLimits>;
 }
@@ -147,6 +147,8 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     docs.addHook('onRoute', declareAccess('public'));
     await docs.register(swaggerUi, { routePrefix: '/docs' });
   });
+  // The dashboard's static files, public like the docs (src/api/ui.ts); its data comes from /v1.
+  await app.register(uiRoutes, deps.uiDir ? { dir: deps.uiDir } : {});
 
   app.get(
     '/healthz',
@@ -202,7 +204,6 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(clusterRoutes, routeDeps);
   await app.register(dlqRoutes, routeDeps);
   await app.register(scheduleRoutes, routeDeps);
-  await app.register(uiRoutes, { ...(deps.uiDir ? { dir: deps.uiDir } : {}) });
   // As for loggerInstance above: the instance keeps its TypeBox provider and pino logger types inside.
   // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-assertion
   return app as unknown as FastifyInstance;

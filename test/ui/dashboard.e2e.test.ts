@@ -37,6 +37,13 @@ describe.skipIf(noChromium)('the dashboard in a real browser', () => {
     return res.body;
   };
   const getTask = async (id: string): Promise<Json> => (await fetch(`${t.base}/v1/tasks/${id}`, { headers: auth })).json();
+  /** Whether the api has a route (the SSE feed, stats and audit queries come with issue 19 item 1); a stream is closed once it answered. */
+  const hasRoute = async (path: string): Promise<boolean> => {
+    const abort = new AbortController();
+    const res = await fetch(`${t.base}${path}`, { headers: auth, signal: abort.signal });
+    abort.abort();
+    return res.status !== 404;
+  };
 
   beforeAll(async () => {
     t = await e2eEnv('ui');
@@ -151,6 +158,8 @@ describe.skipIf(noChromium)('the dashboard in a real browser', () => {
     await expect.poll(() => row(slow.id).locator('.badge').textContent(), { timeout: LONG }).toBe('running');
     await expect.poll(() => row(slow.id).locator('.badge').textContent(), { timeout: LONG }).toBe('succeeded');
     await expect.poll(() => row(quick.id).locator('.badge').textContent(), { timeout: LONG }).toBe('succeeded');
+    // Changes come over the SSE feed where the api has one (the page polls as well, so it works without).
+    if (await hasRoute('/v1/events')) await expect.poll(() => page.getByRole('status', { name: /live feed/ }).textContent(), { timeout: LONG }).toContain('live');
     expect(await row(quick.id).getByRole('link').textContent()).toMatch(new RegExp(`^${quick.id.slice(0, 8)}`));
     // Filters go to the API: only sleep tasks.
     await page.getByLabel('Type').fill('sleep');
@@ -158,6 +167,16 @@ describe.skipIf(noChromium)('the dashboard in a real browser', () => {
     await expect.poll(() => row(quick.id).count(), { timeout: LONG }).toBe(0);
     await row(slow.id).waitFor();
     await page.getByLabel('Type').fill('');
+    // The submitted-time window: from a minute ahead, nothing; from a minute ago, both.
+    const local = (ms: number) => new Date(ms - new Date().getTimezoneOffset() * 60_000).toISOString().slice(0, 19);
+    await page.getByLabel('Submitted from').fill(local(Date.now() + 60_000));
+    await page.getByRole('button', { name: 'Apply' }).click();
+    await page.getByText('No task matches.').waitFor({ timeout: LONG });
+    await page.getByLabel('Submitted from').fill(local(new Date(quick.submittedAt).getTime() - 60_000));
+    await page.getByRole('button', { name: 'Apply' }).click();
+    await row(quick.id).waitFor({ timeout: LONG });
+    await row(slow.id).waitFor({ timeout: LONG });
+    await page.getByLabel('Submitted from').fill('');
     await page.getByRole('button', { name: 'Apply' }).click();
     await row(quick.id).waitFor({ timeout: LONG });
     await checkPage('tasks');
@@ -245,7 +264,11 @@ describe.skipIf(noChromium)('the dashboard in a real browser', () => {
     expect(await page.locator('tr[data-node-id="edge-a"]').count()).toBe(1);
   });
 
-  it('draws throughput, latency per tier, queue depth and outbox lag on the overview, live', async () => {
+  it('draws throughput, latency per tier, queue depth and outbox lag on the overview, live', async (ctx) => {
+    if (!(await hasRoute('/v1/stats'))) {
+      console.warn('skipping the overview browser test: this api has no GET /v1/stats (issue 19 item 1)');
+      ctx.skip();
+    }
     await go('#/', 'Overview');
     await page.locator('figure.chart svg').waitFor({ timeout: LONG });
     expect(await page.locator('figure.chart figcaption').textContent()).toMatch(/submitted [1-9]/);
@@ -256,9 +279,26 @@ describe.skipIf(noChromium)('the dashboard in a real browser', () => {
     await checkPage('overview');
   });
 
-  it('lets an auditor run the documented audit questions, read-only', async () => {
+  it('gives an auditor the read-only pages: no bulk actions, no cancel or requeue', async () => {
     await page.getByRole('button', { name: 'Sign out' }).click();
     await signIn(AUDITOR_KEY);
+    expect(await page.getByRole('banner').textContent()).toContain('auditor');
+    await go('#/tasks', 'Tasks');
+    await page.locator('tbody tr').first().waitFor({ timeout: LONG });
+    expect(await page.getByRole('group', { name: 'Bulk actions' }).count()).toBe(0);
+    expect(await page.getByRole('checkbox').count()).toBe(0);
+    await page.locator('tbody tr a').first().click();
+    await page.getByRole('heading', { level: 2, name: 'Timeline' }).waitFor();
+    expect(await page.getByRole('button', { name: /Cancel task|Requeue task/ }).count()).toBe(0);
+    await go('#/dlq', 'Dead letters');
+    expect(await page.getByRole('button', { name: /Count matching|Requeue/ }).count()).toBe(0);
+  });
+
+  it('lets an auditor run the documented audit questions, read-only', async (ctx) => {
+    if (!(await hasRoute('/v1/audit/queries'))) {
+      console.warn('skipping the audit browser test: this api has no GET /v1/audit/queries (issue 19 item 1)');
+      ctx.skip();
+    }
     expect(await page.getByRole('banner').textContent()).toContain('auditor');
     await go('#/audit', 'Audit');
     const question = page.getByLabel('Question');
@@ -273,8 +313,5 @@ describe.skipIf(noChromium)('the dashboard in a real browser', () => {
     await page.getByRole('button', { name: 'Run' }).click();
     await page.getByRole('region', { name: 'Query result' }).waitFor({ timeout: LONG });
     await checkPage('audit');
-    // Read-only: an auditor gets no bulk actions and no cancel button.
-    await go('#/tasks', 'Tasks');
-    expect(await page.getByRole('group', { name: 'Bulk actions' }).count()).toBe(0);
   });
 });

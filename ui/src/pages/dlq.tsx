@@ -37,20 +37,19 @@ export function Dlq({ role }: { role: Role }) {
   const [outcome, setOutcome] = useState<string | null>(null);
   const [error, setError] = useState<Error>();
 
-  const set = (k: keyof Filter) => (e: Event) => {
-    setForm({ ...form, [k]: (e.currentTarget as HTMLInputElement).value });
-    setDryRun(null);
-  };
+  const set = (k: keyof Filter) => (e: Event) => setForm({ ...form, [k]: (e.currentTarget as HTMLInputElement).value });
   const apply = (e: Event) => {
     e.preventDefault();
     setFilter(form);
     setCursors([undefined]);
+    setDryRun(null);
   };
   const count = async () => {
     setOutcome(null);
     try {
-      const r = await api<RequeueResult>('/v1/dlq/requeue', { method: 'POST', body: { ...apiFilter(form), dryRun: true } });
-      setDryRun({ filter: form, matched: r.matched });
+      // The filter of the list shown (applied), not what is typed but not yet applied.
+      const r = await api<RequeueResult>('/v1/dlq/requeue', { method: 'POST', body: { ...apiFilter(filter), dryRun: true } });
+      setDryRun({ filter, matched: r.matched });
       setError(undefined);
     } catch (e) {
       setError(e as Error);
