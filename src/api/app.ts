@@ -20,6 +20,9 @@ import { taskRoutes } from './routes/tasks.js';
 import { clusterRoutes, type ClusterReader } from './routes/cluster.js';
 import { dlqRoutes } from './routes/dlq.js';
 import { scheduleRoutes } from './routes/schedules.js';
+import { eventRoutes } from './routes/events.js';
+import type { SseSettings } from './sse.js';
+import type { PgListener } from '../infra/pg-listener.js';
 import { Health, OPTIONAL_BODY_OPERATIONS, Readiness, SHARED_SCHEMAS, json, problems } from './schemas.js';
 
 export interface ReadinessCheck {
@@ -52,6 +55,10 @@ export interface ApiDeps {
   readonly limits?: SubmitLimits | null;
   /** Request limits; each missing one takes its default (DEFAULT_API_LIMITS). */
   readonly inputLimits?: Partial<ApiLimits>;
+  /** Wakes the event streams when the log grows (the process's one LISTEN connection); absent: they poll every `sse.pollMs`. */
+  readonly liveEvents?: PgListener;
+  /** Server-sent event settings; each missing one takes its default (DEFAULT_SSE_SETTINGS). */
+  readonly sse?: Partial<SseSettings>;
 }
 
 /** What the API accepts and how long it waits; set from the environment variables named. */
@@ -131,7 +138,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
         description: 'Event-sourced task scheduler for fog computing. Every error is application/problem+json with a stable `code` (docs/errors.md). Limits: README, HTTP API.',
       },
       servers: [{ url: '/', description: 'this server (the document is served by the API it describes)' }],
-      tags: [{ name: 'tasks' }, { name: 'dlq' }, { name: 'schedules' }, { name: 'cluster' }, { name: 'health' }],
+      tags: [{ name: 'tasks' }, { name: 'dlq' }, { name: 'schedules' }, { name: 'cluster' }, { name: 'events' }, { name: 'health' }],
       components: {
         securitySchemes: {
           bearer: { type: 'http', scheme: 'bearer', description: 'an API key (API_KEYS / API_KEYS_FILE) or a JWT (JWT_SECRET / JWT_JWKS_URL); not needed when the server has neither' },
@@ -204,6 +211,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(clusterRoutes, routeDeps);
   await app.register(dlqRoutes, routeDeps);
   await app.register(scheduleRoutes, routeDeps);
+  await app.register(eventRoutes, routeDeps);
   // As for loggerInstance above: the instance keeps its TypeBox provider and pino logger types inside.
   // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-assertion
   return app as unknown as FastifyInstance;

@@ -85,6 +85,14 @@ export async function exercise(h: Harness): Promise<void> {
   const bare = await api.POST('/v1/tasks/{id}/cancel', { params: { path: { id: need(first, 'first').id } } });
   h.seen('cancelTask', bare.response, bare.data ?? bare.error);
   h.check(bare.data?.state === 'cancelled', 'cancelled without a body');
+  // Server-sent events: a finished task's stream ends after its terminal event; the log's stream stays open.
+  const taskEvents = await api.GET('/v1/tasks/{id}/events', { params: { path: { id: task.id } }, parseAs: 'text' });
+  h.seen('streamTaskEvents', taskEvents.response, taskEvents.data ?? taskEvents.error);
+  h.check(taskEvents.response.status === 200 && /event: TaskCancelled\n/.test(taskEvents.data ?? ''), `task events: ${String(taskEvents.data)}`);
+  const live = await api.GET('/v1/events', { params: { query: { after: '0', type: 'TaskCancelled' } }, parseAs: 'stream' });
+  h.seen('streamEvents', live.response, live.data ? '' : live.error);
+  h.check(live.response.status === 200, `events: ${live.response.status}`);
+  await live.data?.cancel();
   await h.succeed(need(second, 'second').id);
   const late = await api.POST('/v1/tasks/{id}/cancel', { params: { path: { id: need(second, 'second').id } }, body: {} });
   h.seen('cancelTask', late.response, late.error);
