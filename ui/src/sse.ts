@@ -3,7 +3,12 @@ import { authHeaders } from './api';
 
 /** One event of the log as the SSE feed sends it (`data:` of each message). */
 export interface LiveEvent {
+  /** The stream's id: a task id for task events. */
   taskId: string;
+  /** `task` for a task's events (others, such as a fog node's, may come on the feed too). */
+  streamType?: string;
+  /** The task's state after this event. */
+  state?: string;
   type: string;
   position: number;
   at: string;

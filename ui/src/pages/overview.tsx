@@ -20,7 +20,7 @@ export function Overview({ role }: { role: Role }) {
   const [recent, setRecent] = useState<LiveEvent[]>([]);
   const refresh = useDebounced(stats.reload, 1000);
   useLive('/v1/events', (e) => {
-    setRecent((r) => [e, ...r].slice(0, 12));
+    if (e.streamType === undefined || e.streamType === 'task') setRecent((r) => [e, ...r].slice(0, 12));
     refresh();
   });
 
@@ -167,6 +167,7 @@ export function Overview({ role }: { role: Role }) {
             {recent.map((e) => (
               <li key={e.position}>
                 <time dateTime={e.at}>{formatTime(e.at)}</time> <a href={`#/tasks/${e.taskId}`}>{shortId(e.taskId)}</a> {e.type}
+                {e.state ? ` → ${e.state}` : ''}
               </li>
             ))}
           </ul>
