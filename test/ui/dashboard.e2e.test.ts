@@ -142,6 +142,8 @@ describe.skipIf(noChromium)('the dashboard in a real browser', () => {
     await page.getByLabel('API key or token').fill('not-a-valid-key-at-all');
     await page.getByRole('button', { name: 'Sign in' }).click();
     await expect.poll(() => page.getByRole('alert').textContent()).toContain('not valid');
+    await checkAccessibility('sign-in');
+    await checkKeyboard('sign-in');
     await signIn(OPERATOR_KEY);
     expect(await page.evaluate(() => sessionStorage.getItem('fogsched.credential'))).toBe(OPERATOR_KEY);
     // A reload keeps the session: no second sign-in.
