@@ -21,6 +21,7 @@ import { clusterRoutes, type ClusterReader } from './routes/cluster.js';
 import { dlqRoutes } from './routes/dlq.js';
 import { scheduleRoutes } from './routes/schedules.js';
 import { eventRoutes } from './routes/events.js';
+import { DASHBOARD_SCHEMAS, dashboardRoutes } from './routes/dashboard.js';
 import type { SseSettings } from './sse.js';
 import type { PgListener } from '../infra/pg-listener.js';
 import { Health, OPTIONAL_BODY_OPERATIONS, Readiness, SHARED_SCHEMAS, json, problems } from './schemas.js';
@@ -125,7 +126,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   app.addHook('onRequest', accessHook({ keys: deps.apiKeys ?? [], jwt }));
   app.addHook('preValidation', refuseBadTextInBody);
   app.setNotFoundHandler(notFoundHandler);
-  for (const schema of SHARED_SCHEMAS) app.addSchema(schema);
+  for (const schema of [...SHARED_SCHEMAS, ...DASHBOARD_SCHEMAS]) app.addSchema(schema);
 
   await app.register(swagger, {
     // Components are named by their $id (Task, Problem, ...), not def-0, def-1.
@@ -138,7 +139,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
         description: 'Event-sourced task scheduler for fog computing. Every error is application/problem+json with a stable `code` (docs/errors.md). Limits: README, HTTP API.',
       },
       servers: [{ url: '/', description: 'this server (the document is served by the API it describes)' }],
-      tags: [{ name: 'tasks' }, { name: 'dlq' }, { name: 'schedules' }, { name: 'cluster' }, { name: 'events' }, { name: 'health' }],
+      tags: [{ name: 'tasks' }, { name: 'dlq' }, { name: 'schedules' }, { name: 'cluster' }, { name: 'events' }, { name: 'dashboard' }, { name: 'audit' }, { name: 'health' }],
       components: {
         securitySchemes: {
           bearer: { type: 'http', scheme: 'bearer', description: 'an API key (API_KEYS / API_KEYS_FILE) or a JWT (JWT_SECRET / JWT_JWKS_URL); not needed when the server has neither' },
@@ -212,6 +213,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(dlqRoutes, routeDeps);
   await app.register(scheduleRoutes, routeDeps);
   await app.register(eventRoutes, routeDeps);
+  await app.register(dashboardRoutes, routeDeps);
   // As for loggerInstance above: the instance keeps its TypeBox provider and pino logger types inside.
   // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-assertion
   return app as unknown as FastifyInstance;

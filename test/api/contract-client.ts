@@ -145,6 +145,23 @@ export async function exercise(h: Harness): Promise<void> {
   h.seen('getSchedule', gone.response, gone.error);
   h.check(gone.response.status === 404 && gone.error?.code === 'SCHEDULE_NOT_FOUND', 'deleted schedule is 404');
 
+  // The dashboard's API.
+  const stats = await api.GET('/v1/stats', { params: { query: { windowSeconds: 600, bucketSeconds: 60 } } });
+  h.seen('getStats', stats.response, stats.data ?? stats.error);
+  h.check(need(stats.data, 'stats').buckets.length === 10, `stats: ${JSON.stringify(stats.data)}`);
+  const tooMany = await api.GET('/v1/stats', { params: { query: { windowSeconds: 86400, bucketSeconds: 10 } } });
+  h.seen('getStats', tooMany.response, tooMany.error);
+  h.check(tooMany.response.status === 400, 'more than 1440 buckets is 400');
+  const questions = await api.GET('/v1/audit/queries');
+  h.seen('listAuditQueries', questions.response, questions.data ?? questions.error);
+  h.check(need(questions.data, 'audit queries').items.some((q) => q.name === 'cancellations'), 'audit questions listed');
+  const answer = await api.GET('/v1/audit/queries/{name}', { params: { path: { name: 'cancellations' } } });
+  h.seen('runAuditQuery', answer.response, answer.data ?? answer.error);
+  h.check(need(answer.data, 'audit answer').columns.includes('cancelled_by') && answer.data!.rows.length >= 1, `cancellations: ${JSON.stringify(answer.data)}`);
+  const unknown = await api.GET('/v1/audit/queries/{name}', { params: { path: { name: 'no-such-question' } } });
+  h.seen('runAuditQuery', unknown.response, unknown.error);
+  h.check(unknown.response.status === 404 && unknown.error?.code === 'AUDIT_QUERY_NOT_FOUND', 'unknown audit query is 404');
+
   const cluster = await api.GET('/v1/cluster');
   h.seen('getCluster', cluster.response, cluster.data ?? cluster.error);
   const health = await api.GET('/healthz');

@@ -33,7 +33,7 @@ let api: Awaited<ReturnType<typeof buildContractApi>>;
 let doc: OpenApiDocument;
 let validator: ContractValidator;
 let codes: Set<string>;
-const pools = { task: [] as string[], schedule: [] as string[], failed: [] as string[] };
+const pools = { task: [] as string[], schedule: [] as string[], failed: [] as string[], audit: ['cancellations', 'requeues', 'failed-last-24h', 'nodes-lost'] };
 const tally = new Map<string, Map<number, number>>();
 let sent = 0;
 
@@ -149,7 +149,7 @@ function requestsFor(op: OperationRef, mode: 'valid' | 'broken'): fc.Arbitrary<G
   const pathParams = params.filter((p) => p.in === 'path');
   const queryParams = params.filter((p) => p.in === 'query');
   const headerParams = params.filter((p) => p.in === 'header');
-  const pool: keyof typeof pools = op.path.startsWith('/v1/schedules') ? 'schedule' : op.operation.operationId === 'requeueTask' ? 'failed' : 'task';
+  const pool: keyof typeof pools = op.path.startsWith('/v1/audit/') ? 'audit' : op.path.startsWith('/v1/schedules') ? 'schedule' : op.operation.operationId === 'requeueTask' ? 'failed' : 'task';
   const bodySchema = op.operation.requestBody?.content['application/json']?.schema;
 
   const path = fc.record(
