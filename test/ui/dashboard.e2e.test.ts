@@ -303,7 +303,7 @@ describe.skipIf(noChromium)('the dashboard in a real browser', () => {
     }
     expect(await page.getByRole('banner').textContent()).toContain('auditor');
     await go('#/audit', 'Audit');
-    const question = page.getByLabel('Question');
+    const question = page.getByLabel('Question', { exact: true });
     await question.waitFor({ timeout: LONG });
     const options = await question.locator('option').evaluateAll((os) => os.map((o) => (o as HTMLOptionElement).value));
     expect(options.length).toBeGreaterThan(5);

@@ -14,6 +14,14 @@ function niceMax(value: number): number {
   return 10 * magnitude;
 }
 
+/** A top for four grid steps of a round size (1, 2 or 5 × 10^k, at least 1: the data are counts). */
+function countAxisMax(value: number): number {
+  const raw = Math.max(1, value / 4);
+  const magnitude = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((f) => f * magnitude).find((v) => v >= raw) ?? 10 * magnitude;
+  return step * 4;
+}
+
 /** Lines over time; the label says what it shows and the totals, for screen readers. */
 export function LineChart({ title, series, times }: { title: string; series: Series[]; times: string[] }) {
   const width = 640;
@@ -22,7 +30,7 @@ export function LineChart({ title, series, times }: { title: string; series: Ser
   const bottom = 22;
   const plotW = width - left - 8;
   const plotH = height - bottom - 8;
-  const max = niceMax(Math.max(0, ...series.flatMap((s) => s.values)));
+  const max = countAxisMax(Math.max(0, ...series.flatMap((s) => s.values)));
   const n = Math.max(1, times.length - 1);
   const x = (i: number) => left + (i / n) * plotW;
   const y = (v: number) => 8 + plotH - (v / max) * plotH;

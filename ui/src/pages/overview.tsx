@@ -155,6 +155,7 @@ export function Overview({ role }: { role: Role }) {
               ))}
             </tbody>
           </table>
+          {s && s.depth.length === 0 && <p class="muted">No task waits in a queue.</p>}
         </section>
       </div>
 
