@@ -121,8 +121,8 @@ function App() {
             ))}
           </ul>
         </nav>
-        <span class={`feed feed-${feed}`} role="status" aria-label={`live feed: ${feed}`}>
-          {feed === 'live' ? '● live' : feed === 'unavailable' ? '○ polling' : `○ ${feed}`}
+        <span class={`feed feed-${feed}`} role="status" aria-label={feed === 'idle' ? 'no live feed on this page' : `live feed: ${feed}`}>
+          {feed === 'idle' ? '' : feed === 'live' ? '● live' : feed === 'unavailable' ? '○ polling' : feed === 'ended' ? '○ task finished' : `○ ${feed}`}
         </span>
         <span class="role">{role}</span>
         {credential() && (

@@ -15,7 +15,8 @@ export interface LiveEvent {
   data: unknown;
 }
 
-export type FeedStatus = 'connecting' | 'live' | 'reconnecting' | 'unavailable' | 'ended';
+/** `idle`: the page shown reads no feed. */
+export type FeedStatus = 'idle' | 'connecting' | 'live' | 'reconnecting' | 'unavailable' | 'ended';
 
 /**
  * Reads a server-sent event stream with fetch (EventSource cannot send the credential header),

@@ -58,7 +58,11 @@ export function usePoll<T>(load: () => Promise<T>, intervalMs: number, deps: unk
 }
 
 const feedListeners = new Set<(status: FeedStatus) => void>();
-let lastFeedStatus: FeedStatus = 'connecting';
+let lastFeedStatus: FeedStatus = 'idle';
+function broadcast(status: FeedStatus): void {
+  lastFeedStatus = status;
+  for (const l of feedListeners) l(status);
+}
 /** The live indicator in the header shows the status of the page's feed. */
 export function useFeedStatus(): FeedStatus {
   const [status, setStatus] = useState(lastFeedStatus);
@@ -76,15 +80,18 @@ export function useLive(path: string | null, onEvent: (event: LiveEvent) => void
   handler.current = onEvent;
   useEffect(() => {
     if (path === null) return undefined;
-    return subscribe(
+    const close = subscribe(
       path,
       (e) => handler.current(e),
       (s) => {
         setStatus(s);
-        lastFeedStatus = s;
-        for (const l of feedListeners) l(s);
+        broadcast(s);
       },
     );
+    return () => {
+      close();
+      broadcast('idle');
+    };
   }, [path]);
   return status;
 }

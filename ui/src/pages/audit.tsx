@@ -46,9 +46,10 @@ export function Audit() {
       <ErrorNote error={queries.error} />
       {selected && (
         <form class="filters" onSubmit={(e) => void run(e)} aria-label="Audit question">
-          <label>
-            Question
+          <div class="field">
+            <label for="audit-question">Question</label>
             <select
+              id="audit-question"
               value={selected.name}
               onChange={(e) => {
                 setName(e.currentTarget.value);
@@ -61,7 +62,7 @@ export function Audit() {
                 </option>
               ))}
             </select>
-          </label>
+          </div>
           {selected.params.map((p) => (
             <label key={`${selected.name}.${p.name}`}>
               {p.name}

@@ -82,15 +82,15 @@ export function Dlq({ role }: { role: Role }) {
           Type
           <input value={form.type} onInput={set('type')} maxLength={200} />
         </label>
-        <label>
-          Reason
-          <select value={form.reason} onChange={set('reason')}>
+        <div class="field">
+          <label for="dlq-reason">Reason</label>
+          <select id="dlq-reason" value={form.reason} onChange={set('reason')}>
             <option value="">any</option>
             {FAILURE_REASONS.map((r) => (
               <option key={r}>{r}</option>
             ))}
           </select>
-        </label>
+        </div>
         <label>
           Failed from
           <input type="datetime-local" step={1} value={form.since} onInput={set('since')} />

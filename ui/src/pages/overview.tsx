@@ -76,16 +76,16 @@ export function Overview({ role }: { role: Role }) {
       <section aria-labelledby="throughput-h">
         <div class="section-head">
           <h2 id="throughput-h">Throughput and outcomes</h2>
-          <label>
-            Window{' '}
-            <select value={windowSeconds} onChange={(e) => setWindowSeconds(Number(e.currentTarget.value))}>
+          <div class="field">
+            <label for="overview-window">Window</label>
+            <select id="overview-window" value={windowSeconds} onChange={(e) => setWindowSeconds(Number(e.currentTarget.value))}>
               {WINDOWS.map((w) => (
                 <option key={w.seconds} value={w.seconds}>
                   {w.label}
                 </option>
               ))}
             </select>
-          </label>
+          </div>
         </div>
         <ErrorNote error={stats.error} />
         {s && (

@@ -116,15 +116,15 @@ export function Tasks({ role }: { role: Role }) {
     <>
       <h1 tabIndex={-1}>Tasks</h1>
       <form class="filters" onSubmit={apply} aria-label="Filter tasks">
-        <label>
-          State
-          <select value={form.state} onChange={set('state')}>
+        <div class="field">
+          <label for="tasks-state">State</label>
+          <select id="tasks-state" value={form.state} onChange={set('state')}>
             <option value="">any</option>
             {TASK_STATES.map((s) => (
               <option key={s}>{s}</option>
             ))}
           </select>
-        </label>
+        </div>
         <label>
           Type
           <input value={form.type} onInput={set('type')} maxLength={200} />
@@ -133,15 +133,15 @@ export function Tasks({ role }: { role: Role }) {
           Tier
           <input value={form.tier} onInput={set('tier')} maxLength={50} />
         </label>
-        <label>
-          Priority
-          <select value={form.priority} onChange={set('priority')}>
+        <div class="field">
+          <label for="tasks-priority">Priority</label>
+          <select id="tasks-priority" value={form.priority} onChange={set('priority')}>
             <option value="">any</option>
             {PRIORITIES.map((p) => (
               <option key={p}>{p}</option>
             ))}
           </select>
-        </label>
+        </div>
         <label>
           Submitted from
           <input type="datetime-local" step={1} value={form.since} onInput={set('since')} />
