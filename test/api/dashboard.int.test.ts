@@ -143,6 +143,22 @@ describe('GET /v1/audit/queries', () => {
     expect(attempts.rows[0]![attempts.columns.indexOf('run_time')]).toMatch(/^P/);
   });
 
+  it('answers at most 1,000 rows and says it left some out', async () => {
+    // 1,001 requeues of one task, written straight into the log.
+    await tdb.pool.query(
+      `INSERT INTO events (stream_id, stream_type, stream_version, event_id, type, data, metadata)
+       SELECT $1, 'task', 2 + g, gen_random_uuid(), 'TaskRequeued', jsonb_build_object('actor', 'test', 'attempt', g + 1, 'at', now()), '{}'
+         FROM generate_series(1, 1001) g`,
+      [acmeTasks[4]],
+    );
+    const res = await get('/v1/audit/queries/requeues', ACME_AUDIT);
+    expect(res.statusCode, res.body.slice(0, 300)).toBe(200);
+    const answer = res.json<Answer>();
+    expect(answer.rows).toHaveLength(1000);
+    expect(answer.truncated).toBe(true);
+    expect((await get('/v1/audit/queries/requeues', GLOBEX_AUDIT)).json<Answer>().rows).toEqual([]);
+  });
+
   it('bad parameters are 400, an unknown question 404, a node-only question 403 for an auditor', async () => {
     for (const url of [
       '/v1/audit/queries/task-timeline',
