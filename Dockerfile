@@ -13,6 +13,8 @@ COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
+# The dashboard (/ui) is bundled by the same build into dist/ui.
+COPY ui ./ui
 RUN npm run build
 
 FROM ${NODE_IMAGE} AS runtime

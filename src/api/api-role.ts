@@ -3,6 +3,7 @@ import type { Config } from '../infra/config.js';
 import { jwtSettings, parseApiKeys, parseTiers } from '../infra/config.js';
 import type { Logger } from '../infra/logger.js';
 import { createPostgres, pendingMigrations } from '../infra/postgres.js';
+import { createPgListener, type PgListener } from '../infra/pg-listener.js';
 import type { Role } from '../infra/role.js';
 import { topologyNames } from '../outbox/index.js';
 import { createTaskService } from '../tasks/index.js';
@@ -32,6 +33,7 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
   let pg: ReturnType<typeof createPostgres> | undefined;
   let app: FastifyInstance | undefined;
   let redis: Redis | undefined;
+  let listener: PgListener | undefined;
   let address: string | null = null;
   let untrack: (() => void)[] = [];
   let stopped: Promise<void> | undefined;
@@ -99,6 +101,8 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
       });
       // The first submits would otherwise pass unlimited while the lazy client connects; a down Redis delays the start this long at most.
       if (limits && !(await whenReady(client, 2000))) logger.warn('redis not reachable at start: submit limits not enforced until it is');
+      // The process's one LISTEN connection: it wakes every event stream when the log grows.
+      listener = createPgListener({ url: config.DATABASE_URL, channel: 'fogsched_events', pollMs: config.SSE_POLL_MS, logger, applicationName: 'fogsched-api-listen' });
       const readiness: ReadinessCheck[] = [
         {
           name: 'postgresql',
@@ -121,6 +125,14 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
       // The same checks on the process's ops port, named by role there.
       untrack = readiness.map((c) => addReadinessCheck({ ...c, name: `api:${c.name}` }));
       app = await buildApi({
+        liveEvents: listener,
+        sse: {
+          heartbeatMs: config.SSE_HEARTBEAT_MS,
+          maxConnectionsPerTenant: config.SSE_MAX_CONNECTIONS_PER_TENANT,
+          stallTimeoutMs: config.SSE_STALL_TIMEOUT_MS,
+          maxBufferBytes: config.SSE_MAX_BUFFER_BYTES,
+          pollMs: config.SSE_POLL_MS,
+        },
         apiKeys,
         jwt,
         limits,
@@ -149,6 +161,7 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
       return (stopped ??= (async () => {
         for (const done of untrack) done();
         await app?.close();
+        await listener?.close();
         redis?.disconnect();
         await pg?.close();
       })());

@@ -13,6 +13,7 @@ import { clientErrorHandler, errorHandler, notFoundHandler } from './errors.js';
 import { refuseBadTextInBody, refuseBadTextInRequest, strictDateTime } from './input.js';
 import { accessHook, declareAccess, requireAccessDeclarations } from './auth.js';
 import { registerJwt } from './jwt.js';
+import { uiRoutes } from './ui.js';
 import type { SubmitLimits } from './limits.js';
 import type { ApiKey, JwtSettings } from '../infra/config.js';
 import { taskRoutes } from './routes/tasks.js';
@@ -20,6 +21,10 @@ import { clusterRoutes, type ClusterReader } from './routes/cluster.js';
 import { dlqRoutes } from './routes/dlq.js';
 import { scheduleRoutes } from './routes/schedules.js';
 import { registerMetrics } from './metrics-route.js';
+import { eventRoutes } from './routes/events.js';
+import { DASHBOARD_SCHEMAS, dashboardRoutes } from './routes/dashboard.js';
+import type { SseSettings } from './sse.js';
+import type { PgListener } from '../infra/pg-listener.js';
 import { Health, OPTIONAL_BODY_OPERATIONS, Readiness, SHARED_SCHEMAS, json, problems } from './schemas.js';
 
 export interface ReadinessCheck {
@@ -46,10 +51,16 @@ export interface ApiDeps {
   readonly apiKeys?: readonly ApiKey[];
   /** JWT bearer tokens beside the keys (jwtSettings of the config); absent: off. */
   readonly jwt?: JwtSettings | null;
+  /** Where the built dashboard is (served at /ui); default dist/ui of this package. */
+  readonly uiDir?: string;
   /** Per-tenant submit rate and active-task cap (createSubmitLimits); absent: unlimited. */
   readonly limits?: SubmitLimits | null;
   /** Request limits; each missing one takes its default (DEFAULT_API_LIMITS). */
   readonly inputLimits?: Partial<ApiLimits>;
+  /** Wakes the event streams when the log grows (the process's one LISTEN connection); absent: they poll every `sse.pollMs`. */
+  readonly liveEvents?: PgListener;
+  /** Server-sent event settings; each missing one takes its default (DEFAULT_SSE_SETTINGS). */
+  readonly sse?: Partial<SseSettings>;
 }
 
 /** What the API accepts and how long it waits; set from the environment variables named. */
@@ -117,7 +128,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   app.addHook('preValidation', refuseBadTextInBody);
   app.setNotFoundHandler(notFoundHandler);
   registerMetrics(app);
-  for (const schema of SHARED_SCHEMAS) app.addSchema(schema);
+  for (const schema of [...SHARED_SCHEMAS, ...DASHBOARD_SCHEMAS]) app.addSchema(schema);
 
   await app.register(swagger, {
     // Components are named by their $id (Task, Problem, ...), not def-0, def-1.
@@ -130,7 +141,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
         description: 'Event-sourced task scheduler for fog computing. Every error is application/problem+json with a stable `code` (docs/errors.md). Limits: README, HTTP API.',
       },
       servers: [{ url: '/', description: 'this server (the document is served by the API it describes)' }],
-      tags: [{ name: 'tasks' }, { name: 'dlq' }, { name: 'schedules' }, { name: 'cluster' }, { name: 'health' }],
+      tags: [{ name: 'tasks' }, { name: 'dlq' }, { name: 'schedules' }, { name: 'cluster' }, { name: 'events' }, { name: 'dashboard' }, { name: 'audit' }, { name: 'health' }],
       components: {
         securitySchemes: {
           bearer: { type: 'http', scheme: 'bearer', description: 'an API key (API_KEYS / API_KEYS_FILE) or a JWT (JWT_SECRET / JWT_JWKS_URL); not needed when the server has neither' },
@@ -146,6 +157,8 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     docs.addHook('onRoute', declareAccess('public'));
     await docs.register(swaggerUi, { routePrefix: '/docs' });
   });
+  // The dashboard's static files, public like the docs (src/api/ui.ts); its data comes from /v1.
+  await app.register(uiRoutes, deps.uiDir ? { dir: deps.uiDir } : {});
 
   app.get(
     '/healthz',
@@ -201,6 +214,8 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(clusterRoutes, routeDeps);
   await app.register(dlqRoutes, routeDeps);
   await app.register(scheduleRoutes, routeDeps);
+  await app.register(eventRoutes, routeDeps);
+  await app.register(dashboardRoutes, routeDeps);
   // As for loggerInstance above: the instance keeps its TypeBox provider and pino logger types inside.
   // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-assertion
   return app as unknown as FastifyInstance;

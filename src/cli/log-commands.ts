@@ -1,7 +1,8 @@
 import { type Command, InvalidArgumentError } from 'commander';
 import { isUuid, TaskNotFoundError } from '../domain/index.js';
 import type { Config } from '../infra/config.js';
-import { cursorAfter, LOG_START, readAll, readStream, type LogCursor, type StoredEvent } from '../store/index.js';
+import { createPgListener } from '../infra/pg-listener.js';
+import { headCursor, LOG_START, readFeedPage, readStream, type FeedFilter, type LogCursor, type StoredEvent } from '../store/index.js';
 import { withPostgres } from './projection-commands.js';
 
 /** `fogsched task show <id>` and `fogsched events tail`: the log, read in a terminal. */
@@ -36,38 +37,58 @@ export function registerLogCommands(program: Command, deps: { config: () => Conf
     })
     .option('--json', 'print the events as JSON lines')
     .action(async (opts: { type?: string[]; stream?: string; fromStart?: boolean; limit?: number; json?: boolean }) => {
-      await withPostgres(deps.config(), async (pg) => {
-        let stop = false;
-        const onSignal = () => {
-          stop = true;
-        };
+      const config = deps.config();
+      await withPostgres(config, async (pg) => {
+        // The api's event streams' reader, on the database directly: one LISTEN connection wakes it
+        // when the log grows, and it reads below the safe horizon, so nothing is skipped or repeated.
+        const listener = createPgListener({ url: config.DATABASE_URL, channel: 'fogsched_events', pollMs: config.SSE_POLL_MS, applicationName: 'fogsched-events-tail' });
+        const stop = new AbortController();
+        const onSignal = () => stop.abort();
         process.once('SIGINT', onSignal);
         process.once('SIGTERM', onSignal);
-        let cursor: LogCursor = LOG_START;
-        if (!opts.fromStart) cursor = await endOfLog(pg.db);
+        let wake: (() => void) | undefined;
+        let woken = true;
+        const unsubscribe = listener.subscribe(() => {
+          woken = true;
+          wake?.();
+        });
+        const filter: FeedFilter = { ...(opts.type ? { types: opts.type } : {}), ...(opts.stream ? { streamId: opts.stream } : {}) };
+        let cursor: LogCursor = opts.fromStart ? LOG_START : await headCursor(pg.db);
         let printed = 0;
-        while (!stop) {
-          const events = await readAll(pg.db, cursor, 1000);
-          cursor = cursorAfter(cursor, events);
-          for (const e of events) {
-            if (opts.type && !opts.type.includes(e.type)) continue;
-            if (opts.stream && e.streamId !== opts.stream) continue;
-            process.stdout.write(opts.json ? `${JSON.stringify(e)}\n` : `${formatEvent(e, true)}\n`);
-            if (opts.limit && ++printed >= opts.limit) return;
+        let heldDelayMs = 20;
+        try {
+          while (!stop.signal.aborted) {
+            if (!woken) {
+              await new Promise<void>((resolve) => {
+                wake = resolve;
+                stop.signal.addEventListener('abort', () => resolve(), { once: true });
+              });
+            }
+            woken = false;
+            const page = await readFeedPage(pg.db, cursor, filter);
+            cursor = page.cursor;
+            for (const { event: e } of page.events) {
+              process.stdout.write(opts.json ? `${JSON.stringify(e)}\n` : `${formatEvent(e, true)}\n`);
+              if (opts.limit && ++printed >= opts.limit) return;
+            }
+            if (!page.caughtUp) woken = true;
+            else if (page.heldBack) {
+              // Committed events wait for an older transaction to end, which may bring no notification.
+              setTimeout(() => {
+                woken = true;
+                wake?.();
+              }, heldDelayMs).unref();
+              heldDelayMs = Math.min(heldDelayMs * 2, 1000);
+            } else heldDelayMs = 20;
           }
-          if (events.length < 1000) await new Promise((r) => setTimeout(r, 250));
+        } finally {
+          unsubscribe();
+          process.off('SIGINT', onSignal);
+          process.off('SIGTERM', onSignal);
+          await listener.close();
         }
       });
     });
-}
-
-async function endOfLog(db: Parameters<typeof readAll>[0]): Promise<LogCursor> {
-  let cursor = LOG_START;
-  for (;;) {
-    const batch = await readAll(db, cursor, 10_000);
-    if (batch.length === 0) return cursor;
-    cursor = cursorAfter(cursor, batch);
-  }
 }
 
 /** One line: position, time, type, then what matters of the event. */

@@ -3,3 +3,4 @@ export * from './logger.js';
 export * from './postgres.js';
 export * from './role.js';
 export * from './backoff.js';
+export * from './pg-listener.js';

@@ -159,7 +159,8 @@ export function cursorAfter(after: LogCursor, events: readonly StoredEvent[]): L
   return last ? { transactionId: last.transactionId, position: last.position } : after;
 }
 
-function toStoredEvent(row: {
+/** A row of `events` as read by the store (data upcast to its current schema version). */
+export function toStoredEvent(row: {
   position: number;
   stream_id: string;
   stream_type: string;

@@ -85,6 +85,14 @@ export async function exercise(h: Harness): Promise<void> {
   const bare = await api.POST('/v1/tasks/{id}/cancel', { params: { path: { id: need(first, 'first').id } } });
   h.seen('cancelTask', bare.response, bare.data ?? bare.error);
   h.check(bare.data?.state === 'cancelled', 'cancelled without a body');
+  // Server-sent events: a finished task's stream ends after its terminal event; the log's stream stays open.
+  const taskEvents = await api.GET('/v1/tasks/{id}/events', { params: { path: { id: task.id } }, parseAs: 'text' });
+  h.seen('streamTaskEvents', taskEvents.response, taskEvents.data ?? taskEvents.error);
+  h.check(taskEvents.response.status === 200 && /event: TaskCancelled\n/.test(taskEvents.data ?? ''), `task events: ${String(taskEvents.data)}`);
+  const live = await api.GET('/v1/events', { params: { query: { after: '0', type: 'TaskCancelled' } }, parseAs: 'stream' });
+  h.seen('streamEvents', live.response, live.data ? '' : live.error);
+  h.check(live.response.status === 200, `events: ${live.response.status}`);
+  await live.data?.cancel();
   await h.succeed(need(second, 'second').id);
   const late = await api.POST('/v1/tasks/{id}/cancel', { params: { path: { id: need(second, 'second').id } }, body: {} });
   h.seen('cancelTask', late.response, late.error);
@@ -136,6 +144,23 @@ export async function exercise(h: Harness): Promise<void> {
   const gone = await api.GET('/v1/schedules/{id}', { params: { path: { id: schedule.id } } });
   h.seen('getSchedule', gone.response, gone.error);
   h.check(gone.response.status === 404 && gone.error?.code === 'SCHEDULE_NOT_FOUND', 'deleted schedule is 404');
+
+  // The dashboard's API.
+  const stats = await api.GET('/v1/stats', { params: { query: { windowSeconds: 600, bucketSeconds: 60 } } });
+  h.seen('getStats', stats.response, stats.data ?? stats.error);
+  h.check(need(stats.data, 'stats').buckets.length === 10, `stats: ${JSON.stringify(stats.data)}`);
+  const tooMany = await api.GET('/v1/stats', { params: { query: { windowSeconds: 86400, bucketSeconds: 10 } } });
+  h.seen('getStats', tooMany.response, tooMany.error);
+  h.check(tooMany.response.status === 400, 'more than 1440 buckets is 400');
+  const questions = await api.GET('/v1/audit/queries');
+  h.seen('listAuditQueries', questions.response, questions.data ?? questions.error);
+  h.check(need(questions.data, 'audit queries').items.some((q) => q.name === 'cancellations'), 'audit questions listed');
+  const answer = await api.GET('/v1/audit/queries/{name}', { params: { path: { name: 'cancellations' } } });
+  h.seen('runAuditQuery', answer.response, answer.data ?? answer.error);
+  h.check(need(answer.data, 'audit answer').columns.includes('cancelled_by') && answer.data!.rows.length >= 1, `cancellations: ${JSON.stringify(answer.data)}`);
+  const unknown = await api.GET('/v1/audit/queries/{name}', { params: { path: { name: 'no-such-question' } } });
+  h.seen('runAuditQuery', unknown.response, unknown.error);
+  h.check(unknown.response.status === 404 && unknown.error?.code === 'AUDIT_QUERY_NOT_FOUND', 'unknown audit query is 404');
 
   const cluster = await api.GET('/v1/cluster');
   h.seen('getCluster', cluster.response, cluster.data ?? cluster.error);

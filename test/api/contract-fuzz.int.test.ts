@@ -33,7 +33,7 @@ let api: Awaited<ReturnType<typeof buildContractApi>>;
 let doc: OpenApiDocument;
 let validator: ContractValidator;
 let codes: Set<string>;
-const pools = { task: [] as string[], schedule: [] as string[], failed: [] as string[] };
+const pools = { task: [] as string[], schedule: [] as string[], failed: [] as string[], audit: ['cancellations', 'requeues', 'failed-last-24h', 'nodes-lost'] };
 const tally = new Map<string, Map<number, number>>();
 let sent = 0;
 
@@ -149,7 +149,7 @@ function requestsFor(op: OperationRef, mode: 'valid' | 'broken'): fc.Arbitrary<G
   const pathParams = params.filter((p) => p.in === 'path');
   const queryParams = params.filter((p) => p.in === 'query');
   const headerParams = params.filter((p) => p.in === 'header');
-  const pool: keyof typeof pools = op.path.startsWith('/v1/schedules') ? 'schedule' : op.operation.operationId === 'requeueTask' ? 'failed' : 'task';
+  const pool: keyof typeof pools = op.path.startsWith('/v1/audit/') ? 'audit' : op.path.startsWith('/v1/schedules') ? 'schedule' : op.operation.operationId === 'requeueTask' ? 'failed' : 'task';
   const bodySchema = op.operation.requestBody?.content['application/json']?.schema;
 
   const path = fc.record(
@@ -232,6 +232,26 @@ async function failedTasks(n: number): Promise<string[]> {
   return ids;
 }
 
+/** Operations that answer with server-sent events: their streams do not end by themselves. */
+function isEventStream(op: OperationRef): boolean {
+  return Object.values(op.operation.responses).some((r) => r.content?.['text/event-stream'] !== undefined);
+}
+
+/**
+ * Sends a request to an event-stream operation: the answer is taken once its head is written; a
+ * stream is closed at once (as a client hanging up), any other answer read whole.
+ */
+async function injectStream(req: InjectOptions): Promise<{ statusCode: number; headers: LightMyRequestResponse['headers']; body: string }> {
+  const res = await api.app.inject({ ...req, payloadAsStream: true });
+  if (mediaType(res.headers['content-type'] as string) === 'text/event-stream') {
+    (res.raw.res as unknown as { destroy(): void }).destroy(); // the client hangs up: the server ends its stream
+    return { statusCode: res.statusCode, headers: res.headers, body: '' };
+  }
+  const chunks: Buffer[] = [];
+  for await (const chunk of res.stream()) chunks.push(chunk as Buffer);
+  return { statusCode: res.statusCode, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') };
+}
+
 // ------------------------------------------------------------------ what must hold for every answer
 
 let lastRows: Awaited<ReturnType<typeof rowCounts>>;
@@ -239,9 +259,9 @@ let lastRows: Awaited<ReturnType<typeof rowCounts>>;
 async function sendAndJudge(op: OperationRef, g: Generated): Promise<void> {
   const req = toInject(op, g);
   const show = () => `${req.method} ${req.url.slice(0, 300)} headers=${JSON.stringify(req.headers).slice(0, 300)} body=${(typeof req.payload === 'string' ? req.payload : JSON.stringify(req.payload ?? '')).slice(0, 300)}`;
-  let res: LightMyRequestResponse;
+  let res: { statusCode: number; headers: LightMyRequestResponse['headers']; body: string };
   try {
-    res = await api.app.inject(req);
+    res = isEventStream(op) ? await injectStream(req) : await api.app.inject(req);
   } catch (error) {
     throw new Error(`inject failed (${(error as Error).message}) for ${show()}`);
   }
@@ -255,7 +275,10 @@ async function sendAndJudge(op: OperationRef, g: Generated): Promise<void> {
   };
   if (res.statusCode >= 500) fail('a 5xx');
   let body: unknown;
-  if (res.body.length > 0) {
+  if (mediaType(res.headers['content-type'] as string) === 'text/event-stream') {
+    if (res.statusCode !== 200) fail('an event stream with a status other than 200');
+    body = '';
+  } else if (res.body.length > 0) {
     try {
       body = JSON.parse(res.body);
     } catch {

@@ -18,6 +18,11 @@ export const V1_ROUTES: readonly (readonly [string, string])[] = [
   ['POST', '/v1/schedules/:id/pause'],
   ['POST', '/v1/schedules/:id/resume'],
   ['DELETE', '/v1/schedules/:id'],
+  ['GET', '/v1/events'],
+  ['GET', '/v1/tasks/:id/events'],
+  ['GET', '/v1/stats'],
+  ['GET', '/v1/audit/queries'],
+  ['GET', '/v1/audit/queries/:name'],
 ];
 export const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'];
 

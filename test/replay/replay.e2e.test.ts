@@ -155,8 +155,14 @@ describe('projection rebuild, verify and the log in a terminal', () => {
     expect((await run(['task', 'show', 'not-a-uuid'], t.env)).out).toContain('task id must be a UUID');
 
     const tail = spawnFogsched(['events', 'tail', '--type', 'TaskCancelled', '--limit', '2'], t.env);
-    await new Promise((r) => setTimeout(r, 1500));
-    await seed(t.dbUrl, 14);
+    // The tail starts at the head of the log once it is up (how long that takes depends on the
+    // machine's load): write until it has seen two, rather than guess when it is listening.
+    let exited = false;
+    void tail.exited.then(() => (exited = true));
+    for (let i = 0; !exited && i < 60; i++) {
+      await seed(t.dbUrl, 14);
+      await Promise.race([tail.exited, new Promise((r) => setTimeout(r, 1000))]);
+    }
     expect(await tail.exited).toBe(0);
     const tailed = tail.output().trim().split('\n');
     expect(tailed).toHaveLength(2);

@@ -1,0 +1,188 @@
+/**
+ * The dashboard's only way to the server: the public /v1 API with the credential the user entered
+ * once (kept in sessionStorage, so it lives as long as the tab and never in a URL).
+ */
+
+const STORAGE_KEY = 'fogsched.credential';
+
+export type Role = 'operator' | 'auditor' | 'submitter';
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export function credential(): string {
+  return sessionStorage.getItem(STORAGE_KEY) ?? '';
+}
+
+export function setCredential(value: string | null): void {
+  if (value === null) sessionStorage.removeItem(STORAGE_KEY);
+  else sessionStorage.setItem(STORAGE_KEY, value);
+}
+
+/** Headers carrying the credential (none on an open API). */
+export function authHeaders(): Record<string, string> {
+  const value = credential();
+  return value ? { authorization: `Bearer ${value}` } : {};
+}
+
+const unauthorizedListeners = new Set<() => void>();
+/** Called when the server answers 401: the credential expired or was revoked. */
+export function onUnauthorized(listener: () => void): () => void {
+  unauthorizedListeners.add(listener);
+  return () => unauthorizedListeners.delete(listener);
+}
+
+/** Calls the API; a problem+json answer becomes an ApiError carrying its detail. */
+export async function api<T>(path: string, options: { method?: string; body?: unknown } = {}): Promise<T> {
+  const headers: Record<string, string> = { accept: 'application/json', ...authHeaders() };
+  if (options.body !== undefined) headers['content-type'] = 'application/json';
+  let res: Response;
+  try {
+    res = await fetch(path, { method: options.method ?? 'GET', headers, ...(options.body !== undefined ? { body: JSON.stringify(options.body) } : {}) });
+  } catch {
+    throw new ApiError(0, 'NETWORK', 'the server does not answer');
+  }
+  if (!res.ok) {
+    let code = 'HTTP_' + String(res.status);
+    let message = res.statusText || `HTTP ${res.status}`;
+    try {
+      const problem = (await res.json()) as { code?: string; detail?: string; title?: string };
+      code = problem.code ?? code;
+      message = problem.detail ?? problem.title ?? message;
+    } catch {
+      // not JSON: keep the status text
+    }
+    // Only a credential that was sent can have stopped working; none sent is the sign-in page's business.
+    if (res.status === 401 && headers.authorization) for (const listener of unauthorizedListeners) listener();
+    throw new ApiError(res.status, code, message);
+  }
+  return (await res.json()) as T;
+}
+
+/** A query string from the set fields of `params` (empty ones left out). */
+export function query(params: Record<string, string | number | boolean | undefined | null>): string {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null && v !== '') q.set(k, String(v));
+  const s = q.toString();
+  return s ? `?${s}` : '';
+}
+
+/**
+ * What the credential may do, found by asking: /v1/cluster answers operators only, /v1/dlq
+ * auditors and operators. A 401 on the first call means the credential is not valid.
+ */
+export async function probeRole(): Promise<Role> {
+  await api('/v1/tasks?limit=1');
+  try {
+    await api('/v1/cluster');
+    return 'operator';
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.status !== 403) throw error;
+  }
+  try {
+    await api('/v1/dlq?limit=1');
+    return 'auditor';
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.status !== 403) throw error;
+  }
+  return 'submitter';
+}
+
+// ---------------------------------------------------------------- shapes the API answers with
+
+export interface TaskError {
+  message: string;
+  code: string;
+  retryable: boolean;
+}
+
+export interface Task {
+  id: string;
+  type: string;
+  state: string;
+  tier: string;
+  priority: string;
+  attempt: number;
+  maxAttempts: number;
+  payload: unknown;
+  nodeId: string | null;
+  output: unknown;
+  lastError: TaskError | null;
+  failureReason: string | null;
+  submittedAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+  updatedAt: string;
+  timeoutMs: number | null;
+}
+
+export interface Page<T> {
+  items: T[];
+  nextCursor: string | null;
+}
+
+export interface HistoryEntry {
+  position: number;
+  version: number;
+  type: string;
+  state: string;
+  attempt: number;
+  nodeId: string | null;
+  actor: string | null;
+  reason: string | null;
+  error: unknown;
+  at: string;
+  data: unknown;
+  traceId?: string | null;
+}
+
+export interface Stats {
+  buckets: { at: string; submitted: number; succeeded: number; failed: number; cancelled: number; deadLettered: number }[];
+  tiers: { tier: string; queueWaitP50Ms: number | null; queueWaitP95Ms: number | null; runP50Ms: number | null; runP95Ms: number | null }[];
+  depth: { tier: string; priority: string; queued: number }[];
+  outbox: { pending: number; lagSeconds: number | null };
+}
+
+export interface Cluster {
+  redis: 'ok' | 'unavailable';
+  leader: string | null;
+  brokers: { name: string; member: boolean; master: boolean; lastHeartbeat: string | null; healthy: boolean }[];
+  fogNodes: { id: string; tier: string | null; slots: number | null; inFlight: number | null; cpu: number | null; memMb: number | null; version: string | null; lastSeen: string | null; state: string }[];
+}
+
+export interface Schedule {
+  id: string;
+  name: string;
+  cron: string;
+  timezone: string;
+  state: 'active' | 'paused' | 'deleted';
+  template: { type: string };
+  nextFireAt: string | null;
+  lastFiredAt: string | null;
+  firedCount: number;
+}
+
+export interface AuditQuery {
+  name: string;
+  title: string;
+  description: string;
+  params: { name: string; type: 'string' | 'uuid' | 'timestamp' | 'integer'; required: boolean }[];
+}
+
+export interface AuditResult {
+  columns: string[];
+  rows: unknown[][];
+  truncated: boolean;
+}
+
+export const TASK_STATES = ['scheduled', 'queued', 'running', 'retrying', 'succeeded', 'failed', 'cancelled'] as const;
+export const PRIORITIES = ['high', 'normal', 'low'] as const;
+export const FAILURE_REASONS = ['non-retryable', 'max-attempts', 'delivery-limit', 'rejected', 'expired', 'timeout'] as const;
+export const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
