@@ -3,6 +3,7 @@ import type { Config } from '../infra/config.js';
 import { parseBrokers, parseTiers } from '../infra/config.js';
 import { createLogger, type Logger } from '../infra/logger.js';
 import type { Role } from '../infra/role.js';
+import { startTracing } from '../infra/tracing.js';
 import { FogschedError, servedTiers } from '../domain/index.js';
 import { topology, topologyNames, type Topology } from '../broker/index.js';
 
@@ -196,6 +197,9 @@ export async function runStart(options: StartOptions): Promise<void> {
     }
   }
   if (options.roles.some((r) => PROJECTION_ROLES.has(r))) await checkProjections(options, logger);
+  // Spans are manual (no auto-instrumentation), so the SDK need not load before other modules.
+  const every = ROLE_NAMES.every((r) => options.roles.includes(r));
+  const stopTracing = await startTracing(options.config, { serviceName: every ? 'fogsched' : `fogsched-${options.roles.join('-')}`, logger });
   const roles = createRoles(options, logger);
   const started: Role[] = [];
   let stopping = false;
@@ -207,6 +211,7 @@ export async function runStart(options: StartOptions): Promise<void> {
         logger.error({ err: error, role: role.name }, 'role failed to stop');
       }
     }
+    await stopTracing(); // exports the spans still buffered
   };
   const onSignal = (signal: NodeJS.Signals) => {
     if (stopping) {

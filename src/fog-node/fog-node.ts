@@ -12,8 +12,9 @@ import {
   type Topology,
   type TopologyNames,
 } from '../broker/index.js';
-import type { Logger } from '../infra/logger.js';
+import { withLogFields, type Logger } from '../infra/logger.js';
 import { sleep, type Role } from '../infra/role.js';
+import { ATTR, formatTraceparent, parseTraceparent, SpanKind, SpanStatusCode, spanTraceContext, startSpan, withActiveSpan, type Span } from '../infra/tracing.js';
 import { loadHandlers, type Handler } from './handlers.js';
 import { createThreadPool, HandlerError, WorkerCrashedError, type ThreadPool } from './thread-pool.js';
 import { createFogHeartbeat, type FogHeartbeat } from './heartbeat.js';
@@ -70,6 +71,9 @@ interface Run {
   readonly task: TaskMessage;
   readonly controller: AbortController;
   readonly attempt: Attempt;
+  /** The run's trace context, carried by each of its records (docs/tracing.md). */
+  readonly traceparent: string | undefined;
+  readonly span: Span | undefined;
 }
 
 interface PendingRecord {
@@ -193,11 +197,28 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
     return threads.run(handler.module, handler.exportName, task.payload, signal);
   };
 
+  /**
+   * Runs one delivery's task (see run) with its trace: a `fog-node run` span, child of the
+   * message's `traceparent`, when tracing is on; its trace id and task id on every log line.
+   */
+  const execute = (d: Delivery): Promise<void> => {
+    const parent = parseTraceparent(d.msg.properties.headers?.traceparent);
+    const span = startSpan('fog-node run', {
+      kind: SpanKind.CONSUMER,
+      ...(parent ? { parent } : {}),
+      attributes: { [ATTR.role]: 'fog-node', [ATTR.taskId]: d.task.taskId, [ATTR.attempt]: d.task.attempt, [ATTR.tier]: d.task.tier, [ATTR.taskType]: d.task.type, [ATTR.nodeId]: options.nodeId },
+    });
+    const trace = span ? spanTraceContext(span) : parent;
+    return withLogFields({ ...(trace ? { trace_id: trace.traceId } : {}), task_id: d.task.taskId }, () =>
+      withActiveSpan(span, () => runDelivery(d, trace ? formatTraceparent(trace) : undefined, span)),
+    );
+  };
+
   /** Runs one delivery's task to a record (or a give-back). Never rejects. */
-  const execute = async (d: Delivery) => {
+  const runDelivery = async (d: Delivery, traceparent: string | undefined, span: Span | undefined) => {
     const { task } = d;
     const key = keyOf(task);
-    const run: Run = { task, controller: new AbortController(), attempt: { durable: false, unacked: [d] } };
+    const run: Run = { task, controller: new AbortController(), attempt: { durable: false, unacked: [d] }, traceparent, span };
     running.set(key, run);
     const { signal } = run.controller;
     const startedAt = new Date().toISOString();
@@ -246,6 +267,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
       logger.error({ err: error, taskId: task.taskId }, 'fog node run ended unexpectedly');
     } finally {
       clearTimeout(timeout);
+      span?.end();
       running.delete(key);
       recent.set(key, run.attempt, Date.now());
       pump();
@@ -265,7 +287,13 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
 
   // --- results: many records per message; acks follow the confirm, apart from it ------
 
-  const report = (record: ResultRecord, attempt: Attempt, outputBytes = 0) => {
+  const report = (reported: ResultRecord, attempt: Attempt, outputBytes = 0) => {
+    // The record carries its run's trace (the run is still in `running` when it reports).
+    const run = running.get(`${reported.taskId}:${reported.attempt}`);
+    const traceparent = run?.traceparent;
+    const record = traceparent ? { ...reported, traceparent } : reported;
+    if (record.kind === 'failed') run?.span?.setStatus({ code: SpanStatusCode.ERROR, message: record.error.code ?? 'failed' });
+    else run?.span?.setAttribute(ATTR.record, record.kind);
     const r = record.kind === 'failed' ? { ...record, error: storableTaskError(record.error) } : record;
     const bytes = RECORD_OVERHEAD_BYTES + outputBytes + (r.kind === 'failed' ? r.error.message.length * 3 : 0);
     pending.push({ record: r, attempt, bytes });
