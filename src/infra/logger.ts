@@ -10,7 +10,6 @@ export interface LogFields {
 }
 
 const logFields = new AsyncLocalStorage<LogFields>();
-const NONE: LogFields = Object.freeze({});
 
 /** Runs `fn` so that every log line it writes (in any role's logger) carries `fields`. */
 export function withLogFields<T>(fields: LogFields, fn: () => T): T {
@@ -25,7 +24,11 @@ export function createLogger(level: string, base: Record<string, unknown> = {}):
   return pino({
     level,
     base: { pid: process.pid, ...base },
-    mixin: () => logFields.getStore() ?? NONE,
+    // A new object each line: pino merges the line's own fields into what the mixin returns.
+    mixin: () => {
+      const fields = logFields.getStore();
+      return fields ? { ...fields } : {};
+    },
     redact: {
       paths: [
         'req.headers.authorization',
