@@ -135,8 +135,8 @@ describe('tracing across processes', () => {
     expect(metadata[0]?.traceparent).toBe(`00-${callerTrace}-${httpSpan?.spanId}-01`);
     // The result events carry the context of their ingest span (retries they cause continue from it).
     expect(applies.map((a) => `00-${callerTrace}-${a.spanId}-01`)).toContain(metadata[3]?.traceparent);
-    const history = await (await fetch(`${t.base}/v1/tasks/${taskId}/history`, { headers: auth })).json();
-    expect(history.events.map((e: { traceId: string }) => e.traceId)).toEqual([callerTrace, callerTrace, callerTrace, callerTrace]);
+    const history = (await (await fetch(`${t.base}/v1/tasks/${taskId}/history`, { headers: auth })).json()) as { events: { traceId: string }[] };
+    expect(history.events.map((e) => e.traceId)).toEqual([callerTrace, callerTrace, callerTrace, callerTrace]);
 
     // Access logs are on, carry the trace and task ids, and never the credential.
     await eventually(() => api.output().includes('request completed'));
