@@ -1,5 +1,5 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { pino, type Logger } from 'pino';
+import { pino, type DestinationStream, type Logger, type LoggerOptions } from 'pino';
 
 export type { Logger };
 
@@ -20,8 +20,8 @@ export function withLogFields<T>(fields: LogFields, fn: () => T): T {
  * The root logger; roles take children (`logger.child({ role: 'relay' })`). Secrets are
  * redacted: credentials and cookies in request headers (a JWT travels in `Authorization`).
  */
-export function createLogger(level: string, base: Record<string, unknown> = {}): Logger {
-  return pino({
+export function createLogger(level: string, base: Record<string, unknown> = {}, destination?: DestinationStream): Logger {
+  const options: LoggerOptions = {
     level,
     base: { pid: process.pid, ...base },
     // A new object each line: pino merges the line's own fields into what the mixin returns.
@@ -41,7 +41,8 @@ export function createLogger(level: string, base: Record<string, unknown> = {}):
       ],
       censor: '[redacted]',
     },
-  });
+  };
+  return destination ? pino(options, destination) : pino(options);
 }
 
 /** A URL fit for a log line or an error message: its password replaced. */
