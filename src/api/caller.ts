@@ -1,6 +1,8 @@
 import type { FastifyRequest } from 'fastify';
 import type { Caller } from '../tasks/index.js';
 import { cutText } from './input.js';
+import { requestTraceContext } from './request-trace.js';
+import { traceMetadata } from '../infra/tracing.js';
 
 /**
  * Who is calling: tenant and actor come from the request's credential (src/api/auth.ts). `X-Actor`
@@ -13,7 +15,7 @@ export function callerOf(request: FastifyRequest): Caller {
   return {
     tenant: request.principal?.tenant ?? request.tenant,
     actor: request.principal?.actor ?? 'anonymous',
-    traceId: request.id,
+    ...traceMetadata(requestTraceContext(request)),
     ...(onBehalfOf ? { onBehalfOf } : {}),
   };
 }

@@ -189,6 +189,7 @@ export const HistoryEntry = Type.Object(
     error: Type.Unknown(),
     at: Type.String({ format: 'date-time' }),
     data: Type.Unknown(),
+    traceId: Nullable(Type.String({ description: "the event's trace id (W3C, 32 hex digits): every event of one submit shares it; see docs/tracing.md" })),
   },
   { $id: 'HistoryEntry', additionalProperties: false },
 );
@@ -436,8 +437,8 @@ export const SCHEDULE_EXAMPLE: Static<typeof Schedule> = {
 export const HISTORY_EXAMPLE: Static<typeof TaskHistory> = {
   taskId: TASK_ID_EXAMPLE,
   events: [
-    { position: 101, version: 1, type: 'TaskSubmitted', state: 'submitted', attempt: 1, nodeId: null, actor: 'alice', reason: null, error: null, at: AT_EXAMPLE, data: {} },
-    { position: 102, version: 2, type: 'TaskQueued', state: 'queued', attempt: 1, nodeId: null, actor: 'alice', reason: null, error: null, at: AT_EXAMPLE, data: {} },
+    { position: 101, version: 1, type: 'TaskSubmitted', state: 'submitted', attempt: 1, nodeId: null, actor: 'alice', reason: null, error: null, at: AT_EXAMPLE, data: {}, traceId: '4bf92f3577b34da6a3ce929d0e0e4736' },
+    { position: 102, version: 2, type: 'TaskQueued', state: 'queued', attempt: 1, nodeId: null, actor: 'alice', reason: null, error: null, at: AT_EXAMPLE, data: {}, traceId: '4bf92f3577b34da6a3ce929d0e0e4736' },
   ],
 };
 

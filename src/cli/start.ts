@@ -4,6 +4,7 @@ import { checkAutoscaleThresholds, parseAutoscaleTiers, parseBrokers, parseTiers
 import { createLogger, type Logger } from '../infra/logger.js';
 import type { Role } from '../infra/role.js';
 import type { ReadinessCheck } from '../infra/ops-server.js';
+import { startTracing } from '../infra/tracing.js';
 import { FogschedError, servedTiers, slotsFor } from '../domain/index.js';
 import { topology, topologyNames, type Topology } from '../broker/index.js';
 
@@ -281,6 +282,9 @@ export async function runStart(options: StartOptions): Promise<void> {
     }
   }
   if (options.roles.some((r) => PROJECTION_ROLES.has(r))) await checkProjections(options, logger);
+  // Spans are manual (no auto-instrumentation), so the SDK need not load before other modules.
+  const every = ROLE_NAMES.every((r) => options.roles.includes(r));
+  const stopTracing = await startTracing(options.config, { serviceName: every ? 'fogsched' : `fogsched-${options.roles.join('-')}`, logger });
   const roles = createRoles(options, logger);
   // One ops server for the process, whatever roles it runs: /healthz, /readyz, /metrics on OPS_PORT.
   const { configureMetrics, parseTenantList } = await import('../infra/metrics.js');
@@ -297,6 +301,7 @@ export async function runStart(options: StartOptions): Promise<void> {
       }
     }
     await ops.close();
+    await stopTracing(); // exports the spans still buffered
   };
   const onSignal = (signal: NodeJS.Signals) => {
     if (stopping) {

@@ -289,6 +289,103 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Follow the log as server-sent events (this tenant's tasks and schedules)
+         * @description text/event-stream. Resume with `Last-Event-ID` (or `?after=`): every event after it, none twice, from any api process. Without either it starts at the head of the log. At most SSE_MAX_CONNECTIONS_PER_TENANT open streams per tenant and api process (429 TOO_MANY_STREAMS).
+         */
+        get: operations["streamEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/tasks/{id}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Follow one task's events as server-sent events; the stream ends after its terminal event
+         * @description text/event-stream: the task's events from the first (or after `Last-Event-ID` / `?after=`), then each as it commits; ends after the event that leaves the task succeeded, failed or cancelled (at once when that was already sent). A task of another tenant is 404 before the stream starts.
+         */
+        get: operations["streamTaskEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/stats": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Throughput, queue wait and run time per tier, queue depth and outbox lag (the caller's tenant)
+         * @description Buckets of the events recorded in the window (at most 24 h and 1440 buckets); p50/p95 of queue wait (start minus the attempt's dispatch) and run time (a success's durationMs) of attempts in the window, per tier; queued tasks per tier and priority now; due, unpublished outbox rows of the tenant's tasks and the oldest one's age.
+         */
+        get: operations["getStats"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/audit/queries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The audit questions of docs/audit.md, with their parameters */
+        get: operations["listAuditQueries"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/audit/queries/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Run one audit question with its parameters (read-only, filtered to the caller's tenant)
+         * @description Runs in a READ ONLY transaction with a 5000 ms statement timeout and answers at most 1000 rows. Parameters go in the query string by name (?task_id=..., see the params of the question); any other name is 400. Always filtered to the caller's tenant; the questions about fog nodes alone are for operators (403 for auditors).
+         */
+        get: operations["runAuditQuery"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -348,6 +445,8 @@ export interface components {
             message: string;
             code: string;
             retryable: boolean;
+            /** @description class name of the error the handler threw (e.g. TypeError), when not a plain Error */
+            name?: string;
         };
         Task: {
             /** Format: uuid */
@@ -368,6 +467,15 @@ export interface components {
             output: unknown;
             lastError: components["schemas"]["TaskError"] | null;
             failureReason: string | null;
+            progress: {
+                fraction: number;
+                message: string | null;
+                /**
+                 * Format: date-time
+                 * @description the fog node's clock at the report
+                 */
+                at: string;
+            } | null;
             availableAt: string | null;
             /** Format: date-time */
             submittedAt: string;
@@ -404,6 +512,7 @@ export interface components {
             /** Format: date-time */
             at: string;
             data: unknown;
+            traceId: string | null;
         };
         TaskHistory: {
             /** Format: uuid */
@@ -500,6 +609,56 @@ export interface components {
                     failingOpenSince?: string;
                 } | null;
             };
+        };
+        /** @description the caller's tenant only */
+        Stats: {
+            windowSeconds: number;
+            bucketSeconds: number;
+            buckets: {
+                /** Format: date-time */
+                at: string;
+                submitted: number;
+                succeeded: number;
+                failed: number;
+                cancelled: number;
+                deadLettered: number;
+            }[];
+            tiers: {
+                tier: string;
+                queueWaitP50Ms: number | null;
+                queueWaitP95Ms: number | null;
+                runP50Ms: number | null;
+                runP95Ms: number | null;
+            }[];
+            depth: {
+                tier: string;
+                priority: string;
+                queued: number;
+            }[];
+            outbox: {
+                pending: number;
+                lagSeconds: number;
+            };
+        };
+        AuditQueryList: {
+            items: {
+                name: string;
+                title: string;
+                description: string;
+                operatorOnly: boolean;
+                params: {
+                    name: string;
+                    type: "string" | "uuid" | "timestamp" | "integer";
+                    required: boolean;
+                }[];
+            }[];
+        };
+        AuditResult: {
+            name: string;
+            columns: string[];
+            rows: unknown[][];
+            /** @description more than 1000 rows: the first 1000 are here */
+            truncated: boolean;
         };
     };
     responses: never;
@@ -733,6 +892,7 @@ export interface operations {
                      *           "output": null,
                      *           "lastError": null,
                      *           "failureReason": null,
+                     *           "progress": null,
                      *           "availableAt": "2026-11-27T10:15:30.123Z",
                      *           "submittedAt": "2026-11-27T10:15:30.123Z",
                      *           "startedAt": null,
@@ -907,6 +1067,7 @@ export interface operations {
                      *       "output": null,
                      *       "lastError": null,
                      *       "failureReason": null,
+                     *       "progress": null,
                      *       "availableAt": "2026-11-27T10:15:30.123Z",
                      *       "submittedAt": "2026-11-27T10:15:30.123Z",
                      *       "startedAt": null,
@@ -950,6 +1111,7 @@ export interface operations {
                      *       "output": null,
                      *       "lastError": null,
                      *       "failureReason": null,
+                     *       "progress": null,
                      *       "availableAt": "2026-11-27T10:15:30.123Z",
                      *       "submittedAt": "2026-11-27T10:15:30.123Z",
                      *       "startedAt": null,
@@ -1198,6 +1360,7 @@ export interface operations {
                      *           "output": null,
                      *           "lastError": null,
                      *           "failureReason": null,
+                     *           "progress": null,
                      *           "availableAt": "2026-11-27T10:15:30.123Z",
                      *           "submittedAt": "2026-11-27T10:15:30.123Z",
                      *           "startedAt": null,
@@ -1403,6 +1566,7 @@ export interface operations {
                      *       "output": null,
                      *       "lastError": null,
                      *       "failureReason": null,
+                     *       "progress": null,
                      *       "availableAt": "2026-11-27T10:15:30.123Z",
                      *       "submittedAt": "2026-11-27T10:15:30.123Z",
                      *       "startedAt": null,
@@ -1541,7 +1705,8 @@ export interface operations {
                      *           "reason": null,
                      *           "error": null,
                      *           "at": "2026-11-27T10:15:30.123Z",
-                     *           "data": {}
+                     *           "data": {},
+                     *           "traceId": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *         },
                      *         {
                      *           "position": 102,
@@ -1554,7 +1719,8 @@ export interface operations {
                      *           "reason": null,
                      *           "error": null,
                      *           "at": "2026-11-27T10:15:30.123Z",
-                     *           "data": {}
+                     *           "data": {},
+                     *           "traceId": "4bf92f3577b34da6a3ce929d0e0e4736"
                      *         }
                      *       ]
                      *     }
@@ -1709,6 +1875,7 @@ export interface operations {
                      *       "output": null,
                      *       "lastError": null,
                      *       "failureReason": null,
+                     *       "progress": null,
                      *       "availableAt": "2026-11-27T10:15:30.123Z",
                      *       "submittedAt": "2026-11-27T10:15:30.123Z",
                      *       "startedAt": null,
@@ -2046,6 +2213,7 @@ export interface operations {
                      *             "retryable": true
                      *           },
                      *           "failureReason": "max-attempts",
+                     *           "progress": null,
                      *           "availableAt": "2026-11-27T10:15:30.123Z",
                      *           "submittedAt": "2026-11-27T10:15:30.123Z",
                      *           "startedAt": null,
@@ -2367,6 +2535,7 @@ export interface operations {
                      *       "output": null,
                      *       "lastError": null,
                      *       "failureReason": null,
+                     *       "progress": null,
                      *       "availableAt": "2026-11-27T10:15:30.123Z",
                      *       "submittedAt": "2026-11-27T10:15:30.123Z",
                      *       "startedAt": null,
@@ -3529,6 +3698,678 @@ export interface operations {
                      *       "status": 415,
                      *       "detail": "Unsupported Media Type",
                      *       "code": "FST_ERR_CTP_INVALID_MEDIA_TYPE"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description PostgreSQL is unavailable, the submit queue is full (SUBMIT_QUEUE_FULL) or a JWT key set cannot be fetched; nothing was written; see Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "retry-after"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:service-unavailable",
+                     *       "title": "Service Unavailable",
+                     *       "status": 503,
+                     *       "detail": "postgresql is unavailable; retry later",
+                     *       "code": "SERVICE_UNAVAILABLE"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    streamEvents: {
+        parameters: {
+            query?: {
+                /** @description only these event types, comma-separated (e.g. TaskSucceeded,TaskFailed) */
+                type?: string;
+                /** @description only this task's events */
+                task?: string;
+                /** @description only events that left their task in this state */
+                state?: "scheduled" | "queued" | "running" | "retrying" | "succeeded" | "failed" | "cancelled";
+                /** @description start after this log position (as Last-Event-ID; the header wins); without either the stream starts at the head of the log */
+                after?: string;
+            };
+            header?: {
+                /** @description resume after this event (sent by EventSource on reconnect) */
+                "last-event-id"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the stream, until the client closes it */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example retry: 2000
+                     *
+                     *     id: 1042
+                     *     event: TaskSucceeded
+                     *     data: {"taskId":"0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11","type":"TaskSucceeded","position":1042,"at":"2026-11-27T10:15:31.004Z","data":{"attempt":1,"output":null}}
+                     *
+                     *     : hb
+                     */
+                    "text/event-stream": string;
+                };
+            };
+            /** @description the request does not match the schema (VALIDATION_FAILED, each violation in errors[] with its path), is not valid JSON or HTTP, or carries a NUL character */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:validation-failed",
+                     *       "title": "Bad Request",
+                     *       "status": 400,
+                     *       "detail": "body/priority must be equal to one of the allowed values",
+                     *       "code": "VALIDATION_FAILED"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no credential, or one that is not valid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:unauthorized",
+                     *       "title": "Unauthorized",
+                     *       "status": 401,
+                     *       "detail": "the API key is not valid",
+                     *       "code": "UNAUTHORIZED"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the credential's role may not call this operation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:forbidden",
+                     *       "title": "Forbidden",
+                     *       "status": 403,
+                     *       "detail": "role submitter may not call this operation",
+                     *       "code": "FORBIDDEN"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a per-tenant limit (submit rate or active tasks); see Retry-After */
+            429: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "retry-after"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:rate-limited",
+                     *       "title": "Too Many Requests",
+                     *       "status": 429,
+                     *       "detail": "tenant acme may submit 100 tasks per second",
+                     *       "code": "RATE_LIMITED"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description PostgreSQL is unavailable, the submit queue is full (SUBMIT_QUEUE_FULL) or a JWT key set cannot be fetched; nothing was written; see Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "retry-after"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:service-unavailable",
+                     *       "title": "Service Unavailable",
+                     *       "status": 503,
+                     *       "detail": "postgresql is unavailable; retry later",
+                     *       "code": "SERVICE_UNAVAILABLE"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    streamTaskEvents: {
+        parameters: {
+            query?: {
+                /** @description start after this log position (as Last-Event-ID; the header wins); without either the stream starts with the task's first event */
+                after?: string;
+            };
+            header?: {
+                /** @description resume after this event (sent by EventSource on reconnect) */
+                "last-event-id"?: string;
+            };
+            path: {
+                /** @description task id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the stream, until the task ends or the client closes it */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example retry: 2000
+                     *
+                     *     id: 1042
+                     *     event: TaskSucceeded
+                     *     data: {"taskId":"0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11","type":"TaskSucceeded","position":1042,"at":"2026-11-27T10:15:31.004Z","data":{"attempt":1,"output":null}}
+                     *
+                     *     : hb
+                     */
+                    "text/event-stream": string;
+                };
+            };
+            /** @description the request does not match the schema (VALIDATION_FAILED, each violation in errors[] with its path), is not valid JSON or HTTP, or carries a NUL character */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:validation-failed",
+                     *       "title": "Bad Request",
+                     *       "status": 400,
+                     *       "detail": "body/priority must be equal to one of the allowed values",
+                     *       "code": "VALIDATION_FAILED"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no credential, or one that is not valid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:unauthorized",
+                     *       "title": "Unauthorized",
+                     *       "status": 401,
+                     *       "detail": "the API key is not valid",
+                     *       "code": "UNAUTHORIZED"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the credential's role may not call this operation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:forbidden",
+                     *       "title": "Forbidden",
+                     *       "status": 403,
+                     *       "detail": "role submitter may not call this operation",
+                     *       "code": "FORBIDDEN"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such task or schedule for this tenant */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:task-not-found",
+                     *       "title": "Not Found",
+                     *       "status": 404,
+                     *       "detail": "task 0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11 does not exist",
+                     *       "code": "TASK_NOT_FOUND"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a per-tenant limit (submit rate or active tasks); see Retry-After */
+            429: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "retry-after"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:rate-limited",
+                     *       "title": "Too Many Requests",
+                     *       "status": 429,
+                     *       "detail": "tenant acme may submit 100 tasks per second",
+                     *       "code": "RATE_LIMITED"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description PostgreSQL is unavailable, the submit queue is full (SUBMIT_QUEUE_FULL) or a JWT key set cannot be fetched; nothing was written; see Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "retry-after"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:service-unavailable",
+                     *       "title": "Service Unavailable",
+                     *       "status": 503,
+                     *       "detail": "postgresql is unavailable; retry later",
+                     *       "code": "SERVICE_UNAVAILABLE"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    getStats: {
+        parameters: {
+            query?: {
+                /** @description the window, up to 24 h */
+                windowSeconds?: number;
+                /** @description bucket width; at most 1440 buckets per window */
+                bucketSeconds?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the numbers */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "windowSeconds": 120,
+                     *       "bucketSeconds": 60,
+                     *       "buckets": [
+                     *         {
+                     *           "at": "2026-11-27T10:14:00.000Z",
+                     *           "submitted": 40,
+                     *           "succeeded": 38,
+                     *           "failed": 1,
+                     *           "cancelled": 0,
+                     *           "deadLettered": 0
+                     *         },
+                     *         {
+                     *           "at": "2026-11-27T10:15:00.000Z",
+                     *           "submitted": 12,
+                     *           "succeeded": 10,
+                     *           "failed": 0,
+                     *           "cancelled": 1,
+                     *           "deadLettered": 0
+                     *         }
+                     *       ],
+                     *       "tiers": [
+                     *         {
+                     *           "tier": "light",
+                     *           "queueWaitP50Ms": 12.5,
+                     *           "queueWaitP95Ms": 80,
+                     *           "runP50Ms": 3,
+                     *           "runP95Ms": 21.4
+                     *         }
+                     *       ],
+                     *       "depth": [
+                     *         {
+                     *           "tier": "light",
+                     *           "priority": "normal",
+                     *           "queued": 4
+                     *         }
+                     *       ],
+                     *       "outbox": {
+                     *         "pending": 0,
+                     *         "lagSeconds": 0
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["Stats"];
+                };
+            };
+            /** @description the request does not match the schema (VALIDATION_FAILED, each violation in errors[] with its path), is not valid JSON or HTTP, or carries a NUL character */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:validation-failed",
+                     *       "title": "Bad Request",
+                     *       "status": 400,
+                     *       "detail": "body/priority must be equal to one of the allowed values",
+                     *       "code": "VALIDATION_FAILED"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no credential, or one that is not valid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:unauthorized",
+                     *       "title": "Unauthorized",
+                     *       "status": 401,
+                     *       "detail": "the API key is not valid",
+                     *       "code": "UNAUTHORIZED"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the credential's role may not call this operation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:forbidden",
+                     *       "title": "Forbidden",
+                     *       "status": 403,
+                     *       "detail": "role submitter may not call this operation",
+                     *       "code": "FORBIDDEN"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description PostgreSQL is unavailable, the submit queue is full (SUBMIT_QUEUE_FULL) or a JWT key set cannot be fetched; nothing was written; see Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "retry-after"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:service-unavailable",
+                     *       "title": "Service Unavailable",
+                     *       "status": 503,
+                     *       "detail": "postgresql is unavailable; retry later",
+                     *       "code": "SERVICE_UNAVAILABLE"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    listAuditQueries: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the questions */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "items": [
+                     *         {
+                     *           "name": "task-timeline",
+                     *           "title": "What happened to task X, in order?",
+                     *           "description": "Every event of the task.",
+                     *           "operatorOnly": false,
+                     *           "params": [
+                     *             {
+                     *               "name": "task_id",
+                     *               "type": "uuid",
+                     *               "required": true
+                     *             }
+                     *           ]
+                     *         }
+                     *       ]
+                     *     }
+                     */
+                    "application/json": components["schemas"]["AuditQueryList"];
+                };
+            };
+            /** @description the request does not match the schema (VALIDATION_FAILED, each violation in errors[] with its path), is not valid JSON or HTTP, or carries a NUL character */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:validation-failed",
+                     *       "title": "Bad Request",
+                     *       "status": 400,
+                     *       "detail": "body/priority must be equal to one of the allowed values",
+                     *       "code": "VALIDATION_FAILED"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no credential, or one that is not valid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:unauthorized",
+                     *       "title": "Unauthorized",
+                     *       "status": 401,
+                     *       "detail": "the API key is not valid",
+                     *       "code": "UNAUTHORIZED"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the credential's role may not call this operation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:forbidden",
+                     *       "title": "Forbidden",
+                     *       "status": 403,
+                     *       "detail": "role submitter may not call this operation",
+                     *       "code": "FORBIDDEN"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description PostgreSQL is unavailable, the submit queue is full (SUBMIT_QUEUE_FULL) or a JWT key set cannot be fetched; nothing was written; see Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "retry-after"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:service-unavailable",
+                     *       "title": "Service Unavailable",
+                     *       "status": 503,
+                     *       "detail": "postgresql is unavailable; retry later",
+                     *       "code": "SERVICE_UNAVAILABLE"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    runAuditQuery: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description a name from GET /v1/audit/queries */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the answer */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "name": "cancellations",
+                     *       "columns": [
+                     *         "task_id",
+                     *         "cancelled_by"
+                     *       ],
+                     *       "rows": [
+                     *         [
+                     *           "0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11",
+                     *           "key:acme/1a2b3c4d"
+                     *         ]
+                     *       ],
+                     *       "truncated": false
+                     *     }
+                     */
+                    "application/json": components["schemas"]["AuditResult"];
+                };
+            };
+            /** @description the request does not match the schema (VALIDATION_FAILED, each violation in errors[] with its path), is not valid JSON or HTTP, or carries a NUL character */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:validation-failed",
+                     *       "title": "Bad Request",
+                     *       "status": 400,
+                     *       "detail": "body/priority must be equal to one of the allowed values",
+                     *       "code": "VALIDATION_FAILED"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no credential, or one that is not valid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:unauthorized",
+                     *       "title": "Unauthorized",
+                     *       "status": 401,
+                     *       "detail": "the API key is not valid",
+                     *       "code": "UNAUTHORIZED"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the credential's role may not call this operation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:forbidden",
+                     *       "title": "Forbidden",
+                     *       "status": 403,
+                     *       "detail": "role submitter may not call this operation",
+                     *       "code": "FORBIDDEN"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such task or schedule for this tenant */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:task-not-found",
+                     *       "title": "Not Found",
+                     *       "status": 404,
+                     *       "detail": "task 0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11 does not exist",
+                     *       "code": "TASK_NOT_FOUND"
                      *     }
                      */
                     "application/problem+json": components["schemas"]["Problem"];

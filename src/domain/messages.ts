@@ -21,9 +21,10 @@ export interface TaskMessage {
 
 /**
  * What a fog node reports. Several records travel in one message (a result
- * batch) to keep the number of broker messages per task near one.
+ * batch) to keep the number of broker messages per task near one. Each carries the
+ * W3C `traceparent` of its run (docs/tracing.md), which the result events keep.
  */
-export type ResultRecord =
+export type ResultRecord = { readonly traceparent?: string } & (
   | { readonly kind: 'started'; readonly taskId: string; readonly attempt: number; readonly at: string }
   /** The handler's last progress report (ctx.progress), coalesced by the node; always before the attempt's outcome. */
   | { readonly kind: 'progress'; readonly taskId: string; readonly attempt: number; readonly at: string; readonly fraction: number; readonly message: string | null }
@@ -50,7 +51,8 @@ export type ResultRecord =
    * had acked) without an outcome: it was stopped past FOG_NODE_GRACE_MS. Not a
    * failure of the task; the same attempt is dispatched again.
    */
-  | { readonly kind: 'returned'; readonly taskId: string; readonly attempt: number; readonly at: string; readonly reason: 'node-shutdown' };
+  | { readonly kind: 'returned'; readonly taskId: string; readonly attempt: number; readonly at: string; readonly reason: 'node-shutdown' }
+);
 
 /** Why a node gives an attempt back (a `returned` record). */
 export const RETURN_REASONS = ['node-shutdown'] as const;

@@ -12,8 +12,9 @@ import {
   type Topology,
   type TopologyNames,
 } from '../broker/index.js';
-import type { Logger } from '../infra/logger.js';
+import { withLogFields, type Logger } from '../infra/logger.js';
 import { sleep, type Role } from '../infra/role.js';
+import { ATTR, formatTraceparent, parseTraceparent, SpanKind, SpanStatusCode, spanTraceContext, startSpan, withActiveSpan, type Span } from '../infra/tracing.js';
 import { loadHandlers, type Handler } from './handlers.js';
 import { createThreadPool, HandlerError, MIN_THREAD_HEAP_MB, WorkerCrashedError, type ThreadPool } from './thread-pool.js';
 import { createProgressCoalescer, type ProgressCoalescer } from './progress-coalescer.js';
@@ -89,6 +90,9 @@ interface Run {
   readonly progress: ProgressCoalescer;
   /** Trace id of the delivery (W3C traceparent or x-trace-id header), for the handler's log lines. */
   readonly traceId: string | null;
+  /** The run's trace context, carried by each of its records (docs/tracing.md). */
+  readonly traceparent: string | undefined;
+  readonly span: Span | undefined;
 }
 
 interface PendingRecord {
@@ -260,8 +264,25 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
     );
   };
 
+  /**
+   * Runs one delivery's task (see run) with its trace: a `fog-node run` span, child of the
+   * message's `traceparent`, when tracing is on; its trace id and task id on every log line.
+   */
+  const execute = (d: Delivery): Promise<void> => {
+    const parent = parseTraceparent(d.msg.properties.headers?.traceparent);
+    const span = startSpan('fog-node run', {
+      kind: SpanKind.CONSUMER,
+      ...(parent ? { parent } : {}),
+      attributes: { [ATTR.role]: 'fog-node', [ATTR.taskId]: d.task.taskId, [ATTR.attempt]: d.task.attempt, [ATTR.tier]: d.task.tier, [ATTR.taskType]: d.task.type, [ATTR.nodeId]: options.nodeId },
+    });
+    const trace = span ? spanTraceContext(span) : parent;
+    return withLogFields({ ...(trace ? { trace_id: trace.traceId } : {}), task_id: d.task.taskId }, () =>
+      withActiveSpan(span, () => runDelivery(d, trace ? formatTraceparent(trace) : undefined, span)),
+    );
+  };
+
   /** Runs one delivery's task to a record (or a give-back). Never rejects. */
-  const execute = async (d: Delivery) => {
+  const runDelivery = async (d: Delivery, traceparent: string | undefined, span: Span | undefined) => {
     const { task } = d;
     const key = keyOf(task);
     const attempt: Attempt = { durable: false, unacked: [d] };
@@ -270,7 +291,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
       // The message as PostgreSQL's jsonb stores it (a U+0000 would make ingest set the record aside).
       report({ kind: 'progress', taskId: task.taskId, attempt: task.attempt, at: p.at, fraction: p.fraction, message: p.message === null ? null : storableText(p.message, MAX_PROGRESS_MESSAGE_CHARS) }, attempt),
     );
-    const run: Run = { task, controller: new AbortController(), attempt, memoryMb, progress, traceId: traceIdOf(d.msg) };
+    const run: Run = { task, controller: new AbortController(), attempt, memoryMb, progress, traceId: traceparent ? (parseTraceparent(traceparent)?.traceId ?? null) : traceIdOf(d.msg), traceparent, span };
     running.set(key, run);
     reservedMb += memoryMb;
     const { signal } = run.controller;
@@ -336,6 +357,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
       clearTimeout(timeout);
       progress.flush();
       reservedMb -= memoryMb;
+      span?.end();
       running.delete(key);
       recent.set(key, run.attempt, Date.now());
       pump();
@@ -355,7 +377,13 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
 
   // --- results: many records per message; acks follow the confirm, apart from it ------
 
-  const report = (record: ResultRecord, attempt: Attempt, outputBytes = 0) => {
+  const report = (reported: ResultRecord, attempt: Attempt, outputBytes = 0) => {
+    // The record carries its run's trace (the run is still in `running` when it reports).
+    const run = running.get(`${reported.taskId}:${reported.attempt}`);
+    const traceparent = run?.traceparent;
+    const record = traceparent ? { ...reported, traceparent } : reported;
+    if (record.kind === 'failed') run?.span?.setStatus({ code: SpanStatusCode.ERROR, message: record.error.code ?? 'failed' });
+    else run?.span?.setAttribute(ATTR.record, record.kind);
     const r = record.kind === 'failed' ? { ...record, error: storableTaskError(record.error) } : record;
     const bytes = RECORD_OVERHEAD_BYTES + outputBytes + (r.kind === 'failed' ? r.error.message.length * 3 : 0);
     pending.push({ record: r, attempt, bytes });

@@ -100,6 +100,16 @@ export const ConfigSchema = Type.Object({
   FOG_HEARTBEAT_INTERVAL_MS: Int(100, 10000, 'a fog node refreshes fog:node:{id} this often'),
   FOG_HEARTBEAT_TTL_MS: Int(100, 30000, 'TTL of fog:node:{id}; the coordinator reaps a node whose hash expired'),
 
+  // --- tracing (issue 17, docs/tracing.md): the standard OpenTelemetry variables. These decide
+  // whether `start` runs the SDK at all; the SDK reads the others (protocol, headers, sampler,
+  // OTEL_BSP_*) from the environment itself.
+  OTEL_TRACES_EXPORTER: Type.String({ default: '', description: 'otlp, console, zipkin or none; empty with no OTLP endpoint set: tracing off (no SDK loaded)' }),
+  OTEL_EXPORTER_OTLP_ENDPOINT: Type.String({ default: '', description: 'OTLP collector base URL (e.g. http://tempo:4318); set: tracing on (OTLP)' }),
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: Type.String({ default: '', description: 'OTLP traces URL (full, e.g. http://jaeger:4318/v1/traces); set: tracing on (OTLP)' }),
+  OTEL_SDK_DISABLED: Type.String({ default: '', description: 'true: tracing off whatever else is set' }),
+  OTEL_SERVICE_NAME: Type.String({ default: '', description: 'service.name of the spans; empty: fogsched-<roles> (fogsched when every role runs)' }),
+  OTEL_RESOURCE_ATTRIBUTES: Type.String({ default: '', description: 'key=value,... resource attributes of the spans' }),
+
   // --- fog node: outputs (issue 15) ---
   // A fog node checks each handler output before it publishes it: an output PostgreSQL's jsonb
   // cannot store (U+0000, not JSON) or larger than this is reported as failed `output-not-storable`.

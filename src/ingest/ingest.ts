@@ -19,6 +19,7 @@ import { createBackoff, createBrokerClient, declareTopology, type BrokerChannel,
 import type { Logger } from '../infra/logger.js';
 import { classifyPgError, PREPARE_MARK } from '../infra/postgres.js';
 import { sleep, type Role } from '../infra/role.js';
+import { ATTR, failSpan, formatTraceparent, parseTraceparent, SpanKind, spanTraceContext, startSpan, traceMetadata, tracingEnabled, type Span } from '../infra/tracing.js';
 import { appendEvents, type Database, type Executor, type NewEvent } from '../store/index.js';
 import { executeTaskCommands, type CommandItem } from '../tasks/index.js';
 import { processHealth, UNTRACKED, type LoopProgress } from '../infra/health.js';
@@ -134,6 +135,30 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
   // /healthz: each turn of the consume loop beats (a batch applied or retried, an idle wait of at most a second, a reconnect).
   let progress: LoopProgress = UNTRACKED;
 
+  /** Tracing on: the `ingest apply` spans of the batch being settled, by message id and record index. */
+  let batchSpans: Map<string, { readonly span: Span; readonly taskId: string }> | undefined;
+
+  /** A result batch whose records carry their `ingest apply` span's context instead of the run's (tracing on). */
+  const traced = (id: string, batch: ResultBatch): ResultBatch => {
+    const spans = batchSpans;
+    if (!spans) return batch;
+    const records = batch.records.map((r, i) => {
+      const key = `${id}:${i}`;
+      let span = spans.get(key)?.span;
+      if (!span) {
+        span = startSpan('ingest apply', {
+          kind: SpanKind.CONSUMER,
+          ...(r.traceparent ? { parent: r.traceparent } : {}),
+          attributes: { [ATTR.role]: 'ingest', [ATTR.taskId]: r.taskId, [ATTR.attempt]: r.attempt, [ATTR.nodeId]: batch.nodeId, [ATTR.record]: r.kind, 'messaging.message.id': id },
+        });
+        if (!span) return r;
+        spans.set(key, { span, taskId: r.taskId });
+      }
+      return { ...r, traceparent: formatTraceparent(spanTraceContext(span)) };
+    });
+    return { ...batch, records };
+  };
+
   /** Anything wrong with the channel (an error closed it, the broker cancelled a consumer): start over on a new connection. */
   const restart = (why: string) => {
     const conn = connection;
@@ -213,13 +238,19 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
       const ch = channel;
       if (!ch || queue.length === 0) continue;
       const batch = queue.splice(0, options.batchSize);
+      const spans = tracingEnabled() ? new Map<string, { readonly span: Span; readonly taskId: string }>() : undefined;
+      batchSpans = spans;
       try {
         // An error nobody classified that keeps coming back is treated as permanent, so one
         // message cannot hold up the queue for ever: its batch is bisected and it is isolated.
         await settle(ch, batch, unknownFailures >= unknownErrorLimit);
+        for (const { span } of spans?.values() ?? []) span.end();
+        batchSpans = undefined;
         retry.reset();
         unknownFailures = 0;
       } catch (error) {
+        for (const { span } of spans?.values() ?? []) failSpan(span, 'batch not applied; it is tried again');
+        batchSpans = undefined;
         const unsettled = error instanceof Unsettled ? error : new Unsettled(batch, error, 'unknown');
         // Keep what is not settled, in order, at the front; after a lost channel they come back as new deliveries instead.
         if (channel === ch) queue.unshift(...unsettled.rest);
@@ -331,7 +362,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
       if (e.source === 'results') {
         const problem = invalidResultBatch(e.body);
         if (problem) deadLetters.push({ id: e.id, msg: e.msg, reason: `malformed result message: ${problem}` });
-        else items.push(...resultCommands(e.body as ResultBatch, { backoff: options.backoff, now }));
+        else items.push(...resultCommands(traced(e.id, e.body as ResultBatch), { backoff: options.backoff, now }));
       } else if (e.source === 'metrics') {
         if (isMetricSample(e.body)) metrics.push(e.body);
       } else {
@@ -340,8 +371,13 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
         else deadLetters.push({ id: e.id, msg: e.msg, reason: 'dead-lettered message is not a task message' });
       }
     }
-    for (const a of (await executeTaskCommands(trx, items, options.names)).applied) t.tally.applied.push(a);
+    const outcome = await executeTaskCommands(trx, items, options.names);
+    for (const a of outcome.applied) t.tally.applied.push(a);
     t.tally.records += items.length;
+    for (const { span, taskId } of batchSpans?.values() ?? []) {
+      const tier = outcome.states.get(taskId)?.spec?.tier;
+      if (tier) span.setAttribute(ATTR.tier, tier);
+    }
     if (metrics.length > 0) {
       await sql`
         INSERT INTO node_metrics (node_id, at, tier, cpu, rss_mb, in_flight, completed, failed)
@@ -368,7 +404,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
     const [entry] = await freshEntries(t, [p]);
     if (!entry) return; // a redelivery of a message already settled
     if (entry.source === 'results' && invalidResultBatch(entry.body) === null) {
-      await applyRecordByRecord(t, entry, entry.body as ResultBatch);
+      await applyRecordByRecord(t, entry, traced(entry.id, entry.body as ResultBatch));
       return;
     }
     const failure = await underSavepoint(t, () => applyEntries(t, [entry]));
@@ -398,7 +434,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
         const second = await underSavepoint(t, () => execute(t, fallback));
         if (second === undefined) {
           t.tally.notStorable++;
-          logger.warn({ taskId: record.taskId, attempt: record.attempt, messageId: entry.id, err: (failure as Error).message }, 'task output cannot be stored; task failed output-not-storable');
+          logger.warn({ ...recordLogFields(record), attempt: record.attempt, messageId: entry.id, err: (failure as Error).message }, 'task output cannot be stored; task failed output-not-storable');
           continue;
         }
         failure = second;
@@ -408,7 +444,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
         const [readable] = resultCommands({ ...batch, records: [{ ...record, error: storableJson(record.error) as TaskError }] }, { backoff: options.backoff, now });
         const second = await underSavepoint(t, () => execute(t, readable as CommandItem));
         if (second === undefined) {
-          logger.warn({ taskId: record.taskId, attempt: record.attempt, messageId: entry.id, err: (failure as Error).message }, 'task error text not storable; applied with it made storable');
+          logger.warn({ ...recordLogFields(record), attempt: record.attempt, messageId: entry.id, err: (failure as Error).message }, 'task error text not storable; applied with it made storable');
           continue;
         }
         failure = second;
@@ -416,7 +452,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
       setAside.push({ index, record, error: failure });
     }
     if (setAside.length === 0) return;
-    logger.error({ messageId: entry.id, records: setAside.map((s) => ({ taskId: s.record.taskId, kind: s.record.kind, err: errorText(s.error) })) }, 'result records cannot be written; set aside');
+    logger.error({ messageId: entry.id, records: setAside.map((s) => ({ ...recordLogFields(s.record), kind: s.record.kind, err: errorText(s.error) })) }, 'result records cannot be written; set aside');
     await appendEvents(
       trx,
       setAside.map((s, i) => ({
@@ -534,7 +570,7 @@ function outputNotStorable(nodeId: string, record: Extract<ResultRecord, { kind:
         reportedAt: record.at,
       },
     },
-    metadata: { actor: `node:${nodeId}` },
+    metadata: { actor: `node:${nodeId}`, ...traceMetadata(parseTraceparent(record.traceparent)) },
   };
 }
 
@@ -557,7 +593,7 @@ function sqlState(error: unknown): string | null {
  * data (TaskStarted.at is the node's start, `reportedAt` its time of the result).
  */
 export function resultCommands(batch: ResultBatch, opts: { backoff: BackoffOptions; now: string; random?: () => number }): CommandItem[] {
-  const metadata = { actor: `node:${batch.nodeId}` };
+  const actor = `node:${batch.nodeId}`;
   const { backoff, now } = opts;
   const random = opts.random ?? Math.random;
   return batch.records.map((r): CommandItem => {
@@ -587,7 +623,8 @@ export function resultCommands(batch: ResultBatch, opts: { backoff: BackoffOptio
       default:
         return assertNever(r);
     }
-    return { taskId: r.taskId, command, metadata };
+    // The record's trace (its run's, or its ingest span's): result events and retries continue it.
+    return { taskId: r.taskId, command, metadata: { actor, ...traceMetadata(parseTraceparent(r.traceparent)) } };
   });
 }
 
@@ -606,7 +643,8 @@ function deadLetterCommand(msg: ConsumeMessage, body: unknown, names: TopologyNa
   return {
     taskId: task.taskId,
     command: { type: 'DeadLetterTask', data: { attempt: task.attempt as number, reason, queue, now, returns: returnsOf(headers[RETURNS_HEADER]) } },
-    metadata: { actor: 'broker' },
+    // A dead-lettered task message keeps its headers, its trace among them.
+    metadata: { actor: 'broker', ...traceMetadata(parseTraceparent(headers.traceparent)) },
   };
 }
 
@@ -646,4 +684,10 @@ function messageIdOf(msg: ConsumeMessage): string {
 function uuidFrom(text: string): string {
   const h = createHash('sha256').update(text).digest('hex');
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-4${h.slice(13, 16)}-a${h.slice(17, 20)}-${h.slice(20, 32)}`;
+}
+
+/** A record's task and trace, as log fields. */
+function recordLogFields(record: ResultRecord): { taskId: string; task_id: string; trace_id?: string } {
+  const trace = parseTraceparent(record.traceparent);
+  return { taskId: record.taskId, task_id: record.taskId, ...(trace ? { trace_id: trace.traceId } : {}) };
 }

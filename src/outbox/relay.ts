@@ -9,6 +9,7 @@ import { backoffMs, createBackoff, createBrokerClient, declareTopology, type Bro
 import { coerceError } from '../domain/index.js';
 import type { Logger } from '../infra/logger.js';
 import { sleep, type Role } from '../infra/role.js';
+import { ATTR, failSpan, formatTraceparent, SpanKind, spanTraceContext, startSpan, tracingEnabled, type Span } from '../infra/tracing.js';
 import {
   backOffFenced,
   DEFAULT_RELAY_LEASE_NAME,
@@ -386,12 +387,14 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
    */
   const publishBatch = async (ch: ConfirmingChannel, rows: readonly ClaimedRow[]): Promise<BatchOutcome> => {
     const timestamp = Math.floor(Date.now() / 1000);
+    // Tracing on: a `relay publish` span per row, child of the row's trace; the message carries the span's.
+    const spans = tracingEnabled() ? rows.map(publishSpan) : undefined;
     const messages = rows.map(
-      (row): OutgoingMessage => ({
+      (row, i): OutgoingMessage => ({
         exchange: row.exchange,
         routingKey: row.routing_key,
         body: Buffer.from(row.body),
-        options: { persistent: true, mandatory: mandatory.has(row.exchange), messageId: row.message_id, contentType: 'application/json', headers: row.headers, timestamp },
+        options: { persistent: true, mandatory: mandatory.has(row.exchange), messageId: row.message_id, contentType: 'application/json', headers: traced(row.headers, spans?.[i]), timestamp },
       }),
     );
     const outcomes = await ch.publishAll(messages);
@@ -399,8 +402,13 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     const failed: FailedRow[] = [];
     rows.forEach((row, i) => {
       const error = outcomes[i];
-      if (error === undefined) ok.push(row.id);
-      else failed.push({ id: row.id, attempts: row.attempts, error });
+      if (error === undefined) {
+        ok.push(row.id);
+        spans?.[i]?.end();
+      } else {
+        failed.push({ id: row.id, attempts: row.attempts, error });
+        failSpan(spans?.[i], error);
+      }
     });
     return { ok, failed };
   };
@@ -656,4 +664,28 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
       })());
     },
   };
+}
+
+/** The `relay publish` span of an outbox row: a child of the trace its headers carry. */
+function publishSpan(row: ClaimedRow): Span | undefined {
+  const taskId = row.headers['x-task-id'];
+  const attempt = row.headers['x-attempt'];
+  return startSpan('relay publish', {
+    kind: SpanKind.PRODUCER,
+    ...(typeof row.headers.traceparent === 'string' ? { parent: row.headers.traceparent } : {}),
+    attributes: {
+      [ATTR.role]: 'relay',
+      'messaging.system': 'rabbitmq',
+      'messaging.operation.type': 'send',
+      'messaging.destination.name': row.exchange,
+      'messaging.rabbitmq.destination.routing_key': row.routing_key,
+      'messaging.message.id': row.message_id,
+      ...(typeof taskId === 'string' ? { [ATTR.taskId]: taskId, [ATTR.tier]: row.routing_key.split('.')[0] ?? '' } : {}),
+      ...(typeof attempt === 'number' ? { [ATTR.attempt]: attempt } : {}),
+    },
+  });
+}
+
+function traced(headers: Record<string, unknown>, span: Span | undefined): Record<string, unknown> {
+  return span ? { ...headers, traceparent: formatTraceparent(spanTraceContext(span)) } : headers;
 }

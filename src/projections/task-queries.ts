@@ -78,10 +78,19 @@ export interface HistoryEntry {
   readonly error: unknown;
   readonly at: string;
   readonly data: unknown;
+  /** The trace id in the event's metadata (docs/tracing.md); null for an event written without one. */
+  readonly traceId: string | null;
 }
 
 export async function getTaskHistory(db: Executor, taskId: string): Promise<HistoryEntry[]> {
-  const rows = await db.selectFrom('task_history').selectAll().where('task_id', '=', taskId).orderBy('version').execute();
+  const rows = await db
+    .selectFrom('task_history as h')
+    .leftJoin('events as e', 'e.position', 'h.position')
+    .selectAll('h')
+    .select(sql<string | null>`e.metadata->>'traceId'`.as('trace_id'))
+    .where('h.task_id', '=', taskId)
+    .orderBy('h.version')
+    .execute();
   return rows.map((r) => ({
     position: r.position,
     version: r.version,
@@ -94,6 +103,7 @@ export async function getTaskHistory(db: Executor, taskId: string): Promise<Hist
     error: r.error ?? null,
     at: r.at.toISOString(),
     data: r.data,
+    traceId: r.trace_id,
   }));
 }
 

@@ -166,7 +166,7 @@ export async function expireRunningLeases(options: LeaseSweepOptions): Promise<n
     const items = (await readCandidates(trx, ids)).flatMap((c) => {
       const verdict = leaseVerdict(c, options.lease);
       if (!verdict) return [];
-      options.logger.warn({ taskId: c.task_id, attempt: c.attempt, nodeId: c.node_id, code: verdict.code }, 'running task given up');
+      options.logger.warn({ taskId: c.task_id, task_id: c.task_id, attempt: c.attempt, nodeId: c.node_id, code: verdict.code }, 'running task given up');
       const command: TaskCommand = {
         type: 'FailTask',
         data: {

@@ -10,7 +10,9 @@ export type Executor = Kysely<Database> | Transaction<Database>;
 export interface EventMetadata {
   readonly tenant?: string;
   readonly actor?: string;
+  /** The task's trace id (W3C, 32 hex digits) and the `traceparent` its messages carry (docs/tracing.md). */
   readonly traceId?: string;
+  readonly traceparent?: string;
   readonly correlationId?: string;
   readonly causationId?: string;
   readonly [key: string]: unknown;

@@ -5,6 +5,7 @@ import { recordTaskEvents } from '../infra/metrics.js';
 import { asConcurrencyError, insertEvents, type Database, type EventMetadata, type Executor, type NewEvent } from '../store/index.js';
 import { loadTaskStates, taskProjectionCtes } from '../projections/index.js';
 import { PREPARE_MARK } from '../infra/postgres.js';
+import { ATTR, childContext, newTrace, parseTraceparent, traceMetadata } from '../infra/tracing.js';
 import { insertOutbox, outboxRowFor, withdrawDispatches, type OutboxRow, type TopologyNames } from '../outbox/index.js';
 
 export interface CommandItem {
@@ -35,10 +36,11 @@ export interface CommandOutcome {
  */
 export async function executeTaskCommands(
   trx: Executor,
-  items: readonly CommandItem[],
+  commands: readonly CommandItem[],
   names: TopologyNames,
   newTasks?: ReadonlySet<string>,
 ): Promise<CommandOutcome> {
+  const items = await withTraces(trx, commands, newTasks);
   const toLoad = [...new Set(items.map((i) => i.taskId))].filter((id) => !newTasks?.has(id));
   toLoad.sort(); // a fixed lock order: two batches touching the same tasks cannot deadlock
   const states = await loadTaskStates(trx, toLoad, { forUpdate: true });
@@ -78,7 +80,7 @@ export async function executeTaskCommands(
 
   if (newEvents.length > 0) {
     const history = pending.map((p) => ({ position: 0, eventId: p.eventId, state: p.state, event: p.event, metadata: p.metadata }));
-    const outbox: OutboxRow[] = pending.flatMap((p) => outboxRowFor(p.state, p.event, p.eventId, names) ?? []);
+    const outbox: OutboxRow[] = pending.flatMap((p) => withTraceHeader(outboxRowFor(p.state, p.event, p.eventId, names), p.metadata) ?? []);
     const submittedEvent = new Map(pending.flatMap((p) => (p.event.type === 'TaskSubmitted' ? [[p.state.taskId, p.eventId] as const] : [])));
     const cancelled = pending.filter((p) => p.event.type === 'TaskCancelled').map((p) => p.state.taskId);
     const touched = [...new Set(pending.map((p) => p.state.taskId))];
@@ -116,4 +118,42 @@ export async function countedTransaction<T>(db: Kysely<Database>, work: (trx: Tr
   });
   recordTaskEvents(applied);
   return result;
+}
+
+/**
+ * Every event of a task carries a trace (docs/tracing.md). A command without one (the
+ * scheduler's, a fog node's record without `traceparent`) continues the trace of the task's
+ * submit, read from its TaskSubmitted event; a new task without one starts a new trace.
+ */
+async function withTraces(trx: Executor, items: readonly CommandItem[], newTasks?: ReadonlySet<string>): Promise<readonly CommandItem[]> {
+  const untraced = items.filter((i) => parseTraceparent(i.metadata.traceparent) === undefined);
+  if (untraced.length === 0) return items;
+  const known = [...new Set(untraced.map((i) => i.taskId).filter((id) => !newTasks?.has(id)))];
+  const rows =
+    known.length === 0
+      ? []
+      : await trx
+          .selectFrom('events')
+          .select(['stream_id', sql<string | null>`metadata->>'traceparent'`.as('traceparent')])
+          .where('stream_id', 'in', known)
+          .where('stream_version', '=', 1)
+          .execute();
+  const submitted = new Map(rows.map((r) => [r.stream_id, parseTraceparent(r.traceparent)]));
+  const fresh = new Map<string, ReturnType<typeof traceMetadata>>();
+  return items.map((i) => {
+    if (parseTraceparent(i.metadata.traceparent) !== undefined) return i;
+    let trace = fresh.get(i.taskId);
+    if (!trace) {
+      const parent = submitted.get(i.taskId);
+      trace = traceMetadata(parent ? childContext(parent) : newTrace('task trace started', { [ATTR.taskId]: i.taskId, 'fogsched.actor': String(i.metadata.actor ?? '') }));
+      fresh.set(i.taskId, trace);
+    }
+    return { ...i, metadata: { ...i.metadata, ...trace } };
+  });
+}
+
+/** A message carries the trace of the event that caused it, as a W3C `traceparent` header. */
+function withTraceHeader(row: OutboxRow | null, metadata: EventMetadata): OutboxRow | null {
+  if (!row || typeof metadata.traceparent !== 'string') return row;
+  return { ...row, headers: { ...row.headers, traceparent: metadata.traceparent } };
 }

@@ -40,7 +40,9 @@ export interface Caller {
   readonly tenant: string;
   /** From the credential (`key:<tenant>/<id>`, `jwt:<sub>`), or the role writing (`schedule:<id>`). */
   readonly actor: string;
+  /** The trace of the request (32 hex digits), and its W3C `traceparent` that the task's messages carry. */
   readonly traceId?: string;
+  readonly traceparent?: string;
   /** Whom the caller says it acts for (`X-Actor`): recorded beside `actor`, never instead of it. */
   readonly onBehalfOf?: string;
 }
@@ -52,6 +54,7 @@ export function callerMetadata(caller: Caller): EventMetadata {
     actor: caller.actor,
     ...(caller.onBehalfOf ? { onBehalfOf: caller.onBehalfOf } : {}),
     ...(caller.traceId ? { traceId: caller.traceId } : {}),
+    ...(caller.traceparent ? { traceparent: caller.traceparent } : {}),
   };
 }
 

@@ -23,6 +23,7 @@ import {
 import { toTaskView } from '../task-view.js';
 import { DEFAULT_API_LIMITS, type ApiDeps } from '../app.js';
 import { callerOf } from '../caller.js';
+import { noteTask } from '../request-trace.js';
 import { checkPayloadSizes, checkTaskTimes, nextCursorOf, parseCursor } from '../input.js';
 
 const Location = { location: { type: 'string', description: 'the task: /v1/tasks/{id}' } } as never;
@@ -56,6 +57,7 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
       const liveTiers = deps.liveTiers?.().catch(() => null);
       await admit(deps, request, reply, 1);
       const { task, created } = await deps.tasks.submit({ ...request.body, idempotencyKey: request.headers['idempotency-key'] ?? null }, callerOf(request));
+      noteTask(request, reply, task.taskId);
       const view = toTaskView(task);
       const live = await liveTiers;
       if (live && !live.has(view.tier)) {
