@@ -3,7 +3,7 @@ import fastifyJwt, { type FastifyJWTOptions } from '@fastify/jwt';
 import { createRemoteJWKSet, customFetch, errors as joseErrors, jwksCache, type ExportedJWKSCache, type JWKSCacheInput } from 'jose';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { FogschedError } from '../domain/index.js';
-import { API_ROLES, TENANT_PATTERN, type ApiRole, type JwtSettings } from '../infra/config.js';
+import { API_ROLES, RESERVED_TENANTS, TENANT_PATTERN, type ApiRole, type JwtSettings } from '../infra/config.js';
 import { UnauthorizedError, bearerOf, type JwtVerifier, type Principal } from './auth.js';
 import { cutText, findTextViolation } from './input.js';
 
@@ -136,6 +136,7 @@ export function principalOf(claims: Record<string, unknown>, settings: Pick<JwtS
   if (typeof tenant !== 'string' || !TENANT_PATTERN.test(tenant)) {
     throw new UnauthorizedError(`the token's ${settings.tenantClaim} claim must name a tenant (letters, digits, '.', '_' or '-')`);
   }
+  if (RESERVED_TENANTS.has(tenant)) throw new UnauthorizedError(`the token's ${settings.tenantClaim} claim names the reserved tenant ${tenant}`);
   const raw = claimAt(claims, settings.roleClaim);
   const named = (Array.isArray(raw) ? raw : [raw]).filter((r): r is ApiRole => typeof r === 'string' && (API_ROLES as readonly string[]).includes(r));
   if (named.length !== 1) {

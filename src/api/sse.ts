@@ -82,6 +82,9 @@ export class SseStream {
     res.flushHeaders();
     res.once('close', () => this.#close());
     this.#heartbeat = setInterval(() => this.#write(': hb\n\n'), settings.heartbeatMs);
+    // A client that hung up while the route was still reading PostgreSQL: its 'close' has
+    // already fired and will not again, so end the stream now (releasing its tenant's slot).
+    if (res.closed || res.destroyed || res.socket?.destroyed === true) queueMicrotask(() => this.#close());
     // Browsers reconnect after `retry` ms and send Last-Event-ID.
     this.#write('retry: 2000\n\n');
   }

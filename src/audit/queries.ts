@@ -197,13 +197,26 @@ export const AUDIT_QUERIES: readonly AuditQuery[] = [
   {
     name: 'trace-writes',
     title: 'What did the API request with trace id R write to the log?',
-    description: "The trace id is the id of the HTTP request (Fastify's reqId in the API's log lines).",
+    description: "The trace id is the request's W3C trace id: `traceId` in a task's history, `trace_id` on the API's log lines.",
     params: [{ name: 'trace_id', type: 'string', required: true }],
     operatorOnly: false,
     sql: (p, tenant) => sql`
       SELECT position, task_id, event_type, at, actor
         FROM audit.task_timeline
        WHERE trace_id = ${p.trace_id} AND tenant = ${tenant}
+       ORDER BY position`,
+  },
+  {
+    name: 'capacity-changes',
+    title: 'Why did the fog-node capacity of a tier change between two times?',
+    description: "Each autoscaler decision (FogTierScaled): replicas before and after, its trigger and what it measured. Operators only (capacity is not a tenant's).",
+    params: [{ name: 'since', type: 'timestamp', required: true }, { name: 'until', type: 'timestamp', required: true }],
+    operatorOnly: true,
+    sql: (p) => sql`
+      SELECT tier, at, replicas_from, replicas_to, trigger, queue_depth, queued, running, oldest_wait, recorded_by
+        FROM audit.capacity_changes
+       WHERE at >= ${p.since}::timestamptz
+         AND at < ${p.until}::timestamptz
        ORDER BY position`,
   },
 ];
@@ -227,10 +240,25 @@ export function checkAuditParams(query: AuditQuery, given: Readonly<Record<strin
     }
     const bad =
       p.type === 'uuid' ? !UUID.test(value)
-      : p.type === 'timestamp' ? !/^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$/.test(value) || Number.isNaN(Date.parse(value.replace(' ', 'T'))) || Date.parse(value.replace(' ', 'T')) < 0 || Date.parse(value.replace(' ', 'T')) > Date.parse('9999-12-31T23:59:59Z')
+      : p.type === 'timestamp' ? !isTimestamp(value)
       : p.type === 'integer' ? !/^[0-9]{1,4}$/.test(value) || Number(value) < 1 || Number(value) > 1000
       : false;
     if (bad) errors.push({ path: `querystring/${p.name}`, message: `must be ${p.type === 'uuid' ? 'a UUID' : p.type === 'timestamp' ? 'an ISO 8601 time' : p.type === 'integer' ? 'a whole number from 1 to 1000' : 'text'}` });
   }
   return errors;
+}
+
+/**
+ * An ISO 8601 time PostgreSQL will take as it is: the shape, a real calendar date (Date.parse
+ * rolls 2020-02-30 over into March, PostgreSQL refuses it), hours to 23 and minutes and
+ * seconds to 59, between 1970 and 9999.
+ */
+function isTimestamp(value: string): boolean {
+  const m = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?$/.exec(value);
+  if (!m) return false;
+  const [year, month, day, hour, minute, second] = m.slice(1, 7).map((x) => Number(x ?? 0)) as [number, number, number, number, number, number];
+  if (month < 1 || month > 12 || day < 1 || hour > 23 || minute > 59 || second > 59) return false;
+  if (day > new Date(Date.UTC(year, month, 0)).getUTCDate()) return false;
+  const at = Date.parse(value.replace(' ', 'T'));
+  return !Number.isNaN(at) && at >= 0 && at <= Date.parse('9999-12-31T23:59:59Z');
 }

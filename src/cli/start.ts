@@ -288,7 +288,7 @@ export async function runStart(options: StartOptions): Promise<void> {
   const roles = createRoles(options, logger);
   // One ops server for the process, whatever roles it runs: /healthz, /readyz, /metrics on OPS_PORT.
   const { configureMetrics, parseTenantList } = await import('../infra/metrics.js');
-  configureMetrics({ tenants: parseTenantList(options.config.METRICS_TENANTS), maxTaskTypes: options.config.METRICS_MAX_TASK_TYPES });
+  configureMetrics({ tenants: parseTenantList(options.config.METRICS_TENANTS), taskTypes: parseTenantList(options.config.METRICS_TASK_TYPES) });
   const ops = await (await import('../infra/ops-server.js')).startOpsServer({ host: options.config.HOST, port: options.config.OPS_PORT, logger });
   const started: Role[] = [];
   let stopping = false;

@@ -39,7 +39,7 @@ export const ConfigSchema = Type.Object({
   // --- operations (issue 17): health, readiness and Prometheus metrics of every role ---
   OPS_PORT: Int(0, 9464, 'port of the ops server (/healthz, /readyz, /metrics) on HOST, one per process; 0 picks a free port and logs it'),
   METRICS_TENANTS: Type.String({ default: '', description: 'comma-separated tenants that get their own tenant label in metrics; every other tenant is counted as other' }),
-  METRICS_MAX_TASK_TYPES: Int(1, 50, 'distinct task types that get their own type label in metrics; later ones are counted as other'),
+  METRICS_TASK_TYPES: Type.String({ default: 'noop,sleep,fail,flaky,echo,checksum,crash,spin', description: 'comma-separated task types that get their own type label in metrics (default: the built-in types); every other type is counted as other' }),
   LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }),
   AMQP_PREFIX: Type.String({ default: '', description: 'prefix for every exchange and queue name (isolates test runs and tenants of one vhost)' }),
   REDIS_PREFIX: Type.String({ default: '' }),
@@ -219,6 +219,12 @@ export type ApiRole = (typeof API_ROLES)[number];
 /** A tenant name: also a Redis key part and a log field, so a short plain word. */
 export const TENANT_PATTERN = /^[\w.-]{1,100}$/;
 
+/**
+ * Names no credential may carry: `system` is what fog-node and autoscaler events record as
+ * their tenant, so a tenant of that name must not exist.
+ */
+export const RESERVED_TENANTS: ReadonlySet<string> = new Set(['system']);
+
 export interface ApiKey {
   readonly tenant: string;
   readonly role: ApiRole;
@@ -258,6 +264,7 @@ export function parseApiKeys(value: string): ApiKey[] {
       }
       if (key.length < 16) throw fail(`has a key of ${key.length} characters (tenant ${tenant}); use at least 16`);
       if (!TENANT_PATTERN.test(tenant)) throw fail(`tenant ${JSON.stringify(tenant)} must be letters, digits, '.', '_' or '-'`);
+      if (RESERVED_TENANTS.has(tenant)) throw fail(`tenant ${JSON.stringify(tenant)} is reserved for fogsched's own events`);
       if (JWT_SHAPE.test(key)) throw fail(`has a key shaped like a JWT (tenant ${tenant}); such a bearer value is verified as a JWT, never as a key`);
       return { tenant, role, key };
     });

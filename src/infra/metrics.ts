@@ -4,7 +4,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
  * The process's Prometheus metrics (prom-client): one registry, served by the ops server
  * (`/metrics` on OPS_PORT) and by the api on its own port. Names are stable and listed in
  * docs/metrics.md; every label set is bounded (no task ids; tenants only from METRICS_TENANTS,
- * task types only the first METRICS_MAX_TASK_TYPES seen, the rest `other`).
+ * task types only those METRICS_TASK_TYPES lists, the rest `other`).
  *
  * A metric is registered when a role first uses it, so a fog-node process does not export an
  * outbox gauge of 0 it knows nothing about.
@@ -25,18 +25,23 @@ export function enableDefaultMetrics(): void {
 export interface MetricsSettings {
   /** METRICS_TENANTS: tenants that get their own `tenant` label; every other tenant is `other`. */
   readonly tenants: readonly string[];
-  /** METRICS_MAX_TASK_TYPES: distinct `type` label values before the rest become `other`. */
-  readonly maxTaskTypes: number;
+  /**
+   * METRICS_TASK_TYPES: task types that get their own `type` label; every other type is `other`.
+   * An allow-list, not "the first N seen": the metrics port has no credentials, and a type name
+   * is chosen by whoever submits, so it must not show one tenant's names to anyone who scrapes.
+   */
+  readonly taskTypes: readonly string[];
 }
 
-export const DEFAULT_MAX_TASK_TYPES = 50;
+/** The fog node's built-in task types: labelled unless METRICS_TASK_TYPES says otherwise. */
+export const BUILTIN_TASK_TYPES = ['noop', 'sleep', 'fail', 'flaky', 'echo', 'checksum', 'crash', 'spin'] as const;
 let tenants: ReadonlySet<string> = new Set();
-let typeLabel = boundedLabel(DEFAULT_MAX_TASK_TYPES);
+let taskTypes: ReadonlySet<string> = new Set(BUILTIN_TASK_TYPES);
 
-/** Applies METRICS_TENANTS and METRICS_MAX_TASK_TYPES (cli/start calls it once, before the roles start). */
+/** Applies METRICS_TENANTS and METRICS_TASK_TYPES (cli/start calls it once, before the roles start). */
 export function configureMetrics(settings: MetricsSettings): void {
   tenants = new Set(settings.tenants);
-  typeLabel = boundedLabel(settings.maxTaskTypes);
+  taskTypes = new Set(settings.taskTypes);
 }
 
 /** `tenant` if METRICS_TENANTS lists it, else `other`. */
@@ -44,17 +49,9 @@ export function tenantLabel(tenant: string): string {
   return tenants.has(tenant) ? tenant : 'other';
 }
 
-/** The first `max` distinct values keep their name, later ones are `other` (for the life of the process). */
-export function boundedLabel(max: number): (value: string) => string {
-  const seen = new Set<string>();
-  return (value) => {
-    if (seen.has(value)) return value;
-    if (seen.size < max) {
-      seen.add(value);
-      return value;
-    }
-    return 'other';
-  };
+/** `type` if METRICS_TASK_TYPES lists it, else `other`. */
+export function typeLabel(type: string): string {
+  return taskTypes.has(type) ? type : 'other';
 }
 
 /** Parses METRICS_TENANTS (comma-separated, blanks ignored). */
@@ -78,7 +75,7 @@ const tasksFinished = lazy(
   () =>
     new Counter({
       name: 'fogsched_tasks_finished_total',
-      help: 'Tasks that reached a terminal state, by type (first METRICS_MAX_TASK_TYPES types, then other), tier and outcome (succeeded, failed, dead-lettered, cancelled)',
+      help: 'Tasks that reached a terminal state, by type (types listed in METRICS_TASK_TYPES, else other), tier and outcome (succeeded, failed, dead-lettered, cancelled)',
       labelNames: ['type', 'tier', 'outcome'] as const,
       registers: [registry],
     }),

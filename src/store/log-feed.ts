@@ -63,7 +63,7 @@ export async function readFeedPage(db: Executor, after: LogCursor, filter: FeedF
        ORDER BY transaction_id, position
        LIMIT ${limit}
     ), marked AS (
-      SELECT s.*, COALESCE(c.tenant, s.metadata->>'tenant') AS tenant, h.state,
+      SELECT s.*, COALESCE(c.tenant, CASE WHEN s.stream_type = 'schedule' THEN s.metadata->>'tenant' END) AS tenant, h.state,
              row_number() OVER (ORDER BY s.transaction_id DESC, s.position DESC) = 1 AS is_last,
              count(*) OVER () AS scanned
         FROM scan s

@@ -27,6 +27,8 @@ describe('parseApiKeys', () => {
     expect(() => parseApiKeys(`ac me:${K}`)).toThrow(/tenant "ac me"/);
     expect(() => parseApiKeys(`acme:eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.${K}`)).toThrow(/shaped like a JWT/);
     expect(() => parseApiKeys(`acme:${K},globex:auditor:${K}`)).toThrow(/lists one key twice/);
+    // `system` is the tenant fog-node and autoscaler events record: no credential may carry it.
+    expect(() => parseApiKeys(`system:submitter:${K}`)).toThrow(/tenant "system" is reserved/);
   });
 });
 
@@ -92,6 +94,7 @@ describe('principalOf (claims of a verified token)', () => {
   });
 
   it('refuses a missing or unusable tenant, role or subject', () => {
+    expect(() => principalOf({ sub: 'x', tenant: 'system', role: 'operator' }, claims)).toThrow(/reserved tenant system/);
     expect(() => principalOf({ sub: 'u', role: 'operator' }, claims)).toThrow(/tenant claim must name a tenant/);
     expect(() => principalOf({ sub: 'u', tenant: 'a b', role: 'operator' }, claims)).toThrow(/tenant claim/);
     expect(() => principalOf({ sub: 'u', tenant: 'acme' }, claims)).toThrow(/role claim must hold exactly one of submitter, operator, auditor/);

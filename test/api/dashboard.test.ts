@@ -22,6 +22,10 @@ describe('the audit questions served over HTTP', () => {
     const between = byName('node-tasks-between');
     expect(checkAuditParams(between, { node_id: 'n', since: '2024-05-01 00:00Z', until: '2024-05-02T00:00:00+02:00' })).toEqual([]);
     expect(checkAuditParams(between, { node_id: 'n', since: 'yesterday', until: '0000-01-01' }).map((e) => e.path)).toEqual(['querystring/since', 'querystring/until']);
+    // Dates the calendar has not (Date.parse would roll them over; PostgreSQL refuses them): 400, not 500.
+    expect(checkAuditParams(between, { node_id: 'n', since: '2020-01-01', until: '2020-02-30' }).map((e) => e.path)).toEqual(['querystring/until']);
+    expect(checkAuditParams(between, { node_id: 'n', since: '2021-02-29', until: '2020-01-01T24:00' }).map((e) => e.path)).toEqual(['querystring/since', 'querystring/until']);
+    expect(checkAuditParams(between, { node_id: 'n', since: '2024-02-29', until: '2020-12-31T23:59:59.999Z' })).toEqual([]);
     const slowest = byName('slowest-finished-7d');
     expect(checkAuditParams(slowest, {})).toEqual([]);
     expect(checkAuditParams(slowest, { limit: '0' })).toHaveLength(1);

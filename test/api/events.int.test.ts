@@ -24,6 +24,7 @@ const ACME_OP = 'acme-operator-key-0123456789';
 const ACME_AUDIT = 'acme-auditor-key-0123456789';
 const GLOBEX = 'globex-submitter-key-012345678';
 const SLOW = 'slow-submitter-key-0123456789';
+const HASTY = 'hasty-submitter-key-012345678';
 const MAX_STREAMS = 3;
 const STALL_MS = 1500;
 
@@ -40,7 +41,7 @@ beforeAll(async () => {
   tasks = createTaskService({ db: tdb.db, names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3, maxBatch: 500 });
   listener = createPgListener({ url: tdb.url, channel: 'fogsched_events', pollMs: 60_000 });
   app = await buildApi({
-    apiKeys: parseApiKeys(`acme:submitter:${ACME},acme:operator:${ACME_OP},acme:auditor:${ACME_AUDIT},globex:submitter:${GLOBEX},slow:submitter:${SLOW}`),
+    apiKeys: parseApiKeys(`acme:submitter:${ACME},acme:operator:${ACME_OP},acme:auditor:${ACME_AUDIT},globex:submitter:${GLOBEX},slow:submitter:${SLOW},hasty:submitter:${HASTY}`),
     schedules: createScheduleService({ db: tdb.db, names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3 }),
     db: tdb.db,
     tasks,
@@ -130,6 +131,20 @@ describe('GET /v1/events', () => {
     expect(auditor.json().map((e) => e.taskId)).not.toContain(globexTask);
     globex.close();
     auditor.close();
+  });
+
+  it('events of fog nodes and the autoscaler (tenant `system` in their metadata) reach no tenant, even one whose name they carry', async () => {
+    const s = await stream('/v1/events?after=0', ACME);
+    await tdb.pool.query(
+      `INSERT INTO events (stream_id, stream_type, stream_version, event_id, type, data, metadata)
+       VALUES ('node:edge-1', 'node', 1, gen_random_uuid(), 'FogNodeJoined', '{"nodeId":"edge-1"}', '{"tenant":"acme"}'),
+              ('autoscale:light', 'autoscale', 1, gen_random_uuid(), 'FogTierScaled', '{"tier":"light"}', '{"tenant":"acme"}')`,
+    );
+    const marker = await submit(ACME); // written after them: once it arrives, they would have too
+    await eventually(() => s.events.some((e) => e.data.includes(marker)), { timeoutMs: 20_000 });
+    expect(s.events.map((e) => e.event)).not.toContain('FogNodeJoined');
+    expect(s.events.map((e) => e.event)).not.toContain('FogTierScaled');
+    s.close();
   });
 
   it('resumes with Last-Event-ID (or ?after=): everything after it, nothing twice', async () => {
@@ -223,6 +238,26 @@ describe('GET /v1/events', () => {
       return c.status === 200 ? c : null;
     }, { timeoutMs: 20_000 });
     for (const c of [...held, again]) c.close();
+  });
+
+  it('a client that hangs up before its stream starts gives its slot back (no lockout by abandoned requests)', async () => {
+    const port = (app.server.address() as AddressInfo).port;
+    // Each request is abandoned at once: most are gone before the route has read the log head.
+    for (let i = 0; i < MAX_STREAMS * 4; i++) {
+      const socket = net.connect(port, '127.0.0.1');
+      await new Promise((r) => socket.once('connect', r));
+      socket.write(`GET /v1/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nX-API-Key: ${HASTY}\r\n\r\n`);
+      socket.destroy();
+    }
+    // Every slot comes back: the tenant can hold MAX_STREAMS streams again.
+    const held = await eventually(async () => {
+      const cs: SseConnection[] = [];
+      for (let i = 0; i < MAX_STREAMS; i++) cs.push(await stream('/v1/events', HASTY));
+      if (cs.every((c) => c.status === 200)) return cs;
+      for (const c of cs) c.close();
+      return null;
+    }, { timeoutMs: 20_000, intervalMs: 200, message: 'abandoned requests kept their slots' });
+    for (const c of held) c.close();
   });
 
   it('drops a client that does not read, with a final `event: dropped` naming the reason', async () => {

@@ -143,13 +143,44 @@ describe('createClient', () => {
     expect(isRetryable(down)).toBe(true);
   });
 
-  it('waitFor polls when the API has no task event stream, and resolves once the task is terminal', async () => {
+  it('waitFor follows the task event stream where the API has it, and resolves once the task is terminal', async () => {
     const requests: string[] = [];
     const watched = createClient({
       baseUrl,
       apiKey: KEY,
       fetch: (input, init) => {
         requests.push(`${init?.method ?? 'GET'} ${new URL(input).pathname}`);
+        return fetch(input, init);
+      },
+    });
+    const task = await watched.submit({ type: 'noop' });
+    const waiting = watched.waitFor(task.id, { timeoutMs: 60_000, pollIntervalMs: 20, maxPollIntervalMs: 200 });
+    await expect.poll(() => requests.includes(`GET /v1/tasks/${task.id}/events`), { timeout: 30_000 }).toBe(true);
+    await end(task.id, 'succeed');
+    const done = await waiting;
+    expect(done).toMatchObject({ id: task.id, state: 'succeeded', output: { ok: true } });
+    // One stream, no polling: the task is read before the stream opens, once it is open, and at its end.
+    expect(requests.filter((r) => r.endsWith('/events'))).toEqual([`GET /v1/tasks/${task.id}/events`]);
+    expect(requests.filter((r) => r === `GET /v1/tasks/${task.id}`).length).toBeLessThanOrEqual(3);
+  });
+
+  it('waitFor polls when the API has no task event stream (an older API: the route is 404), and resolves once the task is terminal', async () => {
+    const requests: string[] = [];
+    const watched = createClient({
+      baseUrl,
+      apiKey: KEY,
+      fetch: (input, init) => {
+        const path = new URL(input).pathname;
+        requests.push(`${init?.method ?? 'GET'} ${path}`);
+        // What an API from before the stream existed answers for it.
+        if (path.endsWith('/events')) {
+          return Promise.resolve(
+            new Response(JSON.stringify({ type: 'about:blank', title: 'Not Found', status: 404, code: 'ROUTE_NOT_FOUND', detail: `no route GET ${path}` }), {
+              status: 404,
+              headers: { 'content-type': 'application/problem+json' },
+            }),
+          );
+        }
         return fetch(input, init);
       },
     });

@@ -1,14 +1,16 @@
 import { describe, expect, it } from 'vitest';
-import { boundedLabel, cachedSource, configureMetrics, parseTenantList, recordRateLimited, recordTaskEvents, registry, tenantLabel } from '../../src/infra/metrics.js';
+import { BUILTIN_TASK_TYPES, cachedSource, configureMetrics, parseTenantList, recordRateLimited, recordTaskEvents, registry, tenantLabel, typeLabel } from '../../src/infra/metrics.js';
 
 describe('metric labels stay bounded', () => {
-  it('keeps the first N distinct values and calls the rest other', () => {
-    const label = boundedLabel(2);
-    expect(['a', 'b', 'c', 'a', 'd', 'b'].map(label)).toEqual(['a', 'b', 'other', 'a', 'other', 'b']);
+  it('names a task type only when METRICS_TASK_TYPES lists it (the built-in types by default)', () => {
+    configureMetrics({ tenants: [], taskTypes: ['t1', 'email.send'] });
+    expect(['t1', 'email.send', 'beta-secret-project', 'noop'].map(typeLabel)).toEqual(['t1', 'email.send', 'other', 'other']);
+    configureMetrics({ tenants: [], taskTypes: BUILTIN_TASK_TYPES });
+    expect(typeLabel('noop')).toBe('noop');
   });
 
   it('names a tenant only when METRICS_TENANTS lists it', async () => {
-    configureMetrics({ tenants: parseTenantList(' acme, ,globex,acme'), maxTaskTypes: 2 });
+    configureMetrics({ tenants: parseTenantList(' acme, ,globex,acme'), taskTypes: [] });
     expect(parseTenantList(' acme, ,globex,acme')).toEqual(['acme', 'globex']);
     expect(tenantLabel('acme')).toBe('acme');
     expect(tenantLabel('initech')).toBe('other');
@@ -23,7 +25,7 @@ describe('metric labels stay bounded', () => {
   });
 
   it('task events: submits by tier and priority, outcomes by bounded type, waits and runs by tier', async () => {
-    configureMetrics({ tenants: [], maxTaskTypes: 2 });
+    configureMetrics({ tenants: [], taskTypes: ['t1', 't2'] });
     const spec = (type: string) => ({ type, tier: 'light', priority: 'high' });
     const state = (type: string) => ({ spec: spec(type), availableAt: '2026-01-01T00:00:00.000Z', startedAt: '2026-01-01T00:00:02.000Z' });
     recordTaskEvents([

@@ -62,11 +62,37 @@ export function eventPayload(e: FeedEvent) {
   };
 }
 
+/** Log reads of the event streams that run at once in one api process (see `reads` below). */
+const FEED_READS_AT_ONCE = 2;
+
+/** At most `n` calls of `take` run at once; the others wait their turn, first come first served. */
+function createTurns(n: number): { take<T>(f: () => Promise<T>): Promise<T> } {
+  let running = 0;
+  const waiting: (() => void)[] = [];
+  return {
+    async take(f) {
+      if (running >= n) await new Promise<void>((resolve) => waiting.push(resolve));
+      else running++;
+      try {
+        return await f();
+      } finally {
+        const next = waiting.shift();
+        if (next) next();
+        else running--;
+      }
+    },
+  };
+}
+
 export const eventRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) => {
   const settings: SseSettings = { ...DEFAULT_SSE_SETTINGS, ...deps.sse };
   const waker = deps.liveEvents ?? createPollingWaker(settings.pollMs);
   const slots = createStreamSlots(() => settings.maxConnectionsPerTenant);
   const streams = new Set<SseStream>();
+  // Log reads of all streams of this process take turns: a filtered stream far behind the head
+  // reads page after page without sending anything (so no backpressure slows it); however many
+  // streams do that, PostgreSQL sees at most this many of their reads at once.
+  const reads = createTurns(FEED_READS_AT_ONCE);
   // Open streams never end by themselves: a closing server ends them so it can close its sockets.
   app.addHook('preClose', async () => {
     for (const s of streams) s.end();
@@ -181,7 +207,7 @@ export const eventRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps)
       const release = slots.acquire(tenant);
       serve(request, reply, release, (stream) =>
         follow(stream, async () => {
-          const page = await readFeedPage(deps.db, cursor, filter);
+          const page = await reads.take(() => readFeedPage(deps.db, cursor, filter));
           for (const e of page.events) if (!(await stream.send(e.event.position, e.event.type, eventPayload(e)))) return 'done';
           cursor = page.cursor;
           return !page.caughtUp ? 'more' : page.heldBack ? 'soon' : 'wait';
