@@ -116,12 +116,18 @@ interface Answer {
 }
 
 describe('GET /v1/audit/queries', () => {
-  it('lists the thirteen questions of docs/audit.md to operators; auditors get those that stay within a tenant; submitters none', async () => {
+  it('lists the fourteen questions of docs/audit.md to operators; auditors get those that stay within a tenant; submitters none', async () => {
     const all = (await get('/v1/audit/queries', ACME_OP)).json<{ items: { name: string; operatorOnly: boolean }[] }>().items;
-    expect(all).toHaveLength(13);
+    expect(all).toHaveLength(14);
     const auditor = (await get('/v1/audit/queries', ACME_AUDIT)).json<{ items: { name: string }[] }>().items;
     expect(auditor.map((q) => q.name)).toEqual(all.filter((q) => !q.operatorOnly).map((q) => q.name));
     expect((await get('/v1/audit/queries', ACME)).statusCode).toBe(403);
+    // Capacity (the autoscaler's decisions) is no tenant's: operators only.
+    const capacity = '/v1/audit/queries/capacity-changes?since=2020-01-01T00:00:00Z&until=2100-01-01T00:00:00Z';
+    const asOperator = await get(capacity, ACME_OP);
+    expect(asOperator.statusCode, asOperator.body).toBe(200);
+    expect(asOperator.json<Answer>().columns).toEqual(['tier', 'at', 'replicas_from', 'replicas_to', 'trigger', 'queue_depth', 'queued', 'running', 'oldest_wait', 'recorded_by']);
+    expect((await get(capacity, ACME_AUDIT)).statusCode).toBe(403);
   });
 
   it("answers a question with its parameters, for the caller's tenant only", async () => {
