@@ -104,7 +104,13 @@ export const dashboardRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, d
           errors: [{ path: 'querystring/bucketSeconds', message: `gives more than ${STATS_LIMITS.maxBuckets} buckets` }],
         });
       }
-      return readDashboardStats(deps.db, callerOf(request).tenant, windowSeconds, Math.min(bucketSeconds, windowSeconds));
+      // One connection of the pool (its four statements one after another), read-only, with the
+      // audit queries' statement timeout: a dashboard left open cannot tie up the pool.
+      return deps.db.transaction().execute(async (trx) => {
+        await sql`SET TRANSACTION READ ONLY`.execute(trx);
+        await sql`SELECT set_config('statement_timeout', ${String(AUDIT_STATEMENT_TIMEOUT_MS)}, true)`.execute(trx);
+        return readDashboardStats(trx, callerOf(request).tenant, windowSeconds, Math.min(bucketSeconds, windowSeconds));
+      });
     },
   );
 
