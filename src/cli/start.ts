@@ -287,8 +287,8 @@ export async function runStart(options: StartOptions): Promise<void> {
   const stopTracing = await startTracing(options.config, { serviceName: every ? 'fogsched' : `fogsched-${options.roles.join('-')}`, logger });
   const roles = createRoles(options, logger);
   // One ops server for the process, whatever roles it runs: /healthz, /readyz, /metrics on OPS_PORT.
-  const { configureMetrics, parseTenantList } = await import('../infra/metrics.js');
-  configureMetrics({ tenants: parseTenantList(options.config.METRICS_TENANTS), taskTypes: parseTenantList(options.config.METRICS_TASK_TYPES) });
+  const { configureMetrics, parseNameList } = await import('../infra/metrics.js');
+  configureMetrics({ tenants: parseNameList(options.config.METRICS_TENANTS), taskTypes: parseNameList(options.config.METRICS_TASK_TYPES) });
   const ops = await (await import('../infra/ops-server.js')).startOpsServer({ host: options.config.HOST, port: options.config.OPS_PORT, logger });
   const started: Role[] = [];
   let stopping = false;

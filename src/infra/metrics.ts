@@ -54,8 +54,8 @@ export function typeLabel(type: string): string {
   return taskTypes.has(type) ? type : 'other';
 }
 
-/** Parses METRICS_TENANTS (comma-separated, blanks ignored). */
-export function parseTenantList(text: string): string[] {
+/** Parses a comma-separated list of names (METRICS_TENANTS, METRICS_TASK_TYPES): blanks and repeats dropped. */
+export function parseNameList(text: string): string[] {
   return [...new Set(text.split(',').map((t) => t.trim()).filter(Boolean))];
 }
 

@@ -27,19 +27,5 @@ export async function createTestDatabase(label = 't'): Promise<TestDatabase> {
   };
 }
 
-/** Polls `check` until it returns a truthy value (or stops throwing) or the deadline passes. */
-export async function eventually<T>(check: () => Promise<T> | T, opts: { timeoutMs?: number; intervalMs?: number; message?: string } = {}): Promise<NonNullable<T>> {
-  const deadline = Date.now() + (opts.timeoutMs ?? 10_000);
-  let lastError: unknown;
-  for (;;) {
-    try {
-      const value = await check();
-      if (value) return value;
-      lastError = new Error(opts.message ?? 'condition not met');
-    } catch (error) {
-      lastError = error;
-    }
-    if (Date.now() > deadline) throw lastError;
-    await new Promise((r) => setTimeout(r, opts.intervalMs ?? 50));
-  }
-}
+/** The chaos harness's poll-until-true, shared with the tests (one definition). */
+export { eventually } from '../../src/chaos/util.js';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { BUILTIN_TASK_TYPES, cachedSource, configureMetrics, parseTenantList, recordRateLimited, recordTaskEvents, registry, tenantLabel, typeLabel } from '../../src/infra/metrics.js';
+import { BUILTIN_TASK_TYPES, cachedSource, configureMetrics, parseNameList, recordRateLimited, recordTaskEvents, registry, tenantLabel, typeLabel } from '../../src/infra/metrics.js';
 
 describe('metric labels stay bounded', () => {
   it('names a task type only when METRICS_TASK_TYPES lists it (the built-in types by default)', () => {
@@ -10,8 +10,8 @@ describe('metric labels stay bounded', () => {
   });
 
   it('names a tenant only when METRICS_TENANTS lists it', async () => {
-    configureMetrics({ tenants: parseTenantList(' acme, ,globex,acme'), taskTypes: [] });
-    expect(parseTenantList(' acme, ,globex,acme')).toEqual(['acme', 'globex']);
+    configureMetrics({ tenants: parseNameList(' acme, ,globex,acme'), taskTypes: [] });
+    expect(parseNameList(' acme, ,globex,acme')).toEqual(['acme', 'globex']);
     expect(tenantLabel('acme')).toBe('acme');
     expect(tenantLabel('initech')).toBe('other');
     recordRateLimited('acme', 'rate');

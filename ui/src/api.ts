@@ -3,6 +3,8 @@
  * once (kept in sessionStorage, so it lives as long as the tab and never in a URL).
  */
 
+import type { components } from '../../src/client/openapi.js';
+
 const STORAGE_KEY = 'fogsched.credential';
 
 export type Role = 'operator' | 'auditor' | 'submitter';
@@ -97,89 +99,21 @@ export async function probeRole(): Promise<Role> {
 
 // ---------------------------------------------------------------- shapes the API answers with
 
-export interface TaskError {
-  message: string;
-  code: string;
-  retryable: boolean;
-}
-
-export interface Task {
-  id: string;
-  type: string;
-  state: string;
-  tier: string;
-  priority: string;
-  attempt: number;
-  maxAttempts: number;
-  payload: unknown;
-  nodeId: string | null;
-  output: unknown;
-  lastError: TaskError | null;
-  failureReason: string | null;
-  submittedAt: string;
-  startedAt: string | null;
-  finishedAt: string | null;
-  updatedAt: string;
-  timeoutMs: number | null;
-}
+// The API's own types, generated from its OpenAPI document for the typed client (a test keeps
+// them equal to the document), so the dashboard cannot drift from what the API answers.
+type Schemas = components['schemas'];
+export type Task = Schemas['Task'];
+export type HistoryEntry = Schemas['HistoryEntry'];
+export type Cluster = Schemas['Cluster'];
+export type Schedule = Schemas['Schedule'];
+export type TaskError = NonNullable<Schemas['Task']['lastError']>;
+export type Stats = Schemas['Stats'];
+export type AuditQuery = Schemas['AuditQueryList']['items'][number];
+export type AuditResult = Schemas['AuditResult'];
 
 export interface Page<T> {
   items: T[];
   nextCursor: string | null;
-}
-
-export interface HistoryEntry {
-  position: number;
-  version: number;
-  type: string;
-  state: string;
-  attempt: number;
-  nodeId: string | null;
-  actor: string | null;
-  reason: string | null;
-  error: unknown;
-  at: string;
-  data: unknown;
-  traceId?: string | null;
-}
-
-export interface Stats {
-  buckets: { at: string; submitted: number; succeeded: number; failed: number; cancelled: number; deadLettered: number }[];
-  tiers: { tier: string; queueWaitP50Ms: number | null; queueWaitP95Ms: number | null; runP50Ms: number | null; runP95Ms: number | null }[];
-  depth: { tier: string; priority: string; queued: number }[];
-  outbox: { pending: number; lagSeconds: number | null };
-}
-
-export interface Cluster {
-  redis: 'ok' | 'unavailable';
-  leader: string | null;
-  brokers: { name: string; member: boolean; master: boolean; lastHeartbeat: string | null; healthy: boolean }[];
-  fogNodes: { id: string; tier: string | null; slots: number | null; inFlight: number | null; cpu: number | null; memMb: number | null; version: string | null; lastSeen: string | null; state: string }[];
-}
-
-export interface Schedule {
-  id: string;
-  name: string;
-  cron: string;
-  timezone: string;
-  state: 'active' | 'paused' | 'deleted';
-  template: { type: string };
-  nextFireAt: string | null;
-  lastFiredAt: string | null;
-  firedCount: number;
-}
-
-export interface AuditQuery {
-  name: string;
-  title: string;
-  description: string;
-  params: { name: string; type: 'string' | 'uuid' | 'timestamp' | 'integer'; required: boolean }[];
-}
-
-export interface AuditResult {
-  columns: string[];
-  rows: unknown[][];
-  truncated: boolean;
 }
 
 export const TASK_STATES = ['scheduled', 'queued', 'running', 'retrying', 'succeeded', 'failed', 'cancelled'] as const;
