@@ -236,6 +236,8 @@ export const FogNodeStatus = Type.Object(
   {
     id: Type.String(),
     tier: NullableString(),
+    zone: NullableString({ description: 'FOG_NODE_ZONE; null when the node has none' }),
+    labels: Type.Record(Type.String(), Type.String(), { description: 'FOG_NODE_LABELS; {} when none' }),
     slots: NullableNumber,
     inFlight: NullableNumber,
     cpu: NullableNumber,

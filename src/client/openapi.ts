@@ -563,6 +563,11 @@ export interface components {
         FogNodeStatus: {
             id: string;
             tier: string | null;
+            zone: string | null;
+            /** @description FOG_NODE_LABELS; {} when none */
+            labels: {
+                [key: string]: string;
+            };
             slots: number | null;
             inFlight: number | null;
             cpu: number | null;
@@ -2067,6 +2072,10 @@ export interface operations {
                      *         {
                      *           "id": "fog-light-1",
                      *           "tier": "light",
+                     *           "zone": "site-a",
+                     *           "labels": {
+                     *             "camera": "yes"
+                     *           },
                      *           "slots": 32,
                      *           "inFlight": 3,
                      *           "cpu": 0.4,

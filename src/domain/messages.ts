@@ -17,6 +17,8 @@ export interface TaskMessage {
   readonly memoryMb?: number;
   /** The task's attempt budget, for the handler's ctx (absent in messages of older versions). */
   readonly maxAttempts?: number;
+  readonly dependencies?: Readonly<Record<string, { readonly state: string; readonly output: unknown }>>;
+  readonly dependenciesTruncated?: boolean;
 }
 
 /**

@@ -32,6 +32,8 @@ export interface TaskSpec {
   readonly idempotencyKey: string | null;
   /** Retry backoff of this task; null means the scheduler's default. */
   readonly retry?: BackoffOptions | null;
+  placement?: { readonly zone?: string; readonly labels?: Readonly<Record<string, string>> } | null;
+  fallbackAfterMs?: number | null;
 }
 
 /**

@@ -23,7 +23,7 @@ export const clusterRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, dep
             redis: 'ok',
             leader: 'coordinator-1',
             brokers: [{ name: 'rabbit@rabbit-1', member: true, master: true, lastHeartbeat: '2026-11-27T10:15:30.000Z', healthy: true }],
-            fogNodes: [{ id: 'fog-light-1', tier: 'light', slots: 32, inFlight: 3, cpu: 0.4, memMb: 180, version: '0.1.0', lastSeen: '2026-11-27T10:15:30.000Z', state: 'up' }],
+            fogNodes: [{ id: 'fog-light-1', tier: 'light', zone: 'site-a', labels: { camera: 'yes' }, slots: 32, inFlight: 3, cpu: 0.4, memMb: 180, version: '0.1.0', lastSeen: '2026-11-27T10:15:30.000Z', state: 'up' }],
           }),
           ...problems(400, 401, 403, 503),
         },
