@@ -637,7 +637,7 @@ const DEATH_REASONS: Record<string, FailureReason> = { delivery_limit: 'delivery
  * expired (its fallbackAfterMs passed in its class's queue) becomes FallBackPlacement instead.
  * Anything else returns null.
  */
-function deadLetterCommand(msg: ConsumeMessage, body: unknown, names: TopologyNames, now: string): CommandItem | null {
+export function deadLetterCommand(msg: ConsumeMessage, body: unknown, names: TopologyNames, now: string): CommandItem | null {
   const headers = msg.properties.headers ?? {};
   const queue = String(headers['x-first-death-queue'] ?? '');
   const task = body as Partial<TaskMessage> | null;

@@ -19,7 +19,7 @@ import {
   type TopologyOptions,
 } from '../broker/index.js';
 import type { Redis } from 'ioredis';
-import { createRedis, recordPlacementQueue, redisKeys } from '../infra/redis.js';
+import { createRedis, recordPlacementQueue, redisKeys, whenReady } from '../infra/redis.js';
 import { coerceError, FALLBACK_AFTER_HEADER, PLACEMENT_CLASS_HEADER, PLACEMENT_HEADER, type Priority } from '../domain/index.js';
 import type { Logger } from '../infra/logger.js';
 import { sleep, type Role } from '../infra/role.js';
@@ -434,6 +434,8 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     }
     if (settings.redisUrl && !placementRedis) {
       placementRedis = createRedis(settings.redisUrl, { logger, name: 'fogsched-relay' });
+      // The first time only: give the new client a moment, so a zone class is recorded at its first publish.
+      await whenReady(placementRedis, 2000);
     }
     const keys = redisKeys(settings.redisPrefix ?? '');
     // Its own channel: a refused declare closes the channel it ran on, and must not take the publishing one.
