@@ -159,7 +159,7 @@ export function placementErrors(placement: unknown, fallbackAfterMs: unknown): {
   if (fallbackAfterMs !== undefined && fallbackAfterMs !== null) {
     if (!Number.isInteger(fallbackAfterMs) || (fallbackAfterMs as number) < 1 || (fallbackAfterMs as number) > MAX_FALLBACK_AFTER_MS) {
       errors.push({ path: 'fallbackAfterMs', message: `must be an integer 1..${MAX_FALLBACK_AFTER_MS}` });
-    } else if (normalizePlacement(given && errors.length === 0 ? (placement) : null) === null) {
+    } else if (errors.length === 0 && normalizePlacement(given ? placement : null) === null) {
       errors.push({ path: 'fallbackAfterMs', message: 'only with a placement (zone or labels)' });
     }
   }
