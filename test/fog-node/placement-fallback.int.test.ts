@@ -2,9 +2,9 @@ import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { Redis } from 'ioredis';
-import { DEFAULT_TIERS } from '../../src/domain/index.js';
+import { DEFAULT_TIERS, FALLBACK_AFTER_HEADER, PLACEMENT_CLASS_HEADER, type TaskEvent, type TaskState } from '../../src/domain/index.js';
 import { createIngest } from '../../src/ingest/index.js';
-import { createRelay, declareTopology, placementTopology, topology, topologyNames, type TopologyOptions } from '../../src/outbox/index.js';
+import { createRelay, declareTopology, outboxRowFor, placementTopology, topology, topologyNames, type TopologyOptions } from '../../src/outbox/index.js';
 import { redisKeys } from '../../src/infra/redis.js';
 import { createTaskService, type SubmitInput } from '../../src/tasks/index.js';
 import { createTestDatabase, eventually, type TestDatabase } from '../helpers/database.js';
@@ -51,6 +51,18 @@ afterAll(async () => {
 });
 
 describe('placement fallback end to end', () => {
+  it('TaskPlacementFallback dispatches the same attempt to the tier\'s general queue, without placement headers or TTL', () => {
+    const at = new Date().toISOString();
+    const state = { spec: { taskId: randomUUID(), tenant: 'default', type: 'echo', payload: null, priority: 'normal', resources: { cpu: 0.1, memoryMb: 64 }, tier: 'light', maxAttempts: 3, timeoutMs: null, notBefore: null, deadline: null, idempotencyKey: null, placement: { zone: 'site-far' }, fallbackAfterMs: 300 } } as unknown as TaskState;
+    // i20: A's event
+    const fallback = { type: 'TaskPlacementFallback', data: { attempt: 1, afterMs: 300, at } } as unknown as TaskEvent;
+    const row = outboxRowFor(state, fallback, randomUUID(), names);
+    expect(row?.routingKey).toBe('light.normal');
+    expect(row?.headers['x-attempt']).toBe(1);
+    expect(row?.headers[PLACEMENT_CLASS_HEADER]).toBeUndefined();
+    expect(row?.headers[FALLBACK_AFTER_HEADER]).toBeUndefined();
+  });
+
   it('a task placed in a zone no node serves falls back after fallbackAfterMs (TaskPlacementFallback) and runs on a node of another zone', async () => {
     const service = createTaskService({ db: tdb.db, names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3, maxBatch: 100 });
     const relay = createRelay({
