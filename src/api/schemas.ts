@@ -112,11 +112,12 @@ const OnDependencyFailureT = StringEnum(['cancel', 'run'] as const, {
 const FallbackAfterMsT = Type.Integer({ minimum: 1, maximum: 604_800_000, description: 'after this long undelivered, any fog node of the tier may run it (TaskPlacementFallback); only with placement' });
 
 /** The dependency and placement fields of a submit (issue 20), shared by tasks, batch items and workflow steps. */
+// Not nullable: ajv's type coercion would read 0, false or "" as null.
 const graphFields = {
-  name: Type.Optional(Nullable(NameT)),
+  name: Type.Optional(NameT),
   onDependencyFailure: Type.Optional(OnDependencyFailureT),
-  placement: Type.Optional(Nullable(ref(Placement))),
-  fallbackAfterMs: Type.Optional(Nullable(FallbackAfterMsT)),
+  placement: Type.Optional(ref(Placement)),
+  fallbackAfterMs: Type.Optional(FallbackAfterMsT),
 };
 
 const submitFields = {
@@ -421,7 +422,7 @@ export const BatchBody = Type.Object(
           { type: 'noop', idempotencyKey: 'order-42' },
           { type: 'sleep', payload: { ms: 10 }, priority: 'low' },
           { id: '0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f12', type: 'fetch', placement: { zone: 'site-a' } },
-          { type: 'aggregate', dependsOn: ['0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f12'], resources: { cpu: 4, memoryMb: 4096 } },
+          { type: 'aggregate', dependsOn: ['0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f12'], resources: { cpu: 1, memoryMb: 1024 } },
         ],
       },
     ],
@@ -460,8 +461,8 @@ export const WorkflowBody = Type.Object(
         name: 'lidar-2026-11-27',
         steps: [
           { step: 'fetch', type: 'fetch-scan', placement: { zone: 'site-a' }, fallbackAfterMs: 600000 },
-          { step: 'process', type: 'denoise', dependsOn: ['fetch'], resources: { cpu: 1, memoryMb: 1024 } },
-          { step: 'aggregate', type: 'merge-scans', dependsOn: ['process'], resources: { cpu: 4, memoryMb: 8192 }, placement: { zone: 'region-1' } },
+          { step: 'process', type: 'denoise', dependsOn: ['fetch'], resources: { cpu: 0.75, memoryMb: 768 } },
+          { step: 'aggregate', type: 'merge-scans', dependsOn: ['process'], resources: { cpu: 1, memoryMb: 1024 }, placement: { zone: 'region-1' } },
         ],
       },
     ],

@@ -109,7 +109,7 @@ export interface FogschedClient {
    *   name: 'scan-17',
    *   steps: [
    *     { step: 'fetch', type: 'fetch-scan', placement: { zone: 'site-a' } },
-   *     { step: 'aggregate', type: 'merge-scans', dependsOn: ['fetch'], resources: { cpu: 4, memoryMb: 8192 } },
+   *     { step: 'aggregate', type: 'merge-scans', dependsOn: ['fetch'], resources: { cpu: 1, memoryMb: 1024 } },
    *   ],
    * }, { idempotencyKey: 'scan-17' });
    * await fog.waitFor(steps.aggregate!.id);

@@ -29,7 +29,7 @@ export class InvalidWorkflowError extends FogschedError {
  * with the same body returns it; without one, a new time-ordered id.
  */
 export function stepTaskId(tenant: string, key: string | undefined, step: string): string {
-  return key === undefined ? uuidv7() : uuidv5(`${tenant}\u0000${key}\u0000${step}`, WORKFLOW_ID_NAMESPACE);
+  return key === undefined ? uuidv7() : uuidv5(JSON.stringify([tenant, key, step]), WORKFLOW_ID_NAMESPACE);
 }
 
 /** The steps in an order where each comes after the steps it depends on; throws InvalidWorkflowError on a repeat, an unknown name or a cycle. */
