@@ -1155,14 +1155,16 @@ export interface operations {
                     id?: string;
                     /** @description tasks of this tenant (or of the same batch) that must end first; the task is waiting until then; at most 10,000 (MAX_DEPENDENCIES) */
                     dependsOn?: string[];
-                    name?: string | null;
+                    /** @description free display name, e.g. a workflow step */
+                    name?: string;
                     /**
                      * @description when a dependency fails or is cancelled: cancel this task (default, reason dependency-failed) or run it anyway (its handler sees each outcome); only with dependsOn
                      * @enum {string}
                      */
                     onDependencyFailure?: "cancel" | "run";
-                    placement?: components["schemas"]["Placement"] | null;
-                    fallbackAfterMs?: number | null;
+                    placement?: components["schemas"]["Placement"];
+                    /** @description after this long undelivered, any fog node of the tier may run it (TaskPlacementFallback); only with placement */
+                    fallbackAfterMs?: number;
                 };
             };
         };
@@ -1459,8 +1461,8 @@ export interface operations {
                  *             "0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f12"
                  *           ],
                  *           "resources": {
-                 *             "cpu": 4,
-                 *             "memoryMb": 4096
+                 *             "cpu": 1,
+                 *             "memoryMb": 1024
                  *           }
                  *         }
                  *       ]
@@ -1495,14 +1497,16 @@ export interface operations {
                         id?: string;
                         /** @description tasks of this tenant (or of the same batch) that must end first; the task is waiting until then; at most 10,000 (MAX_DEPENDENCIES) */
                         dependsOn?: string[];
-                        name?: string | null;
+                        /** @description free display name, e.g. a workflow step */
+                        name?: string;
                         /**
                          * @description when a dependency fails or is cancelled: cancel this task (default, reason dependency-failed) or run it anyway (its handler sees each outcome); only with dependsOn
                          * @enum {string}
                          */
                         onDependencyFailure?: "cancel" | "run";
-                        placement?: components["schemas"]["Placement"] | null;
-                        fallbackAfterMs?: number | null;
+                        placement?: components["schemas"]["Placement"];
+                        /** @description after this long undelivered, any fog node of the tier may run it (TaskPlacementFallback); only with placement */
+                        fallbackAfterMs?: number;
                         /** @description a retried batch with the same key returns the first task for this item */
                         idempotencyKey?: string;
                     }[];
@@ -2433,8 +2437,8 @@ export interface operations {
                  *             "fetch"
                  *           ],
                  *           "resources": {
-                 *             "cpu": 1,
-                 *             "memoryMb": 1024
+                 *             "cpu": 0.75,
+                 *             "memoryMb": 768
                  *           }
                  *         },
                  *         {
@@ -2444,8 +2448,8 @@ export interface operations {
                  *             "process"
                  *           ],
                  *           "resources": {
-                 *             "cpu": 4,
-                 *             "memoryMb": 8192
+                 *             "cpu": 1,
+                 *             "memoryMb": 1024
                  *           },
                  *           "placement": {
                  *             "zone": "region-1"
@@ -2483,14 +2487,16 @@ export interface operations {
                          */
                         deadline?: string;
                         retry?: components["schemas"]["RetryPolicy"];
-                        name?: string | null;
+                        /** @description free display name, e.g. a workflow step */
+                        name?: string;
                         /**
                          * @description when a dependency fails or is cancelled: cancel this task (default, reason dependency-failed) or run it anyway (its handler sees each outcome); only with dependsOn
                          * @enum {string}
                          */
                         onDependencyFailure?: "cancel" | "run";
-                        placement?: components["schemas"]["Placement"] | null;
-                        fallbackAfterMs?: number | null;
+                        placement?: components["schemas"]["Placement"];
+                        /** @description after this long undelivered, any fog node of the tier may run it (TaskPlacementFallback); only with placement */
+                        fallbackAfterMs?: number;
                         /** @description unique in the workflow; names the task (after the workflow name) unless the step gives a name */
                         step: string;
                         dependsOn?: string[];

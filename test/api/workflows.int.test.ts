@@ -152,7 +152,7 @@ describe('workflows and graphs (need the domain and migration 13 of issue 20)', 
     expect(res.statusCode).toBe(202);
     const { steps } = res.json<{ steps: Record<string, TaskJson> }>();
     expect(Object.keys(steps)).toEqual(['fetch', 'denoise', 'classify', 'aggregate']);
-    const { fetch, denoise, classify, aggregate } = steps as Record<string, TaskJson>;
+    const { fetch, denoise, classify, aggregate } = steps;
     expect(fetch).toMatchObject({ name: 'scan-1/fetch', state: 'queued', tier: 'light', placement: { zone: 'site-a', labels: { sensor: 'lidar' } }, fallbackAfterMs: 600000 });
     expect(fetch?.dependsOn).toBeUndefined();
     expect(denoise).toMatchObject({ name: 'scan-1/denoise', state: 'waiting', tier: 'medium', dependsOn: [fetch?.id], onDependencyFailure: 'cancel' });

@@ -121,7 +121,7 @@ export const workflowRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, de
         const policy = own ?? onDependencyFailure;
         return {
           ...fields,
-          id: ids.get(step) as string,
+          id: ids.get(step),
           name: stepName ?? (name ? `${name}/${step}` : step),
           ...(dependencies.length > 0 ? { dependsOn: dependencies, ...(policy ? { onDependencyFailure: policy } : {}) } : {}),
         };
