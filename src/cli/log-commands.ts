@@ -22,7 +22,11 @@ export function registerLogCommands(program: Command, deps: { config: () => Conf
         if (events.length === 0) throw new TaskNotFoundError(id);
         for (const e of events) process.stdout.write(opts.json ? `${JSON.stringify(e)}\n` : `${formatEvent(e)}\n`);
         const tenant = (await pg.db.selectFrom('task_current').select('tenant').where('task_id', '=', id).executeTakeFirst())?.tenant;
-        const graph = tenant === undefined ? null : await getTaskGraph(pg.db, tenant, id, { maxNodes: 10_000 });
+        // A database not migrated to task_dependencies yet (42P01, undefined table) has no graph to show: the timeline is all.
+        const graph = tenant === undefined ? null : await getTaskGraph(pg.db, tenant, id, { maxNodes: 10_000 }).catch((error: unknown) => {
+          if ((error as { code?: unknown }).code === '42P01') return null;
+          throw error;
+        });
         if (!graph || graph.nodes.length <= 1) return;
         process.stdout.write(opts.json ? `${JSON.stringify({ graph })}\n` : `\n${formatGraph(graph)}`);
       });
