@@ -4,7 +4,7 @@ import { retryDelayMs, type BackoffOptions } from './policy.js';
 export const PRIORITIES = ['high', 'normal', 'low'] as const;
 export type Priority = (typeof PRIORITIES)[number];
 
-export const TASK_STATUSES = ['scheduled', 'queued', 'running', 'retrying', 'succeeded', 'failed', 'cancelled'] as const;
+export const TASK_STATUSES = ['waiting', 'scheduled', 'queued', 'running', 'retrying', 'succeeded', 'failed', 'cancelled'] as const;
 export type TaskStatus = (typeof TASK_STATUSES)[number];
 export const TERMINAL_STATUSES: readonly TaskStatus[] = ['succeeded', 'failed', 'cancelled'];
 
@@ -32,6 +32,9 @@ export interface TaskSpec {
   readonly idempotencyKey: string | null;
   /** Retry backoff of this task; null means the scheduler's default. */
   readonly retry?: BackoffOptions | null;
+  name?: string | null;
+  dependsOn?: readonly string[];
+  onDependencyFailure?: 'cancel' | 'run';
   placement?: { readonly zone?: string; readonly labels?: Readonly<Record<string, string>> } | null;
   fallbackAfterMs?: number | null;
 }

@@ -34,6 +34,8 @@ export interface SubmitInput {
   readonly deadline?: string | null;
   readonly idempotencyKey?: string | null;
   readonly retry?: { readonly baseMs: number; readonly factor: number; readonly maxMs: number } | null;
+  id?: string; name?: string | null; dependsOn?: string[]; onDependencyFailure?: 'cancel'|'run';
+  placement?: {zone?: string; labels?: Record<string,string>} | null; fallbackAfterMs?: number | null
 }
 
 export interface Caller {

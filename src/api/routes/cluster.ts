@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { ClusterView } from '../../infra/cluster-view.js';
 import type { ApiDeps } from '../app.js';
+import { nodePlacement } from '../placement-warning.js';
 import { Cluster, json, problems, ref } from '../schemas.js';
 
 /** Reads the live membership picture (the api role wires it to Redis). */
@@ -29,7 +30,9 @@ export const clusterRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, dep
         },
       },
     },
-    async (): Promise<ClusterView> =>
-      deps.cluster ? deps.cluster.read() : { redis: 'unavailable', error: 'no Redis configured for this api', leader: null, brokers: [], fogNodes: [] },
+    async () => {
+      const view: ClusterView = deps.cluster ? await deps.cluster.read() : { redis: 'unavailable', error: 'no Redis configured for this api', leader: null, brokers: [], fogNodes: [] };
+      return { ...view, fogNodes: view.fogNodes.map((n) => ({ ...n, ...nodePlacement(n) })) };
+    },
   );
 };
