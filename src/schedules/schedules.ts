@@ -398,7 +398,7 @@ export function createScheduler(options: SchedulerOptions): Scheduler {
     while (!abort.signal.aborted) {
       try {
         const pruned = await prune();
-        if (pruned.outbox + pruned.inbox + pruned.idempotencyKeys > 0) logger.info(pruned, 'retention pruned rows');
+        if (pruned.outbox + pruned.inbox + pruned.idempotencyKeys + pruned.taskWaits > 0) logger.info(pruned, 'retention pruned rows');
       } catch (error) {
         logger.warn({ err: (error as Error).message }, 'retention failed; will retry');
       }

@@ -7,7 +7,6 @@ import {
   IdempotencyConflictError,
   InvalidDependenciesError,
   InvalidPlacementError,
-  isTerminal,
   isUuid,
   MAX_DEPENDENCIES,
   TaskIdConflictError,
@@ -573,7 +572,7 @@ async function checkDependencies(
     const edges = (spec.dependsOn ?? []).map((id) => {
       const j = batchNew.get(id);
       const state = j !== undefined ? (cancelledAtSubmit.has(j) ? 'cancelled' : 'pending') : (found.get(id)?.state ?? 'pending');
-      const resolved = state === 'succeeded' || state === 'failed' || state === 'cancelled' ? (state as DependencyState) : null;
+      const resolved: DependencyState | null = state === 'succeeded' || state === 'failed' || state === 'cancelled' ? state : null;
       if (resolved === null) counts.pending++;
       else counts[resolved]++;
       if ((resolved === 'failed' || resolved === 'cancelled') && counts.firstFailed === null) {

@@ -168,7 +168,8 @@ class World {
 describe('random DAGs', () => {
   it('every task ends exactly once; none is queued before its dependencies ended (succeeded, unless policy run); a refold agrees', () => {
     fc.assert(
-      fc.property(dagArb, ([nodes, actions, finals]) => {
+      fc.property(dagArb, ([generated, actions, finals]) => {
+        const nodes = generated as readonly Node[];
         const world = new World(nodes);
         let submitted = 0;
         const submittedIds = () => Array.from({ length: submitted }, (_, i) => i);

@@ -189,7 +189,7 @@ describe('FallBackPlacement', () => {
 describe('old specs', () => {
   it('a TaskSubmitted without the new fields folds as before', () => {
     const { dependsOn: _d, onDependencyFailure: _p, ...old } = spec();
-    const state = foldTask(TASK_ID, decide(foldTask(TASK_ID, []), submit(old as TaskSpec)));
+    const state = foldTask(TASK_ID, decide(foldTask(TASK_ID, []), submit(old)));
     expect(state).toMatchObject({ status: 'queued', attempt: 1 });
     expect(state.spec?.dependsOn).toBeUndefined();
   });
