@@ -82,6 +82,7 @@ export async function executeTaskCommands(
     for (const event of events) {
       state = evolve(state, event);
       const eventId = uuidv7(); // time-ordered, like task ids: events_event_id_key grows at its right edge
+      const metadata = withDependencyCause(event, item.metadata);
       newEvents.push({
         streamId: item.taskId,
         streamType: 'task',
@@ -89,9 +90,9 @@ export async function executeTaskCommands(
         eventId,
         type: event.type,
         data: event.data,
-        metadata: item.metadata,
+        metadata,
       });
-      pending.push({ state, event, metadata: item.metadata, eventId });
+      pending.push({ state, event, metadata, eventId });
     }
     states.set(item.taskId, state);
   });
@@ -144,6 +145,12 @@ interface ResolvedEdge {
   readonly depends_on: string;
   readonly tenant: string;
   readonly resolved_state: DependencyState;
+}
+
+/** A release or a cancel caused by a dependency names it as the event's causation (also at submit). */
+function withDependencyCause(event: TaskEvent, metadata: EventMetadata): EventMetadata {
+  const dependency = event.type === 'TaskReleased' || event.type === 'TaskCancelled' ? event.data.dependency : undefined;
+  return dependency ? { ...metadata, causationId: dependency } : metadata;
 }
 
 /** Does this event end its task (succeeded, failed or cancelled)? */

@@ -199,6 +199,7 @@ describe('failure propagation', () => {
     const c = await submit({ dependsOn: [a.taskId] });
     expect(c.status).toBe('cancelled');
     expect(await typesOf(c.taskId)).toEqual(['TaskSubmitted', 'TaskCancelled']);
+    expect((await eventsOf(c.taskId))[1]?.metadata).toMatchObject({ causationId: a.taskId, actor: 'test' });
     const r = await submit({ dependsOn: [a.taskId], onDependencyFailure: 'run' });
     expect(r.status).toBe('queued');
   });
