@@ -396,7 +396,7 @@ export interface components {
          */
         Priority: "high" | "normal" | "low";
         /** @enum {string} */
-        TaskState: "scheduled" | "queued" | "running" | "retrying" | "succeeded" | "failed" | "cancelled";
+        TaskState: "waiting" | "scheduled" | "queued" | "running" | "retrying" | "succeeded" | "failed" | "cancelled";
         /** @description decides the tier; default {cpu: 0.1, memoryMb: 64} (light) */
         Resources: {
             /** @description cores, e.g. 0.5 */
@@ -845,7 +845,7 @@ export interface operations {
     listTasks: {
         parameters: {
             query?: {
-                state?: "scheduled" | "queued" | "running" | "retrying" | "succeeded" | "failed" | "cancelled";
+                state?: "waiting" | "scheduled" | "queued" | "running" | "retrying" | "succeeded" | "failed" | "cancelled";
                 priority?: "high" | "normal" | "low";
                 type?: string;
                 tier?: string;
@@ -3733,7 +3733,7 @@ export interface operations {
                 /** @description only this task's events */
                 task?: string;
                 /** @description only events that left their task in this state */
-                state?: "scheduled" | "queued" | "running" | "retrying" | "succeeded" | "failed" | "cancelled";
+                state?: "waiting" | "scheduled" | "queued" | "running" | "retrying" | "succeeded" | "failed" | "cancelled";
                 /** @description start after this log position (as Last-Event-ID; the header wins); without either the stream starts at the head of the log */
                 after?: string;
             };
