@@ -170,6 +170,56 @@ describe('release', () => {
   });
 });
 
+describe('submit racing a dependency that ends', () => {
+  it('a submit waiting on a dependency being finished sees it ended once that commits (released at once, no lost release)', async () => {
+    const a = await submit();
+    let commitFinish!: () => void;
+    const gate = new Promise<void>((resolve) => (commitFinish = resolve));
+    let wrote!: () => void;
+    const written = new Promise<void>((resolve) => (wrote = resolve));
+    const finishing = tdb.db.transaction().execute(async (trx) => {
+      await executeTaskCommands(trx, [{ taskId: a.taskId, command: resultCommand('succeeded', 'early'), metadata: { actor: 'node' } }], names);
+      wrote();
+      await gate; // holds a's task_current row
+    });
+    await written;
+    const submitting = submit({ dependsOn: [a.taskId] });
+    // The submit's FOR SHARE waits for the finisher's row lock.
+    await eventually(async () => {
+      const r = await sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`.execute(tdb.db);
+      return (r.rows[0]?.n ?? 0) > 0;
+    });
+    commitFinish();
+    await finishing;
+    const b = await submitting;
+    expect(b.status).toBe('queued');
+    expect(await typesOf(b.taskId)).toEqual(['TaskSubmitted', 'TaskReleased', 'TaskQueued']);
+    expect((await dispatchBodies(b.taskId))[0]?.dependencies).toEqual({ [a.taskId]: { state: 'succeeded', output: 'early' } });
+  });
+
+  it('a dependency ending after a submit committed resolves the new edge (the finisher sees it)', async () => {
+    const a = await submit();
+    const b = await submit({ dependsOn: [a.taskId] });
+    expect(b.status).toBe('waiting');
+    await finish(a.taskId, 'succeeded');
+    expect(await stateOf(b.taskId)).toBe('queued');
+  });
+});
+
+describe('dispatch body', () => {
+  it('outputs whose JSON passes 4 MiB are left out (states kept, dependenciesTruncated)', async () => {
+    const big = 'x'.repeat(2.5 * 1024 * 1024);
+    const a = await submit();
+    const b = await submit();
+    const c = await submit({ dependsOn: [a.taskId, b.taskId] });
+    await finish(a.taskId, 'succeeded', big);
+    await finish(b.taskId, 'succeeded', big);
+    const [body] = await dispatchBodies(c.taskId);
+    expect(body?.dependenciesTruncated).toBe(true);
+    expect(body?.dependencies).toEqual({ [a.taskId]: { state: 'succeeded' }, [b.taskId]: { state: 'succeeded' } });
+  });
+});
+
 describe('failure propagation', () => {
   it("policy cancel: a failed dependency cancels the dependant, naming it; policy run: released when all ended, seeing each outcome", async () => {
     const a = await submit();
@@ -202,6 +252,25 @@ describe('failure propagation', () => {
     expect((await eventsOf(c.taskId))[1]?.metadata).toMatchObject({ causationId: a.taskId, actor: 'test' });
     const r = await submit({ dependsOn: [a.taskId], onDependencyFailure: 'run' });
     expect(r.status).toBe('queued');
+  });
+
+  it('in a batch, an item cancelled at submit (its dependency had failed) cancels the items depending on it', async () => {
+    const f = await submit();
+    await finish(f.taskId, 'failed');
+    const [x, y] = [randomUUID(), randomUUID()];
+    const results = await service().submitBatch(
+      [
+        { type: 'y', id: y, dependsOn: [x] },
+        { type: 'x', id: x, dependsOn: [f.taskId] },
+      ],
+      caller,
+    );
+    expect(results.map((r) => r.task.status)).toEqual(['cancelled', 'cancelled']);
+    const [yCancel] = (await eventsOf(y)).filter((e) => e.type === 'TaskCancelled');
+    expect(yCancel?.data).toMatchObject({ dependency: x, dependencyState: 'cancelled' });
+    expect(await tdb.db.selectFrom('task_dependencies').select(['depends_on', 'resolved_state']).where('task_id', '=', y).execute()).toEqual([
+      { depends_on: x, resolved_state: 'cancelled' },
+    ]);
   });
 
   it('cancelling the root of a workflow cancels every waiting descendant, recursively', async () => {
