@@ -65,6 +65,7 @@ export async function executeTaskCommands(
   const refused = new Map<number, FogschedError>();
   const newEvents: NewEvent[] = [];
   const pending: { state: TaskState; event: TaskEvent; metadata: EventMetadata; eventId: string }[] = [];
+  const undispatched = new Set<string>(); // cancels of tasks never dispatched: no broadcast
 
   items.forEach((item, index) => {
     const before = states.get(item.taskId) ?? initialTaskState(item.taskId);
@@ -80,6 +81,8 @@ export async function executeTaskCommands(
     }
     let state = before;
     for (const event of events) {
+      // A task cancelled while waiting was never dispatched: no node has it, nothing to withdraw.
+      const neverDispatched = event.type === 'TaskCancelled' && (state.status === 'waiting' || state.status === 'new');
       state = evolve(state, event);
       const eventId = uuidv7(); // time-ordered, like task ids: events_event_id_key grows at its right edge
       const metadata = withDependencyCause(event, item.metadata);
@@ -93,6 +96,7 @@ export async function executeTaskCommands(
         metadata,
       });
       pending.push({ state, event, metadata, eventId });
+      if (neverDispatched) undispatched.add(eventId);
     }
     states.set(item.taskId, state);
   });
@@ -101,12 +105,12 @@ export async function executeTaskCommands(
     const history = pending.map((p) => ({ position: 0, eventId: p.eventId, state: p.state, event: p.event, metadata: p.metadata }));
     const outbox: OutboxRow[] = await withDependencies(
       trx,
-      pending.flatMap((p) => withTraceHeader(outboxRowFor(p.state, p.event, p.eventId, names), p.metadata) ?? []),
+      pending.flatMap((p) => (undispatched.has(p.eventId) ? [] : (withTraceHeader(outboxRowFor(p.state, p.event, p.eventId, names), p.metadata) ?? []))),
       states,
       names,
     );
     const submittedEvent = new Map(pending.flatMap((p) => (p.event.type === 'TaskSubmitted' ? [[p.state.taskId, p.eventId] as const] : [])));
-    const cancelled = pending.filter((p) => p.event.type === 'TaskCancelled').map((p) => p.state.taskId);
+    const cancelled = pending.filter((p) => p.event.type === 'TaskCancelled' && !undispatched.has(p.eventId)).map((p) => p.state.taskId);
     const touched = [...new Set(pending.map((p) => p.state.taskId))];
     const current = touched.map((id) => ({ state: states.get(id) as TaskState, seqEventId: submittedEvent.get(id) ?? null }));
     // The tasks that ended here: their dependants' edges are resolved in the same statement.

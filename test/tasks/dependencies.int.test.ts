@@ -293,6 +293,9 @@ describe('failure propagation', () => {
     await cancel(root);
     for (const id of [root, mid1, mid2, leaf]) expect(await stateOf(id)).toBe('cancelled');
     expect(await stateOf(runner)).toBe('queued');
+    // Only the root was ever dispatched: only its cancel is broadcast to the fog nodes.
+    const broadcasts = await tdb.db.selectFrom('outbox').select('stream_id').where('exchange', '=', names.system).where('stream_id', 'in', [root, mid1, mid2, leaf]).execute();
+    expect(broadcasts.map((b) => b.stream_id)).toEqual([root]);
     const [leafCancel] = (await eventsOf(leaf)).filter((e) => e.type === 'TaskCancelled');
     expect(leafCancel?.data).toMatchObject({ reason: 'dependency-failed', dependencyState: 'cancelled' });
   });
