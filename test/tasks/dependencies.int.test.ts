@@ -220,6 +220,24 @@ describe('dispatch body', () => {
   });
 });
 
+describe('fan-out', () => {
+  it('10,000 children of one task are released together when it succeeds, each dispatch carrying its output', async () => {
+    const root = await submit({ type: 'root' });
+    const tasks = service();
+    const children = Array.from({ length: 10_000 }, () => ({ type: 'child', dependsOn: [root.taskId] }));
+    const created = await tasks.submitBatch(children, caller);
+    expect(created.every((c) => c.task.status === 'waiting')).toBe(true);
+    await finish(root.taskId, 'succeeded', { shard: 'all' });
+    const states = await sql<{ state: string; n: number }>`
+      SELECT c.state, count(*)::int AS n FROM task_dependencies d JOIN task_current c ON c.task_id = d.task_id
+       WHERE d.depends_on = ${root.taskId}::uuid GROUP BY c.state`.execute(tdb.db);
+    expect(states.rows).toEqual([{ state: 'queued', n: 10_000 }]);
+    const sample = created[1234]?.task.taskId as string;
+    expect(await typesOf(sample)).toEqual(['TaskSubmitted', 'TaskWaiting', 'TaskReleased', 'TaskQueued']);
+    expect((await dispatchBodies(sample))[0]?.dependencies).toEqual({ [root.taskId]: { state: 'succeeded', output: { shard: 'all' } } });
+  });
+});
+
 describe('failure propagation', () => {
   it("policy cancel: a failed dependency cancels the dependant, naming it; policy run: released when all ended, seeing each outcome", async () => {
     const a = await submit();
