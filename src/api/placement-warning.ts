@@ -1,3 +1,4 @@
+import { placementMatches } from '../domain/index.js';
 import type { TaskView } from './schemas.js';
 
 /** A live fog node as a submit's warning needs it: the tiers it serves, its zone and labels. */
@@ -16,14 +17,9 @@ export function nodePlacement(node: object): { zone: string | null; labels: Reco
   };
 }
 
-/**
- * Does the node satisfy the placement: its zone when one is asked, and every label asked.
- * The same rule as the domain's placementMatches (src/domain/policy.ts), which routes the task;
- * this one only decides whether a submit gets a warning.
- */
+/** Does the node satisfy the placement: the domain's rule (placementMatches), which also routes the task. */
 export function nodeMatches(placement: NonNullable<TaskView['placement']>, node: Pick<LiveNode, 'zone' | 'labels'>): boolean {
-  if (placement.zone !== undefined && placement.zone !== node.zone) return false;
-  return Object.entries(placement.labels ?? {}).every(([k, v]) => node.labels[k] === v);
+  return placementMatches(placement, node);
 }
 
 function describePlacement(placement: NonNullable<TaskView['placement']>): string {

@@ -330,8 +330,6 @@ export const FogNodeStatus = Type.Object(
     version: NullableString(),
     lastSeen: NullableString({ format: 'date-time' }),
     state: StringEnum(['up', 'stopped', 'expired'] as const),
-    zone: NullableString({ description: 'FOG_NODE_ZONE; null when none' }),
-    labels: Type.Record(Type.String(), Type.String(), { description: 'FOG_NODE_LABELS' }),
   },
   { $id: 'FogNodeStatus' },
 );

@@ -688,11 +688,6 @@ export interface components {
             lastSeen: string | null;
             /** @enum {string} */
             state: "up" | "stopped" | "expired";
-            zone: string | null;
-            /** @description FOG_NODE_LABELS */
-            labels: {
-                [key: string]: string;
-            };
         };
         Cluster: {
             /** @enum {string} */
@@ -2847,11 +2842,7 @@ export interface operations {
                      *           "memMb": 180,
                      *           "version": "0.1.0",
                      *           "lastSeen": "2026-11-27T10:15:30.000Z",
-                     *           "state": "up",
-                     *           "zone": "site-a",
-                     *           "labels": {
-                     *             "sensor": "lidar"
-                     *           }
+                     *           "state": "up"
                      *         }
                      *       ]
                      *     }

@@ -647,8 +647,7 @@ export function deadLetterCommand(msg: ConsumeMessage, body: unknown, names: Top
   if (reason === 'expired' && typeof headers[PLACEMENT_CLASS_HEADER] === 'string') {
     return {
       taskId: task.taskId,
-      // i20: A's command
-      command: { type: 'FallBackPlacement', data: { attempt: task.attempt as number, now } } as unknown as CommandItem['command'],
+      command: { type: 'FallBackPlacement', data: { attempt: task.attempt as number, now } },
       metadata: { actor: 'broker', ...traceMetadata(parseTraceparent(headers.traceparent)) },
     };
   }

@@ -47,7 +47,7 @@ export function outboxRowFor(state: TaskState, event: TaskEvent, eventId: string
   };
   // A placement dispatch goes to its class's queue, with its fallback delay as the message TTL;
   // the fallback (TaskPlacementFallback) goes to the tier's general queue.
-  const fallback = (event.type as string) === 'TaskPlacementFallback'; // i20: A's event
+  const fallback = event.type === 'TaskPlacementFallback';
   const cls = fallback ? null : placementClass(spec.placement);
   const fallbackAfterMs = cls !== null && typeof spec.fallbackAfterMs === 'number' && spec.fallbackAfterMs > 0 ? spec.fallbackAfterMs : null;
   return {

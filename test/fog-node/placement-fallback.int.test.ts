@@ -11,13 +11,6 @@ import { createTestDatabase, eventually, type TestDatabase } from '../helpers/da
 import { openTestBroker, uniquePrefix, type TestBroker } from '../helpers/broker.js';
 import { failOnUnhandledRejections, logger, stopAllNodes, testFogNode } from './helpers.js';
 
-// i20: needs A's domain code (SubmitInput.placement/fallbackAfterMs, FallBackPlacement ->
-// TaskPlacementFallback, dispatchOf of it): runs after the merge of i20-core and i20-place.
-//
-// The whole fallback on real services: a task placed in a zone without nodes is published to its
-// zone queue with its fallbackAfterMs as the message TTL; the broker dead-letters it (expired),
-// ingest records TaskPlacementFallback, the outbox dispatches the same attempt to the tier's
-// general queue, and a node of another zone runs it.
 
 failOnUnhandledRejections();
 
@@ -54,7 +47,6 @@ describe('placement fallback end to end', () => {
   it('TaskPlacementFallback dispatches the same attempt to the tier\'s general queue, without placement headers or TTL', () => {
     const at = new Date().toISOString();
     const state = { spec: { taskId: randomUUID(), tenant: 'default', type: 'echo', payload: null, priority: 'normal', resources: { cpu: 0.1, memoryMb: 64 }, tier: 'light', maxAttempts: 3, timeoutMs: null, notBefore: null, deadline: null, idempotencyKey: null, placement: { zone: 'site-far' }, fallbackAfterMs: 300 } } as unknown as TaskState;
-    // i20: A's event
     const fallback = { type: 'TaskPlacementFallback', data: { attempt: 1, afterMs: 300, at } } as unknown as TaskEvent;
     const row = outboxRowFor(state, fallback, randomUUID(), names);
     expect(row?.routingKey).toBe('light.normal');
@@ -82,7 +74,6 @@ describe('placement fallback end to end', () => {
     const other = testFogNode({ amqpUrl: broker.url, topology: main, names }, { nodeId: `site-b-${randomUUID().slice(0, 4)}`, zone: 'site-b', labels: {} });
     await other.start();
 
-    // i20: A's SubmitInput fields
     const input = { type: 'echo', payload: { value: 'fell back' }, placement: { zone: 'site-far' }, fallbackAfterMs: 300 } as SubmitInput;
     const { task } = await service.submit(input, { tenant: 'default', actor: 'test' });
     const done = await eventually(
