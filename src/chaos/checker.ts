@@ -110,6 +110,9 @@ export const RULES = {
   'cancel-not-outcome': 'a cancel was answered 2xx but the task ended otherwise',
   'outbox-unpublished': 'a due outbox row is still unpublished after the recovery period',
   'read-model-drift': 'task_current differs from the fold of the task\'s events',
+  'dependency-order': 'a task was released before its dependencies ended as its policy requires (all succeeded for "cancel", all ended for "run")',
+  'dependency-propagation': 'a dependency failed or was cancelled, yet its dependant (policy "cancel") did not end cancelled',
+  'multiple-release': 'a task was released (TaskReleased) more than once',
   'read-models': '`fogsched projections verify` found the read models differ from a replay',
   'hash-chain': '`fogsched audit verify` found a broken hash chain',
 } as const;
@@ -142,6 +145,7 @@ export function checkHistory(history: History, client: ClientLog, observed: read
       ...checkDeadLetters(taskId, events, reported.get(taskId)),
     ]),
     ...checkCancels(history, client, observed),
+    ...checkDependencies(history),
     ...checkOutbox(history),
     ...checkReadModel(history),
   ];
@@ -235,6 +239,24 @@ export function checkTerminal(taskId: string, events: readonly LoggedEvent[], re
   return violations;
 }
 
+/**
+ * The dependency counts a submit saw (SubmitTask.dependencies), read off the event that follows
+ * its TaskSubmitted: TaskWaiting (some unfinished), TaskReleased (all ended) or a propagated
+ * TaskCancelled (one had failed). Whether the counts were true is checkDependencies' rule.
+ */
+function submitDependencies(d: Record<string, unknown>, next: LoggedEvent | undefined): Record<string, unknown> {
+  const dependsOn = (d.task as { dependsOn?: unknown } | undefined)?.dependsOn;
+  if (!Array.isArray(dependsOn) || dependsOn.length === 0) return {};
+  const counts = { pending: 0, succeeded: 0, failed: 0, cancelled: 0, firstFailed: null as string | null, firstFailedState: null as string | null };
+  if (next?.type === 'TaskWaiting') counts.pending = Number(next.data.pending);
+  else if (next?.type === 'TaskReleased') Object.assign(counts, next.data.outcomes);
+  else if (next?.type === 'TaskCancelled' && typeof next.data.dependency === 'string') {
+    const state = next.data.dependencyState === 'cancelled' ? 'cancelled' : 'failed';
+    Object.assign(counts, { [state]: 1, firstFailed: next.data.dependency, firstFailedState: state });
+  }
+  return { dependencies: counts };
+}
+
 function asTaskEvent(e: LoggedEvent): TaskEvent {
   return { type: e.type, data: e.data } as unknown as TaskEvent;
 }
@@ -245,12 +267,12 @@ function asTaskEvent(e: LoggedEvent): TaskEvent {
  * on its own (a TaskQueued without its TaskSubmitted, a TaskRetryScheduled without its
  * TaskAttemptFailed).
  */
-function commandFor(state: TaskState, e: LoggedEvent, settings: CheckSettings): TaskCommand | null {
+function commandFor(state: TaskState, e: LoggedEvent, settings: CheckSettings, next?: LoggedEvent): TaskCommand | null {
   const d = e.data as Record<string, unknown> & { at: string };
   const now = d.at;
   switch (e.type) {
     case 'TaskSubmitted':
-      return { type: 'SubmitTask', data: { ...d, now } } as unknown as TaskCommand;
+      return { type: 'SubmitTask', data: { ...d, now, ...submitDependencies(d, next) } } as unknown as TaskCommand;
     case 'TaskStarted':
       return { type: 'StartTask', data: { ...d, now } } as unknown as TaskCommand;
     case 'TaskProgressed':
@@ -264,12 +286,25 @@ function commandFor(state: TaskState, e: LoggedEvent, settings: CheckSettings): 
     case 'TaskDeadLettered':
       return { type: 'DeadLetterTask', data: { ...d, now } } as unknown as TaskCommand;
     case 'TaskCancelled':
+      if (typeof d.dependency === 'string') {
+        // Propagated from a dependency that failed or was cancelled (issue 20).
+        const none = { succeeded: 0, failed: 0, cancelled: 0 };
+        return { type: 'ResolveDependencies', data: { resolved: [{ id: d.dependency, state: d.dependencyState }], remaining: 1, outcomes: none, now } } as unknown as TaskCommand;
+      }
       return { type: 'CancelTask', data: { ...d, now } } as unknown as TaskCommand;
     case 'TaskRequeued':
       return { type: 'RequeueTask', data: { ...d, now } } as unknown as TaskCommand;
     case 'TaskReturned':
       // Issue 15's graceful return (ReturnTask): the same attempt goes back to its queue.
       return { type: 'ReturnTask', data: { ...d, now } } as unknown as TaskCommand;
+    case 'TaskReleased': {
+      // The end of its last dependency released a waiting task (issue 20). Which outcomes the
+      // policy allows is checkDependencies' rule, judged across streams; here only the step.
+      const outcomes = d.outcomes as { succeeded: number; failed: number; cancelled: number };
+      return { type: 'ResolveDependencies', data: { resolved: [{ id: d.dependency, state: 'succeeded' }], remaining: 0, outcomes, now } } as unknown as TaskCommand;
+    }
+    case 'TaskPlacementFallback':
+      return { type: 'FallBackPlacement', data: { attempt: d.attempt, now } } as unknown as TaskCommand;
     default:
       return null;
   }
@@ -307,7 +342,7 @@ function explainStep(state: TaskState, events: readonly LoggedEvent[], i: number
   const e = events[i] as LoggedEvent;
   const bad = (why: string, count = 1): Step => ({ ok: false, count, why });
   if (e.version !== state.version + 1) return bad(`stream version ${e.version} after ${state.version}`);
-  const command = commandFor(state, e, settings);
+  const command = commandFor(state, e, settings, events[i + 1]);
   if (!command) return bad('no command produces this event on its own');
   let produced: TaskEvent[];
   try {
@@ -426,6 +461,63 @@ export function checkCancels(history: History, client: ClientLog, observed: read
           rule: 'ran-after-cancel',
           taskId,
           detail: `attempt ${s.attempt} started on ${s.nodeId} at ${new Date(s.at).toISOString()}; the cancel was acknowledged at ${new Date(answeredAt).toISOString()}, before the attempt was due (${new Date(dueAt).toISOString()})`,
+        });
+      }
+    }
+  }
+  return violations;
+}
+
+interface DependencySpec {
+  readonly dependsOn?: readonly string[];
+  readonly onDependencyFailure?: 'cancel' | 'run';
+}
+
+/**
+ * Issue 20, judged across streams by log position (a release is written after, and in the
+ * same or a later transaction than, the end that caused it, so its position is higher):
+ * a task with dependencies is released at most once; only after every dependency succeeded
+ * (policy "cancel") or ended (policy "run"); it never starts unreleased; and with policy
+ * "cancel" a dependency that failed or was cancelled ends it cancelled, never run.
+ */
+export function checkDependencies(history: History): Violation[] {
+  const violations: Violation[] = [];
+  for (const [taskId, events] of history.tasks) {
+    const spec = events.find((e) => e.type === 'TaskSubmitted')?.data.task as DependencySpec | undefined;
+    const deps = spec?.dependsOn ?? [];
+    if (deps.length === 0) continue;
+    const policy = spec?.onDependencyFailure ?? 'cancel';
+    const releases = events.filter((e) => e.type === 'TaskReleased');
+    if (releases.length > 1) violations.push({ rule: 'multiple-release', taskId, detail: `${releases.length} TaskReleased events (${releases.map((e) => `v${e.version}`).join(', ')})` });
+    const release = releases[0];
+    const started = events.find((e) => e.type === 'TaskStarted');
+    if (started && (!release || started.position < release.position)) {
+      violations.push({ rule: 'dependency-order', taskId, detail: `TaskStarted at v${started.version} ${release ? 'before' : 'without'} its release` });
+    }
+    const failedDeps: string[] = [];
+    for (const dep of deps) {
+      const depEvents = history.tasks.get(dep) ?? [];
+      const firstEnd = depEvents.find((e) => isTerminalEvent(e.type));
+      if (firstEnd && firstEnd.type !== 'TaskSucceeded') failedDeps.push(`${dep} (${firstEnd.type})`);
+      if (!release) continue;
+      const endedBefore = depEvents.filter((e) => isTerminalEvent(e.type) && e.position < release.position);
+      const ok = policy === 'run' ? endedBefore.length > 0 : endedBefore.some((e) => e.type === 'TaskSucceeded');
+      if (!ok) {
+        violations.push({
+          rule: 'dependency-order',
+          taskId,
+          detail: `released at position ${release.position} (policy ${policy}) while dependency ${dep} had ${endedBefore.length === 0 ? 'not ended' : `ended ${endedBefore.map((e) => e.type).join(', ')}`}`,
+        });
+      }
+    }
+    if (policy === 'cancel' && failedDeps.length > 0) {
+      const ends = events.filter((e) => isTerminalEvent(e.type));
+      const end = ends[ends.length - 1];
+      if (release || (end && end.type !== 'TaskCancelled' && !(end.type === 'TaskFailed' && end.data.reason === 'expired'))) {
+        violations.push({
+          rule: 'dependency-propagation',
+          taskId,
+          detail: `dependencies ${failedDeps.join(', ')} did not succeed, yet the task ${release ? 'was released' : `ended ${end?.type ?? 'nowhere'}`}`,
         });
       }
     }
