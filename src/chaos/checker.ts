@@ -110,6 +110,9 @@ export const RULES = {
   'cancel-not-outcome': 'a cancel was answered 2xx but the task ended otherwise',
   'outbox-unpublished': 'a due outbox row is still unpublished after the recovery period',
   'read-model-drift': 'task_current differs from the fold of the task\'s events',
+  'dependency-order': 'a task was released before its dependencies ended as its policy requires (all succeeded for "cancel", all ended for "run")',
+  'dependency-propagation': 'a dependency failed or was cancelled, yet its dependant (policy "cancel") did not end cancelled',
+  'multiple-release': 'a task was released (TaskReleased) more than once',
   'read-models': '`fogsched projections verify` found the read models differ from a replay',
   'hash-chain': '`fogsched audit verify` found a broken hash chain',
 } as const;
@@ -142,6 +145,7 @@ export function checkHistory(history: History, client: ClientLog, observed: read
       ...checkDeadLetters(taskId, events, reported.get(taskId)),
     ]),
     ...checkCancels(history, client, observed),
+    ...checkDependencies(history),
     ...checkOutbox(history),
     ...checkReadModel(history),
   ];
@@ -457,6 +461,63 @@ export function checkCancels(history: History, client: ClientLog, observed: read
           rule: 'ran-after-cancel',
           taskId,
           detail: `attempt ${s.attempt} started on ${s.nodeId} at ${new Date(s.at).toISOString()}; the cancel was acknowledged at ${new Date(answeredAt).toISOString()}, before the attempt was due (${new Date(dueAt).toISOString()})`,
+        });
+      }
+    }
+  }
+  return violations;
+}
+
+interface DependencySpec {
+  readonly dependsOn?: readonly string[];
+  readonly onDependencyFailure?: 'cancel' | 'run';
+}
+
+/**
+ * Issue 20, judged across streams by log position (a release is written after, and in the
+ * same or a later transaction than, the end that caused it, so its position is higher):
+ * a task with dependencies is released at most once; only after every dependency succeeded
+ * (policy "cancel") or ended (policy "run"); it never starts unreleased; and with policy
+ * "cancel" a dependency that failed or was cancelled ends it cancelled, never run.
+ */
+export function checkDependencies(history: History): Violation[] {
+  const violations: Violation[] = [];
+  for (const [taskId, events] of history.tasks) {
+    const spec = events.find((e) => e.type === 'TaskSubmitted')?.data.task as DependencySpec | undefined;
+    const deps = spec?.dependsOn ?? [];
+    if (deps.length === 0) continue;
+    const policy = spec?.onDependencyFailure ?? 'cancel';
+    const releases = events.filter((e) => e.type === 'TaskReleased');
+    if (releases.length > 1) violations.push({ rule: 'multiple-release', taskId, detail: `${releases.length} TaskReleased events (${releases.map((e) => `v${e.version}`).join(', ')})` });
+    const release = releases[0];
+    const started = events.find((e) => e.type === 'TaskStarted');
+    if (started && (!release || started.position < release.position)) {
+      violations.push({ rule: 'dependency-order', taskId, detail: `TaskStarted at v${started.version} ${release ? 'before' : 'without'} its release` });
+    }
+    const failedDeps: string[] = [];
+    for (const dep of deps) {
+      const depEvents = history.tasks.get(dep) ?? [];
+      const firstEnd = depEvents.find((e) => isTerminalEvent(e.type));
+      if (firstEnd && firstEnd.type !== 'TaskSucceeded') failedDeps.push(`${dep} (${firstEnd.type})`);
+      if (!release) continue;
+      const endedBefore = depEvents.filter((e) => isTerminalEvent(e.type) && e.position < release.position);
+      const ok = policy === 'run' ? endedBefore.length > 0 : endedBefore.some((e) => e.type === 'TaskSucceeded');
+      if (!ok) {
+        violations.push({
+          rule: 'dependency-order',
+          taskId,
+          detail: `released at position ${release.position} (policy ${policy}) while dependency ${dep} had ${endedBefore.length === 0 ? 'not ended' : `ended ${endedBefore.map((e) => e.type).join(', ')}`}`,
+        });
+      }
+    }
+    if (policy === 'cancel' && failedDeps.length > 0) {
+      const ends = events.filter((e) => isTerminalEvent(e.type));
+      const end = ends[ends.length - 1];
+      if (release || (end && end.type !== 'TaskCancelled' && !(end.type === 'TaskFailed' && end.data.reason === 'expired'))) {
+        violations.push({
+          rule: 'dependency-propagation',
+          taskId,
+          detail: `dependencies ${failedDeps.join(', ')} did not succeed, yet the task ${release ? 'was released' : `ended ${end?.type ?? 'nowhere'}`}`,
         });
       }
     }

@@ -50,7 +50,11 @@ interface Item {
   readonly cancel?: 'queued' | 'delayed' | 'running' | 'retrying';
 }
 
-type Job = { kind: 'single'; item: Item } | { kind: 'batch'; items: Item[]; invalid: boolean };
+type Job =
+  | { kind: 'single'; item: Item }
+  | { kind: 'batch'; items: Item[]; invalid: boolean }
+  /** A small DAG (issue 20) in one batch with ids of the client's own; `cancelRoot` cancels its first task soon after. */
+  | { kind: 'workflow'; items: Item[]; cancelRoot: boolean };
 
 const TIERS = [
   { weight: 70, resources: undefined },
@@ -103,8 +107,23 @@ const SCENARIOS: readonly { name: string; weight: number; batchable: boolean; ca
         { type: 'noop', payload: { ref }, resources: { cpu: 8, memoryMb: 64 } }, // no tier fits: 422
         { type: 'noop', payload: { ref }, notBefore: inMs(60_000), deadline: inMs(30_000) }, // deadline before notBefore: 400
         { type: 'noop', payload: { ref }, maxAttempts: 0 }, // schema: 400
+        { type: 'noop', payload: { ref }, dependsOn: [uuidOf(r)] }, // an unknown dependency: 400
       ]),
   },
+];
+
+/** A (seeded) random UUID v4: a workflow's ids are the client's own, so a retried batch names the same tasks. */
+function uuidOf(r: Random): string {
+  const hex = Array.from({ length: 32 }, () => Math.floor(r() * 16).toString(16)).join('');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-${'89ab'[Math.floor(r() * 4)]}${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
+}
+
+/** The steps a chaos workflow is made of: quick ones, some that fail (to propagate), a flaky one that retries. */
+const WORKFLOW_STEPS: readonly { name: string; weight: number; build: (r: Random, ref: string) => Record<string, unknown> }[] = [
+  { name: 'noop', weight: 5, build: (_r, ref) => ({ type: 'noop', payload: { ref } }) },
+  { name: 'sleep', weight: 3, build: (r, ref) => ({ type: 'sleep', payload: { ref, ms: between(r, 20, 600) } }) },
+  { name: 'fail-permanent', weight: 1, build: (_r, ref) => ({ type: 'fail', payload: { ref, retryable: false, message: 'chaos: workflow step failed' } }) },
+  { name: 'flaky', weight: 1, build: (_r, ref) => ({ type: 'flaky', payload: { ref, failTimes: 1 }, maxAttempts: 3 }) },
 ];
 
 function inMs(ms: number): string {
@@ -234,6 +253,16 @@ export async function runClient(opts: ClientOptions): Promise<ClientResult> {
       await submitItems(job.items, true);
       return;
     }
+    if (job.kind === 'workflow') {
+      const [root] = await submitItems(job.items, true);
+      if (root && job.cancelRoot) {
+        // Soon after: the root may still be queued or running (its waiting descendants are then
+        // cancelled, or released by policy "run"), or done already (409, nothing to check).
+        await sleep(between(random, 0, 300));
+        await cancel(root, (job.items[0] as Item).ref, null);
+      }
+      return;
+    }
     const { item } = job;
     const [taskId] = await submitItems([item], false);
     if (!taskId || !item.cancel) return;
@@ -272,8 +301,34 @@ export async function runClient(opts: ClientOptions): Promise<ClientResult> {
   };
   const jobs: (() => Job)[] = [];
   let planned = 0;
+  // A workflow: 3 to 7 steps; each after the first depends on one or two earlier ones (so the
+  // first is an ancestor of all), a quarter of them run whatever their dependencies' outcome.
+  const makeWorkflow = (size: number, cancelRoot: boolean): Job => {
+    const ids: string[] = [];
+    const items = Array.from({ length: size }, (_, k): Item => {
+      const step = weighted(random, WORKFLOW_STEPS);
+      const ref = nextRef();
+      const id = uuidOf(random);
+      const deps = k === 0 ? [] : [...new Set([ids[between(random, 0, k - 1)] as string, ...(random() < 0.4 ? [ids[between(random, 0, k - 1)] as string] : [])])];
+      ids.push(id);
+      const name = `workflow-${step.name}`;
+      scenarios[name] = (scenarios[name] ?? 0) + 1;
+      return {
+        ref,
+        scenario: name,
+        body: { ...step.build(random, ref), id, ...(deps.length > 0 ? { dependsOn: deps, ...(random() < 0.25 ? { onDependencyFailure: 'run' } : {}) } : {}) },
+        expect4xx: false,
+      };
+    });
+    return { kind: 'workflow', items, cancelRoot };
+  };
   while (planned < opts.tasks) {
-    if (random() < 0.12 && opts.tasks - planned >= 5) {
+    if (random() < 0.06 && opts.tasks - planned >= 7) {
+      const size = between(random, 3, 7);
+      const cancelRoot = random() < 0.25;
+      planned += size;
+      jobs.push(() => makeWorkflow(size, cancelRoot));
+    } else if (random() < 0.12 && opts.tasks - planned >= 5) {
       const size = Math.min(opts.tasks - planned, between(random, 5, 20));
       const invalid = random() < 0.1;
       planned += size;

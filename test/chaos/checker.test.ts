@@ -4,6 +4,7 @@ import {
   checkAttemptBudget,
   checkCancels,
   checkDeadLetters,
+  checkDependencies,
   checkHistory,
   checkOutbox,
   checkReadModel,
@@ -306,5 +307,43 @@ describe('the chaos checker on a whole history', () => {
       ['ran-after-cancel', cancelled],
       ['outbox-unpublished', stranded],
     ]);
+  });
+});
+
+describe('the chaos checker: dependencies (issue 20), judged across streams by log position', () => {
+  // Hand-made streams: each event's position is its place in the log.
+  const ev = (position: number, version: number, type: string, data: Record<string, unknown> = {}): LoggedEvent => ({ position, version, type, data: { at: at(position), ...data }, recordedAt: T0 + position });
+  const submitted = (taskId: string, position: number, over: Record<string, unknown> = {}) => ev(position, 1, 'TaskSubmitted', { task: { ...aSpec(taskId), ...over } });
+  const released = (position: number, version: number, dependency: string) => ev(position, version, 'TaskReleased', { dependency, outcomes: { succeeded: 1, failed: 0, cancelled: 0 } });
+  const historyOf = (streams: [string, LoggedEvent[]][]): History => ({ tasks: new Map(streams), scheduleFired: [], unpublishedDue: [] });
+  const parent = newId();
+  const child = newId();
+  const parentSucceeded = [submitted(parent, 1), ev(2, 2, 'TaskQueued'), ev(5, 3, 'TaskStarted'), ev(6, 4, 'TaskSucceeded')];
+  const parentFailed = [submitted(parent, 1), ev(2, 2, 'TaskQueued'), ev(5, 3, 'TaskStarted'), ev(6, 4, 'TaskFailed', { reason: 'non-retryable' })];
+
+  it('a task released after its dependency succeeded, and run once, passes', () => {
+    const childLog = [submitted(child, 3, { dependsOn: [parent] }), ev(4, 2, 'TaskWaiting', { pending: 1 }), released(7, 3, parent), ev(8, 4, 'TaskQueued'), ev(9, 5, 'TaskStarted'), ev(10, 6, 'TaskSucceeded')];
+    expect(checkDependencies(historyOf([[parent, parentSucceeded], [child, childLog]]))).toEqual([]);
+  });
+
+  it('dependency-order: released before its dependency ended, or started without a release', () => {
+    const early = [submitted(child, 3, { dependsOn: [parent] }), released(4, 2, parent), ev(5, 3, 'TaskQueued')];
+    expect(checkDependencies(historyOf([[parent, parentSucceeded], [child, early]])).map((v) => v.rule)).toEqual(['dependency-order']);
+    const unreleased = [submitted(child, 3, { dependsOn: [parent] }), ev(4, 2, 'TaskWaiting', { pending: 1 }), ev(9, 3, 'TaskStarted')];
+    expect(checkDependencies(historyOf([[parent, parentSucceeded], [child, unreleased]])).map((v) => v.rule)).toContain('dependency-order');
+  });
+
+  it('multiple-release: one TaskReleased per task', () => {
+    const twice = [submitted(child, 3, { dependsOn: [parent] }), ev(4, 2, 'TaskWaiting', { pending: 1 }), released(7, 3, parent), ev(8, 4, 'TaskQueued'), released(9, 5, parent)];
+    expect(checkDependencies(historyOf([[parent, parentSucceeded], [child, twice]])).map((v) => v.rule)).toContain('multiple-release');
+  });
+
+  it('dependency-propagation: with policy "cancel" a failed dependency cancels its dependant; with "run" the dependant is released', () => {
+    const cancelled = [submitted(child, 3, { dependsOn: [parent] }), ev(4, 2, 'TaskWaiting', { pending: 1 }), ev(7, 3, 'TaskCancelled', { reason: 'dependency-failed', dependency: parent })];
+    expect(checkDependencies(historyOf([[parent, parentFailed], [child, cancelled]]))).toEqual([]);
+    const ranAnyway = [submitted(child, 3, { dependsOn: [parent] }), ev(4, 2, 'TaskWaiting', { pending: 1 }), released(7, 3, parent), ev(8, 4, 'TaskQueued'), ev(9, 5, 'TaskStarted'), ev(10, 6, 'TaskSucceeded')];
+    expect(checkDependencies(historyOf([[parent, parentFailed], [child, ranAnyway]])).map((v) => v.rule)).toEqual(['dependency-order', 'dependency-propagation']);
+    const runPolicy = [submitted(child, 3, { dependsOn: [parent], onDependencyFailure: 'run' }), ...ranAnyway.slice(1)];
+    expect(checkDependencies(historyOf([[parent, parentFailed], [child, runPolicy]]))).toEqual([]);
   });
 });
