@@ -36,7 +36,7 @@ describe('placement by zone and labels across two sites', () => {
   afterAll(async () => {
     const prefix = w?.prefix;
     await dropE2eEnvs();
-    if (prefix) await deletePlacementQueues(prefix, ['site-a', 'site-b', 'site-none', ...[await placementClassOf(GPU).catch(() => null)].filter((c): c is string => !!c)]);
+    if (prefix) await deletePlacementQueues(prefix, ['site-a', 'site-b', 'site-none', 'site-gone', ...[await placementClassOf(GPU).catch(() => null)].filter((c): c is string => !!c)]);
   });
 
   it('a pipeline fetch@site-a, fetch@site-b → process (label gpu=yes) → report@site-a: each step starts on a node of its placement', async () => {
@@ -63,23 +63,37 @@ describe('placement by zone and labels across two sites', () => {
     expect(await w.startedEarly()).toEqual([]);
   });
 
-  it('a placement no live node matches is accepted with a warning and waits; with fallbackAfterMs it runs on another node after the fallback, recorded in its history', async () => {
-    const stuck = await w.post('/v1/tasks', { type: 'dag.step', placement: { zone: 'site-none' }, payload: { value: 'stuck' } });
-    expect(stuck.status).toBe(202);
-    expect(stuck.body.warnings?.join(' ')).toMatch(/placement|zone/i);
-
-    const res = await w.post('/v1/tasks', { type: 'dag.step', placement: { zone: 'site-none' }, fallbackAfterMs: 1500, payload: { value: 'fell back' } });
+  it('fallback after its delay: a task placed in a zone with no live node and fallbackAfterMs 1500 runs on a node of another zone, with TaskPlacementFallback in its history', async () => {
+    const res = await w.post('/v1/tasks', { type: 'dag.step', placement: { zone: 'site-gone' }, fallbackAfterMs: 1500, payload: { value: 'fell back' } });
     expect(res.status).toBe(202);
-    expect(res.body).toMatchObject({ placement: { zone: 'site-none' }, fallbackAfterMs: 1500 });
-    const done = await w.waitState(res.body.id as string, 'succeeded', 60_000);
+    expect(res.body).toMatchObject({ state: 'queued', placement: { zone: 'site-gone' }, fallbackAfterMs: 1500 });
+    // Accepted with a warning: no live node matches the placement.
+    expect(res.body.warnings?.join(' ')).toMatch(/site-gone/);
+    const id = res.body.id as string;
+    const done = await w.waitState(id, 'succeeded', 60_000);
     expect(['node-a', 'node-b']).toContain(done.nodeId);
 
-    const h = await w.history(res.body.id as string);
+    const h = await w.history(id);
     expect(types(h)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskPlacementFallback', 'TaskStarted', 'TaskSucceeded']);
     const fallback = ofType(h, 'TaskPlacementFallback')[0]!;
     expect(fallback).toMatchObject({ attempt: 1, data: { attempt: 1, afterMs: 1500 } });
     // Not before its delay: the fallback is recorded no earlier than fallbackAfterMs after the dispatch.
     expect(Date.parse(fallback.data.at as string) - Date.parse(ofType(h, 'TaskQueued')[0]!.data.at as string)).toBeGreaterThanOrEqual(1500);
+    expect(ofType(h, 'TaskStarted')[0]?.attempt).toBe(1);
+  });
+
+  it('a placement no live node matches waits (with a warning); a fallback task of the same placement submitted after it still falls back after its delay', async () => {
+    const stuck = await w.post('/v1/tasks', { type: 'dag.step', placement: { zone: 'site-none' }, payload: { value: 'stuck' } });
+    expect(stuck.status).toBe(202);
+    expect(stuck.body.warnings?.join(' ')).toMatch(/site-none/);
+
+    // Same placement class, so the same queue, behind a message that never expires.
+    const res = await w.post('/v1/tasks', { type: 'dag.step', placement: { zone: 'site-none' }, fallbackAfterMs: 1500, payload: { value: 'fell back' } });
+    expect(res.status).toBe(202);
+    const id = res.body.id as string;
+    const done = await w.waitState(id, 'succeeded', 30_000);
+    expect(['node-a', 'node-b']).toContain(done.nodeId);
+    expect(types(await w.history(id))).toContain('TaskPlacementFallback');
 
     // The one without a fallback still waits for a node of its zone.
     const still = await w.get(`/v1/tasks/${stuck.body.id as string}`);
