@@ -13,6 +13,9 @@ const NODES = {
   'node-b': { FOG_NODE_ZONE: 'site-b', FOG_NODE_LABELS: 'gpu=yes,storage=local' },
 } as const;
 const GPU = { labels: { gpu: 'yes' } };
+const LOCAL_A = { zone: 'site-a', labels: { storage: 'local' } };
+/** Every placement the tests use: their class queues are deleted at the end. */
+const PLACEMENTS = [{ zone: 'site-a' }, { zone: 'site-b' }, GPU, LOCAL_A, { zone: 'site-gone' }, { zone: 'site-none' }];
 
 describe('placement by zone and labels across two sites', () => {
   let w: WorkflowEnv;
@@ -36,7 +39,9 @@ describe('placement by zone and labels across two sites', () => {
   afterAll(async () => {
     const prefix = w?.prefix;
     await dropE2eEnvs();
-    if (prefix) await deletePlacementQueues(prefix, ['site-a', 'site-b', 'site-none', 'site-gone', ...[await placementClassOf(GPU).catch(() => null)].filter((c): c is string => !!c)]);
+    if (!prefix) return;
+    const classes = await Promise.all(PLACEMENTS.map((p) => placementClassOf(p).catch(() => null)));
+    await deletePlacementQueues(prefix, [...new Set(['site-a', 'site-b', 'site-none', 'site-gone', ...classes.filter((c): c is string => !!c)])]);
   });
 
   it('a pipeline fetch@site-a, fetch@site-b → process (label gpu=yes) → report@site-a: each step starts on a node of its placement', async () => {
@@ -46,7 +51,7 @@ describe('placement by zone and labels across two sites', () => {
       { id: fetchA, name: 'fetch-a', type: 'dag.step', placement: { zone: 'site-a' }, payload: { value: 'a' } },
       { id: fetchB, name: 'fetch-b', type: 'dag.step', placement: { zone: 'site-b' }, payload: { value: 'b' } },
       { id: process, name: 'process', type: 'dag.step', placement: GPU, dependsOn: [fetchA, fetchB], payload: { value: 'p' } },
-      { id: report, name: 'report', type: 'dag.step', placement: { zone: 'site-a', labels: { storage: 'local' } }, dependsOn: [process], payload: { value: 'r' } },
+      { id: report, name: 'report', type: 'dag.step', placement: LOCAL_A, dependsOn: [process], payload: { value: 'r' } },
     ]);
     expect(views[0].placement).toEqual({ zone: 'site-a' });
     expect(views[2].placement).toEqual(GPU);
