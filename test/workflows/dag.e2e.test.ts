@@ -1,10 +1,17 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dropE2eEnvs } from '../helpers/processes.js';
+import { dropE2eEnvs, spawnFogsched } from '../helpers/processes.js';
 import { ofType, types, workflowEnv, type WorkflowEnv } from './helpers.js';
 
 // Issue 20 end to end: dependencies between tasks on the whole pipeline (HTTP → outbox → relay →
 // RabbitMQ → fog node → results → ingest), one environment for the file's tests.
+
+/** Runs a fogsched command to its end; its exit code and output. */
+async function runCli(args: string[], env: Record<string, string>): Promise<{ code: number | null; out: string }> {
+  const p = spawnFogsched(args, env);
+  const code = await p.exited;
+  return { code, out: p.output() };
+}
 
 /** A problem's code in the contract's spelling (the API may write INVALID_DEPENDENCIES). */
 const codeOf = (problem: { code?: unknown }) => String(problem.code).toLowerCase().replace(/_/g, '-');
@@ -205,6 +212,29 @@ describe('task dependencies on the whole pipeline', () => {
     expect(await w.count(`SELECT count(*) AS n FROM task_current WHERE task_id = ANY($1::uuid[])`, [Object.values(ids)])).toBe(4);
     expect(await w.doubleReleased()).toEqual([]);
     expect(await w.startedEarly()).toEqual([]);
+  });
+
+  it('a projection rebuild reproduces waiting, released and dependency-cancelled tasks (verify finds the tables equal); a waiting task still waits after the swap and its root still propagates', async () => {
+    const [root, child, grandchild] = [randomUUID(), randomUUID(), randomUUID()];
+    await w.batch([
+      { id: root, type: 'dag.step', notBefore: new Date(Date.now() + 600_000).toISOString() },
+      { id: child, type: 'dag.step', dependsOn: [root] },
+      { id: grandchild, type: 'dag.step', dependsOn: [child], onDependencyFailure: 'run' },
+    ]);
+    // The log holds the earlier tests' released, cancelled and run-anyway tasks and these waiting ones.
+    const verify = await runCli(['projections', 'verify'], w.env);
+    expect(verify.code, verify.out).toBe(0);
+    const rebuild = await runCli(['projections', 'rebuild', '--verify'], w.env);
+    expect(rebuild.code, rebuild.out).toBe(0);
+    expect(rebuild.out).toContain('swapped in');
+    expect(await w.get(`/v1/tasks/${child}`)).toMatchObject({ state: 'waiting', dependsOn: [root] });
+    expect(await w.get(`/v1/tasks/${grandchild}`)).toMatchObject({ state: 'waiting', dependsOn: [child], onDependencyFailure: 'run' });
+
+    expect((await w.post(`/v1/tasks/${root}/cancel`, {})).status).toBe(200);
+    expect((await w.waitState(child)).state).toBe('cancelled');
+    const done = await w.waitState(grandchild);
+    expect(done.state).toBe('succeeded');
+    expect(done.output.dependencies[child]).toMatchObject({ state: 'cancelled' });
   });
 
   it('an unknown dependency or a cycle in a batch is 400 invalid-dependencies and writes nothing', async () => {
