@@ -37,7 +37,7 @@ secrets:
 
 # Regenerates definitions.json from the code's topology (test/deploy checks it is current).
 definitions:
-	npm run build --silent && TIERS="light:0.5:512,medium:0.75:768,heavy:1:1024" node bin/fogsched.js topology export --vhost /fog --out deploy/swarm/definitions.json
+	npm run build --silent && TIERS="light:0.5:512,medium:0.75:768,heavy:1:1024" FOG_ZONES="site-a,site-b" node bin/fogsched.js topology export --vhost /fog --out deploy/swarm/definitions.json
 
 config:
 	docker stack config -c $(COMPOSE) > /dev/null && echo "$(COMPOSE): ok"

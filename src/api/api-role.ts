@@ -17,6 +17,7 @@ import { readClusterView } from '../infra/cluster-view.js';
 import { createRedis, redisKeys, recordCancelled, whenReady } from '../infra/redis.js';
 import { countActiveTasks } from '../projections/index.js';
 import { createSubmitLimits } from './limits.js';
+import { nodePlacement, type LiveNode } from './placement-warning.js';
 import { addReadinessCheck } from '../infra/ops-server.js';
 
 export interface ApiRoleOptions {
@@ -73,17 +74,22 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
         minIntervalMs: config.SCHEDULE_MIN_INTERVAL_MS,
       });
       const tiers = parseTiers(config.TIERS);
-      let liveCache: { at: number; value: Promise<ReadonlySet<string> | null> } | undefined;
-      const liveTiers = () => {
+      let liveCache: { at: number; value: Promise<readonly LiveNode[] | null> } | undefined;
+      const liveNodes = () => {
         // Cached for a second: a submit burst must not turn into a burst of Redis reads.
         if (!liveCache || Date.now() - liveCache.at > 1000) {
           const value = readClusterView(client, keys, { brokers, staleAfterMs: 2 * config.COORDINATOR_INTERVAL_MS })
-            .then((view) => (view.redis === 'ok' ? new Set(view.fogNodes.filter((n) => n.state === 'up' && n.tier).flatMap((n) => servedTiers(n.tier as string, tiers))) : null))
+            .then((view) =>
+              view.redis === 'ok'
+                ? view.fogNodes.filter((n) => n.state === 'up' && n.tier).map((n): LiveNode => ({ tiers: new Set(servedTiers(n.tier as string, tiers)), ...nodePlacement(n) }))
+                : null,
+            )
             .catch(() => null);
           liveCache = { at: Date.now(), value };
         }
         return liveCache.value;
       };
+      const liveTiers = () => liveNodes().then((nodes) => (nodes ? new Set(nodes.flatMap((n) => [...n.tiers])) : null));
       const apiKeys = parseApiKeys(config.API_KEYS);
       const jwt = jwtSettings(config);
       if (apiKeys.length === 0 && !jwt) logger.warn('no API keys and no JWT settings (API_KEYS, API_KEYS_FILE, JWT_SECRET, JWT_JWKS_URL): /v1 is open and every caller is an operator of tenant default');
@@ -145,6 +151,7 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
           maxRequestsPerSocket: config.API_MAX_REQUESTS_PER_SOCKET,
         },
         liveTiers,
+        liveNodes,
         recordCancelled: (taskId) => recordCancelled(client, keys, taskId),
         schedules,
         cluster: { read: () => readClusterView(client, keys, { brokers, staleAfterMs: 2 * config.COORDINATOR_INTERVAL_MS }) },

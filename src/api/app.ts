@@ -16,6 +16,7 @@ import { registerJwt } from './jwt.js';
 import { uiRoutes } from './ui.js';
 import { registerRequestTracing, requestLogger, startRequestTrace } from './request-trace.js';
 import type { SubmitLimits } from './limits.js';
+import type { LiveNode } from './placement-warning.js';
 import type { ApiKey, JwtSettings } from '../infra/config.js';
 import { taskRoutes } from './routes/tasks.js';
 import { clusterRoutes, type ClusterReader } from './routes/cluster.js';
@@ -24,6 +25,7 @@ import { scheduleRoutes } from './routes/schedules.js';
 import { registerMetrics } from './metrics-route.js';
 import { eventRoutes } from './routes/events.js';
 import { DASHBOARD_SCHEMAS, dashboardRoutes } from './routes/dashboard.js';
+import { workflowRoutes } from './routes/workflows.js';
 import type { SseSettings } from './sse.js';
 import type { PgListener } from '../infra/pg-listener.js';
 import { Health, OPTIONAL_BODY_OPERATIONS, Readiness, SHARED_SCHEMAS, json, problems } from './schemas.js';
@@ -46,6 +48,8 @@ export interface ApiDeps {
   readonly cluster?: ClusterReader;
   /** Tiers some live fog node serves (from Redis), or null when unknown; a submit to another tier gets a warning. */
   readonly liveTiers?: () => Promise<ReadonlySet<string> | null>;
+  /** The live fog nodes with their tiers, zones and labels (from Redis), or null when unknown; a submit whose placement none matches gets a warning. */
+  readonly liveNodes?: () => Promise<readonly LiveNode[] | null>;
   /** Tells fog nodes that join later about a cancel (best effort; the broadcast reaches the live ones). */
   readonly recordCancelled?: (taskId: string) => Promise<void>;
   /** API keys for /v1 (each with its tenant and role); none and no `jwt`: no authentication, every caller is an operator of tenant `default`. */
@@ -146,7 +150,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
         description: 'Event-sourced task scheduler for fog computing. Every error is application/problem+json with a stable `code` (docs/errors.md). Limits: README, HTTP API.',
       },
       servers: [{ url: '/', description: 'this server (the document is served by the API it describes)' }],
-      tags: [{ name: 'tasks' }, { name: 'dlq' }, { name: 'schedules' }, { name: 'cluster' }, { name: 'events' }, { name: 'dashboard' }, { name: 'audit' }, { name: 'health' }],
+      tags: [{ name: 'tasks' }, { name: 'workflows' }, { name: 'dlq' }, { name: 'schedules' }, { name: 'cluster' }, { name: 'events' }, { name: 'dashboard' }, { name: 'audit' }, { name: 'health' }],
       components: {
         securitySchemes: {
           bearer: { type: 'http', scheme: 'bearer', description: 'an API key (API_KEYS / API_KEYS_FILE) or a JWT (JWT_SECRET / JWT_JWKS_URL); not needed when the server has neither' },
@@ -216,6 +220,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
 
   const routeDeps = { ...deps, inputLimits: limits };
   await app.register(taskRoutes, routeDeps);
+  await app.register(workflowRoutes, routeDeps);
   await app.register(clusterRoutes, routeDeps);
   await app.register(dlqRoutes, routeDeps);
   await app.register(scheduleRoutes, routeDeps);

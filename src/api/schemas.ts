@@ -28,6 +28,12 @@ export const INPUT_LIMITS = Object.freeze({
   /** Every date-time the API reads lies between these (PostgreSQL has no year 0; JavaScript no leap second). */
   earliestTime: '1970-01-01T00:00:00Z',
   latestTime: '9999-12-31T23:59:59.999Z',
+  /** Dependencies of one task (the domain's MAX_DEPENDENCIES); 10,000 ids are about 390 KB of JSON, well under API_BODY_LIMIT_BYTES (4 MiB). */
+  maxDependencies: 10_000,
+  /** Nodes of one GET /v1/tasks/{id}/graph answer; past it `truncated` is true. */
+  maxGraphNodes: 10_000,
+  /** Steps of one POST /v1/workflows (a batch: INPUT_LIMITS.maxBatchItems). */
+  maxWorkflowSteps: 1000,
   /** Highest cursor: PostgreSQL's bigint. */
   maxCursor: 9_223_372_036_854_775_807n,
 });
@@ -75,6 +81,45 @@ export const RetryPolicy = Type.Object(
 const TaskTypeT = Type.String({ minLength: 1, maxLength: 200, pattern: '^[A-Za-z0-9_.:/-]+$', description: 'handler name, e.g. noop, sleep, checksum' });
 const PayloadT = Type.Unknown({ description: 'any JSON, handed to the handler (at most MAX_PAYLOAD_BYTES as JSON, default 256 KiB)' });
 
+/** Where a task may run (issue 20): every given part must match the fog node. Validated again by the domain. */
+export const Placement = Type.Object(
+  {
+    zone: Type.Optional(Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,39}$', description: "a fog node's FOG_NODE_ZONE, e.g. site-a" })),
+    labels: Type.Optional(
+      Type.Unsafe<Record<string, string>>({
+        type: 'object',
+        propertyNames: { pattern: '^[a-z0-9][a-z0-9_.-]{0,62}$' },
+        additionalProperties: { type: 'string', pattern: '^[A-Za-z0-9_.-]{1,63}$' },
+        maxProperties: 16,
+        description: 'each must equal the label of the same key in FOG_NODE_LABELS (at most 16)',
+      }),
+    ),
+  },
+  {
+    $id: 'Placement',
+    additionalProperties: false,
+    description: 'run only on a fog node of this zone and with these labels; a placement with neither is stored as null',
+    examples: [{ zone: 'site-a', labels: { sensor: 'lidar' } }],
+  },
+);
+
+const TaskIdT = Type.String({ format: 'uuid' });
+const NameT = Type.String({ minLength: 1, maxLength: 100, description: 'free display name, e.g. a workflow step' });
+const DependsOnT = (description: string) => Type.Array(TaskIdT, { maxItems: INPUT_LIMITS.maxDependencies, uniqueItems: true, description });
+const OnDependencyFailureT = StringEnum(['cancel', 'run'] as const, {
+  description: 'when a dependency fails or is cancelled: cancel this task (default, reason dependency-failed) or run it anyway (its handler sees each outcome); only with dependsOn',
+});
+const FallbackAfterMsT = Type.Integer({ minimum: 1, maximum: 604_800_000, description: 'after this long undelivered, any fog node of the tier may run it (TaskPlacementFallback); only with placement' });
+
+/** The dependency and placement fields of a submit (issue 20), shared by tasks, batch items and workflow steps. */
+// Not nullable: ajv's type coercion would read 0, false or "" as null.
+const graphFields = {
+  name: Type.Optional(NameT),
+  onDependencyFailure: Type.Optional(OnDependencyFailureT),
+  placement: Type.Optional(ref(Placement)),
+  fallbackAfterMs: Type.Optional(FallbackAfterMsT),
+};
+
 const submitFields = {
   type: TaskTypeT,
   payload: Type.Optional(PayloadT),
@@ -85,6 +130,11 @@ const submitFields = {
   notBefore: Type.Optional(DateTime('do not start before this time; at most 10 years ahead')),
   deadline: Type.Optional(DateTime('a task not started by then fails as expired; at most 10 years ahead, at most 60 s past')),
   retry: Type.Optional(ref(RetryPolicy)),
+  id: Type.Optional(Type.String({ format: 'uuid', description: 'the task id, chosen by the client; a repeat with the same body returns the task (200), with another body 409 TASK_ID_CONFLICT' })),
+  dependsOn: Type.Optional(
+    DependsOnT(`tasks of this tenant (or of the same batch) that must end first; the task is waiting until then; at most ${INPUT_LIMITS.maxDependencies.toLocaleString('en')} (MAX_DEPENDENCIES)`),
+  ),
+  ...graphFields,
 };
 
 export const TaskTemplate = Type.Object(
@@ -166,7 +216,12 @@ export const Task = Type.Object(
     finishedAt: Nullable(Type.String({ format: 'date-time' })),
     updatedAt: Type.String({ format: 'date-time' }),
     version: Type.Integer({ description: 'events in the task stream' }),
-    warnings: Type.Optional(Type.Array(Type.String(), { description: 'e.g. no live fog node serves the tier (the task is accepted and waits)' })),
+    name: Type.Optional(Type.String({ description: 'its display name (e.g. a workflow step), when set' })),
+    dependsOn: Type.Optional(Type.Array(Type.String({ format: 'uuid' }), { description: 'the tasks it waits for, when any' })),
+    onDependencyFailure: Type.Optional(StringEnum(['cancel', 'run'] as const, { description: 'with dependsOn' })),
+    placement: Type.Optional(ref(Placement)),
+    fallbackAfterMs: Type.Optional(Type.Integer({ description: 'with placement' })),
+    warnings: Type.Optional(Type.Array(Type.String(), { description: 'e.g. no live fog node serves the tier, or none matches the placement (the task is accepted and waits)' })),
   },
   { $id: 'Task', additionalProperties: false },
 );
@@ -175,6 +230,36 @@ export type TaskView = Static<typeof Task>;
 const Cursor = Nullable(Type.String({ description: 'pass back as cursor for the next page; null on the last page' }));
 export const TaskList = Type.Object({ items: Type.Array(ref(Task)), nextCursor: Cursor }, { $id: 'TaskList', additionalProperties: false });
 export const BatchResult = Type.Object({ tasks: Type.Array(ref(Task), { description: 'in the order of the request' }) }, { $id: 'BatchResult', additionalProperties: false });
+
+export const TaskGraphNode = Type.Object(
+  {
+    taskId: Type.String({ format: 'uuid' }),
+    name: Nullable(Type.String()),
+    type: Type.String(),
+    state: ref(TaskState),
+    tier: Type.String(),
+    placement: Nullable(ref(Placement)),
+    relation: StringEnum(['self', 'ancestor', 'descendant'] as const, { description: 'ancestor: a task it (transitively) depends on; descendant: one that depends on it' }),
+    depth: Type.Integer({ minimum: 0, description: 'shortest number of edges from the task' }),
+  },
+  { $id: 'TaskGraphNode', additionalProperties: false },
+);
+export const TaskGraph = Type.Object(
+  {
+    taskId: Type.String({ format: 'uuid' }),
+    nodes: Type.Array(ref(TaskGraphNode), { description: 'the task first, then ancestors and descendants by depth' }),
+    edges: Type.Array(
+      Type.Object({ from: Type.String({ format: 'uuid', description: 'the dependency' }), to: Type.String({ format: 'uuid', description: 'the dependant' }) }, { additionalProperties: false }),
+      { description: 'between the nodes listed' },
+    ),
+    truncated: Type.Boolean({ description: `true when the graph has more than ${INPUT_LIMITS.maxGraphNodes.toLocaleString('en')} nodes (the nearest are listed)` }),
+  },
+  { $id: 'TaskGraph', additionalProperties: false },
+);
+export const WorkflowResult = Type.Object(
+  { steps: Type.Record(Type.String(), ref(Task), { description: 'each step name with its task' }) },
+  { $id: 'WorkflowResult', additionalProperties: false },
+);
 
 export const HistoryEntry = Type.Object(
   {
@@ -236,6 +321,8 @@ export const FogNodeStatus = Type.Object(
   {
     id: Type.String(),
     tier: NullableString(),
+    zone: NullableString({ description: 'FOG_NODE_ZONE; null when the node has none' }),
+    labels: Type.Record(Type.String(), Type.String(), { description: 'FOG_NODE_LABELS; {} when none' }),
     slots: NullableNumber,
     inFlight: NullableNumber,
     cpu: NullableNumber,
@@ -289,12 +376,16 @@ export const SHARED_SCHEMAS: readonly TSchema[] = [
   TaskState,
   Resources,
   RetryPolicy,
+  Placement,
   TaskTemplate,
   Problem,
   TaskError,
   Task,
   TaskList,
   BatchResult,
+  TaskGraphNode,
+  TaskGraph,
+  WorkflowResult,
   HistoryEntry,
   TaskHistory,
   RequeueResult,
@@ -323,8 +414,61 @@ export const BatchBody = Type.Object(
       { minItems: 1, maxItems: INPUT_LIMITS.maxBatchItems },
     ),
   },
-  { additionalProperties: false, examples: [{ tasks: [{ type: 'noop', idempotencyKey: 'order-42' }, { type: 'sleep', payload: { ms: 10 }, priority: 'low' }] }] },
+  {
+    additionalProperties: false,
+    examples: [
+      {
+        tasks: [
+          { type: 'noop', idempotencyKey: 'order-42' },
+          { type: 'sleep', payload: { ms: 10 }, priority: 'low' },
+          { id: '0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f12', type: 'fetch', placement: { zone: 'site-a' } },
+          { type: 'aggregate', dependsOn: ['0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f12'], resources: { cpu: 1, memoryMb: 1024 } },
+        ],
+      },
+    ],
+  },
 );
+
+// A step's id is the API's to assign (deterministic from the Idempotency-Key), its dependsOn names steps too.
+const { id: _id, dependsOn: _dependsOn, ...stepFields } = submitFields;
+const StepNameT = Type.String({ minLength: 1, maxLength: 49, pattern: '^[A-Za-z0-9_.:-]+$', description: 'unique in the workflow; names the task (after the workflow name) unless the step gives a name' });
+
+export const WorkflowBody = Type.Object(
+  {
+    name: Type.Optional(Type.String({ minLength: 1, maxLength: 50, description: "the workflow's name: each step task is named <name>/<step> unless the step gives a name" })),
+    onDependencyFailure: Type.Optional(OnDependencyFailureT),
+    steps: Type.Array(
+      Type.Object(
+        {
+          ...stepFields,
+          step: StepNameT,
+          dependsOn: Type.Optional(
+            Type.Array(Type.String({ minLength: 1, maxLength: 49, description: 'a step name of this workflow or the uuid of an existing task of the tenant (a step name wins)' }), {
+              maxItems: INPUT_LIMITS.maxDependencies,
+              uniqueItems: true,
+            }),
+          ),
+        },
+        { additionalProperties: false },
+      ),
+      { minItems: 1, maxItems: INPUT_LIMITS.maxWorkflowSteps },
+    ),
+  },
+  {
+    additionalProperties: false,
+    examples: [
+      {
+        name: 'lidar-2026-11-27',
+        steps: [
+          { step: 'fetch', type: 'fetch-scan', placement: { zone: 'site-a' }, fallbackAfterMs: 600000 },
+          { step: 'process', type: 'denoise', dependsOn: ['fetch'], resources: { cpu: 0.75, memoryMb: 768 } },
+          { step: 'aggregate', type: 'merge-scans', dependsOn: ['process'], resources: { cpu: 1, memoryMb: 1024 }, placement: { zone: 'region-1' } },
+        ],
+      },
+    ],
+  },
+);
+export type WorkflowBody = Static<typeof WorkflowBody>;
 
 export const IdempotencyHeaders = Type.Object({
   'idempotency-key': Type.Optional(TextId(200, 'a retried submit with the same key returns the first task')),
@@ -480,6 +624,22 @@ export function problems<S extends ProblemStatus>(...statuses: S[]) {
     };
   }
   return out;
+}
+
+/**
+ * One more problem an operation may answer with, beside the generic ones of `problems()`: its own
+ * code, example and text. Spread after `problems(...)`, it replaces that status's entry.
+ */
+export function problemOf(status: ProblemStatus, code: string, detail: string, text: string) {
+  const generic = problems(status)[status];
+  const content = generic.content['application/problem+json'];
+  return {
+    [status]: {
+      ...generic,
+      description: text,
+      content: { 'application/problem+json': { schema: content.schema, example: { ...content.example, type: `urn:fogsched:error:${code.toLowerCase().replace(/_/g, '-')}`, detail, code } } },
+    },
+  } as Record<typeof status, typeof generic>;
 }
 
 /** Titles of the problem statuses (RFC 9110 reason phrases). */

@@ -30,5 +30,10 @@ export function toTaskView(s: TaskState): TaskView {
     finishedAt: s.finishedAt,
     updatedAt: s.updatedAt ?? '',
     version: s.version,
+    // Issue 20's fields only when set, so a task without them looks as it did before.
+    ...(spec.name ? { name: spec.name } : {}),
+    ...(spec.dependsOn && spec.dependsOn.length > 0 ? { dependsOn: [...spec.dependsOn], onDependencyFailure: spec.onDependencyFailure ?? 'cancel' } : {}),
+    ...(spec.placement ? { placement: { ...spec.placement } } : {}),
+    ...(spec.placement && typeof spec.fallbackAfterMs === 'number' ? { fallbackAfterMs: spec.fallbackAfterMs } : {}),
   };
 }

@@ -8,6 +8,8 @@ export interface TopologyOptions {
   readonly taskQueueMaxLength: number;
   readonly deliveryLimit: number;
   readonly metricsQueueMaxLength: number;
+  /** FOG_ZONES: zones whose placement queues (one per tier and priority) are declared up front; default none. */
+  readonly zones?: readonly string[];
 }
 
 export interface TopologyNames {
@@ -20,6 +22,8 @@ export interface TopologyNames {
   readonly metricsQueue: string;
   readonly dlq: string;
   taskQueue(tier: string, priority: Priority): string;
+  /** Queue of a placement class (see placementClass in the domain): `<prefix>tasks.<class>.<tier>.<priority>`. */
+  placementQueue(placementClass: string, tier: string, priority: Priority): string;
 }
 
 export function topologyNames(prefix: string): TopologyNames {
@@ -33,6 +37,7 @@ export function topologyNames(prefix: string): TopologyNames {
     metricsQueue: `${prefix}metrics.node`,
     dlq: `${prefix}dlq`,
     taskQueue: (tier, priority) => `${prefix}tasks.${tier}.${priority}`,
+    placementQueue: (placementClass, tier, priority) => `${prefix}tasks.${placementClass}.${tier}.${priority}`,
   };
 }
 
@@ -62,20 +67,9 @@ export interface Topology {
 export function topology(options: TopologyOptions): Topology {
   const n = topologyNames(options.prefix);
   const taskQueues: QueueSpec[] = options.tiers.flatMap((tier) =>
-    PRIORITIES.map((priority) => ({
-      name: n.taskQueue(tier, priority),
-      arguments: {
-        'x-queue-type': 'quorum',
-        'x-max-length': options.taskQueueMaxLength,
-        'x-overflow': 'reject-publish',
-        'x-delivery-limit': options.deliveryLimit,
-        'x-dead-letter-exchange': n.dlx,
-        'x-dead-letter-routing-key': 'task.failed',
-        // Without this a quorum queue dead-letters at most once: a message could vanish on its way to dlq.
-        'x-dead-letter-strategy': 'at-least-once',
-      },
-    })),
+    PRIORITIES.map((priority) => ({ name: n.taskQueue(tier, priority), arguments: taskQueueArguments(options) })),
   );
+  const zones = (options.zones ?? []).map((zone) => placementTopology(options, zone, options.tiers));
   return {
     exchanges: [
       { name: n.tasks, type: 'direct' },
@@ -86,6 +80,7 @@ export function topology(options: TopologyOptions): Topology {
     ],
     queues: [
       ...taskQueues,
+      ...zones.flatMap((z) => z.queues),
       {
         name: n.resultsQueue,
         arguments: {
@@ -106,11 +101,69 @@ export function topology(options: TopologyOptions): Topology {
       ...options.tiers.flatMap((tier) =>
         PRIORITIES.map((priority) => ({ exchange: n.tasks, queue: n.taskQueue(tier, priority), routingKey: `${tier}.${priority}` })),
       ),
+      ...zones.flatMap((z) => z.bindings),
       { exchange: n.results, queue: n.resultsQueue, routingKey: 'task.#' },
       { exchange: n.metrics, queue: n.metricsQueue, routingKey: 'metrics.node.*' },
       { exchange: n.dlx, queue: n.dlq, routingKey: '#' },
     ],
   };
+}
+
+/**
+ * Arguments of every task queue, tier or placement class: quorum, bounded (a full queue refuses
+ * the publish, so the relay retries instead of losing it), dead-lettered at least once to `dlx`
+ * (a delivery-limit reached, or a placement dispatch's per-message TTL, its fallback, run out).
+ */
+function taskQueueArguments(options: TopologyOptions): Readonly<Record<string, string | number>> {
+  return {
+    'x-queue-type': 'quorum',
+    'x-max-length': options.taskQueueMaxLength,
+    'x-overflow': 'reject-publish',
+    'x-delivery-limit': options.deliveryLimit,
+    'x-dead-letter-exchange': topologyNames(options.prefix).dlx,
+    'x-dead-letter-routing-key': 'task.failed',
+    // Without this a quorum queue dead-letters at most once: a message could vanish on its way to dlq.
+    // (at-least-once needs x-overflow reject-publish.)
+    'x-dead-letter-strategy': 'at-least-once',
+  };
+}
+
+/**
+ * The queues and bindings of one placement class (`placementClass` in the domain) for some tiers,
+ * every priority: `<prefix>tasks.<class>.<tier>.<priority>`, bound to `tasks` with
+ * `<class>.<tier>.<priority>`, with the tier queues' arguments. Declared by the relay before its
+ * first publish to the class, by a fog node for its own zone, and up front for FOG_ZONES.
+ */
+export function placementTopology(options: TopologyOptions, placementClass: string, tiers: readonly string[], priorities: readonly Priority[] = PRIORITIES): Pick<Topology, 'queues' | 'bindings'> {
+  const n = topologyNames(options.prefix);
+  const pairs = tiers.flatMap((tier) => priorities.map((priority) => ({ tier, priority })));
+  return {
+    queues: pairs.map(({ tier, priority }) => ({ name: n.placementQueue(placementClass, tier, priority), arguments: taskQueueArguments(options) })),
+    bindings: pairs.map(({ tier, priority }) => ({ exchange: n.tasks, queue: n.placementQueue(placementClass, tier, priority), routingKey: `${placementClass}.${tier}.${priority}` })),
+  };
+}
+
+/**
+ * placementTopology for a role that has the topology rather than its settings (a fog node): the
+ * class queues take the arguments of the tier queues of the same tier and priority.
+ */
+export function placementTopologyOf(t: Topology, names: TopologyNames, placementClass: string, tiers: readonly string[], priorities: readonly Priority[] = PRIORITIES): Pick<Topology, 'queues' | 'bindings'> {
+  const args = new Map(t.queues.map((q) => [q.name, q.arguments]));
+  const pairs = tiers.flatMap((tier) => priorities.map((priority) => ({ tier, priority })));
+  return {
+    queues: pairs.map(({ tier, priority }) => {
+      const base = args.get(names.taskQueue(tier, priority));
+      if (!base) throw new Error(`no task queue of tier ${tier} in the topology`);
+      return { name: names.placementQueue(placementClass, tier, priority), arguments: base };
+    }),
+    bindings: pairs.map(({ tier, priority }) => ({ exchange: names.tasks, queue: names.placementQueue(placementClass, tier, priority), routingKey: `${placementClass}.${tier}.${priority}` })),
+  };
+}
+
+/** Declares a placement class's queues and bindings (the `tasks` exchange exists already); idempotent. */
+export async function declarePlacement(channel: Channel, t: Pick<Topology, 'queues' | 'bindings'>): Promise<void> {
+  for (const q of t.queues) await channel.assertQueue(q.name, { durable: true, arguments: { ...q.arguments } });
+  for (const b of t.bindings) await channel.bindQueue(b.queue, b.exchange, b.routingKey);
 }
 
 /** Declares exchanges, queues and bindings; idempotent, safe from every role at every start. */

@@ -245,12 +245,20 @@ function asTaskEvent(e: LoggedEvent): TaskEvent {
  * on its own (a TaskQueued without its TaskSubmitted, a TaskRetryScheduled without its
  * TaskAttemptFailed).
  */
-function commandFor(state: TaskState, e: LoggedEvent, settings: CheckSettings): TaskCommand | null {
+function commandFor(state: TaskState, e: LoggedEvent, settings: CheckSettings, next?: LoggedEvent): TaskCommand | null {
   const d = e.data as Record<string, unknown> & { at: string };
   const now = d.at;
   switch (e.type) {
     case 'TaskSubmitted':
-      return { type: 'SubmitTask', data: { ...d, now } } as unknown as TaskCommand;
+      return { type: 'SubmitTask', data: { ...d, now, ...submitDependencies(next) } } as unknown as TaskCommand;
+    case 'TaskReleased': {
+      // A waiting task's release by the dependency it names (the outcomes are the log's).
+      const dependency = typeof d.dependency === 'string' ? d.dependency : null;
+      if (dependency === null) return null;
+      return { type: 'ResolveDependencies', data: { resolved: [{ id: dependency, state: 'succeeded' }], remaining: 0, outcomes: d.outcomes, now } } as unknown as TaskCommand;
+    }
+    case 'TaskPlacementFallback':
+      return { type: 'FallBackPlacement', data: { attempt: d.attempt, now } } as unknown as TaskCommand;
     case 'TaskStarted':
       return { type: 'StartTask', data: { ...d, now } } as unknown as TaskCommand;
     case 'TaskProgressed':
@@ -264,6 +272,10 @@ function commandFor(state: TaskState, e: LoggedEvent, settings: CheckSettings): 
     case 'TaskDeadLettered':
       return { type: 'DeadLetterTask', data: { ...d, now } } as unknown as TaskCommand;
     case 'TaskCancelled':
+      if (typeof d.dependency === 'string' && state.status === 'waiting') {
+        const resolved = [{ id: d.dependency, state: d.dependencyState }];
+        return { type: 'ResolveDependencies', data: { resolved, remaining: 1, outcomes: { succeeded: 0, failed: 0, cancelled: 0 }, now } } as unknown as TaskCommand;
+      }
       return { type: 'CancelTask', data: { ...d, now } } as unknown as TaskCommand;
     case 'TaskRequeued':
       return { type: 'RequeueTask', data: { ...d, now } } as unknown as TaskCommand;
@@ -272,6 +284,25 @@ function commandFor(state: TaskState, e: LoggedEvent, settings: CheckSettings): 
       return { type: 'ReturnTask', data: { ...d, now } } as unknown as TaskCommand;
     default:
       return null;
+  }
+}
+
+/**
+ * What a submit saw of its dependencies, told by the event after its TaskSubmitted: TaskWaiting
+ * (some had not ended), TaskReleased (all had), or a TaskCancelled naming a failed one.
+ */
+function submitDependencies(next: LoggedEvent | undefined): { dependencies?: Record<string, unknown> } {
+  const none = { pending: 0, succeeded: 0, failed: 0, cancelled: 0, firstFailed: null, firstFailedState: null };
+  const d = next?.data ?? {};
+  switch (next?.type) {
+    case 'TaskWaiting':
+      return { dependencies: { ...none, pending: d.pending } };
+    case 'TaskReleased':
+      return { dependencies: { ...none, ...(d.outcomes as Record<string, unknown>) } };
+    case 'TaskCancelled':
+      return typeof d.dependency === 'string' ? { dependencies: { ...none, pending: 0, firstFailed: d.dependency, firstFailedState: d.dependencyState } } : {};
+    default:
+      return {};
   }
 }
 
@@ -307,7 +338,7 @@ function explainStep(state: TaskState, events: readonly LoggedEvent[], i: number
   const e = events[i] as LoggedEvent;
   const bad = (why: string, count = 1): Step => ({ ok: false, count, why });
   if (e.version !== state.version + 1) return bad(`stream version ${e.version} after ${state.version}`);
-  const command = commandFor(state, e, settings);
+  const command = commandFor(state, e, settings, events[i + 1]);
   if (!command) return bad('no command produces this event on its own');
   let produced: TaskEvent[];
   try {

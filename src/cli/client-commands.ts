@@ -1,17 +1,17 @@
 import { readFileSync } from 'node:fs';
 import { type Command, InvalidArgumentError, Option } from 'commander';
-import { createClient, FogschedApiError, type FogschedClient, type Priority, type Schedule, type Task, type TaskState } from '../client/index.js';
+import { createClient, FogschedApiError, type FogschedClient, type Priority, type Schedule, type Task, type TaskGraph, type TaskState, type WorkflowInput } from '../client/index.js';
 
 /**
  * The commands that talk to a running API through the typed client (src/client): `task submit`,
- * `task get`, `task list`, `task wait`, `task cancel`, `task requeue`, `dlq list|requeue` and
+ * `task get`, `task list`, `task wait`, `task cancel`, `task requeue`, `task graph`, `workflow submit`, `dlq list|requeue` and
  * `schedules list|get|create|pause|resume|delete`. They need no database, broker or Redis: only
  * `--url` (FOGSCHED_URL) and a credential (`--api-key`/FOGSCHED_API_KEY or `--token`/FOGSCHED_TOKEN).
  * `task show` and `events tail` (log-commands.ts) read the event log from DATABASE_URL instead.
  */
 
 const PRIORITIES = ['high', 'normal', 'low'] as const;
-const STATES = ['scheduled', 'queued', 'running', 'retrying', 'succeeded', 'failed', 'cancelled'] as const;
+const STATES = ['waiting', 'scheduled', 'queued', 'running', 'retrying', 'succeeded', 'failed', 'cancelled'] as const;
 const REASONS = ['non-retryable', 'max-attempts', 'delivery-limit', 'rejected', 'expired', 'timeout'] as const;
 
 interface RemoteOptions {
@@ -94,6 +94,13 @@ export function registerClientCommands(program: Command): void {
       print(opts, t, () => formatTask(t));
     }));
 
+  remote(task.command('graph <id>'))
+    .description("the tasks it depends on and those depending on it, transitively, with their states")
+    .action(act(async (id: string, opts: RemoteOptions) => {
+      const g = await clientOf(opts).graph(id);
+      print(opts, g, () => formatGraph(g));
+    }));
+
   remote(task.command('list'))
     .description('tasks, newest first')
     .addOption(new Option('--state <state>', 'only this state').choices(STATES))
@@ -129,6 +136,28 @@ export function registerClientCommands(program: Command): void {
     .action(act(async (id: string, opts: RemoteOptions) => {
       const t = await clientOf(opts).requeue(id);
       print(opts, t, () => `${t.id}  ${t.state}  attempt=${t.attempt}/${t.maxAttempts}\n`);
+    }));
+
+  const workflow = program.command('workflow').description('workflows: named steps that depend on each other, over the API');
+  remote(workflow.command('submit'))
+    .description('submit a workflow from a JSON file ({ name?, onDependencyFailure?, steps: [{ step, type, dependsOn?, ... }] }, see docs/workflows.md)')
+    .requiredOption('--file <path>', 'the workflow as JSON (- for standard input)')
+    .option('--idempotency-key <key>', 'a retried submit with this key returns the same tasks')
+    .action(act(async (opts: RemoteOptions & { file: string; idempotencyKey?: string }) => {
+      let body: WorkflowInput;
+      try {
+        body = JSON.parse(readFileSync(opts.file === '-' ? 0 : opts.file, 'utf8')) as WorkflowInput;
+      } catch (error) {
+        throw new CliError(`--file ${opts.file}: ${(error as Error).message}`);
+      }
+      const r = await clientOf(opts).submitWorkflow(body, opts.idempotencyKey ? { idempotencyKey: opts.idempotencyKey } : {});
+      print(opts, r, () =>
+        table(
+          ['STEP', 'ID', 'STATE', 'TIER', 'DEPENDS ON'],
+          Object.entries(r.steps).map(([step, t]) => [step, t.id, t.state, t.tier, (t.dependsOn ?? []).map((d) => stepOf(r.steps, d)).join(',') + warnings(t)]),
+          'no steps',
+        ),
+      );
     }));
 
   const dlq = program.command('dlq').description('failed tasks (what the dead-letter queue turned into), over the API');
@@ -305,7 +334,10 @@ export function formatTask(t: Task): string {
     ['state', t.state],
     ['priority', t.priority],
     ['tier', t.tier],
+    ['name', t.name],
     ['attempt', `${t.attempt}/${t.maxAttempts}`],
+    ['depends on', t.dependsOn?.length ? `${t.dependsOn.join(', ')} (on failure: ${t.onDependencyFailure ?? 'cancel'})` : null],
+    ['placement', t.placement ? placementText(t.placement) + (t.fallbackAfterMs !== undefined ? ` (fallback after ${t.fallbackAfterMs} ms)` : '') : null],
     ['node', t.nodeId],
     ['submitted', t.submittedAt],
     ['started', t.startedAt],
@@ -318,6 +350,35 @@ export function formatTask(t: Task): string {
     .filter(([, v]) => v !== null && v !== undefined)
     .map(([k, v]) => `${k.padEnd(10)} ${String(v as string)}\n`)
     .join('');
+}
+
+function placementText(p: NonNullable<Task['placement']>): string {
+  return [...(p.zone ? [`zone=${p.zone}`] : []), ...Object.entries(p.labels ?? {}).map(([k, v]) => `${k}=${v}`)].join(' ');
+}
+
+/** The step a task id belongs to in a workflow answer, else the id. */
+function stepOf(steps: Record<string, Task>, id: string): string {
+  return Object.entries(steps).find(([, t]) => t.id === id)?.[0] ?? id;
+}
+
+/**
+ * A task's graph as text: what it depends on (ancestors, nearest first, indented by depth) and
+ * what depends on it (descendants), each with its state.
+ */
+export function formatGraph(g: TaskGraph): string {
+  const line = (n: TaskGraph['nodes'][number]) =>
+    `${'  '.repeat(n.depth)}${n.taskId}  ${n.state.padEnd(9)}  ${n.tier}${n.name ? `  ${n.name}` : ''}${n.placement ? `  [${placementText(n.placement)}]` : ''}\n`;
+  const self = g.nodes.find((n) => n.relation === 'self');
+  const ancestors = g.nodes.filter((n) => n.relation === 'ancestor');
+  const descendants = g.nodes.filter((n) => n.relation === 'descendant');
+  return [
+    self ? line(self) : '',
+    `depends on (${ancestors.length}):\n`,
+    ...(ancestors.length ? ancestors.map(line) : ['  none\n']),
+    `dependants (${descendants.length}):\n`,
+    ...(descendants.length ? descendants.map(line) : ['  none\n']),
+    g.truncated ? 'truncated: the graph has more tasks than one answer holds (10,000)\n' : '',
+  ].join('');
 }
 
 /** Columns padded to their widest cell; an empty list says so. */

@@ -42,8 +42,8 @@ export function formatClusterStatus(view: ClusterView, now = Date.now()): string
   else {
     lines.push(
       ...table(
-        ['ID', 'TIER', 'SLOTS', 'IN FLIGHT', 'CPU', 'MEM MB', 'STATE', 'LAST SEEN'],
-        view.fogNodes.map((n) => [n.id, n.tier ?? '-', String(n.slots ?? '-'), String(n.inFlight ?? '-'), String(n.cpu ?? '-'), String(n.memMb ?? '-'), n.state, ago(n.lastSeen, now)]),
+        ['ID', 'TIER', 'ZONE', 'LABELS', 'SLOTS', 'IN FLIGHT', 'CPU', 'MEM MB', 'STATE', 'LAST SEEN'],
+        view.fogNodes.map((n) => [n.id, n.tier ?? '-', n.zone ?? '-', Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(',') || '-', String(n.slots ?? '-'), String(n.inFlight ?? '-'), String(n.cpu ?? '-'), String(n.memMb ?? '-'), n.state, ago(n.lastSeen, now)]),
       ),
     );
   }

@@ -4,6 +4,8 @@ import type { Config } from '../infra/config.js';
 import { createPgListener } from '../infra/pg-listener.js';
 import { headCursor, LOG_START, readFeedPage, readStream, type FeedFilter, type LogCursor, type StoredEvent } from '../store/index.js';
 import { withPostgres } from './projection-commands.js';
+import { getTaskGraph } from '../projections/index.js';
+import { formatGraph } from './client-commands.js';
 
 /** `fogsched task show <id>` and `fogsched events tail`: the log, read in a terminal. */
 export function registerLogCommands(program: Command, deps: { config: () => Config }): void {
@@ -11,14 +13,22 @@ export function registerLogCommands(program: Command, deps: { config: () => Conf
     .command('task')
     .description('tasks: over the API (submit, get, list, ...) or from the event log (show)')
     .command('show <id>')
-    .description('print the task\'s timeline: every event of its stream, oldest first')
-    .option('--json', 'print the events as JSON lines')
+    .description("print the task's timeline (every event of its stream, oldest first), then its dependencies and dependants with their states")
+    .option('--json', 'print the events as JSON lines (then the graph as one JSON line, when the task has dependencies or dependants)')
     .action(async (id: string, opts: { json?: boolean }) => {
       if (!isUuid(id)) throw new InvalidArgumentError(`task id must be a UUID, got ${JSON.stringify(id)}`);
       await withPostgres(deps.config(), async (pg) => {
         const events = await readStream(pg.db, id);
         if (events.length === 0) throw new TaskNotFoundError(id);
         for (const e of events) process.stdout.write(opts.json ? `${JSON.stringify(e)}\n` : `${formatEvent(e)}\n`);
+        const tenant = (await pg.db.selectFrom('task_current').select('tenant').where('task_id', '=', id).executeTakeFirst())?.tenant;
+        // A database not migrated to task_dependencies yet (42P01, undefined table) has no graph to show: the timeline is all.
+        const graph = tenant === undefined ? null : await getTaskGraph(pg.db, tenant, id, { maxNodes: 10_000 }).catch((error: unknown) => {
+          if ((error as { code?: unknown }).code === '42P01') return null;
+          throw error;
+        });
+        if (!graph || graph.nodes.length <= 1) return;
+        process.stdout.write(opts.json ? `${JSON.stringify({ graph })}\n` : `\n${formatGraph(graph)}`);
       });
     });
 

@@ -1,12 +1,12 @@
 import { hostname } from 'node:os';
 import type { Config } from '../infra/config.js';
-import { checkAutoscaleThresholds, parseAutoscaleTiers, parseBrokers, parseTiers } from '../infra/config.js';
+import { checkAutoscaleThresholds, parseAutoscaleTiers, parseBrokers, parseLabels, parseTiers, parseZoneList } from '../infra/config.js';
 import { createLogger, type Logger } from '../infra/logger.js';
 import type { Role } from '../infra/role.js';
 import type { ReadinessCheck } from '../infra/ops-server.js';
 import { startTracing } from '../infra/tracing.js';
 import { FogschedError, servedTiers, slotsFor } from '../domain/index.js';
-import { topology, topologyNames, type Topology } from '../broker/index.js';
+import { topology, topologyNames, type Topology, type TopologyOptions } from '../broker/index.js';
 
 export const ROLE_NAMES = ['api', 'relay', 'ingest', 'fog-node', 'coordinator', 'scheduler', 'autoscaler'] as const;
 
@@ -28,13 +28,19 @@ export interface StartOptions {
 const PROJECTION_ROLES = new Set(['api', 'ingest', 'scheduler']);
 
 export function topologyOf(config: Config): Topology {
-  return topology({
+  return topology(topologyOptionsOf(config));
+}
+
+/** The topology settings of a configuration (placement queues are declared with them too). */
+export function topologyOptionsOf(config: Config): TopologyOptions {
+  return {
     prefix: config.AMQP_PREFIX,
     tiers: parseTiers(config.TIERS).map((t) => t.name),
     taskQueueMaxLength: config.TASK_QUEUE_MAX_LENGTH,
     deliveryLimit: config.TASK_DELIVERY_LIMIT,
     metricsQueueMaxLength: config.METRICS_QUEUE_MAX_LENGTH,
-  });
+    zones: parseZoneList('FOG_ZONES', config.FOG_ZONES),
+  };
 }
 
 /**
@@ -103,6 +109,7 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
           pollIntervalMs: config.RELAY_POLL_INTERVAL_MS,
           retryMaxMs: config.RELAY_RETRY_MAX_MS,
           leaseMs: config.RELAY_LEASE_MS,
+          placement: { topology: topologyOptionsOf(config), redisUrl: config.REDIS_URL, redisPrefix: config.REDIS_PREFIX },
         }),
       ), async () => [await pgReady('relay'), await amqpReady('relay')]),
     );
@@ -162,6 +169,9 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
             progressMinIntervalMs: config.PROGRESS_MIN_INTERVAL_MS,
             handlerLogLevel: config.LOG_LEVEL,
             maxOutputBytes: config.FOG_NODE_MAX_OUTPUT_BYTES,
+            zone: config.FOG_NODE_ZONE || null,
+            labels: parseLabels(config.FOG_NODE_LABELS),
+            placementRescanMs: config.FOG_NODE_PLACEMENT_RESCAN_MS,
             logger,
             heartbeat: { redisUrl: config.REDIS_URL, prefix: config.REDIS_PREFIX, intervalMs: config.FOG_HEARTBEAT_INTERVAL_MS, ttlMs: config.FOG_HEARTBEAT_TTL_MS, version: options.version },
           }),

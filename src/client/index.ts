@@ -33,6 +33,11 @@ export type HistoryEntry = Schemas['HistoryEntry'];
 export type Schedule = Schemas['Schedule'];
 export type RequeueResult = Schemas['RequeueResult'];
 export type Cluster = Schemas['Cluster'];
+export type TaskGraph = Schemas['TaskGraph'];
+export type TaskGraphNode = Schemas['TaskGraphNode'];
+export type Placement = Schemas['Placement'];
+/** What `submitWorkflow` takes: `{ name?, onDependencyFailure?, steps: [{ step, dependsOn?: (step | task id)[], type, ... }] }`. */
+export type WorkflowInput = JsonBody<'submitWorkflow'>;
 /** What `submit` takes: `{ type, payload?, priority?, resources?, maxAttempts?, timeoutMs?, notBefore?, deadline?, retry? }`. */
 export type SubmitTaskInput = JsonBody<'submitTask'>;
 /** One item of `submitBatch`: a submit plus its own `idempotencyKey`. */
@@ -92,6 +97,25 @@ export interface FogschedClient {
   listPage(query?: Query<'listTasks'>, opts?: CallOptions): Promise<Schemas['TaskList']>;
   /** The task's lifecycle events, oldest first. */
   history(id: string, opts?: CallOptions): Promise<HistoryEntry[]>;
+  /** GET /v1/tasks/{id}/graph: the tasks it depends on and those depending on it, transitively, with their states. */
+  graph(id: string, opts?: CallOptions): Promise<TaskGraph>;
+  /**
+   * POST /v1/workflows: named steps as one batch; resolves to each step's task by step name. With
+   * `idempotencyKey` a retry returns the same tasks.
+   *
+   * ### Examples
+   * ```ts
+   * const { steps } = await fog.submitWorkflow({
+   *   name: 'scan-17',
+   *   steps: [
+   *     { step: 'fetch', type: 'fetch-scan', placement: { zone: 'site-a' } },
+   *     { step: 'aggregate', type: 'merge-scans', dependsOn: ['fetch'], resources: { cpu: 1, memoryMb: 1024 } },
+   *   ],
+   * }, { idempotencyKey: 'scan-17' });
+   * await fog.waitFor(steps.aggregate!.id);
+   * ```
+   */
+  submitWorkflow(workflow: WorkflowInput, opts?: CallOptions & { idempotencyKey?: string }): Promise<{ steps: Record<string, Task> }>;
   cancel(id: string, opts?: CallOptions & { reason?: string }): Promise<Task>;
   /** A failed task back in the queue with fresh attempts. */
   requeue(id: string, opts?: CallOptions): Promise<Task>;
@@ -189,6 +213,9 @@ export function createClient(options: ClientOptions): FogschedClient {
     history: async (taskId, opts) => (await call<TaskHistory>('GET', `/v1/tasks/${id(taskId)}/history`, { signal: opts?.signal })).events,
     cancel: (taskId, opts) => call<Task>('POST', `/v1/tasks/${id(taskId)}/cancel`, { body: opts?.reason === undefined ? {} : { reason: opts.reason }, signal: opts?.signal }),
     requeue: (taskId, opts) => call<Task>('POST', `/v1/tasks/${id(taskId)}/requeue`, { signal: opts?.signal }),
+    graph: (taskId, opts) => call<TaskGraph>('GET', `/v1/tasks/${id(taskId)}/graph`, { signal: opts?.signal }),
+    submitWorkflow: (workflow, opts) =>
+      call<Schemas['WorkflowResult']>('POST', '/v1/workflows', { body: workflow, signal: opts?.signal, ...(opts?.idempotencyKey ? { headers: { 'idempotency-key': opts.idempotencyKey } } : {}) }),
     waitFor: (taskId, opts = {}) => waitFor(taskId, opts),
     dlq: {
       list: (filter = {}, opts) => pages<Task>('/v1/dlq', { ...filter }, opts),

@@ -73,7 +73,7 @@ export interface paths {
         put?: never;
         /**
          * Submit up to 1,000 tasks in one transaction
-         * @description All or nothing: an invalid item fails the whole batch with its index in the problem.
+         * @description All or nothing: an invalid item fails the whole batch with its index in the problem. An item may name tasks of the same batch in dependsOn (by their id).
          */
         post: operations["submitTaskBatch"];
         delete?: never;
@@ -91,6 +91,26 @@ export interface paths {
         };
         /** Get a task */
         get: operations["getTask"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/tasks/{id}/graph": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A task's dependencies and dependants, transitively, with their states
+         * @description Ancestors (what it waits for) and descendants (what waits for it), each with its shortest distance, and the edges between them; at most 10,000 nodes (the nearest; then truncated is true).
+         */
+        get: operations["getTaskGraph"];
         put?: never;
         post?: never;
         delete?: never;
@@ -130,6 +150,26 @@ export interface paths {
          * @description Cancelling a cancelled task returns it unchanged; a succeeded or failed task gives 409. The body is optional.
          */
         post: operations["cancelTask"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/workflows": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Submit a workflow: named steps that depend on each other, in one batch
+         * @description Sugar for POST /v1/tasks/batch: each step is a task (at most 1000), its dependsOn names steps of the workflow or existing tasks (uuid). All or nothing: a repeated step, a dependency that names nothing, or a cycle is 400 INVALID_WORKFLOW and nothing is written. With an Idempotency-Key the step ids derive from the tenant, the key and the step name, so a retried request returns the same tasks (200); the same key with a different step body is 409 TASK_ID_CONFLICT. Each task is named <name>/<step> (or <step> without a workflow name) unless the step gives a name.
+         */
+        post: operations["submitWorkflow"];
         delete?: never;
         options?: never;
         head?: never;
@@ -396,7 +436,7 @@ export interface components {
          */
         Priority: "high" | "normal" | "low";
         /** @enum {string} */
-        TaskState: "scheduled" | "queued" | "running" | "retrying" | "succeeded" | "failed" | "cancelled";
+        TaskState: "waiting" | "scheduled" | "queued" | "running" | "retrying" | "succeeded" | "failed" | "cancelled";
         /** @description decides the tier; default {cpu: 0.1, memoryMb: 64} (light) */
         Resources: {
             /** @description cores, e.g. 0.5 */
@@ -408,6 +448,23 @@ export interface components {
             baseMs: number;
             factor: number;
             maxMs: number;
+        };
+        /**
+         * @description run only on a fog node of this zone and with these labels; a placement with neither is stored as null
+         * @example {
+         *       "zone": "site-a",
+         *       "labels": {
+         *         "sensor": "lidar"
+         *       }
+         *     }
+         */
+        Placement: {
+            /** @description a fog node's FOG_NODE_ZONE, e.g. site-a */
+            zone?: string;
+            /** @description each must equal the label of the same key in FOG_NODE_LABELS (at most 16) */
+            labels?: {
+                [key: string]: string;
+            };
         };
         /** @description the task each run of a schedule submits */
         TaskTemplate: {
@@ -485,7 +542,19 @@ export interface components {
             updatedAt: string;
             /** @description events in the task stream */
             version: number;
-            /** @description e.g. no live fog node serves the tier (the task is accepted and waits) */
+            /** @description its display name (e.g. a workflow step), when set */
+            name?: string;
+            /** @description the tasks it waits for, when any */
+            dependsOn?: string[];
+            /**
+             * @description with dependsOn
+             * @enum {string}
+             */
+            onDependencyFailure?: "cancel" | "run";
+            placement?: components["schemas"]["Placement"];
+            /** @description with placement */
+            fallbackAfterMs?: number;
+            /** @description e.g. no live fog node serves the tier, or none matches the placement (the task is accepted and waits) */
             warnings?: string[];
         };
         TaskList: {
@@ -495,6 +564,49 @@ export interface components {
         BatchResult: {
             /** @description in the order of the request */
             tasks: components["schemas"]["Task"][];
+        };
+        TaskGraphNode: {
+            /** Format: uuid */
+            taskId: string;
+            name: string | null;
+            type: string;
+            state: components["schemas"]["TaskState"];
+            tier: string;
+            placement: components["schemas"]["Placement"] | null;
+            /**
+             * @description ancestor: a task it (transitively) depends on; descendant: one that depends on it
+             * @enum {string}
+             */
+            relation: "self" | "ancestor" | "descendant";
+            /** @description shortest number of edges from the task */
+            depth: number;
+        };
+        TaskGraph: {
+            /** Format: uuid */
+            taskId: string;
+            /** @description the task first, then ancestors and descendants by depth */
+            nodes: components["schemas"]["TaskGraphNode"][];
+            /** @description between the nodes listed */
+            edges: {
+                /**
+                 * Format: uuid
+                 * @description the dependency
+                 */
+                from: string;
+                /**
+                 * Format: uuid
+                 * @description the dependant
+                 */
+                to: string;
+            }[];
+            /** @description true when the graph has more than 10,000 nodes (the nearest are listed) */
+            truncated: boolean;
+        };
+        WorkflowResult: {
+            /** @description each step name with its task */
+            steps: {
+                [key: string]: components["schemas"]["Task"];
+            };
         };
         HistoryEntry: {
             /** @description global position in the event log */
@@ -563,6 +675,11 @@ export interface components {
         FogNodeStatus: {
             id: string;
             tier: string | null;
+            zone: string | null;
+            /** @description FOG_NODE_LABELS; {} when none */
+            labels: {
+                [key: string]: string;
+            };
             slots: number | null;
             inFlight: number | null;
             cpu: number | null;
@@ -845,7 +962,7 @@ export interface operations {
     listTasks: {
         parameters: {
             query?: {
-                state?: "scheduled" | "queued" | "running" | "retrying" | "succeeded" | "failed" | "cancelled";
+                state?: "waiting" | "scheduled" | "queued" | "running" | "retrying" | "succeeded" | "failed" | "cancelled";
                 priority?: "high" | "normal" | "low";
                 type?: string;
                 tier?: string;
@@ -1031,6 +1148,23 @@ export interface operations {
                      */
                     deadline?: string;
                     retry?: components["schemas"]["RetryPolicy"];
+                    /**
+                     * Format: uuid
+                     * @description the task id, chosen by the client; a repeat with the same body returns the task (200), with another body 409 TASK_ID_CONFLICT
+                     */
+                    id?: string;
+                    /** @description tasks of this tenant (or of the same batch) that must end first; the task is waiting until then; at most 10,000 (MAX_DEPENDENCIES) */
+                    dependsOn?: string[];
+                    /** @description free display name, e.g. a workflow step */
+                    name?: string;
+                    /**
+                     * @description when a dependency fails or is cancelled: cancel this task (default, reason dependency-failed) or run it anyway (its handler sees each outcome); only with dependsOn
+                     * @enum {string}
+                     */
+                    onDependencyFailure?: "cancel" | "run";
+                    placement?: components["schemas"]["Placement"];
+                    /** @description after this long undelivered, any fog node of the tier may run it (TaskPlacementFallback); only with placement */
+                    fallbackAfterMs?: number;
                 };
             };
         };
@@ -1123,7 +1257,7 @@ export interface operations {
                     "application/json": components["schemas"]["Task"];
                 };
             };
-            /** @description the request does not match the schema (VALIDATION_FAILED, each violation in errors[] with its path), is not valid JSON or HTTP, or carries a NUL character */
+            /** @description the request does not match the schema (VALIDATION_FAILED); dependsOn names an unknown or foreign task, the task itself, more than 10,000 tasks, or makes a cycle (INVALID_DEPENDENCIES); placement or fallbackAfterMs is not valid (INVALID_PLACEMENT); each in errors[] with its path. Nothing written */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1131,11 +1265,11 @@ export interface operations {
                 content: {
                     /**
                      * @example {
-                     *       "type": "urn:fogsched:error:validation-failed",
+                     *       "type": "urn:fogsched:error:invalid-dependencies",
                      *       "title": "Bad Request",
                      *       "status": 400,
-                     *       "detail": "body/priority must be equal to one of the allowed values",
-                     *       "code": "VALIDATION_FAILED"
+                     *       "detail": "body/dependsOn: task 0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11 does not exist",
+                     *       "code": "INVALID_DEPENDENCIES"
                      *     }
                      */
                     "application/problem+json": components["schemas"]["Problem"];
@@ -1172,6 +1306,24 @@ export interface operations {
                      *       "status": 403,
                      *       "detail": "role submitter may not call this operation",
                      *       "code": "FORBIDDEN"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a task with this id exists with another body or in another tenant (TASK_ID_CONFLICT) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:task-id-conflict",
+                     *       "title": "Conflict",
+                     *       "status": 409,
+                     *       "detail": "task 0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11 exists with another body",
+                     *       "code": "TASK_ID_CONFLICT"
                      *     }
                      */
                     "application/problem+json": components["schemas"]["Problem"];
@@ -1295,6 +1447,23 @@ export interface operations {
                  *             "ms": 10
                  *           },
                  *           "priority": "low"
+                 *         },
+                 *         {
+                 *           "id": "0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f12",
+                 *           "type": "fetch",
+                 *           "placement": {
+                 *             "zone": "site-a"
+                 *           }
+                 *         },
+                 *         {
+                 *           "type": "aggregate",
+                 *           "dependsOn": [
+                 *             "0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f12"
+                 *           ],
+                 *           "resources": {
+                 *             "cpu": 1,
+                 *             "memoryMb": 1024
+                 *           }
                  *         }
                  *       ]
                  *     }
@@ -1321,6 +1490,23 @@ export interface operations {
                          */
                         deadline?: string;
                         retry?: components["schemas"]["RetryPolicy"];
+                        /**
+                         * Format: uuid
+                         * @description the task id, chosen by the client; a repeat with the same body returns the task (200), with another body 409 TASK_ID_CONFLICT
+                         */
+                        id?: string;
+                        /** @description tasks of this tenant (or of the same batch) that must end first; the task is waiting until then; at most 10,000 (MAX_DEPENDENCIES) */
+                        dependsOn?: string[];
+                        /** @description free display name, e.g. a workflow step */
+                        name?: string;
+                        /**
+                         * @description when a dependency fails or is cancelled: cancel this task (default, reason dependency-failed) or run it anyway (its handler sees each outcome); only with dependsOn
+                         * @enum {string}
+                         */
+                        onDependencyFailure?: "cancel" | "run";
+                        placement?: components["schemas"]["Placement"];
+                        /** @description after this long undelivered, any fog node of the tier may run it (TaskPlacementFallback); only with placement */
+                        fallbackAfterMs?: number;
                         /** @description a retried batch with the same key returns the first task for this item */
                         idempotencyKey?: string;
                     }[];
@@ -1374,7 +1560,7 @@ export interface operations {
                     "application/json": components["schemas"]["BatchResult"];
                 };
             };
-            /** @description the request does not match the schema (VALIDATION_FAILED, each violation in errors[] with its path), is not valid JSON or HTTP, or carries a NUL character */
+            /** @description the request does not match the schema (VALIDATION_FAILED); dependsOn names an unknown or foreign task, the task itself, more than 10,000 tasks, or makes a cycle (INVALID_DEPENDENCIES); placement or fallbackAfterMs is not valid (INVALID_PLACEMENT); each in errors[] with its path. Nothing written */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1382,11 +1568,11 @@ export interface operations {
                 content: {
                     /**
                      * @example {
-                     *       "type": "urn:fogsched:error:validation-failed",
+                     *       "type": "urn:fogsched:error:invalid-dependencies",
                      *       "title": "Bad Request",
                      *       "status": 400,
-                     *       "detail": "body/priority must be equal to one of the allowed values",
-                     *       "code": "VALIDATION_FAILED"
+                     *       "detail": "body/dependsOn: task 0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11 does not exist",
+                     *       "code": "INVALID_DEPENDENCIES"
                      *     }
                      */
                     "application/problem+json": components["schemas"]["Problem"];
@@ -1423,6 +1609,24 @@ export interface operations {
                      *       "status": 403,
                      *       "detail": "role submitter may not call this operation",
                      *       "code": "FORBIDDEN"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a task with this id exists with another body or in another tenant (TASK_ID_CONFLICT) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:task-id-conflict",
+                     *       "title": "Conflict",
+                     *       "status": 409,
+                     *       "detail": "task 0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11 exists with another body",
+                     *       "code": "TASK_ID_CONFLICT"
                      *     }
                      */
                     "application/problem+json": components["schemas"]["Problem"];
@@ -1576,6 +1780,173 @@ export interface operations {
                      *     }
                      */
                     "application/json": components["schemas"]["Task"];
+                };
+            };
+            /** @description the request does not match the schema (VALIDATION_FAILED, each violation in errors[] with its path), is not valid JSON or HTTP, or carries a NUL character */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:validation-failed",
+                     *       "title": "Bad Request",
+                     *       "status": 400,
+                     *       "detail": "body/priority must be equal to one of the allowed values",
+                     *       "code": "VALIDATION_FAILED"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no credential, or one that is not valid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:unauthorized",
+                     *       "title": "Unauthorized",
+                     *       "status": 401,
+                     *       "detail": "the API key is not valid",
+                     *       "code": "UNAUTHORIZED"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the credential's role may not call this operation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:forbidden",
+                     *       "title": "Forbidden",
+                     *       "status": 403,
+                     *       "detail": "role submitter may not call this operation",
+                     *       "code": "FORBIDDEN"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such task or schedule for this tenant */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:task-not-found",
+                     *       "title": "Not Found",
+                     *       "status": 404,
+                     *       "detail": "task 0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11 does not exist",
+                     *       "code": "TASK_NOT_FOUND"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description PostgreSQL is unavailable, the submit queue is full (SUBMIT_QUEUE_FULL) or a JWT key set cannot be fetched; nothing was written; see Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "retry-after"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:service-unavailable",
+                     *       "title": "Service Unavailable",
+                     *       "status": 503,
+                     *       "detail": "postgresql is unavailable; retry later",
+                     *       "code": "SERVICE_UNAVAILABLE"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    getTaskGraph: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description task id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the graph around the task */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "taskId": "0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11",
+                     *       "nodes": [
+                     *         {
+                     *           "taskId": "0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11",
+                     *           "name": "process",
+                     *           "type": "denoise",
+                     *           "state": "waiting",
+                     *           "tier": "medium",
+                     *           "placement": null,
+                     *           "relation": "self",
+                     *           "depth": 0
+                     *         },
+                     *         {
+                     *           "taskId": "0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f10",
+                     *           "name": "fetch",
+                     *           "type": "fetch-scan",
+                     *           "state": "running",
+                     *           "tier": "light",
+                     *           "placement": {
+                     *             "zone": "site-a"
+                     *           },
+                     *           "relation": "ancestor",
+                     *           "depth": 1
+                     *         },
+                     *         {
+                     *           "taskId": "0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f12",
+                     *           "name": "aggregate",
+                     *           "type": "merge-scans",
+                     *           "state": "waiting",
+                     *           "tier": "heavy",
+                     *           "placement": {
+                     *             "zone": "region-1"
+                     *           },
+                     *           "relation": "descendant",
+                     *           "depth": 1
+                     *         }
+                     *       ],
+                     *       "edges": [
+                     *         {
+                     *           "from": "0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f10",
+                     *           "to": "0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11"
+                     *         },
+                     *         {
+                     *           "from": "0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11",
+                     *           "to": "0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f12"
+                     *         }
+                     *       ],
+                     *       "truncated": false
+                     *     }
+                     */
+                    "application/json": components["schemas"]["TaskGraph"];
                 };
             };
             /** @description the request does not match the schema (VALIDATION_FAILED, each violation in errors[] with its path), is not valid JSON or HTTP, or carries a NUL character */
@@ -2035,6 +2406,400 @@ export interface operations {
             };
         };
     };
+    submitWorkflow: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description a retried submit with the same key returns the first task */
+                "idempotency-key"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                /**
+                 * @example {
+                 *       "name": "lidar-2026-11-27",
+                 *       "steps": [
+                 *         {
+                 *           "step": "fetch",
+                 *           "type": "fetch-scan",
+                 *           "placement": {
+                 *             "zone": "site-a"
+                 *           },
+                 *           "fallbackAfterMs": 600000
+                 *         },
+                 *         {
+                 *           "step": "process",
+                 *           "type": "denoise",
+                 *           "dependsOn": [
+                 *             "fetch"
+                 *           ],
+                 *           "resources": {
+                 *             "cpu": 0.75,
+                 *             "memoryMb": 768
+                 *           }
+                 *         },
+                 *         {
+                 *           "step": "aggregate",
+                 *           "type": "merge-scans",
+                 *           "dependsOn": [
+                 *             "process"
+                 *           ],
+                 *           "resources": {
+                 *             "cpu": 1,
+                 *             "memoryMb": 1024
+                 *           },
+                 *           "placement": {
+                 *             "zone": "region-1"
+                 *           }
+                 *         }
+                 *       ]
+                 *     }
+                 */
+                "application/json": {
+                    /** @description the workflow's name: each step task is named <name>/<step> unless the step gives a name */
+                    name?: string;
+                    /**
+                     * @description when a dependency fails or is cancelled: cancel this task (default, reason dependency-failed) or run it anyway (its handler sees each outcome); only with dependsOn
+                     * @enum {string}
+                     */
+                    onDependencyFailure?: "cancel" | "run";
+                    steps: {
+                        /** @description handler name, e.g. noop, sleep, checksum */
+                        type: string;
+                        /** @description any JSON, handed to the handler (at most MAX_PAYLOAD_BYTES as JSON, default 256 KiB) */
+                        payload?: unknown;
+                        priority?: components["schemas"]["Priority"];
+                        resources?: components["schemas"]["Resources"];
+                        /** @description default 3 (DEFAULT_MAX_ATTEMPTS) */
+                        maxAttempts?: number;
+                        timeoutMs?: number;
+                        /**
+                         * Format: date-time
+                         * @description do not start before this time; at most 10 years ahead (RFC 3339, 1970 to 9999)
+                         */
+                        notBefore?: string;
+                        /**
+                         * Format: date-time
+                         * @description a task not started by then fails as expired; at most 10 years ahead, at most 60 s past (RFC 3339, 1970 to 9999)
+                         */
+                        deadline?: string;
+                        retry?: components["schemas"]["RetryPolicy"];
+                        /** @description free display name, e.g. a workflow step */
+                        name?: string;
+                        /**
+                         * @description when a dependency fails or is cancelled: cancel this task (default, reason dependency-failed) or run it anyway (its handler sees each outcome); only with dependsOn
+                         * @enum {string}
+                         */
+                        onDependencyFailure?: "cancel" | "run";
+                        placement?: components["schemas"]["Placement"];
+                        /** @description after this long undelivered, any fog node of the tier may run it (TaskPlacementFallback); only with placement */
+                        fallbackAfterMs?: number;
+                        /** @description unique in the workflow; names the task (after the workflow name) unless the step gives a name */
+                        step: string;
+                        dependsOn?: string[];
+                    }[];
+                };
+            };
+        };
+        responses: {
+            /** @description an earlier submit with this Idempotency-Key and the same steps: their tasks */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "steps": {
+                     *         "fetch": {
+                     *           "id": "0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11",
+                     *           "type": "checksum",
+                     *           "state": "queued",
+                     *           "tier": "light",
+                     *           "priority": "high",
+                     *           "attempt": 1,
+                     *           "maxAttempts": 3,
+                     *           "payload": {
+                     *             "data": "hello"
+                     *           },
+                     *           "resources": {
+                     *             "cpu": 0.5,
+                     *             "memoryMb": 256
+                     *           },
+                     *           "timeoutMs": 30000,
+                     *           "notBefore": null,
+                     *           "deadline": null,
+                     *           "idempotencyKey": null,
+                     *           "nodeId": null,
+                     *           "output": null,
+                     *           "lastError": null,
+                     *           "failureReason": null,
+                     *           "progress": null,
+                     *           "availableAt": "2026-11-27T10:15:30.123Z",
+                     *           "submittedAt": "2026-11-27T10:15:30.123Z",
+                     *           "startedAt": null,
+                     *           "finishedAt": null,
+                     *           "updatedAt": "2026-11-27T10:15:30.123Z",
+                     *           "version": 2
+                     *         }
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["WorkflowResult"];
+                };
+            };
+            /** @description every step stored, each with its task */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "steps": {
+                     *         "fetch": {
+                     *           "id": "0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11",
+                     *           "type": "checksum",
+                     *           "state": "queued",
+                     *           "tier": "light",
+                     *           "priority": "high",
+                     *           "attempt": 1,
+                     *           "maxAttempts": 3,
+                     *           "payload": {
+                     *             "data": "hello"
+                     *           },
+                     *           "resources": {
+                     *             "cpu": 0.5,
+                     *             "memoryMb": 256
+                     *           },
+                     *           "timeoutMs": 30000,
+                     *           "notBefore": null,
+                     *           "deadline": null,
+                     *           "idempotencyKey": null,
+                     *           "nodeId": null,
+                     *           "output": null,
+                     *           "lastError": null,
+                     *           "failureReason": null,
+                     *           "progress": null,
+                     *           "availableAt": "2026-11-27T10:15:30.123Z",
+                     *           "submittedAt": "2026-11-27T10:15:30.123Z",
+                     *           "startedAt": null,
+                     *           "finishedAt": null,
+                     *           "updatedAt": "2026-11-27T10:15:30.123Z",
+                     *           "version": 2
+                     *         },
+                     *         "process": {
+                     *           "id": "0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f12",
+                     *           "type": "checksum",
+                     *           "state": "waiting",
+                     *           "tier": "light",
+                     *           "priority": "high",
+                     *           "attempt": 1,
+                     *           "maxAttempts": 3,
+                     *           "payload": {
+                     *             "data": "hello"
+                     *           },
+                     *           "resources": {
+                     *             "cpu": 0.5,
+                     *             "memoryMb": 256
+                     *           },
+                     *           "timeoutMs": 30000,
+                     *           "notBefore": null,
+                     *           "deadline": null,
+                     *           "idempotencyKey": null,
+                     *           "nodeId": null,
+                     *           "output": null,
+                     *           "lastError": null,
+                     *           "failureReason": null,
+                     *           "progress": null,
+                     *           "availableAt": "2026-11-27T10:15:30.123Z",
+                     *           "submittedAt": "2026-11-27T10:15:30.123Z",
+                     *           "startedAt": null,
+                     *           "finishedAt": null,
+                     *           "updatedAt": "2026-11-27T10:15:30.123Z",
+                     *           "version": 2,
+                     *           "dependsOn": [
+                     *             "0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11"
+                     *           ],
+                     *           "onDependencyFailure": "cancel"
+                     *         }
+                     *       }
+                     *     }
+                     */
+                    "application/json": components["schemas"]["WorkflowResult"];
+                };
+            };
+            /** @description the request does not match the schema (VALIDATION_FAILED); a step repeats, a dependency names no step and is no uuid, or the steps make a cycle (INVALID_WORKFLOW); a uuid dependency is unknown or foreign (INVALID_DEPENDENCIES); a placement is not valid (INVALID_PLACEMENT); each in errors[] with its path. Nothing written */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:invalid-workflow",
+                     *       "title": "Bad Request",
+                     *       "status": 400,
+                     *       "detail": "body/steps/2/dependsOn/0: agregate is no step of this workflow and no task id",
+                     *       "code": "INVALID_WORKFLOW"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no credential, or one that is not valid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:unauthorized",
+                     *       "title": "Unauthorized",
+                     *       "status": 401,
+                     *       "detail": "the API key is not valid",
+                     *       "code": "UNAUTHORIZED"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the credential's role may not call this operation */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:forbidden",
+                     *       "title": "Forbidden",
+                     *       "status": 403,
+                     *       "detail": "role submitter may not call this operation",
+                     *       "code": "FORBIDDEN"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a task with this id exists with another body or in another tenant (TASK_ID_CONFLICT) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:task-id-conflict",
+                     *       "title": "Conflict",
+                     *       "status": 409,
+                     *       "detail": "task 0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11 exists with another body",
+                     *       "code": "TASK_ID_CONFLICT"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is over the body limit (FST_ERR_CTP_BODY_TOO_LARGE) or a payload over MAX_PAYLOAD_BYTES (PAYLOAD_TOO_LARGE) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:payload-too-large",
+                     *       "title": "Content Too Large",
+                     *       "status": 413,
+                     *       "detail": "body/payload is 300000 bytes as JSON; the limit is 262144",
+                     *       "code": "PAYLOAD_TOO_LARGE"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:fst-err-ctp-invalid-media-type",
+                     *       "title": "Unsupported Media Type",
+                     *       "status": 415,
+                     *       "detail": "Unsupported Media Type",
+                     *       "code": "FST_ERR_CTP_INVALID_MEDIA_TYPE"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description understood but refused: no tier fits the resources, an Idempotency-Key reused for another request, or a batch larger than the tenant's burst */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:no-tier-fits",
+                     *       "title": "Unprocessable Content",
+                     *       "status": 422,
+                     *       "detail": "no tier can run a task needing 8 cpu and 64 MB",
+                     *       "code": "NO_TIER_FITS"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a per-tenant limit (submit rate or active tasks); see Retry-After */
+            429: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "retry-after"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:rate-limited",
+                     *       "title": "Too Many Requests",
+                     *       "status": 429,
+                     *       "detail": "tenant acme may submit 100 tasks per second",
+                     *       "code": "RATE_LIMITED"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description PostgreSQL is unavailable, the submit queue is full (SUBMIT_QUEUE_FULL) or a JWT key set cannot be fetched; nothing was written; see Retry-After */
+            503: {
+                headers: {
+                    /** @description seconds to wait before retrying */
+                    "retry-after"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example {
+                     *       "type": "urn:fogsched:error:service-unavailable",
+                     *       "title": "Service Unavailable",
+                     *       "status": 503,
+                     *       "detail": "postgresql is unavailable; retry later",
+                     *       "code": "SERVICE_UNAVAILABLE"
+                     *     }
+                     */
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     getCluster: {
         parameters: {
             query?: never;
@@ -2067,6 +2832,10 @@ export interface operations {
                      *         {
                      *           "id": "fog-light-1",
                      *           "tier": "light",
+                     *           "zone": "site-a",
+                     *           "labels": {
+                     *             "camera": "yes"
+                     *           },
                      *           "slots": 32,
                      *           "inFlight": 3,
                      *           "cpu": 0.4,
@@ -3733,7 +4502,7 @@ export interface operations {
                 /** @description only this task's events */
                 task?: string;
                 /** @description only events that left their task in this state */
-                state?: "scheduled" | "queued" | "running" | "retrying" | "succeeded" | "failed" | "cancelled";
+                state?: "waiting" | "scheduled" | "queued" | "running" | "retrying" | "succeeded" | "failed" | "cancelled";
                 /** @description start after this log position (as Last-Event-ID; the header wins); without either the stream starts at the head of the log */
                 after?: string;
             };

@@ -211,7 +211,10 @@ export function createCoordinator(deps: CoordinatorDeps): Coordinator {
           const next = await appendNodeEvent(
             deps.db,
             stream,
-            { type: 'FogNodeJoined', data: { nodeId, tier: hash.tier ?? '', slots: Number(hash.slots) || 0, version: hash.version ?? '', at: new Date().toISOString() } },
+            {
+              type: 'FogNodeJoined',
+              data: { nodeId, tier: hash.tier ?? '', slots: Number(hash.slots) || 0, version: hash.version ?? '', zone: hash.zone || null, labels: labelsOf(hash.labels), at: new Date().toISOString() },
+            },
             `coordinator:${id}`,
           );
           if (next) logger.info({ nodeId, tier: hash.tier }, 'fog node joined');
@@ -335,4 +338,15 @@ export function createCoordinator(deps: CoordinatorDeps): Coordinator {
       })());
     },
   };
+}
+
+/** The `labels` field of a fog node's hash (JSON); {} when absent or malformed. */
+function labelsOf(value: string | undefined): Record<string, string> {
+  try {
+    const parsed: unknown = JSON.parse(value ?? '{}');
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return {};
+    return Object.fromEntries(Object.entries(parsed).filter((e): e is [string, string] => typeof e[1] === 'string'));
+  } catch {
+    return {};
+  }
 }

@@ -7,7 +7,8 @@ export const nodeStreamId = (nodeId: string) => `node:${nodeId}`;
 
 export interface FogNodeJoined {
   readonly type: 'FogNodeJoined';
-  readonly data: { nodeId: string; tier: string; slots: number; version: string; at: string };
+  /** `zone` and `labels` (FOG_NODE_ZONE, FOG_NODE_LABELS) are absent in events of older versions. */
+  readonly data: { nodeId: string; tier: string; slots: number; version: string; zone?: string | null; labels?: Record<string, string>; at: string };
 }
 
 export interface FogNodeLost {

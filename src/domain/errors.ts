@@ -111,6 +111,33 @@ export class ScheduleLimitReachedError extends FogschedError {
   }
 }
 
+/** One problem with a submit's dependencies: where (`body/dependsOn`, `body/tasks/<i>/dependsOn`) and what. */
+export interface FieldProblem {
+  readonly path: string;
+  readonly message: string;
+}
+
+/** dependsOn names an unknown or foreign task, the task itself, too many tasks, or makes a cycle; nothing was written. */
+export class InvalidDependenciesError extends FogschedError {
+  constructor(message: string, readonly errors: readonly FieldProblem[] = [{ path: 'body/dependsOn', message }]) {
+    super({ code: 'INVALID_DEPENDENCIES', status: 400, message, details: { errors } });
+  }
+}
+
+/** A submit's client-chosen `id` belongs to an existing task with another body or of another tenant. */
+export class TaskIdConflictError extends FogschedError {
+  constructor(readonly taskId: string) {
+    super({ code: 'TASK_ID_CONFLICT', status: 409, message: `a different task with id ${taskId} already exists`, details: { taskId } });
+  }
+}
+
+/** A placement (zone, labels) or fallbackAfterMs of a submit is malformed. */
+export class InvalidPlacementError extends FogschedError {
+  constructor(message: string, path = 'body/placement') {
+    super({ code: 'INVALID_PLACEMENT', status: 400, message, details: { errors: [{ path, message }] } });
+  }
+}
+
 /** Wraps any thrown value in an Error, keeping the original as `cause`. */
 export function coerceError(value: unknown): Error {
   if (value instanceof Error) return value;

@@ -11,6 +11,10 @@
  *   fields, null when unset.
  * - TaskAttemptFailed v1: `error` was the message alone and `retryable` sat beside it.
  *   v2 (current): `error: { message, code, retryable }`.
+ * - Issue 20 added only optional fields, absent in older events and read as unset, so no
+ *   version moved: TaskSubmitted's `task.name`, `dependsOn`, `onDependencyFailure`,
+ *   `placement`, `fallbackAfterMs`; TaskCancelled's `dependency` and `dependencyState`. New
+ *   types TaskWaiting, TaskReleased and TaskPlacementFallback start at version 1.
  */
 
 type Data = Record<string, unknown>;

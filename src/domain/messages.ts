@@ -17,6 +17,14 @@ export interface TaskMessage {
   readonly memoryMb?: number;
   /** The task's attempt budget, for the handler's ctx (absent in messages of older versions). */
   readonly maxAttempts?: number;
+  /**
+   * A task with dependsOn: each dependency's state and output, read at dispatch (the handler's
+   * ctx.dependencies). Outputs are left out (states kept) when their JSON passes 4 MiB.
+   */
+  // eslint-disable-next-line @typescript-eslint/no-redundant-type-constituents -- the three states name what a handler sees; a newer writer may send another
+  readonly dependencies?: Readonly<Record<string, { readonly state: 'succeeded' | 'failed' | 'cancelled' | string; readonly output: unknown }>>;
+  /** True when the dependencies' outputs were left out for size. */
+  readonly dependenciesTruncated?: boolean;
 }
 
 /**

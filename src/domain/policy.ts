@@ -61,3 +61,124 @@ export function retryDelayMs(failedAttempt: number, options: BackoffOptions, ran
 export function taskRoutingKey(tier: string, priority: Priority): string {
   return `${tier}.${priority}`;
 }
+
+/** Where a task may run: a zone, labels a node must all carry, or both (TaskSpec.placement). */
+export interface Placement {
+  readonly zone?: string;
+  readonly labels?: Readonly<Record<string, string>>;
+}
+
+/** What a fog node advertises (FOG_NODE_ZONE, FOG_NODE_LABELS). */
+export interface NodePlacement {
+  readonly zone: string | null;
+  readonly labels: Readonly<Record<string, string>>;
+}
+
+/** Prefix of a label class without a zone: no zone starts with `_`, so it never collides with one. */
+const ANY_ZONE = '_any';
+
+/**
+ * The placement class of a task: the part of its queue name (`<prefix>tasks.<class>.<tier>.<priority>`)
+ * and routing key (`<class>.<tier>.<priority>`) that says where it may run; null for no placement.
+ * - zone only: the zone itself (`site-a`), so a zone's queues read `tasks.site-a.light.normal`;
+ * - labels (with or without a zone): `<zone or _any>~<16 hex digits>`, a 64-bit FNV-1a hash of the
+ *   labels as sorted `k=v` joined by `,` (`site-a~3f09c1d2a4b5e6f7`, `_any~...`).
+ * Stable across processes and versions (it names durable queues); only `[a-z0-9_~-]`, so queue-name-safe.
+ */
+export function placementClass(placement: Placement | null | undefined): string | null {
+  if (!placement) return null;
+  const zone = placement.zone || null;
+  const labels = sortedLabels(placement.labels);
+  if (labels.length === 0) return zone;
+  return `${zone ?? ANY_ZONE}~${fnv1a64(labels.map(([k, v]) => `${k}=${v}`).join(','))}`;
+}
+
+/** Does a node satisfy a placement: its zone when one is asked, and every label asked with the same value? */
+export function placementMatches(placement: Placement | null | undefined, node: NodePlacement): boolean {
+  if (!placement) return true;
+  if (placement.zone && placement.zone !== node.zone) return false;
+  return sortedLabels(placement.labels).every(([k, v]) => Object.hasOwn(node.labels, k) && node.labels[k] === v);
+}
+
+function sortedLabels(labels: Readonly<Record<string, string>> | undefined): [string, string][] {
+  return Object.entries(labels ?? {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+}
+
+/** FNV-1a, 64 bits, over the UTF-16 code units (the label grammar is ASCII); 16 lowercase hex digits. */
+function fnv1a64(text: string): string {
+  let hash = 0xcbf29ce484222325n;
+  for (let i = 0; i < text.length; i++) {
+    hash ^= BigInt(text.charCodeAt(i));
+    hash = (hash * 0x100000001b3n) & 0xffffffffffffffffn;
+  }
+  return hash.toString(16).padStart(16, '0');
+}
+
+/** Routing key of a placement dispatch on the `tasks` exchange. */
+export function placementRoutingKey(placementClassKey: string, tier: string, priority: Priority): string {
+  return `${placementClassKey}.${tier}.${priority}`;
+}
+
+/** A zone name (FOG_NODE_ZONE, placement.zone). */
+export const ZONE_PATTERN = /^[a-z0-9][a-z0-9-]{0,39}$/;
+/** A label key (FOG_NODE_LABELS, placement.labels). */
+export const LABEL_KEY_PATTERN = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
+/** A label value. */
+export const LABEL_VALUE_PATTERN = /^[A-Za-z0-9_.-]{1,63}$/;
+export const MAX_PLACEMENT_LABELS = 16;
+/** Longest fallbackAfterMs: a week. */
+export const MAX_FALLBACK_AFTER_MS = 604_800_000;
+
+/**
+ * What is wrong with a placement and its fallback delay, as `{ path, message }` relative to the
+ * task (`placement/zone`, `placement/labels/<key>`, `fallbackAfterMs`); empty when valid.
+ */
+export function placementErrors(placement: unknown, fallbackAfterMs: unknown): { path: string; message: string }[] {
+  const errors: { path: string; message: string }[] = [];
+  const given = placement !== undefined && placement !== null;
+  if (given) {
+    if (typeof placement !== 'object' || Array.isArray(placement)) {
+      errors.push({ path: 'placement', message: 'must be an object { zone?, labels? }' });
+    } else {
+      const { zone, labels, ...rest } = placement as { zone?: unknown; labels?: unknown };
+      for (const key of Object.keys(rest)) errors.push({ path: `placement/${key}`, message: 'unknown field (only zone and labels)' });
+      if (zone !== undefined && (typeof zone !== 'string' || !ZONE_PATTERN.test(zone))) errors.push({ path: 'placement/zone', message: `must match ${ZONE_PATTERN.source}` });
+      if (labels !== undefined) {
+        if (typeof labels !== 'object' || labels === null || Array.isArray(labels)) errors.push({ path: 'placement/labels', message: 'must be an object of key: value' });
+        else {
+          const entries = Object.entries(labels);
+          if (entries.length > MAX_PLACEMENT_LABELS) errors.push({ path: 'placement/labels', message: `at most ${MAX_PLACEMENT_LABELS} labels` });
+          for (const [k, v] of entries) {
+            if (!LABEL_KEY_PATTERN.test(k)) errors.push({ path: `placement/labels/${k}`, message: `key must match ${LABEL_KEY_PATTERN.source}` });
+            else if (typeof v !== 'string' || !LABEL_VALUE_PATTERN.test(v)) errors.push({ path: `placement/labels/${k}`, message: `value must match ${LABEL_VALUE_PATTERN.source}` });
+          }
+        }
+      }
+    }
+  }
+  if (fallbackAfterMs !== undefined && fallbackAfterMs !== null) {
+    if (!Number.isInteger(fallbackAfterMs) || (fallbackAfterMs as number) < 1 || (fallbackAfterMs as number) > MAX_FALLBACK_AFTER_MS) {
+      errors.push({ path: 'fallbackAfterMs', message: `must be an integer 1..${MAX_FALLBACK_AFTER_MS}` });
+    } else if (errors.length === 0 && normalizePlacement(given ? placement : null) === null) {
+      errors.push({ path: 'fallbackAfterMs', message: 'only with a placement (zone or labels)' });
+    }
+  }
+  return errors;
+}
+
+/** A valid placement as stored: labels with sorted keys, no empty parts; null when it names neither zone nor labels. */
+export function normalizePlacement(placement: Placement | null | undefined): { zone?: string; labels?: Record<string, string> } | null {
+  if (!placement) return null;
+  const labels = sortedLabels(placement.labels);
+  const out: { zone?: string; labels?: Record<string, string> } = {};
+  if (placement.zone) out.zone = placement.zone;
+  if (labels.length > 0) out.labels = Object.fromEntries(labels);
+  return out.zone === undefined && out.labels === undefined ? null : out;
+}
+
+/** Header of a placement dispatch: its placement class (the relay declares the class's queue before it publishes). */
+export const PLACEMENT_CLASS_HEADER = 'x-fogsched-placement-class';
+/** Header of a placement dispatch: the placement as JSON, recorded in Redis for nodes whose labels match. */
+export const PLACEMENT_HEADER = 'x-fogsched-placement';
+/** Header of a placement dispatch with a fallback: its fallbackAfterMs, which the relay publishes as the message's `expiration`. */
+export const FALLBACK_AFTER_HEADER = 'x-fogsched-fallback-after-ms';

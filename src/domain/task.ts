@@ -4,7 +4,7 @@ import { retryDelayMs, type BackoffOptions } from './policy.js';
 export const PRIORITIES = ['high', 'normal', 'low'] as const;
 export type Priority = (typeof PRIORITIES)[number];
 
-export const TASK_STATUSES = ['scheduled', 'queued', 'running', 'retrying', 'succeeded', 'failed', 'cancelled'] as const;
+export const TASK_STATUSES = ['waiting', 'scheduled', 'queued', 'running', 'retrying', 'succeeded', 'failed', 'cancelled'] as const;
 export type TaskStatus = (typeof TASK_STATUSES)[number];
 export const TERMINAL_STATUSES: readonly TaskStatus[] = ['succeeded', 'failed', 'cancelled'];
 
@@ -32,6 +32,46 @@ export interface TaskSpec {
   readonly idempotencyKey: string | null;
   /** Retry backoff of this task; null means the scheduler's default. */
   readonly retry?: BackoffOptions | null;
+  /** A free display name (a workflow step's), at most 100 characters; absent when unset. */
+  readonly name?: string | null;
+  /** Ids of the tasks this one waits for (deduplicated, in the client's order); absent or [] for none. */
+  readonly dependsOn?: readonly string[];
+  /** What a failed or cancelled dependency does to this task: `cancel` it (default) or `run` it anyway once all ended. Only with dependsOn. */
+  readonly onDependencyFailure?: DependencyFailurePolicy;
+  /** Where the task must run (every given field must match the node); absent or null for anywhere in its tier. */
+  readonly placement?: TaskPlacement | null;
+  /** After this long unclaimed in its placement queue, any node of its tier may run it. Only with a placement. */
+  readonly fallbackAfterMs?: number | null;
+}
+
+/** What a task's failed or cancelled dependency does to it. */
+export type DependencyFailurePolicy = 'cancel' | 'run';
+
+/** Where a task must run: a node's zone and labels (all given must match). Labels are stored with sorted keys. */
+export interface TaskPlacement {
+  readonly zone?: string;
+  readonly labels?: Readonly<Record<string, string>>;
+}
+
+/** How a dependency ended, as its dependants see it. */
+export type DependencyState = 'succeeded' | 'failed' | 'cancelled';
+
+/** Counts of a task's dependencies by how they ended. */
+export interface DependencyOutcomes {
+  readonly succeeded: number;
+  readonly failed: number;
+  readonly cancelled: number;
+}
+
+/** The most dependencies one task may have (dependsOn, after removing duplicates). */
+export const MAX_DEPENDENCIES = 10_000;
+
+/** The reason of a TaskCancelled caused by a failed or cancelled dependency. */
+export const DEPENDENCY_FAILED = 'dependency-failed';
+
+/** The task's dependency ids (none for a task without). */
+export function dependenciesOf(spec: TaskSpec | null): readonly string[] {
+  return spec?.dependsOn ?? [];
 }
 
 /**
@@ -84,15 +124,48 @@ export type TaskEvent =
   | { type: 'TaskRetryScheduled'; data: { attempt: number; delayMs: number; availableAt: string; at: string } }
   | { type: 'TaskFailed'; data: { attempt: number; reason: FailureReason; error: TaskError | null; at: string } }
   | { type: 'TaskDeadLettered'; data: { attempt: number; reason: FailureReason; queue: string | null; at: string } }
-  | { type: 'TaskCancelled'; data: { actor: string; reason: string | null; at: string } }
+  /** `dependency`/`dependencyState`: the dependency whose end cancelled it (reason `dependency-failed`, actor `scheduler`). */
+  | { type: 'TaskCancelled'; data: { actor: string; reason: string | null; at: string; dependency?: string; dependencyState?: 'failed' | 'cancelled' } }
   | { type: 'TaskRequeued'; data: { actor: string; attempt: number; at: string } }
   /** The same attempt goes back to its queue (a new dispatch); it does not use up `maxAttempts`. */
-  | { type: 'TaskReturned'; data: { attempt: number; nodeId: string | null; reason: ReturnReason; returns: number; at: string } };
+  | { type: 'TaskReturned'; data: { attempt: number; nodeId: string | null; reason: ReturnReason; returns: number; at: string } }
+  /** Submitted with `pending` dependencies not yet ended: the task waits for them. */
+  | { type: 'TaskWaiting'; data: { pending: number; at: string } }
+  /**
+   * Its dependencies ended (all succeeded, or any outcome under policy `run`); a TaskQueued of attempt 1
+   * follows. `dependency`: the one whose end released it; null when all had ended at submit.
+   */
+  | { type: 'TaskReleased'; data: { dependency: string | null; outcomes: DependencyOutcomes; at: string } }
+  /** The attempt waited `afterMs` in its placement's queue: the same attempt is dispatched to its tier's general queue. */
+  | { type: 'TaskPlacementFallback'; data: { attempt: number; afterMs: number; at: string } };
 
 export type TaskEventType = TaskEvent['type'];
 
+/**
+ * What the submit saw of a new task's dependencies (absent: it has none). `firstFailed`: the first
+ * (in dependsOn order) that had already failed or been cancelled.
+ */
+export interface SubmitDependencies {
+  readonly pending: number;
+  readonly succeeded: number;
+  readonly failed: number;
+  readonly cancelled: number;
+  readonly firstFailed: string | null;
+  readonly firstFailedState: 'failed' | 'cancelled' | null;
+}
+
 export type TaskCommand =
-  | { type: 'SubmitTask'; data: { task: TaskSpec; now: string } }
+  | { type: 'SubmitTask'; data: { task: TaskSpec; now: string; dependencies?: SubmitDependencies } }
+  /**
+   * Dependencies of a waiting task ended: `resolved` in this step, `remaining` still unended,
+   * `outcomes` the totals over all its dependencies (meaningful once `remaining` is 0).
+   */
+  | {
+      type: 'ResolveDependencies';
+      data: { resolved: readonly { readonly id: string; readonly state: DependencyState }[]; remaining: number; outcomes: DependencyOutcomes; now: string };
+    }
+  /** The attempt's placement dispatch expired unclaimed after fallbackAfterMs (the broker dead-lettered it). */
+  | { type: 'FallBackPlacement'; data: { attempt: number; now: string } }
   /** `startedAt`: the node's clock at the start (TaskStarted.at); `now` when absent. */
   | { type: 'StartTask'; data: { attempt: number; nodeId: string; now: string; startedAt?: string } }
   /** `reportedAt`: the node's clock at the report. */
@@ -173,8 +246,8 @@ export function isTerminal(status: TaskState['status']): boolean {
   return (TERMINAL_STATUSES as readonly string[]).includes(status);
 }
 
-/** Has the task been waiting to run (queued, scheduled or retrying)? */
-function isWaiting(status: TaskState['status']): boolean {
+/** Has the task an attempt waiting to start (queued, scheduled or retrying)? */
+function awaitsStart(status: TaskState['status']): boolean {
   return status === 'queued' || status === 'scheduled' || status === 'retrying';
 }
 
@@ -187,14 +260,38 @@ export function decide(state: TaskState, command: TaskCommand): TaskEvent[] {
   switch (command.type) {
     case 'SubmitTask': {
       if (state.status !== 'new') throw new TaskAlreadyExistsError(state.taskId);
-      const { task, now } = command.data;
+      const { task, now, dependencies } = command.data;
+      const submitted: TaskEvent = { type: 'TaskSubmitted', data: { task, at: now } };
+      if (!dependencies || dependenciesOf(task).length === 0) return [submitted, queuedFirst(task, now)];
+      const { pending, succeeded, failed, cancelled, firstFailed, firstFailedState } = dependencies;
+      if (firstFailed !== null && firstFailedState !== null && policyOf(task) === 'cancel') {
+        return [submitted, dependencyCancelled(firstFailed, firstFailedState, now)];
+      }
+      if (pending > 0) return [submitted, { type: 'TaskWaiting', data: { pending, at: now } }];
       return [
-        { type: 'TaskSubmitted', data: { task, at: now } },
-        {
-          type: 'TaskQueued',
-          data: { attempt: 1, tier: task.tier, priority: task.priority, availableAt: laterOf(task.notBefore, now), at: now },
-        },
+        submitted,
+        { type: 'TaskReleased', data: { dependency: null, outcomes: { succeeded, failed, cancelled }, at: now } },
+        queuedFirst(task, now),
       ];
+    }
+    case 'ResolveDependencies': {
+      const { resolved, remaining, outcomes, now } = command.data;
+      if (state.status !== 'waiting' || !state.spec) return [];
+      const bad = resolved.find((r) => r.state !== 'succeeded');
+      if (bad && policyOf(state.spec) === 'cancel') return [dependencyCancelled(bad.id, bad.state as 'failed' | 'cancelled', now)];
+      if (remaining > 0) return [];
+      const last = resolved[resolved.length - 1];
+      return [
+        { type: 'TaskReleased', data: { dependency: last?.id ?? null, outcomes, at: now } },
+        queuedFirst(state.spec, now),
+      ];
+    }
+    case 'FallBackPlacement': {
+      const { attempt, now } = command.data;
+      const afterMs = state.spec?.fallbackAfterMs;
+      if (!isCurrentAttempt(state, attempt) || !awaitsStart(state.status)) return [];
+      if (!state.spec?.placement || afterMs === null || afterMs === undefined) return [];
+      return [{ type: 'TaskPlacementFallback', data: { attempt, afterMs, at: now } }];
     }
     case 'StartTask': {
       const { attempt, nodeId, now, startedAt } = command.data;
@@ -248,7 +345,7 @@ export function decide(state: TaskState, command: TaskCommand): TaskEvent[] {
       // An attempt that never started reached the delivery limit by requeues alone (graceful
       // returns of buffered messages count on RabbitMQ < 4.3): it goes back, a bounded number
       // of times. A started attempt that keeps coming back is poison: the task fails.
-      if (isWaiting(state.status) && reason === 'delivery-limit' && returns < MAX_RETURNS) {
+      if (awaitsStart(state.status) && reason === 'delivery-limit' && returns < MAX_RETURNS) {
         return [{ type: 'TaskReturned', data: { attempt, nodeId: null, reason: 'delivery-limit', returns: returns + 1, at: now } }];
       }
       return [{ type: 'TaskDeadLettered', data: { attempt, reason, queue, at: now } }];
@@ -319,6 +416,13 @@ export function evolve(state: TaskState, event: TaskEvent): TaskState {
       };
     case 'TaskReturned':
       return { ...next, status: 'queued', availableAt: event.data.at, nodeId: null };
+    case 'TaskWaiting':
+      return { ...next, status: 'waiting' };
+    case 'TaskReleased':
+      // Still waiting: the TaskQueued that always follows moves it on.
+      return next;
+    case 'TaskPlacementFallback':
+      return { ...next, status: 'queued', availableAt: event.data.at, nodeId: null };
     default:
       return assertNever(event);
   }
@@ -340,6 +444,9 @@ export function dispatchOf(event: TaskEvent): { attempt: number; availableAt: st
     case 'TaskReturned':
       // The same attempt again, in a new message: it does not use up maxAttempts.
       return { attempt: event.data.attempt, availableAt: event.data.at };
+    case 'TaskPlacementFallback':
+      // The same attempt again, to its tier's general queue.
+      return { attempt: event.data.attempt, availableAt: event.data.at };
     default:
       return null;
   }
@@ -350,7 +457,19 @@ function isCurrentAttempt(state: TaskState, attempt: number): boolean {
 }
 
 function startedIfMissing(state: TaskState, attempt: number, nodeId: string, startedAt: string): TaskEvent[] {
-  return isWaiting(state.status) ? [{ type: 'TaskStarted', data: { attempt, nodeId, at: startedAt } }] : [];
+  return awaitsStart(state.status) ? [{ type: 'TaskStarted', data: { attempt, nodeId, at: startedAt } }] : [];
+}
+
+function queuedFirst(task: TaskSpec, now: string): TaskEvent {
+  return { type: 'TaskQueued', data: { attempt: 1, tier: task.tier, priority: task.priority, availableAt: laterOf(task.notBefore, now), at: now } };
+}
+
+function policyOf(task: TaskSpec): DependencyFailurePolicy {
+  return task.onDependencyFailure ?? 'cancel';
+}
+
+function dependencyCancelled(dependency: string, dependencyState: 'failed' | 'cancelled', now: string): TaskEvent {
+  return { type: 'TaskCancelled', data: { actor: 'scheduler', reason: DEPENDENCY_FAILED, at: now, dependency, dependencyState } };
 }
 
 function laterOf(notBefore: string | null, now: string): string {

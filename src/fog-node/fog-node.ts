@@ -1,11 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import type { ConsumeMessage } from 'amqplib';
-import { MAX_PROGRESS_MESSAGE_CHARS, OUT_OF_MEMORY, PRIORITIES, TOO_LARGE_FOR_TIER, type NodeMetricSample, type Priority, type ResultRecord, type SystemMessage, type TaskError, type TaskMessage } from '../domain/index.js';
+import { MAX_PROGRESS_MESSAGE_CHARS, OUT_OF_MEMORY, placementClass, placementMatches, PRIORITIES, TOO_LARGE_FOR_TIER, type Placement, type NodeMetricSample, type Priority, type ResultRecord, type SystemMessage, type TaskError, type TaskMessage } from '../domain/index.js';
 import {
   createBackoff,
   createBrokerClient,
   createChannelSlot,
+  declarePlacement,
   declareTopology,
+  placementTopologyOf,
   type BrokerChannel,
   type BrokerConnection,
   type ConfirmingChannel,
@@ -25,7 +27,7 @@ import { createLocalQueue, type Queued } from './local-queue.js';
 import { checkOutput, storableTaskError, storableText, MAX_ERROR_MESSAGE_CHARS } from './output-check.js';
 import { createRecentMap } from './recent-map.js';
 import type { Redis } from 'ioredis';
-import { createRedis, readCancelled, redisKeys, whenReady } from '../infra/redis.js';
+import { createRedis, readCancelled, readPlacementQueues, redisKeys, whenReady } from '../infra/redis.js';
 
 export interface FogNodeOptions {
   readonly amqpUrl: string;
@@ -57,6 +59,12 @@ export interface FogNodeOptions {
   /** FOG_NODE_MAX_OUTPUT_BYTES: a larger output (as JSON) is reported as failed `output-not-storable`. */
   readonly maxOutputBytes: number;
   readonly logger: Logger;
+  /** FOG_NODE_ZONE: the node consumes its zone's placement queues (declared when it joins); default none. */
+  readonly zone?: string | null;
+  /** FOG_NODE_LABELS: the node consumes the label classes in Redis whose placement it matches; default none. */
+  readonly labels?: Readonly<Record<string, string>>;
+  /** FOG_NODE_PLACEMENT_RESCAN_MS: how often a node with labels looks for new label classes in Redis (default 10000). */
+  readonly placementRescanMs?: number;
   /** Redis membership (fog:nodes, fog:node:{id}); Redis being down never stops task flow. */
   readonly heartbeat?: { readonly redisUrl: string; readonly prefix: string; readonly intervalMs: number; readonly ttlMs: number; readonly version: string };
 }
@@ -156,7 +164,8 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
   let connection: BrokerConnection | undefined;
   let publishChannel: ConfirmingChannel | undefined;
   /** The consume channel now; deliveries of any other generation are never settled (their channel is gone). */
-  const consume = createChannelSlot<{ readonly channel: BrokerChannel; readonly tags: string[] }>();
+  const consume = createChannelSlot<{ readonly channel: BrokerChannel; readonly tags: string[]; readonly queues: Set<string> }>();
+  const place = { zone: options.zone || null, labels: options.labels ?? {} };
   let draining = false;
   let handlers = new Map<string, Handler>();
   const threads: ThreadPool = createThreadPool({ keepIdle: 2, idleMs: 30_000 });
@@ -246,7 +255,9 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
     const { task } = run;
     const handler = handlers.get(task.type);
     if (!handler) throw new HandlerError({ message: `no handler for task type ${task.type} on node ${options.nodeId}`, code: 'unknown_handler', retryable: false });
-    if (handler.kind === 'inline') return handler.run(task.payload, signal, { taskId: task.taskId, attempt: task.attempt });
+    if (handler.kind === 'inline') {
+      return handler.run(task.payload, signal, { taskId: task.taskId, attempt: task.attempt, dependencies: task.dependencies ?? {}, dependenciesTruncated: task.dependenciesTruncated === true });
+    }
     const info = {
       taskId: task.taskId,
       attempt: task.attempt,
@@ -256,6 +267,8 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
       tier: task.tier,
       deadline: task.deadline,
       traceId: run.traceId,
+      dependencies: task.dependencies ?? {},
+      dependenciesTruncated: task.dependenciesTruncated === true,
     };
     return threads.run(
       { module: handler.module, exportName: handler.exportName, payload: task.payload, info, heapMb: heapOf(task), logLevel: options.handlerLogLevel ?? 'info' },
@@ -552,6 +565,65 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
   };
 
   /**
+   * Consumes one placement queue on the consume channel of generation `gen` (declaring it first:
+   * idempotent, and it may not exist yet); skipped when that channel is no longer current or the
+   * queue is consumed already. Its deliveries rank like those of the tier's general queue.
+   */
+  const consumePlacement = async (
+    current: { readonly channel: BrokerChannel; readonly tags: string[]; readonly queues: Set<string> },
+    gen: number,
+    cls: string,
+    tier: string,
+    priority: Priority,
+  ): Promise<void> => {
+    const rank = options.servedTiers.indexOf(tier);
+    const queueName = options.names.placementQueue(cls, tier, priority);
+    if (rank < 0 || draining || !consume.isCurrent(gen) || current.queues.has(queueName)) return;
+    current.queues.add(queueName);
+    await declarePlacement(current.channel.raw, placementTopologyOf(options.topology, options.names, cls, [tier], [priority]));
+    const { consumerTag } = await current.channel.raw.consume(queueName, onDelivery(rank, priority, gen), { noAck: false });
+    current.tags.push(consumerTag);
+    if (draining) await current.channel.raw.cancel(consumerTag).catch(() => {});
+  };
+
+  /**
+   * Label classes the relay recorded in Redis (`fog:placement-classes`) whose placement this
+   * node matches, for the tiers it serves: consumed on the current channel. Redis down: tried
+   * again at the next rescan.
+   */
+  const rescanPlacement = async (current: { readonly channel: BrokerChannel; readonly tags: string[]; readonly queues: Set<string> }, gen: number): Promise<void> => {
+    const hb = options.heartbeat;
+    if (!hb || Object.keys(place.labels).length === 0) return;
+    redis ??= createRedis(hb.redisUrl, { logger, name: `fogsched-fog-node-${options.nodeId}`, lazyConnect: true });
+    const client = redis;
+    if (client.status === 'wait') client.connect().catch(() => {});
+    if (!(await whenReady(client, 1000))) return;
+    let recorded: Record<string, string>;
+    try {
+      recorded = await readPlacementQueues(client, redisKeys(hb.prefix));
+    } catch (error) {
+      logger.warn({ err: (error as Error).message }, 'cannot read placement classes from redis; trying again later');
+      return;
+    }
+    for (const [routingKey, json] of Object.entries(recorded)) {
+      const [cls, tier, priority] = routingKey.split('.');
+      if (!cls || !tier || !(PRIORITIES as readonly string[]).includes(priority ?? '')) continue;
+      let placement: Placement | null;
+      try {
+        placement = JSON.parse(json) as Placement | null;
+      } catch {
+        continue;
+      }
+      // The class must be the placement's (a hash collision or a forged entry would route others' tasks here).
+      if (placementClass(placement) !== cls || !placementMatches(placement, place)) continue;
+      if (!consume.isCurrent(gen) || draining) return;
+      await consumePlacement(current, gen, cls, tier, priority as Priority);
+      logger.info({ queue: options.names.placementQueue(cls, tier, priority as Priority), generation: gen }, 'fog node consuming a label class');
+    }
+    stats.consumers = draining ? 0 : current.tags.length;
+  };
+
+  /**
    * Keeps a consume channel with its consumers while the connection lives. A
    * channel the broker closes (consumer_timeout, a precondition failure) or a
    * consumer it cancels makes a new channel of a new generation: the deliveries
@@ -584,7 +656,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
         // The queues may be gone (a consumer cancelled because its queue was deleted): declare them again.
         await declareTopology(ch.raw, options.topology);
         await ch.raw.prefetch(options.prefetch, false);
-        const current = { channel: ch, tags: [] as string[] };
+        const current = { channel: ch, tags: [] as string[], queues: new Set<string>() };
         consume.use(gen, current);
         // Before any task arrives: our own queue on the `system` fanout; it lives as long as this channel's consumer.
         const system = await ch.raw.assertQueue('', { exclusive: true, autoDelete: true, durable: false });
@@ -601,10 +673,30 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
             if (draining) await ch.raw.cancel(consumerTag).catch(() => {});
           }
         }
+        // Its zone's queues: declared here, so a zone's first node creates them.
+        if (place.zone) {
+          for (const tier of options.servedTiers) for (const priority of PRIORITIES) await consumePlacement(current, gen, place.zone, tier, priority);
+        }
+        await rescanPlacement(current, gen);
         stats.consumers = draining ? 0 : current.tags.length;
         retry.reset();
-        logger.info({ served: options.servedTiers, slots: options.slots, prefetch: options.prefetch, generation: gen }, 'fog node consuming');
-        why = await Promise.race([channelClosed, cancelledByBroker, conn.closed.then(() => 'connection closed')]);
+        logger.info({ served: options.servedTiers, zone: place.zone, labels: place.labels, slots: options.slots, prefetch: options.prefetch, generation: gen }, 'fog node consuming');
+        const ended = Promise.race([channelClosed, cancelledByBroker, conn.closed.then(() => 'connection closed')]);
+        if (options.heartbeat && Object.keys(place.labels).length > 0) {
+          // Label classes appear as the relay first publishes to them: look again every rescan interval.
+          const rescanEnd = new AbortController();
+          void ended.then(() => rescanEnd.abort());
+          let over: string | undefined;
+          while (over === undefined) {
+            over = await Promise.race([ended, sleep(options.placementRescanMs ?? 10_000, rescanEnd.signal).then(() => undefined)]);
+            if (over === undefined && !draining && !abort.signal.aborted) {
+              await rescanPlacement(current, gen).catch((error: unknown) => logger.warn({ err: (error as Error).message }, 'fog node placement rescan failed'));
+            }
+          }
+          why = over;
+        } else {
+          why = await ended;
+        }
       } catch (error) {
         if (!abort.signal.aborted) logger.warn({ err: (error as Error).message }, 'fog node consume setup failed');
       }
@@ -694,6 +786,8 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
           nodeId: options.nodeId,
           tier: options.tier,
           slots: options.slots,
+          zone: place.zone,
+          labels: place.labels,
           logger,
           stats: () => ({
             inFlight: running.size,

@@ -13,6 +13,9 @@ export type Handler =
 export interface HandlerContext {
   readonly taskId: string;
   readonly attempt: number;
+  /** The dependencies' outcomes by task id (TaskMessage.dependencies; {} without). */
+  readonly dependencies: Readonly<Record<string, { readonly state: string; readonly output: unknown }>>;
+  readonly dependenciesTruncated: boolean;
 }
 
 

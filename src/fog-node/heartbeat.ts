@@ -20,6 +20,10 @@ export interface FogHeartbeatOptions {
   readonly nodeId: string;
   readonly tier: string;
   readonly slots: number;
+  /** FOG_NODE_ZONE (null or absent: none); written as `zone` ('' for none). */
+  readonly zone?: string | null;
+  /** FOG_NODE_LABELS; written as `labels`, a JSON object. */
+  readonly labels?: Readonly<Record<string, string>>;
   /** FOG_HEARTBEAT_INTERVAL_MS (default 10000). */
   readonly intervalMs: number;
   /** FOG_HEARTBEAT_TTL_MS (default 30000): the hash expires this long after the last beat. */
@@ -42,7 +46,7 @@ const MAX_TASK_IDS = 1000;
 
 /**
  * Registers a fog node in Redis and keeps it alive: `fog:nodes` (set) and
- * `fog:node:{id}` (hash: tier, slots, inFlight, cpu, mem, version, lastSeen,
+ * `fog:node:{id}` (hash: tier, slots, zone, labels (JSON), inFlight, cpu, mem, version, lastSeen,
  * inFlightTaskIds as JSON, consumers; TTL). Redis only, never PostgreSQL; a failed beat is
  * logged and the next one tries again, so a down Redis never affects task flow.
  *
@@ -75,6 +79,8 @@ export function createFogHeartbeat(opts: FogHeartbeatOptions): FogHeartbeat {
         .hset(hashKey, {
           tier: opts.tier,
           slots: String(opts.slots),
+          zone: opts.zone ?? '',
+          labels: JSON.stringify(opts.labels ?? {}),
           inFlight: String(s.inFlight),
           cpu: s.cpu.toFixed(3),
           mem: String(Math.round(s.rssMb)),

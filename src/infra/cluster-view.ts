@@ -16,6 +16,10 @@ export interface BrokerView {
 export interface FogNodeView {
   readonly id: string;
   readonly tier: string | null;
+  /** FOG_NODE_ZONE; null when the node has none (or its hash expired). */
+  readonly zone: string | null;
+  /** FOG_NODE_LABELS; {} when none. */
+  readonly labels: Record<string, string>;
   readonly slots: number | null;
   readonly inFlight: number | null;
   readonly cpu: number | null;
@@ -35,6 +39,18 @@ function parseTimestamp(value: string | null | undefined): number | null {
   const n = Number(value);
   if (!value || !Number.isFinite(n) || n <= 0) return null;
   return n < 1e11 ? n * 1000 : n;
+}
+
+/** The `labels` field of a fog node's hash (JSON written by its heartbeat); {} when absent or unreadable. */
+function parseLabelsField(value: string | undefined): Record<string, string> {
+  if (!value) return {};
+  try {
+    const parsed = JSON.parse(value) as unknown;
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return {};
+    return Object.fromEntries(Object.entries(parsed).filter((e): e is [string, string] => typeof e[1] === 'string'));
+  } catch {
+    return {};
+  }
 }
 
 const num = (v: string | undefined) => (v === undefined || v === '' || !Number.isFinite(Number(v)) ? null : Number(v));
@@ -71,6 +87,8 @@ export async function readClusterView(redis: Redis, keys: RedisKeys, opts: { bro
         return {
           id,
           tier: h.tier ?? null,
+          zone: h.zone || null,
+          labels: parseLabelsField(h.labels),
           slots: num(h.slots),
           inFlight: num(h.inFlight),
           cpu: num(h.cpu),

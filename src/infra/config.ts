@@ -3,6 +3,7 @@ import { Value } from '@sinclair/typebox/value';
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { ConfigError } from './errors.js';
+import { LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_PLACEMENT_LABELS, ZONE_PATTERN } from '../domain/policy.js';
 
 /**
  * Every setting fogsched reads, with its environment variable and default.
@@ -116,6 +117,12 @@ export const ConfigSchema = Type.Object({
   // At most 64 MiB, so a result message always stays below RabbitMQ's max_message_size.
   FOG_NODE_MAX_OUTPUT_BYTES: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024, description: 'largest handler output (its JSON, in bytes) a fog node reports' }),
 
+  // --- placement by zone and labels (issue 20, docs/deploy.md) ---
+  FOG_NODE_ZONE: Type.String({ default: '', description: "the fog node's zone (site), e.g. site-a; it consumes its zone's queues besides its tier's; empty: none" }),
+  FOG_NODE_LABELS: Type.String({ default: '', description: "the fog node's labels, key=value,... (e.g. gpu=true,camera=yes); it consumes the label classes whose labels it all carries" }),
+  FOG_ZONES: Type.String({ default: '', description: 'zones whose queues the topology (and `topology export`) declares up front, comma-separated; others are declared when first used' }),
+  FOG_NODE_PLACEMENT_RESCAN_MS: Int(100, 10000, 'a fog node looks for new placement classes in Redis (fog:placement-classes) this often'),
+
   // --- autoscaler role (issue 17.5; src/autoscaler/) ---
   AUTOSCALE_TIERS: Type.String({ default: 'light:1:4,medium:0:2,heavy:0:1', description: 'tier:min:max fog-node replicas the autoscaler keeps per tier; tiers not listed are left alone' }),
   AUTOSCALER_BACKEND: Type.Union([Type.Literal('swarm'), Type.Literal('local')], { default: 'local', description: 'swarm: update the replicas of the Swarm services <stack>_fog-<tier> over the Docker socket; local: start and stop fog-node child processes on this machine' }),
@@ -173,6 +180,9 @@ export function loadConfig(
     }
   }
   parseTiers(config.TIERS);
+  parseZoneList('FOG_ZONES', config.FOG_ZONES);
+  if (config.FOG_NODE_ZONE) parseZoneList('FOG_NODE_ZONE', config.FOG_NODE_ZONE);
+  parseLabels(config.FOG_NODE_LABELS);
   parseBrokers(config.COORDINATOR_BROKERS, config.AMQP_URL);
   parseApiKeys(config.API_KEYS);
   jwtSettings(config);
@@ -332,6 +342,35 @@ export function parseTiers(text: string): readonly TierSpec[] {
     return Object.freeze({ name, maxCpu, maxMemoryMb });
   });
   return Object.freeze(tiers.sort((a, b) => a.maxCpu - b.maxCpu || a.maxMemoryMb - b.maxMemoryMb));
+}
+
+/** `site-a,site-b` → zone names (FOG_ZONES; FOG_NODE_ZONE is a list of one); throws naming `name` when one is not a zone name. */
+export function parseZoneList(name: string, text: string): readonly string[] {
+  const zones = text.split(',').map((z) => z.trim()).filter(Boolean);
+  for (const zone of zones) {
+    if (!ZONE_PATTERN.test(zone)) throw new ConfigError(`invalid configuration: ${name}=${JSON.stringify(text)}: ${JSON.stringify(zone)} must match ${ZONE_PATTERN.source}`);
+  }
+  if (name === 'FOG_NODE_ZONE' && zones.length > 1) throw new ConfigError(`invalid configuration: FOG_NODE_ZONE=${JSON.stringify(text)} names one zone`);
+  return Object.freeze([...new Set(zones)]);
+}
+
+/** `gpu=true,camera=yes` → labels (FOG_NODE_LABELS); throws naming the variable on a bad pair, a repeated key or too many. */
+export function parseLabels(text: string): Readonly<Record<string, string>> {
+  const labels: Record<string, string> = {};
+  for (const part of text.split(',').map((p) => p.trim()).filter(Boolean)) {
+    const eq = part.indexOf('=');
+    const key = eq < 0 ? part : part.slice(0, eq).trim();
+    const value = eq < 0 ? '' : part.slice(eq + 1).trim();
+    if (eq < 0 || !LABEL_KEY_PATTERN.test(key) || !LABEL_VALUE_PATTERN.test(value)) {
+      throw new ConfigError(
+        `invalid configuration: FOG_NODE_LABELS=${JSON.stringify(text)}: ${JSON.stringify(part)} must be key=value (key ${LABEL_KEY_PATTERN.source}, value ${LABEL_VALUE_PATTERN.source})`,
+      );
+    }
+    if (Object.hasOwn(labels, key)) throw new ConfigError(`invalid configuration: FOG_NODE_LABELS=${JSON.stringify(text)} repeats the key ${key}`);
+    labels[key] = value;
+  }
+  if (Object.keys(labels).length > MAX_PLACEMENT_LABELS) throw new ConfigError(`invalid configuration: FOG_NODE_LABELS has more than ${MAX_PLACEMENT_LABELS} labels`);
+  return Object.freeze(Object.fromEntries(Object.entries(labels).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))));
 }
 
 export interface BrokerSpec {

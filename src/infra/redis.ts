@@ -18,6 +18,12 @@ export function redisKeys(prefix: string) {
     coordinatorLease: `${prefix}coordinator:leader`,
     /** Sorted set of cancelled task ids (score: ms), read by fog nodes that join after the broadcast. */
     cancelledTasks: `${prefix}fog:cancelled`,
+    /**
+     * Hash of the placement queues the relay declared: field `<class>.<tier>.<priority>` (the
+     * queue's routing key), value the placement as JSON. Fog nodes consume those whose placement
+     * they match (their zone's are declared by the nodes themselves).
+     */
+    placementClasses: `${prefix}fog:placement-classes`,
   });
 }
 
@@ -78,4 +84,14 @@ export async function recordCancelled(redis: Redis, keys: RedisKeys, taskId: str
 /** Task ids cancelled within the retention window (empty when Redis is down). */
 export async function readCancelled(redis: Redis, keys: RedisKeys, now = Date.now()): Promise<string[]> {
   return redis.zrangebyscore(keys.cancelledTasks, now - CANCELLED_RETENTION_MS, '+inf');
+}
+
+/** Records a placement queue (its routing key `<class>.<tier>.<priority>`) and its placement (JSON) for fog nodes. Throws when Redis is down. */
+export async function recordPlacementQueue(redis: Redis, keys: RedisKeys, routingKey: string, placementJson: string): Promise<void> {
+  await redis.hset(keys.placementClasses, routingKey, placementJson);
+}
+
+/** The placement queues recorded so far: routing key → placement JSON (throws when Redis is down). */
+export async function readPlacementQueues(redis: Redis, keys: RedisKeys): Promise<Record<string, string>> {
+  return redis.hgetall(keys.placementClasses);
 }

@@ -5,6 +5,7 @@ import {
   assertNever,
   invalidResultBatch,
   isUuid,
+  PLACEMENT_CLASS_HEADER,
   RETURNS_HEADER,
   type BackoffOptions,
   type FailureReason,
@@ -632,14 +633,24 @@ const DEATH_REASONS: Record<string, FailureReason> = { delivery_limit: 'delivery
 
 /**
  * A dead-lettered task message becomes DeadLetterTask with the broker's reason and the
- * message's RETURNS_HEADER (how often its attempt came back already); anything else returns null.
+ * message's RETURNS_HEADER (how often its attempt came back already); a placement dispatch that
+ * expired (its fallbackAfterMs passed in its class's queue) becomes FallBackPlacement instead.
+ * Anything else returns null.
  */
-function deadLetterCommand(msg: ConsumeMessage, body: unknown, names: TopologyNames, now: string): CommandItem | null {
+export function deadLetterCommand(msg: ConsumeMessage, body: unknown, names: TopologyNames, now: string): CommandItem | null {
   const headers = msg.properties.headers ?? {};
   const queue = String(headers['x-first-death-queue'] ?? '');
   const task = body as Partial<TaskMessage> | null;
   if (!queue.startsWith(names.tasks + '.') || !task || !isUuid(task.taskId) || !Number.isInteger(task.attempt)) return null;
   const reason = DEATH_REASONS[String(headers['x-first-death-reason'] ?? '')] ?? 'rejected';
+  // A placement dispatch whose fallback delay (its message TTL) ran out: any node of its tier may run it now.
+  if (reason === 'expired' && typeof headers[PLACEMENT_CLASS_HEADER] === 'string') {
+    return {
+      taskId: task.taskId,
+      command: { type: 'FallBackPlacement', data: { attempt: task.attempt as number, now } },
+      metadata: { actor: 'broker', ...traceMetadata(parseTraceparent(headers.traceparent)) },
+    };
+  }
   return {
     taskId: task.taskId,
     command: { type: 'DeadLetterTask', data: { attempt: task.attempt as number, reason, queue, now, returns: returnsOf(headers[RETURNS_HEADER]) } },

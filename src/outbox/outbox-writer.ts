@@ -1,5 +1,5 @@
 import { sql } from 'kysely';
-import { dispatchOf, RETURNS_HEADER, taskRoutingKey, type SystemMessage, type TaskEvent, type TaskMessage, type TaskState } from '../domain/index.js';
+import { dispatchOf, FALLBACK_AFTER_HEADER, PLACEMENT_CLASS_HEADER, PLACEMENT_HEADER, placementClass, placementRoutingKey, RETURNS_HEADER, taskRoutingKey, type SystemMessage, type TaskEvent, type TaskMessage, type TaskState } from '../domain/index.js';
 import { jsonRecordset, type Column } from '../store/index.js';
 import type { TopologyNames } from '../broker/index.js';
 
@@ -15,7 +15,8 @@ export interface OutboxRow {
 
 /**
  * The message an event causes, if any: a TaskQueued, TaskRetryScheduled,
- * TaskRequeued or TaskReturned puts the attempt on its task queue at `availableAt`
+ * TaskRequeued or TaskReturned puts the attempt on its task queue at `availableAt` (its placement
+ * class's queue when it has a placement; a TaskPlacementFallback on the tier's general queue)
  * (delays and backoff are just future rows, so no timer lives in memory); a
  * TaskCancelled is broadcast to the fog nodes. A TaskReturned's message carries
  * RETURNS_HEADER, so a dead letter of it says how often the attempt came back.
@@ -44,15 +45,22 @@ export function outboxRowFor(state: TaskState, event: TaskEvent, eventId: string
     memoryMb: spec.resources.memoryMb,
     maxAttempts: spec.maxAttempts,
   };
+  // A placement dispatch goes to its class's queue, with its fallback delay as the message TTL;
+  // the fallback (TaskPlacementFallback) goes to the tier's general queue.
+  const fallback = event.type === 'TaskPlacementFallback';
+  const cls = fallback ? null : placementClass(spec.placement);
+  const fallbackAfterMs = cls !== null && typeof spec.fallbackAfterMs === 'number' && spec.fallbackAfterMs > 0 ? spec.fallbackAfterMs : null;
   return {
     messageId: eventId,
     streamId: spec.taskId,
     exchange: names.tasks,
-    routingKey: taskRoutingKey(spec.tier, spec.priority),
+    routingKey: cls === null ? taskRoutingKey(spec.tier, spec.priority) : placementRoutingKey(cls, spec.tier, spec.priority),
     headers: {
       'x-task-id': spec.taskId,
       'x-attempt': dispatch.attempt,
       ...(event.type === 'TaskReturned' ? { [RETURNS_HEADER]: event.data.returns } : {}),
+      ...(cls === null ? {} : { [PLACEMENT_CLASS_HEADER]: cls, [PLACEMENT_HEADER]: JSON.stringify(spec.placement) }),
+      ...(fallbackAfterMs === null ? {} : { [FALLBACK_AFTER_HEADER]: fallbackAfterMs }),
     },
     body,
     availableAt: dispatch.availableAt,

@@ -5,8 +5,22 @@ import pg from 'pg';
 import { processHealth, UNTRACKED, type LoopProgress } from '../infra/health.js';
 import { recordRelayPublished, recordRelayRefused, registerRelayMetrics } from '../infra/metrics.js';
 import { registerOutboxGauges } from '../infra/db-gauges.js';
-import { backoffMs, createBackoff, createBrokerClient, declareTopology, type BrokerConnection, type ConfirmingChannel, type OutgoingMessage, type Topology } from '../broker/index.js';
-import { coerceError } from '../domain/index.js';
+import {
+  backoffMs,
+  createBackoff,
+  createBrokerClient,
+  declarePlacement,
+  declareTopology,
+  placementTopology,
+  type BrokerConnection,
+  type ConfirmingChannel,
+  type OutgoingMessage,
+  type Topology,
+  type TopologyOptions,
+} from '../broker/index.js';
+import type { Redis } from 'ioredis';
+import { createRedis, recordPlacementQueue, redisKeys, whenReady } from '../infra/redis.js';
+import { coerceError, FALLBACK_AFTER_HEADER, PLACEMENT_CLASS_HEADER, PLACEMENT_HEADER, type Priority } from '../domain/index.js';
 import type { Logger } from '../infra/logger.js';
 import { sleep, type Role } from '../infra/role.js';
 import { ATTR, failSpan, formatTraceparent, SpanKind, spanTraceContext, startSpan, tracingEnabled, type Span } from '../infra/tracing.js';
@@ -43,6 +57,13 @@ export interface RelayOptions {
   readonly holder?: string;
   /** Batches published and awaiting their confirms and UPDATE at once (default 3; 1 = strictly one after another). */
   readonly pipelineDepth?: number;
+  /**
+   * Placement dispatches (issue 20): the topology settings their class queues are declared with, and
+   * the Redis where each class queue is recorded (`fog:placement-classes`) for fog nodes whose
+   * labels match. Without it a placement dispatch is refused (and retried) as unroutable; without
+   * `redisUrl` the classes are declared but not recorded (only zone nodes find them).
+   */
+  readonly placement?: { readonly topology: TopologyOptions; readonly redisUrl?: string; readonly redisPrefix?: string };
 }
 
 export interface RelayStats {
@@ -72,6 +93,8 @@ interface FailedRow {
   id: number;
   attempts: number;
   error: string;
+  /** Routing key of a refused placement dispatch (its queue is declared again before the next try). */
+  routingKey?: string;
 }
 
 interface BatchOutcome {
@@ -169,6 +192,9 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
   let channel: ConfirmingChannel | undefined;
   let closingAmqp: Promise<void> | undefined;
   let lastLagCheck = 0;
+  /** Placement queues (by routing key) declared, and recorded in Redis, since this relay started. */
+  const placementReady = new Set<string>();
+  let placementRedis: Redis | undefined;
   /** A NOTIFY came while a round ran (nobody was waiting to be woken): go again at once. */
   let notified = false;
   // /healthz: every turn of the loop beats (a round, a batch of a long round, a standby look, a backoff).
@@ -382,6 +408,74 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
   };
 
   /**
+   * Declares the placement queues the rows go to (each once: cached by routing key) and records
+   * them in Redis for the fog nodes whose labels match; returns the rows whose queue could not be
+   * made ready, refused as transient (they back off and come again). A zone-only class does not
+   * wait for Redis (the zone's nodes declare and consume its queues themselves); a label class does.
+   */
+  const preparePlacement = async (conn: BrokerConnection, rows: readonly ClaimedRow[]): Promise<FailedRow[]> => {
+    const wanted = new Map<string, { cls: string; placement: string; rows: ClaimedRow[] }>();
+    for (const row of rows) {
+      const cls = row.headers[PLACEMENT_CLASS_HEADER];
+      if (typeof cls !== 'string' || placementReady.has(row.routing_key)) continue;
+      const entry = wanted.get(row.routing_key) ?? { cls, placement: typeof row.headers[PLACEMENT_HEADER] === 'string' ? row.headers[PLACEMENT_HEADER] : 'null', rows: [] };
+      entry.rows.push(row);
+      wanted.set(row.routing_key, entry);
+    }
+    if (wanted.size === 0) return [];
+    const failed: FailedRow[] = [];
+    const refuse = (entry: { rows: ClaimedRow[] }, error: string) => {
+      for (const r of entry.rows) failed.push({ id: r.id, attempts: r.attempts, error });
+    };
+    const settings = options.placement;
+    if (!settings) {
+      for (const entry of wanted.values()) refuse(entry, 'placement dispatch but this relay has no placement settings');
+      return failed;
+    }
+    if (settings.redisUrl && !placementRedis) {
+      placementRedis = createRedis(settings.redisUrl, { logger, name: 'fogsched-relay' });
+      // The first time only: give the new client a moment, so a zone class is recorded at its first publish.
+      await whenReady(placementRedis, 2000);
+    }
+    const keys = redisKeys(settings.redisPrefix ?? '');
+    // Its own channel: a refused declare closes the channel it ran on, and must not take the publishing one.
+    let declaring: Awaited<ReturnType<BrokerConnection['channel']>> | undefined;
+    try {
+      for (const [routingKey, entry] of wanted) {
+        const [, tier, priority] = routingKey.split('.');
+        try {
+          if (!declaring?.isOpen()) {
+            await declaring?.close();
+            declaring = await conn.channel('relay-declare');
+          }
+          await declarePlacement(declaring.raw, placementTopology(settings.topology, entry.cls, [tier ?? ''], [priority as Priority]));
+        } catch (error) {
+          refuse(entry, `cannot declare placement queue ${routingKey}: ${(error as Error).message}`);
+          continue;
+        }
+        const labelClass = entry.cls.includes('~');
+        if (placementRedis) {
+          try {
+            if (placementRedis.status !== 'ready' && !labelClass) throw new Error('redis not ready');
+            await recordPlacementQueue(placementRedis, keys, routingKey, entry.placement);
+          } catch (error) {
+            if (labelClass) {
+              refuse(entry, `cannot record placement class ${routingKey} in redis: ${(error as Error).message}`);
+              continue;
+            }
+            // Zone class: publish anyway; recorded at a later publish (the cache stays unset).
+            continue;
+          }
+        }
+        placementReady.add(routingKey);
+      }
+    } finally {
+      await declaring?.close();
+    }
+    return failed;
+  };
+
+  /**
    * Publishes one claimed batch on `ch` (in id order) and resolves once every row is confirmed or
    * refused (nack, return as unroutable, channel loss). One callback per row, no promise per row.
    */
@@ -394,7 +488,17 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
         exchange: row.exchange,
         routingKey: row.routing_key,
         body: Buffer.from(row.body),
-        options: { persistent: true, mandatory: mandatory.has(row.exchange), messageId: row.message_id, contentType: 'application/json', headers: traced(row.headers, spans?.[i]), timestamp },
+        options: {
+          persistent: true,
+          mandatory: mandatory.has(row.exchange),
+          messageId: row.message_id,
+          contentType: 'application/json',
+          headers: traced(row.headers, spans?.[i]),
+          timestamp,
+          // A placement dispatch with a fallback: the broker dead-letters it (reason expired) once
+          // it waited this long at its queue's head, and ingest turns that into the fallback.
+          ...(typeof row.headers[FALLBACK_AFTER_HEADER] === 'number' ? { expiration: String(row.headers[FALLBACK_AFTER_HEADER]) } : {}),
+        },
       }),
     );
     const outcomes = await ch.publishAll(messages);
@@ -406,7 +510,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
         ok.push(row.id);
         spans?.[i]?.end();
       } else {
-        failed.push({ id: row.id, attempts: row.attempts, error });
+        failed.push({ id: row.id, attempts: row.attempts, error, ...(typeof row.headers[PLACEMENT_CLASS_HEADER] === 'string' ? { routingKey: row.routing_key } : {}) });
         failSpan(spans?.[i], error);
       }
     });
@@ -421,6 +525,8 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
 
   /** Gives refused rows their backoff: they stay unpublished and come due again later. */
   const backOff = async (t: Term, failed: readonly FailedRow[]) => {
+    // A placement queue that refused a row may have been deleted meanwhile: declare it again next time.
+    for (const f of failed) if (f.routingKey !== undefined) placementReady.delete(f.routingKey);
     const rows = failed.map((f) => ({
       id: f.id,
       error: f.error.slice(0, 500),
@@ -487,6 +593,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     }
     const ch = await ensureChannel(t.lease.signal);
     if (!ch) return false;
+    const conn = connection;
     const inFlight = new Set<Promise<void>>();
     let refused = false;
     let failure: unknown;
@@ -527,7 +634,13 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
         const strays: FailedRow[] = claim.rows
           .filter((r) => !knownExchanges.has(r.exchange))
           .map((r) => ({ id: r.id, attempts: r.attempts, error: `unknown exchange ${r.exchange}` }));
-        const settled = publishBatch(ch, publishable)
+        // Placement queues are declared before the batch's first publish to them; rows whose queue
+        // is not ready are refused like unconfirmed ones (they back off), the others go out.
+        const unready = conn ? await preparePlacement(conn, publishable) : [];
+        const unreadyIds = new Set(unready.map((f) => f.id));
+        const ready = unready.length > 0 ? publishable.filter((r) => !unreadyIds.has(r.id)) : publishable;
+        strays.push(...unready);
+        const settled = publishBatch(ch, ready)
           .then(async (outcome) => {
             if (outcome.ok.length > 0) markPublished(outcome.ok);
             const failed = [...outcome.failed, ...strays];
@@ -659,6 +772,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
         await closeAmqp();
         await closeClient(leaseDb);
         leaseDb = undefined;
+        placementRedis?.disconnect();
         progress.dispose();
         for (const done of opsDone) done();
       })());

@@ -118,13 +118,13 @@ export async function countTasksByState(db: Executor, tenant: string): Promise<R
   return Object.fromEntries(rows.map((r) => [r.state, r.n]));
 }
 
-/** A tenant's tasks that are not finished: scheduled, queued, running or retrying (index-only on task_current_state_idx). */
+/** A tenant's tasks that are not finished: waiting (for dependencies), scheduled, queued, running or retrying (index-only on task_current_state_idx). */
 export async function countActiveTasks(db: Executor, tenant: string): Promise<number> {
   const row = await db
     .selectFrom('task_current')
     .select(sql<number>`count(*)::int`.as('n'))
     .where('tenant', '=', tenant)
-    .where('state', 'in', ['scheduled', 'queued', 'running', 'retrying'])
+    .where('state', 'in', ['waiting', 'scheduled', 'queued', 'running', 'retrying'])
     .executeTakeFirst();
   return row?.n ?? 0;
 }

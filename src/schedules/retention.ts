@@ -17,6 +17,8 @@ export interface RetentionResult {
   readonly outbox: number;
   readonly inbox: number;
   readonly idempotencyKeys: number;
+  /** task_waits rows of tasks no longer waiting (released, cancelled or expired). */
+  readonly taskWaits: number;
 }
 
 const DEFAULT_BATCH_ROWS = 5000;
@@ -78,5 +80,15 @@ export async function pruneRetention(db: Kysely<Database>, options: RetentionOpt
       ).numAffectedRows ?? 0,
     ),
   );
-  return { outbox, inbox, idempotencyKeys };
+  // A task's pending count matters only while it waits; its edges (task_dependencies) stay, like
+  // task_current, for the graph. A finishing dependency finds no row and changes nothing.
+  const taskWaits = await drain(async () =>
+    Number(
+      (
+        await sql`DELETE FROM task_waits WHERE task_id IN (
+          SELECT w.task_id FROM task_waits w JOIN task_current c ON c.task_id = w.task_id WHERE c.state <> 'waiting' LIMIT ${batch})`.execute(db)
+      ).numAffectedRows ?? 0,
+    ),
+  );
+  return { outbox, inbox, idempotencyKeys, taskWaits };
 }

@@ -293,7 +293,8 @@ export function createScheduler(options: SchedulerOptions): Scheduler {
   /**
    * Fails the waiting tasks whose deadline passed (reason `expired`), so a task
    * no fog node picked up in time still ends; a node that gets its message later
-   * refuses it too. Returns how many expired.
+   * refuses it too. A task still waiting for its dependencies expires the same way (its
+   * dependants then see it failed). Returns how many expired.
    */
   const expireOverdue = async (): Promise<number> =>
     countedTransaction(options.db, async (trx) => {
@@ -301,7 +302,7 @@ export function createScheduler(options: SchedulerOptions): Scheduler {
         .selectFrom('task_current')
         .select(['task_id', 'attempt', 'deadline'])
         .where('deadline', '<=', sql<Date>`now()`)
-        .where('state', 'in', ['queued', 'scheduled', 'retrying'])
+        .where('state', 'in', ['waiting', 'queued', 'scheduled', 'retrying'])
         .orderBy('deadline')
         .limit(500)
         .forUpdate()
@@ -375,7 +376,7 @@ export function createScheduler(options: SchedulerOptions): Scheduler {
         const next = await sql<{ ms: number | null }>`
           SELECT (extract(epoch FROM least(
             (SELECT min(next_fire_at) FROM schedules WHERE state = 'active'),
-            (SELECT min(deadline) FROM task_current WHERE deadline IS NOT NULL AND state IN ('queued', 'scheduled', 'retrying'))
+            (SELECT min(deadline) FROM task_current WHERE deadline IS NOT NULL AND state IN ('waiting', 'queued', 'scheduled', 'retrying'))
           ) - now()) * 1000)::float8 AS ms`.execute(options.db);
         const leaseMs = await nextLeaseExpiryMs(options.db, options.lease);
         for (const ms of [next.rows[0]?.ms, leaseMs]) {
@@ -397,7 +398,7 @@ export function createScheduler(options: SchedulerOptions): Scheduler {
     while (!abort.signal.aborted) {
       try {
         const pruned = await prune();
-        if (pruned.outbox + pruned.inbox + pruned.idempotencyKeys > 0) logger.info(pruned, 'retention pruned rows');
+        if (pruned.outbox + pruned.inbox + pruned.idempotencyKeys + pruned.taskWaits > 0) logger.info(pruned, 'retention pruned rows');
       } catch (error) {
         logger.warn({ err: (error as Error).message }, 'retention failed; will retry');
       }

@@ -129,6 +129,21 @@ export interface ProjectionVersionsTable {
   rebuilt_events: number | null;
 }
 
+/** One dependency edge (migration 13): `task_id` waits for `depends_on`. */
+export interface TaskDependenciesTable {
+  task_id: string;
+  depends_on: string;
+  tenant: string;
+  /** Null until the dependency ended: succeeded, failed or cancelled. */
+  resolved_state: string | null;
+}
+
+/** The unresolved dependency count of a task submitted waiting. */
+export interface TaskWaitsTable {
+  task_id: string;
+  pending: number;
+}
+
 export interface Database {
   schedules: SchedulesTable;
   events: EventsTable;
@@ -139,4 +154,6 @@ export interface Database {
   task_history: TaskHistoryTable;
   node_metrics: NodeMetricsTable;
   projection_versions: ProjectionVersionsTable;
+  task_dependencies: TaskDependenciesTable;
+  task_waits: TaskWaitsTable;
 }

@@ -1,5 +1,17 @@
 import { v7 as uuidv7 } from 'uuid';
-import { decide, evolve, initialTaskState, FogschedError, type TaskCommand, type TaskEvent, type TaskState } from '../domain/index.js';
+import {
+  decide,
+  dependenciesOf,
+  evolve,
+  initialTaskState,
+  isTerminal,
+  FogschedError,
+  type DependencyState,
+  type TaskCommand,
+  type TaskEvent,
+  type TaskMessage,
+  type TaskState,
+} from '../domain/index.js';
 import { sql, type Kysely, type Transaction } from 'kysely';
 import { recordTaskEvents } from '../infra/metrics.js';
 import { asConcurrencyError, insertEvents, type Database, type EventMetadata, type Executor, type NewEvent } from '../store/index.js';
@@ -32,6 +44,12 @@ export interface CommandOutcome {
  * for the whole batch. A refused command
  * (typed domain error) is reported and changes nothing; anything else throws.
  *
+ * Dependencies (docs/workflows.md): the same statement marks the edges of the tasks that ended
+ * here resolved (task_dependencies, each edge once); their waiting dependants' task_waits counts
+ * go down under the rows' locks, and the dependants whose last dependency ended, or one failed,
+ * get ResolveDependencies in a nested call (a dependant cancelled there propagates further). A
+ * dispatch of a task with dependencies carries their states and outputs (TaskMessage.dependencies).
+ *
  * `newTasks`: ids known to have no stream yet (a submit), so no load is needed.
  */
 export async function executeTaskCommands(
@@ -47,6 +65,7 @@ export async function executeTaskCommands(
   const refused = new Map<number, FogschedError>();
   const newEvents: NewEvent[] = [];
   const pending: { state: TaskState; event: TaskEvent; metadata: EventMetadata; eventId: string }[] = [];
+  const undispatched = new Set<string>(); // cancels of tasks never dispatched: no broadcast
 
   items.forEach((item, index) => {
     const before = states.get(item.taskId) ?? initialTaskState(item.taskId);
@@ -62,8 +81,11 @@ export async function executeTaskCommands(
     }
     let state = before;
     for (const event of events) {
+      // A task cancelled while waiting was never dispatched: no node has it, nothing to withdraw.
+      const neverDispatched = event.type === 'TaskCancelled' && (state.status === 'waiting' || state.status === 'new');
       state = evolve(state, event);
       const eventId = uuidv7(); // time-ordered, like task ids: events_event_id_key grows at its right edge
+      const metadata = withDependencyCause(event, item.metadata);
       newEvents.push({
         streamId: item.taskId,
         streamType: 'task',
@@ -71,36 +93,178 @@ export async function executeTaskCommands(
         eventId,
         type: event.type,
         data: event.data,
-        metadata: item.metadata,
+        metadata,
       });
-      pending.push({ state, event, metadata: item.metadata, eventId });
+      pending.push({ state, event, metadata, eventId });
+      if (neverDispatched) undispatched.add(eventId);
     }
     states.set(item.taskId, state);
   });
 
   if (newEvents.length > 0) {
     const history = pending.map((p) => ({ position: 0, eventId: p.eventId, state: p.state, event: p.event, metadata: p.metadata }));
-    const outbox: OutboxRow[] = pending.flatMap((p) => withTraceHeader(outboxRowFor(p.state, p.event, p.eventId, names), p.metadata) ?? []);
+    const outbox: OutboxRow[] = await withDependencies(
+      trx,
+      pending.flatMap((p) => (undispatched.has(p.eventId) ? [] : (withTraceHeader(outboxRowFor(p.state, p.event, p.eventId, names), p.metadata) ?? []))),
+      states,
+      names,
+    );
     const submittedEvent = new Map(pending.flatMap((p) => (p.event.type === 'TaskSubmitted' ? [[p.state.taskId, p.eventId] as const] : [])));
-    const cancelled = pending.filter((p) => p.event.type === 'TaskCancelled').map((p) => p.state.taskId);
+    const cancelled = pending.filter((p) => p.event.type === 'TaskCancelled' && !undispatched.has(p.eventId)).map((p) => p.state.taskId);
     const touched = [...new Set(pending.map((p) => p.state.taskId))];
     const current = touched.map((id) => ({ state: states.get(id) as TaskState, seqEventId: submittedEvent.get(id) ?? null }));
+    // The tasks that ended here: their dependants' edges are resolved in the same statement.
+    const ended = [...new Set(pending.filter((p) => endsTask(p.event)).map((p) => p.state.taskId))]
+      .map((id) => states.get(id) as TaskState)
+      .filter((st) => isTerminal(st.status));
     // One statement for the four tables: the events, then task_current, task_history and the
     // outbox as CTEs that take their positions from the events' RETURNING.
+    let resolved: ResolvedEdge[] = [];
     try {
-      await sql`${sql.raw(PREPARE_MARK)}
+      const result = await sql<ResolvedEdge>`${sql.raw(PREPARE_MARK)}
         WITH appended AS (${insertEvents(newEvents)}),
         ${taskProjectionCtes('appended', current, history)}
         ${outbox.length > 0 ? sql`, outbox_written AS (${insertOutbox(outbox)})` : sql``}
         ${cancelled.length > 0 ? sql`, withdrawn AS (${withdrawDispatches(cancelled, names)})` : sql``}
-        SELECT count(*) FROM appended`.execute(trx);
+        ${
+          ended.length > 0
+            ? sql`, resolved AS (${resolveEdges(ended)})
+                SELECT task_id, depends_on, tenant, resolved_state FROM resolved`
+            : sql`SELECT count(*) FROM appended`
+        }`.execute(trx);
+      if (ended.length > 0) resolved = result.rows;
     } catch (error) {
       throw asConcurrencyError(error, newEvents) ?? error;
     }
+    if (resolved.length > 0) await releaseDependants(trx, resolved, names);
   }
   const collector = collectors.get(trx);
   if (collector) for (const p of pending) collector.push(p);
   return { states, refused, eventCount: newEvents.length, applied: pending };
+}
+
+/** An edge whose dependency ended in this transaction. */
+interface ResolvedEdge {
+  readonly task_id: string;
+  readonly depends_on: string;
+  readonly tenant: string;
+  readonly resolved_state: DependencyState;
+}
+
+/** A release or a cancel caused by a dependency names it as the event's causation (also at submit). */
+function withDependencyCause(event: TaskEvent, metadata: EventMetadata): EventMetadata {
+  const dependency = event.type === 'TaskReleased' || event.type === 'TaskCancelled' ? event.data.dependency : undefined;
+  return dependency ? { ...metadata, causationId: dependency } : metadata;
+}
+
+/** Does this event end its task (succeeded, failed or cancelled)? */
+function endsTask(event: TaskEvent): boolean {
+  return event.type === 'TaskSucceeded' || event.type === 'TaskFailed' || event.type === 'TaskDeadLettered' || event.type === 'TaskCancelled';
+}
+
+/**
+ * The UPDATE of the edges of the tasks that ended, as a CTE of the task write: an edge is
+ * resolved once (resolved_state IS NULL), by the transaction holding its dependency's row lock.
+ */
+function resolveEdges(ended: readonly TaskState[]) {
+  // unnest: the builder cannot join an UPDATE to an array of (id, state) pairs.
+  return sql`
+    UPDATE task_dependencies d SET resolved_state = v.state
+      FROM unnest(${ended.map((s) => s.taskId)}::uuid[], ${ended.map((s) => s.status)}::text[]) AS v(id, state)
+     WHERE d.depends_on = v.id AND d.resolved_state IS NULL
+    RETURNING d.task_id, d.depends_on, d.tenant, d.resolved_state`;
+}
+
+/**
+ * Counts the resolved edges off their dependants' task_waits rows, locked in task id order (two
+ * transactions ending dependencies of the same tasks wait for each other, never deadlock; the one
+ * reaching 0 releases), then has the dependants decide: released once none remains, cancelled by
+ * a failed or cancelled one under policy `cancel`.
+ */
+async function releaseDependants(trx: Executor, edges: readonly ResolvedEdge[], names: TopologyNames): Promise<void> {
+  const byTask = new Map<string, ResolvedEdge[]>();
+  for (const e of edges) {
+    const list = byTask.get(e.task_id);
+    if (list) list.push(e);
+    else byTask.set(e.task_id, [e]);
+  }
+  const ids = [...byTask.keys()].sort();
+  // Two statements: a FOR UPDATE in a CTE joined to the UPDATE would lock in the join's order.
+  await sql`SELECT task_id FROM task_waits WHERE task_id = ANY(${ids}::uuid[]) ORDER BY task_id FOR UPDATE`.execute(trx);
+  const counted = await sql<{ task_id: string; pending: number }>`
+    UPDATE task_waits w SET pending = w.pending - v.n
+      FROM unnest(${ids}::uuid[], ${ids.map((id) => byTask.get(id)?.length ?? 0)}::int[]) AS v(id, n)
+     WHERE w.task_id = v.id
+    RETURNING w.task_id, w.pending`.execute(trx);
+  const remaining = new Map(counted.rows.map((r) => [r.task_id, r.pending]));
+  const deciding = ids.filter((id) => {
+    const left = remaining.get(id);
+    // No row: the dependant was not waiting at its submit (it was cancelled or released there).
+    return left !== undefined && (left <= 0 || (byTask.get(id) ?? []).some((e) => e.resolved_state !== 'succeeded'));
+  });
+  if (deciding.length === 0) return;
+  const releasing = deciding.filter((id) => (remaining.get(id) ?? 1) <= 0);
+  const totals = new Map<string, { succeeded: number; failed: number; cancelled: number }>();
+  if (releasing.length > 0) {
+    const rows = await sql<{ task_id: string; succeeded: number; failed: number; cancelled: number }>`
+      SELECT task_id,
+             count(*) FILTER (WHERE resolved_state = 'succeeded')::int AS succeeded,
+             count(*) FILTER (WHERE resolved_state = 'failed')::int AS failed,
+             count(*) FILTER (WHERE resolved_state = 'cancelled')::int AS cancelled
+        FROM task_dependencies WHERE task_id = ANY(${releasing}::uuid[]) GROUP BY task_id`.execute(trx);
+    for (const r of rows.rows) totals.set(r.task_id, { succeeded: r.succeeded, failed: r.failed, cancelled: r.cancelled });
+  }
+  const now = new Date().toISOString();
+  const items: CommandItem[] = deciding.map((id) => {
+    const resolved = (byTask.get(id) ?? []).map((e) => ({ id: e.depends_on, state: e.resolved_state }));
+    const cause = resolved.find((r) => r.state !== 'succeeded') ?? resolved[resolved.length - 1];
+    return {
+      taskId: id,
+      command: {
+        type: 'ResolveDependencies',
+        data: { resolved, remaining: Math.max(0, remaining.get(id) ?? 0), outcomes: totals.get(id) ?? { succeeded: 0, failed: 0, cancelled: 0 }, now },
+      },
+      metadata: { tenant: byTask.get(id)?.[0]?.tenant, actor: 'scheduler', ...(cause ? { causationId: cause.id } : {}) },
+    };
+  });
+  await executeTaskCommands(trx, items, names);
+}
+
+/** Largest JSON of dependency outputs a dispatch carries; past it they are left out (states kept). */
+export const MAX_DEPENDENCY_OUTPUT_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Dispatches of tasks with dependencies carry each dependency's state and output, read from
+ * task_current in this transaction (a released task's handler sees them in ctx.dependencies).
+ * No statement when no dispatch is of a task with dependencies.
+ */
+async function withDependencies(trx: Executor, rows: OutboxRow[], states: ReadonlyMap<string, TaskState>, names: TopologyNames): Promise<OutboxRow[]> {
+  const needing = new Set(rows.filter((r) => r.exchange === names.tasks && dependenciesOf(states.get(r.streamId)?.spec ?? null).length > 0));
+  if (needing.size === 0) return rows;
+  const ids = [...new Set([...needing].flatMap((r) => dependenciesOf(states.get(r.streamId)?.spec ?? null)))];
+  const found = await trx
+    .selectFrom('task_current')
+    .select(['task_id', 'state', 'output'])
+    .where('task_id', '=', sql<string>`ANY(${ids}::uuid[])`) // one parameter for up to MAX_DEPENDENCIES ids each
+    .execute();
+  const byId = new Map(found.map((f) => [f.task_id, f]));
+  return rows.map((row) => {
+    if (!needing.has(row)) return row;
+    const deps = dependenciesOf(states.get(row.streamId)?.spec ?? null);
+    let bytes = 0;
+    const full: Record<string, { state: string; output: unknown }> = {};
+    for (const id of deps) {
+      const dep = byId.get(id);
+      const output = dep?.output ?? null;
+      bytes += Buffer.byteLength(JSON.stringify(output) ?? 'null');
+      full[id] = { state: dep?.state ?? 'unknown', output };
+    }
+    const truncated = bytes > MAX_DEPENDENCY_OUTPUT_BYTES;
+    const dependencies: TaskMessage['dependencies'] = truncated
+      ? Object.fromEntries(Object.entries(full).map(([id, d]) => [id, { state: d.state } as { state: string; output: unknown }]))
+      : full;
+    return { ...row, body: { ...(row.body as TaskMessage), dependencies, ...(truncated ? { dependenciesTruncated: true } : {}) } };
+  });
 }
 
 /** Task events appended in a transaction of countedTransaction, per transaction. */

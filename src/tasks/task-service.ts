@@ -5,6 +5,18 @@ import {
   DEFAULT_RESOURCES,
   FogschedError,
   IdempotencyConflictError,
+  InvalidDependenciesError,
+  InvalidPlacementError,
+  normalizePlacement,
+  placementErrors,
+  isUuid,
+  MAX_DEPENDENCIES,
+  TaskIdConflictError,
+  ValidationError,
+  type DependencyFailurePolicy,
+  type DependencyState,
+  type SubmitDependencies,
+  type TaskPlacement,
   SubmitQueueFullError,
   TaskNotFoundError,
   tierFor,
@@ -34,6 +46,14 @@ export interface SubmitInput {
   readonly deadline?: string | null;
   readonly idempotencyKey?: string | null;
   readonly retry?: { readonly baseMs: number; readonly factor: number; readonly maxMs: number } | null;
+  /** The task's id (a UUID) chosen by the client: a repeat with the same body is idempotent, with another 409. */
+  readonly id?: string;
+  readonly name?: string | null;
+  /** Tasks this one waits for: existing tasks of the tenant, or ids of other items of the same batch. */
+  readonly dependsOn?: readonly string[];
+  readonly onDependencyFailure?: DependencyFailurePolicy;
+  readonly placement?: { readonly zone?: string; readonly labels?: Readonly<Record<string, string>> } | null;
+  readonly fallbackAfterMs?: number | null;
 }
 
 export interface Caller {
@@ -91,6 +111,10 @@ interface PreparedSubmit {
   readonly spec: TaskSpec;
   readonly hash: string;
   readonly metadata: EventMetadata;
+  /** The id was the client's (SubmitInput.id). */
+  readonly clientId: boolean;
+  /** Key-sorted JSON of the significant spec: what a repeat with the same id must match. */
+  readonly canonical: string;
 }
 
 export type TaskService = ReturnType<typeof createTaskService>;
@@ -103,21 +127,27 @@ export function createTaskService(options: TaskServiceOptions) {
   const prepare = (input: SubmitInput, caller: Caller): PreparedSubmit => {
     // Time-ordered ids (UUIDv7): every per-task index then grows at its right edge, so a long log
     // does not turn each insert into a random page write (and a full-page image in the WAL).
-    const spec = buildTaskSpec(input, caller.tenant, uuidv7(), options);
-    const { taskId: _id, tenant: _t, idempotencyKey: _k, ...significant } = spec;
-    const hash = createHash('sha256').update(JSON.stringify(significant)).digest('base64url');
-    return { spec, hash, metadata: callerMetadata(caller) };
+    if (input.id !== undefined && !isUuid(input.id)) throw new ValidationError(`id ${JSON.stringify(input.id)} is not a UUID`, { errors: [{ path: 'body/id', message: 'must be a UUID' }] });
+    const spec = buildTaskSpec(input, caller.tenant, input.id?.toLowerCase() ?? uuidv7(), options);
+    const hash = createHash('sha256').update(JSON.stringify(significantSpec(spec))).digest('base64url');
+    return { spec, hash, metadata: callerMetadata(caller), clientId: input.id !== undefined, canonical: canonicalJson(significantSpec(spec)) };
   };
 
-  /** Writes a group of submits in the caller's transaction; one result per item. */
-  const writeSubmits = async (trx: Executor, items: readonly PreparedSubmit[]): Promise<(SubmitResult | Error)[]> => {
+  /**
+   * Writes a group of submits in the caller's transaction; one result per item. `batch`: the
+   * items are one batch, whose items may depend on each other (by their client-chosen ids).
+   */
+  const writeSubmits = async (trx: Executor, items: readonly PreparedSubmit[], batch = false): Promise<(SubmitResult | Error)[]> => {
     const now = new Date().toISOString();
     const results = new Array<SubmitResult | Error | undefined>(items.length);
+    const { existingById, idFollowers } = await checkClientIds(trx, items, results);
+    const dependencies = await checkDependencies(trx, items, results, batch, (i) => existingById.has(i) || idFollowers.has(i));
+    const settled = (i: number) => results[i] !== undefined || existingById.has(i) || idFollowers.has(i);
     // Idempotency: the first item with a (tenant, key) owns it; later ones with the same key follow it.
     const owners = new Map<string, number>();
     const followers: [number, number][] = [];
     items.forEach((item, i) => {
-      if (item.spec.idempotencyKey === null) return;
+      if (item.spec.idempotencyKey === null || settled(i)) return;
       const k = `${item.spec.tenant}\u0000${item.spec.idempotencyKey}`;
       const owner = owners.get(k);
       if (owner === undefined) owners.set(k, i);
@@ -150,21 +180,41 @@ export function createTaskService(options: TaskServiceOptions) {
         }
       }
     }
-    const creates = items.map((item, i) => ({ item, i })).filter(({ i }) => !existing.has(i) && !followers.some(([f]) => f === i));
+    const keyFollowers = new Set(followers.map(([f]) => f));
+    const creates = items.map((item, i) => ({ item, i })).filter(({ i }) => !settled(i) && !existing.has(i) && !keyFollowers.has(i));
     const outcome = await executeTaskCommands(
       trx,
-      creates.map(({ item }) => ({
-        taskId: item.spec.taskId,
-        command: { type: 'SubmitTask', data: { task: item.spec, now } } satisfies TaskCommand,
-        metadata: item.metadata,
-      })),
+      creates.map(({ item, i }) => {
+        const deps = dependencies.get(i);
+        return {
+          taskId: item.spec.taskId,
+          command: { type: 'SubmitTask', data: { task: item.spec, now, ...(deps ? { dependencies: deps.counts } : {}) } } satisfies TaskCommand,
+          metadata: item.metadata,
+        };
+      }),
       names,
       new Set(creates.map(({ item }) => item.spec.taskId)),
     );
-    creates.forEach(({ item, i }) => {
-      results[i] = { task: outcome.states.get(item.spec.taskId) as TaskState, created: true };
+    creates.forEach(({ item, i }, index) => {
+      results[i] = outcome.refused.get(index) ?? { task: outcome.states.get(item.spec.taskId) as TaskState, created: true };
     });
-    const earlier = await loadTaskStates(trx, [...new Set([...existing.values()].map((e) => e.taskId))], { forUpdate: false });
+    await writeEdges(
+      trx,
+      creates.flatMap(({ item, i }) => {
+        const deps = dependencies.get(i);
+        const state = outcome.states.get(item.spec.taskId);
+        return deps && state && !(results[i] instanceof Error) ? [{ spec: item.spec, edges: deps.edges, waiting: state.status === 'waiting', pending: deps.counts.pending }] : [];
+      }),
+    );
+    for (const [i, first] of idFollowers) {
+      const r = results[first];
+      results[i] = r === undefined || r instanceof Error ? (r ?? new Error('submit produced no result')) : { task: r.task, created: false };
+    }
+    const earlier = await loadTaskStates(trx, [...new Set([...[...existing.values()].map((e) => e.taskId), ...existingById.values()])], { forUpdate: false });
+    for (const [i, taskId] of existingById) {
+      const task = earlier.get(taskId);
+      results[i] = task ? { task, created: false } : new TaskNotFoundError(taskId);
+    }
     const replay = (i: number, taskId: string, hash: string) => {
       const item = items[i] as PreparedSubmit;
       const task = earlier.get(taskId) ?? outcome.states.get(taskId);
@@ -196,9 +246,12 @@ export function createTaskService(options: TaskServiceOptions) {
   const writeBatch = async (inputs: readonly SubmitInput[], caller: Caller): Promise<SubmitResult[]> => {
     // Every item is checked before anything is written; the problem lists each bad one by index.
     const itemErrors: { index: number; error: FogschedError }[] = [];
+    const positions: number[] = []; // the input index of each prepared item
     const prepared = inputs.flatMap((input, index) => {
       try {
-        return [prepare(input, caller)];
+        const p = prepare(input, caller);
+        positions.push(index);
+        return [p];
       } catch (error) {
         if (error instanceof FogschedError) itemErrors.push({ index, error });
         else throw error;
@@ -206,9 +259,9 @@ export function createTaskService(options: TaskServiceOptions) {
       }
     });
     const results = await countedTransaction(db, async (trx) => {
-      const r = await writeSubmits(trx, prepared);
+      const r = await writeSubmits(trx, prepared, true);
       r.forEach((x, index) => {
-        if (x instanceof FogschedError) itemErrors.push({ index, error: x });
+        if (x instanceof FogschedError) itemErrors.push({ index: positions[index] ?? index, error: x });
       });
       if (itemErrors.length > 0) throw batchRejected(itemErrors); // rolls the whole batch back
       const failed = r.find((x): x is Error => x instanceof Error);
@@ -278,7 +331,12 @@ export function createTaskService(options: TaskServiceOptions) {
   };
 }
 
-/** The spec of a new task; throws NoTierFitsError when no tier fits its resources. */
+/**
+ * The spec of a new task; throws NoTierFitsError when no tier fits its resources,
+ * InvalidDependenciesError for a malformed dependsOn (not a UUID, the task itself, more than
+ * MAX_DEPENDENCIES) and InvalidPlacementError for a malformed placement or fallbackAfterMs.
+ * Fields left unset are left out of the spec (old specs, and their idempotency hashes, stay as they were).
+ */
 export function buildTaskSpec(
   input: SubmitInput,
   tenant: string,
@@ -286,6 +344,16 @@ export function buildTaskSpec(
   options: { readonly tiers: readonly Tier[]; readonly defaultMaxAttempts: number },
 ): TaskSpec {
   const resources = input.resources ?? DEFAULT_RESOURCES;
+  const dependsOn = normalizeDependsOn(input.dependsOn, taskId);
+  // The placement rules are the domain's (placementErrors), shared with the nodes' FOG_NODE_* settings.
+  const placementProblem = placementErrors(input.placement, input.fallbackAfterMs)[0];
+  if (placementProblem) throw new InvalidPlacementError(`${placementProblem.path} ${placementProblem.message}`, `body/${placementProblem.path}`);
+  const placement: TaskPlacement | null = normalizePlacement(input.placement);
+  const fallbackAfterMs = input.fallbackAfterMs ?? null;
+  const name = input.name ?? null;
+  if (name !== null && (typeof name !== 'string' || name.length > MAX_TASK_NAME_CHARS)) {
+    throw new ValidationError(`name must be a string of at most ${MAX_TASK_NAME_CHARS} characters`, { errors: [{ path: 'body/name', message: `at most ${MAX_TASK_NAME_CHARS} characters` }] });
+  }
   return {
     taskId,
     tenant,
@@ -300,7 +368,25 @@ export function buildTaskSpec(
     deadline: input.deadline ? new Date(input.deadline).toISOString() : null,
     idempotencyKey: input.idempotencyKey ?? null,
     ...(input.retry ? { retry: input.retry } : {}),
+    ...(name !== null ? { name } : {}),
+    // onDependencyFailure means nothing without dependencies (a workflow may set it for every step).
+    ...(dependsOn.length > 0 ? { dependsOn, onDependencyFailure: input.onDependencyFailure ?? 'cancel' } : {}),
+    ...(placement ? { placement } : {}),
+    ...(placement && fallbackAfterMs !== null ? { fallbackAfterMs } : {}),
   };
+}
+
+/** Longest task name (characters). */
+export const MAX_TASK_NAME_CHARS = 100;
+/** dependsOn without duplicates (first occurrence kept, ids lower-cased); throws InvalidDependenciesError. */
+function normalizeDependsOn(dependsOn: readonly string[] | undefined, taskId: string): readonly string[] {
+  if (!dependsOn || dependsOn.length === 0) return [];
+  const bad = dependsOn.filter((id) => !isUuid(id));
+  if (bad.length > 0) throw new InvalidDependenciesError(`dependsOn holds ${bad.length} value(s) that are not task ids (UUIDs): ${bad.slice(0, 5).map((b) => JSON.stringify(b)).join(', ')}`);
+  const ids = [...new Set(dependsOn.map((id) => id.toLowerCase()))];
+  if (ids.length > MAX_DEPENDENCIES) throw new InvalidDependenciesError(`dependsOn names ${ids.length} tasks; at most ${MAX_DEPENDENCIES} (MAX_DEPENDENCIES)`);
+  if (ids.includes(taskId)) throw new InvalidDependenciesError(`task ${taskId} cannot depend on itself`);
+  return ids;
 }
 
 function batchRejected(items: { index: number; error: FogschedError }[]): FogschedError {
@@ -310,6 +396,183 @@ function batchRejected(items: { index: number; error: FogschedError }[]): Fogsch
     code: first.error.code,
     status: first.error.status,
     message: `batch rejected, nothing stored: ${sorted.length} invalid item(s); tasks/${first.index}: ${first.error.message}`,
-    details: { errors: sorted.map((i) => ({ path: `body/tasks/${i.index}`, message: i.error.message, code: i.error.code })) },
+    details: {
+      errors: sorted.flatMap((i) => {
+        // An error that names its fields (body/dependsOn) is reported at the item's (body/tasks/3/dependsOn).
+        const fields = i.error.details?.errors;
+        if (Array.isArray(fields) && fields.length > 0) {
+          return (fields as { path: string; message: string }[]).map((f) => ({
+            path: f.path.replace(/^body(?=\/|$)/, `body/tasks/${i.index}`),
+            message: f.message,
+            code: i.error.code,
+          }));
+        }
+        return [{ path: `body/tasks/${i.index}`, message: i.error.message, code: i.error.code }];
+      }),
+    },
   });
+}
+
+/** The spec without what may differ between two submits of the same task (id, tenant, Idempotency-Key). */
+function significantSpec(spec: TaskSpec): Omit<TaskSpec, 'taskId' | 'tenant' | 'idempotencyKey'> {
+  const { taskId: _id, tenant: _t, idempotencyKey: _k, ...significant } = spec;
+  return significant;
+}
+
+/** JSON with every object's keys sorted: equal for equal values however jsonb ordered them. */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) =>
+    v !== null && typeof v === 'object' && !Array.isArray(v)
+      ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : v,
+  );
+}
+
+/**
+ * Client-chosen ids: an item whose id names an existing task of its tenant with the same
+ * significant spec is a repeat (`existingById`); another body or tenant is TaskIdConflictError.
+ * A later item of the same call with the same id follows the first (`idFollowers`) or conflicts.
+ */
+async function checkClientIds(
+  trx: Executor,
+  items: readonly PreparedSubmit[],
+  results: (SubmitResult | Error | undefined)[],
+): Promise<{ existingById: Map<number, string>; idFollowers: Map<number, number> }> {
+  const existingById = new Map<number, string>();
+  const idFollowers = new Map<number, number>();
+  const withId = items.flatMap((item, i) => (item.clientId ? [{ item, i }] : []));
+  if (withId.length === 0) return { existingById, idFollowers };
+  const rows = await trx
+    .selectFrom('task_current')
+    .select(['task_id', 'tenant', 'spec'])
+    .where('task_id', '=', sql<string>`ANY(${withId.map((w) => w.item.spec.taskId)}::uuid[])`)
+    .execute();
+  const found = new Map(rows.map((r) => [r.task_id, r]));
+  const first = new Map<string, number>();
+  for (const { item, i } of withId) {
+    const { taskId, tenant } = item.spec;
+    const row = found.get(taskId);
+    if (row) {
+      const same = row.tenant === tenant && canonicalJson(significantSpec(row.spec as TaskSpec)) === item.canonical;
+      if (same) existingById.set(i, taskId);
+      else results[i] = new TaskIdConflictError(taskId);
+      continue;
+    }
+    const j = first.get(taskId);
+    if (j === undefined) first.set(taskId, i);
+    else if ((items[j] as PreparedSubmit).spec.tenant === tenant && (items[j] as PreparedSubmit).canonical === item.canonical) idFollowers.set(i, j);
+    else results[i] = new TaskIdConflictError(taskId);
+  }
+  return { existingById, idFollowers };
+}
+
+interface PlannedDependencies {
+  readonly counts: SubmitDependencies;
+  /** Each dependency with its state when it had already ended (null: not yet). */
+  readonly edges: readonly { readonly id: string; readonly resolved: 'succeeded' | 'failed' | 'cancelled' | null }[];
+}
+
+/**
+ * Checks the dependsOn of the items to create and plans their SubmitTask.dependencies. A
+ * dependency is another new item of the same batch or an existing task of the tenant, whose
+ * task_current row is locked FOR SHARE (in id order): a dependency ending concurrently either
+ * committed first (its end is seen here) or waits for this transaction (and then sees the edges).
+ * A bad item gets InvalidDependenciesError in `results` and is not written.
+ */
+async function checkDependencies(
+  trx: Executor,
+  items: readonly PreparedSubmit[],
+  results: (SubmitResult | Error | undefined)[],
+  batch: boolean,
+  replayed: (i: number) => boolean,
+): Promise<Map<number, PlannedDependencies>> {
+  const planned = new Map<number, PlannedDependencies>();
+  const open = (i: number) => results[i] === undefined && !replayed(i);
+  const withDeps = items.flatMap((item, i) => (open(i) && (item.spec.dependsOn?.length ?? 0) > 0 ? [i] : []));
+  if (withDeps.length === 0) return planned;
+  // New items of this batch, by id (only a batch's items may depend on each other).
+  const batchNew = new Map<string, number>();
+  if (batch) items.forEach((item, i) => open(i) && item.clientId && batchNew.set(item.spec.taskId, i));
+  const external = [...new Set(withDeps.flatMap((i) => (items[i]?.spec.dependsOn ?? []).filter((id) => !batchNew.has(id))))].sort();
+  const rows =
+    external.length === 0
+      ? []
+      : (
+          await sql<{ task_id: string; tenant: string; state: string }>`
+            SELECT task_id, tenant, state FROM task_current WHERE task_id = ANY(${external}::uuid[]) ORDER BY task_id FOR SHARE`.execute(trx)
+        ).rows;
+  const found = new Map(rows.map((r) => [r.task_id, r]));
+  const fail = (i: number, message: string) => {
+    results[i] = new InvalidDependenciesError(message);
+    planned.delete(i);
+  };
+  for (const i of withDeps) {
+    const spec = (items[i] as PreparedSubmit).spec;
+    const unknown = (spec.dependsOn ?? []).filter((id) => !batchNew.has(id) && found.get(id)?.tenant !== spec.tenant);
+    if (unknown.length > 0) fail(i, `dependsOn names ${unknown.length} task(s) that do not exist${batch ? ' in this tenant or this batch' : ' in this tenant'}: ${unknown.slice(0, 5).join(', ')}`);
+  }
+  // Cycles among the batch's items: a depth-first walk; an item reached again while on the path closes one.
+  const order: number[] = []; // dependencies before their dependants
+  const mark = new Map<number, 'open' | 'done'>();
+  const path: number[] = [];
+  const visit = (i: number): void => {
+    if (mark.get(i) === 'done') return;
+    if (mark.get(i) === 'open') {
+      const cycle = path.slice(path.indexOf(i));
+      for (const c of cycle) fail(c, `dependsOn makes a cycle: ${cycle.map((x) => items[x]?.spec.taskId).join(' -> ')} -> ${items[i]?.spec.taskId}`);
+      return;
+    }
+    mark.set(i, 'open');
+    path.push(i);
+    for (const id of items[i]?.spec.dependsOn ?? []) {
+      const j = batchNew.get(id);
+      if (j !== undefined) visit(j);
+    }
+    path.pop();
+    mark.set(i, 'done');
+    order.push(i);
+  };
+  for (const i of withDeps) visit(i);
+  const hasDeps = new Set(withDeps);
+  // What each item's SubmitTask will see. A new item of the batch has not ended, unless its own
+  // SubmitTask cancels it (one of its dependencies had failed, policy cancel): simulated in order.
+  const cancelledAtSubmit = new Set<number>();
+  for (const i of order) {
+    if (results[i] !== undefined || !hasDeps.has(i)) continue;
+    const spec = (items[i] as PreparedSubmit).spec;
+    const counts = { pending: 0, succeeded: 0, failed: 0, cancelled: 0, firstFailed: null as string | null, firstFailedState: null as 'failed' | 'cancelled' | null };
+    const edges = (spec.dependsOn ?? []).map((id) => {
+      const j = batchNew.get(id);
+      const state = j !== undefined ? (cancelledAtSubmit.has(j) ? 'cancelled' : 'pending') : (found.get(id)?.state ?? 'pending');
+      const resolved: DependencyState | null = state === 'succeeded' || state === 'failed' || state === 'cancelled' ? state : null;
+      if (resolved === null) counts.pending++;
+      else counts[resolved]++;
+      if ((resolved === 'failed' || resolved === 'cancelled') && counts.firstFailed === null) {
+        counts.firstFailed = id;
+        counts.firstFailedState = resolved;
+      }
+      return { id, resolved };
+    });
+    if (counts.firstFailed !== null && (spec.onDependencyFailure ?? 'cancel') === 'cancel') cancelledAtSubmit.add(i);
+    planned.set(i, { counts, edges });
+  }
+  return planned;
+}
+
+/**
+ * The new tasks' edges (task_dependencies) and, for those left waiting, their unresolved count
+ * (task_waits): one statement, in the submit's transaction.
+ */
+async function writeEdges(trx: Executor, tasks: readonly { spec: TaskSpec; edges: PlannedDependencies['edges']; waiting: boolean; pending: number }[]): Promise<void> {
+  if (tasks.length === 0) return;
+  const edges = tasks.flatMap((t) => t.edges.map((e) => ({ task: t.spec.taskId, on: e.id, tenant: t.spec.tenant, resolved: e.resolved })));
+  const waits = tasks.filter((t) => t.waiting);
+  // unnest: one statement for up to MAX_DEPENDENCIES edges per task, whatever the batch.
+  await sql`
+    WITH edges AS (
+      INSERT INTO task_dependencies (task_id, depends_on, tenant, resolved_state)
+      SELECT * FROM unnest(${edges.map((e) => e.task)}::uuid[], ${edges.map((e) => e.on)}::uuid[], ${edges.map((e) => e.tenant)}::text[], ${edges.map((e) => e.resolved)}::text[])
+    )
+    INSERT INTO task_waits (task_id, pending)
+    SELECT * FROM unnest(${waits.map((w) => w.spec.taskId)}::uuid[], ${waits.map((w) => w.pending)}::int[])`.execute(trx);
 }

@@ -15,6 +15,15 @@ export interface HandlerContext {
   readonly tier: string;
   /** ISO-8601 time after which the result is of no use, or null. */
   readonly deadline: string | null;
+  /**
+   * The outcomes of the task's dependencies (`dependsOn`), by task id, read when the task was
+   * dispatched: `state` ('succeeded', or 'failed'/'cancelled' for a task submitted with
+   * `onDependencyFailure: 'run'`) and `output` (a succeeded task's output, else null). `{}` for a
+   * task without dependencies.
+   */
+  readonly dependencies: Readonly<Record<string, TaskDependency>>;
+  /** True when some outputs were left out of `dependencies` (their state kept, output null) because together they passed 4 MiB. */
+  readonly dependenciesTruncated: boolean;
   /** Aborted when the task is cancelled, times out, or the node stops past its grace: stop then (throwing is fine). */
   readonly signal: AbortSignal;
   /** A pino logger bound to taskId, attempt and traceId; its lines go to the node's log. */
@@ -30,6 +39,12 @@ export interface HandlerContext {
   retryable<E>(error: E): E extends Error ? E : Error;
   /** Marks an error as permanent (the task fails now): `throw ctx.permanent(err)`. */
   permanent<E>(error: E): E extends Error ? E : Error;
+}
+
+/** One dependency's outcome in ctx.dependencies. */
+export interface TaskDependency {
+  readonly state: 'succeeded' | 'failed' | 'cancelled' | (string & {});
+  readonly output: unknown;
 }
 
 /** Payload and output types per task type: `{ 'email.send': { in: {...}; out: {...} } }`. */

@@ -24,6 +24,7 @@ export {
   type HandlerContext,
   type HandlerMap,
   type HandlerTypes,
+  type TaskDependency,
   type TaskHandler,
 } from './define.js';
 export type { Logger } from 'pino';

@@ -46,6 +46,9 @@ export interface RunInfo {
   readonly tier: string;
   readonly deadline: string | null;
   readonly traceId: string | null;
+  /** The task message's dependencies (absent: none). */
+  readonly dependencies?: Readonly<Record<string, { readonly state: string; readonly output: unknown }>>;
+  readonly dependenciesTruncated?: boolean;
 }
 
 /** Throws a RangeError unless `fraction` is in [0, 1] and `message` a string of at most 1,000 characters (or absent). */
@@ -78,6 +81,8 @@ export function createContext(
     type: info.type,
     tier: info.tier,
     deadline: info.deadline,
+    dependencies: Object.freeze({ ...(info.dependencies ?? {}) }),
+    dependenciesTruncated: info.dependenciesTruncated === true,
     signal: deps.signal,
     log,
     progress(fraction: number, message?: string) {

@@ -26,6 +26,10 @@ export interface RunHandlerOptions {
   readonly signal?: AbortSignal;
   /** Level of ctx.log; default 'info'. */
   readonly logLevel?: string;
+  /** ctx.dependencies, as a node passes a released task's dependency outcomes; default {}. */
+  readonly dependencies?: Readonly<Record<string, { readonly state: string; readonly output: unknown }>>;
+  /** ctx.dependenciesTruncated; default false. */
+  readonly dependenciesTruncated?: boolean;
 }
 
 /** What a run reported besides its output: every ctx.progress call (not coalesced) and every ctx.log line. */
@@ -79,6 +83,8 @@ export async function runHandler<Out = unknown>(type: string, payload: unknown, 
           tier: opts.tier ?? 'light',
           deadline: opts.deadline ?? null,
           traceId: null,
+          dependencies: opts.dependencies ?? {},
+          dependenciesTruncated: opts.dependenciesTruncated ?? false,
         },
       },
       controller.signal,

@@ -110,6 +110,8 @@ const WHO: Record<string, string> = {
   'POST /v1/tasks/batch': 'so',
   'GET /v1/tasks/:id': 'soa',
   'GET /v1/tasks/:id/history': 'soa',
+  'GET /v1/tasks/:id/graph': 'soa',
+  'POST /v1/workflows': 'so',
   'POST /v1/tasks/:id/cancel': 'o',
   'POST /v1/tasks/:id/requeue': 'o',
   'GET /v1/cluster': 'o',
@@ -133,6 +135,7 @@ const KEYS = { s: ACME_SUBMITTER, o: ACME, a: ACME_AUDITOR } as const;
 const BODIES: Record<string, object> = {
   'POST /v1/tasks': { type: 'noop' },
   'POST /v1/tasks/batch': { tasks: [{ type: 'noop' }] },
+  'POST /v1/workflows': { steps: [{ step: 'only', type: 'noop' }] },
   'POST /v1/dlq/requeue': { dryRun: true },
   'POST /v1/schedules': { cron: '0 0 1 1 *', template: { type: 'noop' } },
 };

@@ -78,6 +78,34 @@ export async function exercise(h: Harness): Promise<void> {
   h.seen('getTaskHistory', history.response, history.data ?? history.error);
   h.check(need(history.data, 'history').events.map((e) => e.type).join() === 'TaskSubmitted,TaskQueued', 'history');
 
+  // A workflow of two named steps, the second waiting for the first; the graph shows both and the edge.
+  const wf = await api.POST('/v1/workflows', {
+    body: { name: 'contract', steps: [{ step: 'fetch', type: 'noop', placement: { zone: 'site-a' } }, { step: 'merge', type: 'noop', dependsOn: ['fetch'] }] },
+    params: { header: { 'idempotency-key': `${key}-wf` } },
+  });
+  h.seen('submitWorkflow', wf.response, wf.data ?? wf.error);
+  const steps = need(wf.data, 'workflow').steps;
+  const [fetchStep, mergeStep] = [need(steps.fetch, 'fetch step'), need(steps.merge, 'merge step')];
+  h.check(wf.response.status === 202 && mergeStep.state === 'waiting' && mergeStep.dependsOn?.[0] === fetchStep.id && mergeStep.name === 'contract/merge', `workflow: ${JSON.stringify(wf.data)}`);
+  h.check(fetchStep.placement?.zone === 'site-a', 'the placement is kept');
+  const wfAgain = await api.POST('/v1/workflows', {
+    body: { name: 'contract', steps: [{ step: 'fetch', type: 'noop', placement: { zone: 'site-a' } }, { step: 'merge', type: 'noop', dependsOn: ['fetch'] }] },
+    params: { header: { 'idempotency-key': `${key}-wf` } },
+  });
+  h.seen('submitWorkflow', wfAgain.response, wfAgain.data ?? wfAgain.error);
+  h.check(wfAgain.response.status === 200 && wfAgain.data?.steps.merge?.id === mergeStep.id, 'a retried workflow returns the same tasks');
+  const cyclic = await api.POST('/v1/workflows', { body: { steps: [{ step: 'a', type: 'noop', dependsOn: ['b'] }, { step: 'b', type: 'noop', dependsOn: ['a'] }] } });
+  h.seen('submitWorkflow', cyclic.response, cyclic.error);
+  h.check(cyclic.response.status === 400 && cyclic.error?.code === 'INVALID_WORKFLOW', `a cycle is 400: ${JSON.stringify(cyclic.error)}`);
+  const graph = await api.GET('/v1/tasks/{id}/graph', { params: { path: { id: mergeStep.id } } });
+  h.seen('getTaskGraph', graph.response, graph.data ?? graph.error);
+  const g = need(graph.data, 'graph');
+  h.check(g.nodes.map((n) => `${n.relation}:${n.name ?? ''}:${n.depth}`).join() === 'self:contract/merge:0,ancestor:contract/fetch:1', `graph nodes: ${JSON.stringify(g.nodes)}`);
+  h.check(g.edges.length === 1 && g.edges[0]?.from === fetchStep.id && g.edges[0].to === mergeStep.id && !g.truncated, `graph edges: ${JSON.stringify(g.edges)}`);
+  const noGraph = await api.GET('/v1/tasks/{id}/graph', { params: { path: { id: '0193a5b2-0000-7000-8000-000000000000' } } });
+  h.seen('getTaskGraph', noGraph.response, noGraph.error);
+  h.check(noGraph.response.status === 404, 'the graph of an unknown task is 404');
+
   const cancelled = await api.POST('/v1/tasks/{id}/cancel', { params: { path: { id: task.id } }, body: { reason: 'not needed' } });
   h.seen('cancelTask', cancelled.response, cancelled.data ?? cancelled.error);
   h.check(cancelled.data?.state === 'cancelled', 'cancelled');

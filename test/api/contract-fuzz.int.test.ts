@@ -83,6 +83,9 @@ const ctx: SchemaContext = {
     cpu: fc.oneof({ arbitrary: fc.double({ min: 0.01, max: 1, noNaN: true }), weight: 3 }, fc.double({ min: 0.01, max: 64, noNaN: true })),
     memoryMb: fc.oneof({ arbitrary: fc.integer({ min: 1, max: 1024 }), weight: 3 }, fc.integer({ min: 1, max: 1048576 })),
     payload: fc.oneof(fc.jsonValue({ maxDepth: 3 }), fc.constant('x'.repeat(4094)), fc.constant('x'.repeat(4095))),
+    // Random ids name no task (INVALID_DEPENDENCIES) and random step names no step (INVALID_WORKFLOW): mostly none, so valid requests get through.
+    dependsOn: fc.oneof({ arbitrary: fc.constant([]), weight: 3 }, fc.array(fc.uuid(), { maxLength: 2 })),
+    placement: fc.oneof(fc.constantFrom({ zone: 'site-a' }, { labels: { gpu: 'yes', 'os.family': 'linux' } }, { zone: 'z', labels: {} }, {}), fc.dictionary(fc.string({ maxLength: 8 }), fc.string({ maxLength: 8 }), { maxKeys: 2 }).map((labels) => ({ labels }))),
   },
 };
 
@@ -219,6 +222,14 @@ function toInject(op: OperationRef, g: Generated): InjectOptions & { url: string
   return { method: op.method.toUpperCase() as 'GET', url, headers: g.headers, ...(g.body !== undefined ? { payload: g.body } : {}) };
 }
 
+/** Schedules to pause and resume: the generated deletes may have used up the pool. */
+async function freshSchedules(n: number): Promise<string[]> {
+  const ids: string[] = [];
+  for (let i = 0; i < n; i++) ids.push((await api.app.inject({ method: 'POST', url: '/v1/schedules', payload: { cron: '0 * * * *', template: { type: 'seed' } } })).json<{ id: string }>().id);
+  lastRows = await rowCounts(tdb.db);
+  return ids;
+}
+
 /** Tasks that failed as a dead-lettered delivery would leave them, written straight to the event store. */
 async function failedTasks(n: number): Promise<string[]> {
   const ids: string[] = [];
@@ -318,6 +329,7 @@ describe('fuzzing every operation from the OpenAPI document', () => {
     for (const [i, op] of operations.entries()) {
       // Requeue needs failed tasks (no fog node runs here, and requeueFailedTasks may have put the earlier ones back).
       if (op.operation.operationId === 'requeueTask') pools.failed = await failedTasks(5);
+      if (op.operation.operationId === 'pauseSchedule' || op.operation.operationId === 'resumeSchedule') pools.schedule = await freshSchedules(2);
       for (const mode of ['valid', 'broken'] as const) {
         await fc.assert(
           fc.asyncProperty(requestsFor(op, mode), (g) => sendAndJudge(op, g)),

@@ -53,7 +53,7 @@ describe('the OpenAPI document', () => {
   it('is 3.1 with servers, and names every operation (unique operationId) with a summary', () => {
     expect(doc.openapi).toBe('3.1.0');
     expect(doc.servers?.length).toBeGreaterThan(0);
-    expect(operations.length).toBe(23);
+    expect(operations.length).toBe(25);
     const ids = operations.map((op) => op.operation.operationId);
     for (const op of operations) {
       expect(op.operation.operationId, label(op)).toMatch(/^[a-z][A-Za-z]+$/);

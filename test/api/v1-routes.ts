@@ -7,6 +7,8 @@ export const V1_ROUTES: readonly (readonly [string, string])[] = [
   ['POST', '/v1/tasks/batch'],
   ['GET', '/v1/tasks/:id'],
   ['GET', '/v1/tasks/:id/history'],
+  ['GET', '/v1/tasks/:id/graph'],
+  ['POST', '/v1/workflows'],
   ['POST', '/v1/tasks/:id/cancel'],
   ['POST', '/v1/tasks/:id/requeue'],
   ['GET', '/v1/cluster'],

@@ -130,6 +130,33 @@ describe('the chaos checker, rule by rule', () => {
     expect(checkTerminal(id, requeued)).toEqual([]);
   });
 
+  it('invalid-transition: dependency decisions (waiting, released, cancelled by a dependency, placement fallback) are what decide makes', () => {
+    const dep = newId();
+    const withDeps = aSpec(id, { dependsOn: [dep], onDependencyFailure: 'cancel' });
+    const none = { pending: 0, succeeded: 0, failed: 0, cancelled: 0, firstFailed: null, firstFailedState: null };
+    const resolve = (state: 'succeeded' | 'failed', ms: number, outcomes = { succeeded: 1, failed: 0, cancelled: 0 }): TaskCommand => ({
+      type: 'ResolveDependencies',
+      data: { resolved: [{ id: dep, state }], remaining: 0, outcomes, now: at(ms) },
+    });
+    const released = logOf(id, [{ type: 'SubmitTask', data: { task: withDeps, now: at(0), dependencies: { ...none, pending: 1 } } }, resolve('succeeded', 10), start(1, 20), succeed(1, 30)]);
+    const atOnce = logOf(id, [{ type: 'SubmitTask', data: { task: withDeps, now: at(0), dependencies: { ...none, succeeded: 1 } } }]);
+    const cancelledBy = logOf(id, [{ type: 'SubmitTask', data: { task: withDeps, now: at(0), dependencies: { ...none, pending: 1 } } }, resolve('failed', 10)]);
+    const cancelledAtSubmit = logOf(id, [{ type: 'SubmitTask', data: { task: withDeps, now: at(0), dependencies: { ...none, failed: 1, firstFailed: dep, firstFailedState: 'failed' } } }]);
+    const runAnyway = logOf(id, [
+      { type: 'SubmitTask', data: { task: { ...withDeps, onDependencyFailure: 'run' }, now: at(0), dependencies: { ...none, pending: 1 } } },
+      resolve('failed', 10, { succeeded: 0, failed: 1, cancelled: 0 }),
+    ]);
+    const fallback = logOf(id, [submit(aSpec(id, { placement: { zone: 'site-a' }, fallbackAfterMs: 1000 })), { type: 'FallBackPlacement', data: { attempt: 1, now: at(1000) } }]);
+    expect(released.map((e) => e.type)).toContain('TaskReleased');
+    expect(cancelledBy.map((e) => e.type)).toEqual(['TaskSubmitted', 'TaskWaiting', 'TaskCancelled']);
+    expect(runAnyway.map((e) => e.type)).toEqual(['TaskSubmitted', 'TaskWaiting', 'TaskReleased', 'TaskQueued']);
+    expect(fallback.map((e) => e.type)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskPlacementFallback']);
+    for (const events of [released, atOnce, cancelledBy, cancelledAtSubmit, runAnyway, fallback]) expect(checkTransitions(id, events, { backoff: BACKOFF })).toEqual([]);
+    // A release the waiting task never had a dependency for: decide does not make it without its TaskWaiting.
+    const skipped = released.filter((e) => e.type !== 'TaskWaiting').map((e, k) => ({ ...e, version: k + 1 }));
+    expect(checkTransitions(id, skipped, { backoff: BACKOFF }).map((v) => v.rule)).toContain('invalid-transition');
+  });
+
   it('invalid-transition: each event is what decide makes of its command', () => {
     const retried = logOf(id, [submit(aSpec(id)), start(1, 10), fail(1, 20, true, 0.3), start(2, 400), start(2, 500, 'node-b'), succeed(2, 600, 'node-b')]);
     const deadLettered = logOf(id, [submit(aSpec(id)), start(1, 10), deadLetter(1, 20)]);

@@ -4,6 +4,7 @@ import { tcpProxy } from '../helpers/processes.js';
 import type { FogHeartbeatStats } from '../../src/fog-node/heartbeat.js';
 import { coordinator, fogHeartbeat, newPrefix, nodeEvents, redisKeys, stack, testRedis } from './helpers.js';
 import { inject } from 'vitest';
+import { readClusterView } from '../../src/infra/cluster-view.js';
 
 let db: TestDatabase;
 const redis = testRedis();
@@ -21,6 +22,27 @@ afterAll(async () => {
 });
 
 describe('fog-node membership', () => {
+  it('a node advertises its zone and labels: in fog:node:{id}, in FogNodeJoined and in the cluster view (null and {} without)', async () => {
+    const prefix = newPrefix();
+    const keys = redisKeys(prefix);
+    const placed = s.add(fogHeartbeat({ prefix, nodeId: 'site-a-1', zone: 'site-a', labels: { camera: 'yes', gpu: 'true' } }), (b) => b.stop());
+    const plain = s.add(fogHeartbeat({ prefix, nodeId: 'plain-1' }), (b) => b.stop());
+    placed.start();
+    plain.start();
+    await eventually(async () => (await redis.scard(keys.fogNodes)) === 2);
+    expect(await redis.hgetall(keys.fogNode('site-a-1'))).toMatchObject({ zone: 'site-a', labels: '{"camera":"yes","gpu":"true"}' });
+    const c = s.add(coordinator(db, { prefix }), (x) => x.stop());
+    await c.start();
+    await eventually(async () => (await nodeEvents(db, 'site-a-1')).length === 1 && (await nodeEvents(db, 'plain-1')).length === 1, { timeoutMs: 5000 });
+    expect((await nodeEvents(db, 'site-a-1'))[0]?.data).toMatchObject({ nodeId: 'site-a-1', zone: 'site-a', labels: { camera: 'yes', gpu: 'true' } });
+    expect((await nodeEvents(db, 'plain-1'))[0]?.data).toMatchObject({ nodeId: 'plain-1', zone: null, labels: {} });
+    const view = await readClusterView(redis, keys, { brokers: [], staleAfterMs: 60_000 });
+    expect(view.fogNodes.map((n) => [n.id, n.zone, n.labels])).toEqual([
+      ['plain-1', null, {}],
+      ['site-a-1', 'site-a', { camera: 'yes', gpu: 'true' }],
+    ]);
+  });
+
   it('a heartbeat writes fog:nodes and fog:node:{id}; the coordinator records the join, then reaps the expired node with FogNodeLost and its in-flight task ids', async () => {
     const prefix = newPrefix();
     const keys = redisKeys(prefix);

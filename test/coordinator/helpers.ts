@@ -45,7 +45,15 @@ export function coordinator(db: TestDatabase, opts: Partial<CoordinatorDeps> & {
   });
 }
 
-export function fogHeartbeat(opts: { prefix: string; nodeId: string; redisUrl?: string; ttlMs?: number; stats?: () => FogHeartbeatStats }): FogHeartbeat {
+export function fogHeartbeat(opts: {
+  prefix: string;
+  nodeId: string;
+  redisUrl?: string;
+  ttlMs?: number;
+  stats?: () => FogHeartbeatStats;
+  zone?: string | null;
+  labels?: Record<string, string>;
+}): FogHeartbeat {
   return createFogHeartbeat({
     redisUrl: opts.redisUrl ?? inject('redisUrl'),
     prefix: opts.prefix,
@@ -56,6 +64,8 @@ export function fogHeartbeat(opts: { prefix: string; nodeId: string; redisUrl?: 
     ttlMs: opts.ttlMs ?? 1000,
     stats: opts.stats ?? (() => ({ inFlight: 0, cpu: 0.01, rssMb: 50 })),
     version: '0.0.0-test',
+    zone: opts.zone ?? null,
+    labels: opts.labels ?? {},
     logger,
   });
 }

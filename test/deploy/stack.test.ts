@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
 import { describe, expect, it } from 'vitest';
-import { ConfigSchema, loadConfig, parseAutoscaleTiers, parseTiers } from '../../src/infra/config.js';
+import { ConfigSchema, loadConfig, parseAutoscaleTiers, parseLabels, parseTiers, parseZoneList } from '../../src/infra/config.js';
 import { ROLE_NAMES, topologyOf } from '../../src/cli/start.js';
 import { HEALTHCHECK_ROLES } from '../../src/cli/healthcheck.js';
 import { formatDefinitions, topologyDefinitions } from '../../src/cli/topology-export.js';
@@ -158,19 +158,33 @@ describe('deploy/swarm/stack.yml', () => {
     for (const name of ['relay', 'ingest', 'coordinator', 'scheduler']) expect(stack.services[name]?.deploy?.replicas, name).toBe(2);
   });
 
-  it('fog nodes per tier: the tier in the environment, its CPU and memory as limits and reservations', () => {
+  it('fog nodes per tier, and of two sites: the tier in the environment, its CPU and memory as limits and reservations', () => {
     const fog = fogschedServices.filter(([, s]) => roleOf(s) === 'fog-node');
     const tiers = parseTiers(loadConfig(env(fog[0]![1]), () => 'x').TIERS);
-    expect(fog.map(([, s]) => env(s).FOG_NODE_TIER).sort()).toEqual(tiers.map((t) => t.name).sort());
+    const general = fog.filter(([, s]) => !env(s).FOG_NODE_ZONE);
+    expect(general.map(([, s]) => env(s).FOG_NODE_TIER).sort()).toEqual(tiers.map((t) => t.name).sort());
     for (const [name, s] of fog) {
       const tier = tiers.find((t) => t.name === env(s).FOG_NODE_TIER)!;
-      expect(name).toBe(`fog-${tier.name}`);
+      const zone = env(s).FOG_NODE_ZONE;
+      expect(name).toBe(zone ? `fog-${zone}` : `fog-${tier.name}`);
       for (const kind of ['limits', 'reservations'] as const) {
         expect(Number(s.deploy?.resources?.[kind]?.cpus), `${name} ${kind}`).toBe(tier.maxCpu);
         expect(s.deploy?.resources?.[kind]?.memory, `${name} ${kind}`).toBe(`${tier.maxMemoryMb}M`);
       }
     }
-    expect(fog.map(([n]) => n).sort()).toEqual(['fog-heavy', 'fog-light', 'fog-medium']);
+    expect(fog.map(([n]) => n).sort()).toEqual(['fog-heavy', 'fog-light', 'fog-medium', 'fog-site-a', 'fog-site-b']);
+  });
+
+  it('fog nodes of two sites: each advertises its zone and labels, runs on the Swarm nodes of its site, and its zone is declared up front', () => {
+    const sites = fogschedServices.filter(([, s]) => roleOf(s) === 'fog-node' && env(s).FOG_NODE_ZONE);
+    expect(sites.map(([, s]) => env(s).FOG_NODE_ZONE).sort()).toEqual(['site-a', 'site-b']);
+    for (const [name, s] of sites) {
+      const config = loadConfig(env(s), () => 'x');
+      expect(Object.keys(parseLabels(config.FOG_NODE_LABELS)).length, `${name} labels`).toBeGreaterThan(0);
+      expect(s.deploy?.placement?.constraints, name).toEqual([`node.labels.fogsched.zone == ${config.FOG_NODE_ZONE}`]);
+      const relay = loadConfig(env(stack.services.relay as Service), () => 'x');
+      expect(parseZoneList('FOG_ZONES', relay.FOG_ZONES), name).toContain(config.FOG_NODE_ZONE);
+    }
   });
 
   it('three pinned RabbitMQ brokers, one per labelled node, with rabbitmq.conf, definitions and the cookie', () => {

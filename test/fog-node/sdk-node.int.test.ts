@@ -79,6 +79,19 @@ describe.skipIf(!built)('fog node with a defineHandlers module', () => {
     expect((globalThis as { __sdkFixtureLoads?: number }).__sdkFixtureLoads).toBeUndefined();
   });
 
+  it('passes a task message’s dependencies to the handler as ctx.dependencies (and {} without)', async () => {
+    const e = await env();
+    const dep = '00000000-0000-4000-8000-0000000000d2';
+    const withDeps = sdkTask('deps.echo', null, { dependencies: { [dep]: { state: 'failed', output: null } }, dependenciesTruncated: true });
+    const without = sdkTask('deps.echo', null);
+    const node = testFogNode(e.base, { handlersModule, tierMemoryMb: 512 });
+    await node.start();
+    await publishTasks(publisher, e.names, [withDeps, without]);
+    await eventually(() => finalOf(e.results, withDeps.taskId) && finalOf(e.results, without.taskId), { timeoutMs: 20_000 });
+    expect(finalOf(e.results, withDeps.taskId)).toMatchObject({ kind: 'succeeded', output: { dependencies: { [dep]: { state: 'failed', output: null } }, truncated: true } });
+    expect(finalOf(e.results, without.taskId)).toMatchObject({ kind: 'succeeded', output: { dependencies: {}, truncated: false } });
+  });
+
   it('writes the handler’s ctx.log lines to the node’s log, at their level, bound to task id and attempt', async () => {
     const e = await env();
     const lines: Record<string, unknown>[] = [];

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Channel } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PRIORITIES } from '../../src/domain/index.js';
-import { declareTopology } from '../../src/outbox/index.js';
+import { declarePlacement, declareTopology, placementTopology, topology } from '../../src/outbox/index.js';
 import { eventually } from '../helpers/database.js';
 import { openTestBroker, testTopology, TIERS, uniquePrefix, type TestBroker } from '../helpers/broker.js';
 
@@ -159,5 +159,45 @@ describe('broker topology', () => {
     const rest = await broker.drain(queue);
     expect(rest.map((m) => m.content.toString())).toEqual(['late']);
     await broker.drop(small.topology);
+  });
+
+  it('FOG_ZONES: the zone queues tasks.<zone>.<tier>.<priority> are part of the topology, with the tier queues\' arguments, bound by <zone>.<tier>.<priority>', () => {
+    const withZones = topology({ prefix, tiers: ['light'], taskQueueMaxLength: 10_000, deliveryLimit: 3, metricsQueueMaxLength: 1000, zones: ['site-a', 'site-b'] });
+    const tierArgs = withZones.queues.find((q) => q.name === names.taskQueue('light', 'normal'))?.arguments;
+    for (const zone of ['site-a', 'site-b']) {
+      for (const p of PRIORITIES) {
+        const q = withZones.queues.find((x) => x.name === `${prefix}tasks.${zone}.light.${p}`);
+        expect(q?.arguments).toEqual(tierArgs);
+        expect(withZones.bindings).toContainEqual({ exchange: names.tasks, queue: q?.name, routingKey: `${zone}.light.${p}` });
+      }
+    }
+    expect(withZones.queues).toHaveLength(PRIORITIES.length * 3 + 3);
+  });
+
+  it('a placement queue dead-letters a message whose per-message TTL (expiration) ran out with no consumer, reason expired, at least once', async () => {
+    const options = { prefix, tiers: ['light'], taskQueueMaxLength: 10_000, deliveryLimit: 3, metricsQueueMaxLength: 1000 };
+    const zone = placementTopology(options, 'ttlzone', ['light'], ['normal']);
+    broker.track({ exchanges: [], ...zone });
+    const setup = await broker.scratch();
+    await declareTopology(setup, t);
+    await declarePlacement(setup, zone);
+    await setup.close();
+    expect(zone.queues[0]?.arguments).toMatchObject({ 'x-dead-letter-strategy': 'at-least-once', 'x-overflow': 'reject-publish', 'x-dead-letter-exchange': names.dlx });
+    await broker.channel.purgeQueue(names.dlq);
+    const ch = await broker.confirmChannel();
+    try {
+      ch.publish(names.tasks, 'ttlzone.light.normal', Buffer.from('{"n":1}'), { persistent: true, mandatory: true, messageId: 'ttl-1', expiration: '200' });
+      await ch.waitForConfirms();
+    } finally {
+      await ch.close().catch(() => {});
+    }
+    const dead = await eventually(async () => {
+      const got = await broker.drain(names.dlq);
+      return got.length > 0 ? got : null;
+    });
+    expect(dead.map((m) => m.properties.messageId)).toEqual(['ttl-1']);
+    expect(dead[0]?.properties.headers?.['x-first-death-reason']).toBe('expired');
+    expect(dead[0]?.properties.headers?.['x-first-death-queue']).toBe(`${prefix}tasks.ttlzone.light.normal`);
+    expect(await broker.messageCount(`${prefix}tasks.ttlzone.light.normal`)).toBe(0);
   });
 });

@@ -60,7 +60,7 @@ describe('retention', () => {
     const fresh = await submitTasks(4);
 
     const result = await pruneRetention(tdb.db, { ...RETENTION, batchRows: 7 });
-    expect(result).toEqual({ outbox: 23, inbox: 0, idempotencyKeys: 0 });
+    expect(result).toEqual({ outbox: 23, inbox: 0, idempotencyKeys: 0, taskWaits: 0 });
     expect(await count(sql`outbox WHERE stream_id = ANY(${old}::text[])`)).toBe(0);
     expect(await count(sql`outbox WHERE stream_id = ANY(${stuck}::text[])`)).toBe(10);
     expect(await count(sql`outbox WHERE stream_id = ANY(${recent}::text[])`)).toBe(5);

@@ -192,6 +192,37 @@ describe.skipIf(noChromium)('the dashboard in a real browser', () => {
     await checkPage('task');
   });
 
+  it("shows a task's dependencies and dependants with their states and links (issue 20)", async () => {
+    const res = await postJson(
+      `${t.base}/v1/workflows`,
+      {
+        name: 'ui-graph',
+        steps: [
+          { step: 'fetch', type: 'sleep', payload: { ms: 120_000 } },
+          { step: 'merge', type: 'noop', dependsOn: ['fetch'] },
+          { step: 'report', type: 'noop', dependsOn: ['merge'] },
+        ],
+      },
+      auth,
+    );
+    expect(res.status).toBe(202);
+    const { fetch, merge, report } = (res.body).steps;
+    await go(`#/tasks/${merge.id}`, /Task/);
+    await page.getByRole('heading', { level: 2, name: 'Dependencies' }).waitFor({ timeout: LONG });
+    expect(await page.locator('.facts .badge').textContent()).toBe('waiting');
+    const up = page.getByRole('list', { name: 'Tasks this task depends on' });
+    await expect.poll(() => up.getByRole('listitem').textContent(), { timeout: LONG }).toMatch(/^running\s*ui-graph\/fetch/);
+    const down = page.getByRole('list', { name: 'Tasks that depend on this task' });
+    expect(await down.getByRole('listitem').textContent()).toMatch(/^waiting\s*ui-graph\/report/);
+    await checkAccessibility('task-graph');
+    await checkKeyboard('task-graph');
+    await up.getByRole('link', { name: 'ui-graph/fetch' }).click();
+    await expect.poll(() => page.url()).toContain(`#/tasks/${fetch.id}`);
+    // Cancelling the root cancels its waiting descendants.
+    await postJson(`${t.base}/v1/tasks/${fetch.id}/cancel`, {}, auth);
+    await eventually(async () => (await getTask(report.id)).state === 'cancelled', { timeoutMs: LONG });
+  });
+
   it('cancels a running task from its page after a confirmation', async () => {
     const task = await submit({ type: 'sleep', payload: { ms: 120_000 } });
     await go(`#/tasks/${task.id}`, /Task/);

@@ -23,6 +23,14 @@ describe.skipIf(!built)('runHandler: a handler run as a node runs it', () => {
     expect((globalThis as { __sdkFixtureLoads?: number }).__sdkFixtureLoads).toBeUndefined();
   });
 
+  it('gives the handler ctx.dependencies ({} and false by default) and ctx.dependenciesTruncated', async () => {
+    const none = await runHandler('deps.echo', null, { module });
+    expect(none.output).toEqual({ dependencies: {}, truncated: false, frozen: true });
+    const id = '00000000-0000-4000-8000-0000000000d1';
+    const some = await runHandler('deps.echo', null, { module, dependencies: { [id]: { state: 'succeeded', output: { sum: 3 } } }, dependenciesTruncated: true });
+    expect(some.output).toEqual({ dependencies: { [id]: { state: 'succeeded', output: { sum: 3 } } }, truncated: true, frozen: true });
+  });
+
   it('rejects with the handler’s error rebuilt: class name, message, code and retryable', async () => {
     await expect(runHandler('email.send', { to: 'x', failUntil: 2 }, { module, attempt: 1 })).rejects.toMatchObject({
       name: 'RateLimitedError',

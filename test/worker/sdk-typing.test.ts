@@ -1,5 +1,5 @@
 import { describe, expect, expectTypeOf, it } from 'vitest';
-import { defineHandlers, type DefinedHandlers, type HandlerContext } from '../../src/worker/index.js';
+import { defineHandlers, type DefinedHandlers, type HandlerContext, type TaskDependency } from '../../src/worker/index.js';
 
 // The SDK's types are checked by `npm run typecheck` (this file is in tsconfig.json): each
 // `@ts-expect-error` below must be an error, or the typecheck fails. The tests assert the
@@ -13,6 +13,8 @@ const typed = defineHandlers<Email>({
     expectTypeOf(ctx).toEqualTypeOf<HandlerContext>();
     expectTypeOf(ctx.attempt).toBeNumber();
     expectTypeOf(ctx.deadline).toEqualTypeOf<string | null>();
+    expectTypeOf(ctx.dependenciesTruncated).toBeBoolean();
+    expectTypeOf(ctx.dependencies['some-id']?.state).toEqualTypeOf<TaskDependency['state'] | undefined>();
     return { id: `${payload.to}/${ctx.attempt}` };
   },
 });

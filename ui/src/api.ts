@@ -105,6 +105,8 @@ type Schemas = components['schemas'];
 export type Task = Schemas['Task'];
 export type HistoryEntry = Schemas['HistoryEntry'];
 export type Cluster = Schemas['Cluster'];
+export type TaskGraph = Schemas['TaskGraph'];
+export type TaskGraphNode = Schemas['TaskGraphNode'];
 export type Schedule = Schemas['Schedule'];
 export type TaskError = NonNullable<Schemas['Task']['lastError']>;
 export type Stats = Schemas['Stats'];
@@ -116,7 +118,7 @@ export interface Page<T> {
   nextCursor: string | null;
 }
 
-export const TASK_STATES = ['scheduled', 'queued', 'running', 'retrying', 'succeeded', 'failed', 'cancelled'] as const;
+export const TASK_STATES = ['waiting', 'scheduled', 'queued', 'running', 'retrying', 'succeeded', 'failed', 'cancelled'] as const;
 export const PRIORITIES = ['high', 'normal', 'low'] as const;
 export const FAILURE_REASONS = ['non-retryable', 'max-attempts', 'delivery-limit', 'rejected', 'expired', 'timeout'] as const;
 export const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);

@@ -1,7 +1,7 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { TaskNotFoundError } from '../../domain/index.js';
-import { getTask, getTaskHistory, listTasks } from '../../projections/index.js';
+import { getTask, getTaskGraph, getTaskHistory, listTasks } from '../../projections/index.js';
 import {
   BatchBody,
   BatchResult,
@@ -15,16 +15,30 @@ import {
   TASK_EXAMPLE,
   TaskHistory,
   TaskIdParams,
+  TaskGraph,
   TaskList,
   json,
+  problemOf,
   problems,
   ref,
 } from '../schemas.js';
+import { withWarnings } from '../placement-warning.js';
 import { toTaskView } from '../task-view.js';
 import { DEFAULT_API_LIMITS, type ApiDeps } from '../app.js';
 import { callerOf } from '../caller.js';
 import { noteTask } from '../request-trace.js';
 import { checkPayloadSizes, checkTaskTimes, nextCursorOf, parseCursor } from '../input.js';
+
+/** The problems a submit (single, batch item, workflow step) adds for its id, dependencies and placement. */
+export const SUBMIT_GRAPH_PROBLEMS = {
+  ...problemOf(
+    400,
+    'INVALID_DEPENDENCIES',
+    'body/dependsOn: task 0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11 does not exist',
+    'the request does not match the schema (VALIDATION_FAILED); dependsOn names an unknown or foreign task, the task itself, more than 10,000 tasks, or makes a cycle (INVALID_DEPENDENCIES); placement or fallbackAfterMs is not valid (INVALID_PLACEMENT); each in errors[] with its path. Nothing written',
+  ),
+  ...problemOf(409, 'TASK_ID_CONFLICT', 'task 0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11 exists with another body', 'a task with this id exists with another body or in another tenant (TASK_ID_CONFLICT)'),
+};
 
 const Location = { location: { type: 'string', description: 'the task: /v1/tasks/{id}' } } as never;
 
@@ -46,6 +60,7 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
           200: json(ref(Task), 'an earlier submit with this Idempotency-Key and the same body: its task', TASK_EXAMPLE, Location),
           202: json(ref(Task), 'accepted: the task is stored and its dispatch committed', TASK_EXAMPLE, Location),
           ...problems(400, 401, 403, 413, 415, 422, 429, 503),
+          ...SUBMIT_GRAPH_PROBLEMS,
         },
       },
     },
@@ -55,15 +70,12 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
       // Asked now, not after the write: a Redis that does not answer then costs one command timeout, not
       // two in a row. Caught here, since a refused submit never awaits it; unknown is null anyway.
       const liveTiers = deps.liveTiers?.().catch(() => null);
+      const liveNodes = deps.liveNodes?.().catch(() => null);
       await admit(deps, request, reply, 1);
       const { task, created } = await deps.tasks.submit({ ...request.body, idempotencyKey: request.headers['idempotency-key'] ?? null }, callerOf(request));
       noteTask(request, reply, task.taskId);
-      const view = toTaskView(task);
-      const live = await liveTiers;
-      if (live && !live.has(view.tier)) {
-        // Accepted all the same: the dispatch waits on its queue until a node of that tier joins.
-        return reply.code(created ? 202 : 200).header('location', `/v1/tasks/${task.taskId}`).send({ ...view, warnings: [`no live fog node serves tier ${view.tier}; the task waits until one joins`] });
-      }
+      // Accepted all the same: the dispatch waits on its queue until a node of that tier (and placement) joins.
+      const view = withWarnings(toTaskView(task), await liveTiers, await liveNodes);
       return reply.code(created ? 202 : 200).header('location', `/v1/tasks/${task.taskId}`).send(view);
     },
   );
@@ -75,21 +87,24 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
       schema: {
         operationId: 'submitTaskBatch',
         summary: 'Submit up to 1,000 tasks in one transaction',
-        description: 'All or nothing: an invalid item fails the whole batch with its index in the problem.',
+        description: 'All or nothing: an invalid item fails the whole batch with its index in the problem. An item may name tasks of the same batch in dependsOn (by their id).',
         tags: ['tasks'],
         body: BatchBody,
-        response: { 202: json(ref(BatchResult), 'every task of the batch, stored', { tasks: [TASK_EXAMPLE] }), ...problems(400, 401, 403, 413, 415, 422, 429, 503) },
+        response: { 202: json(ref(BatchResult), 'every task of the batch, stored', { tasks: [TASK_EXAMPLE] }), ...problems(400, 401, 403, 413, 415, 422, 429, 503), ...SUBMIT_GRAPH_PROBLEMS },
       },
     },
     async (request, reply) => {
       request.body.tasks.forEach((t, index) => checkTaskTimes(t, `body/tasks/${index}`));
       checkPayloadSizes(request.body.tasks.map((t, index) => ({ path: `body/tasks/${index}/payload`, payload: t.payload })), maxPayloadBytes);
+      const liveTiers = deps.liveTiers?.().catch(() => null);
+      const liveNodes = deps.liveNodes?.().catch(() => null);
       await admit(deps, request, reply, request.body.tasks.length);
       const results = await deps.tasks.submitBatch(
         request.body.tasks.map((t) => ({ ...t, idempotencyKey: t.idempotencyKey ?? null })),
         callerOf(request),
       );
-      return reply.code(202).send({ tasks: results.map((r) => toTaskView(r.task)) });
+      const [tiers, nodes] = [await liveTiers, await liveNodes];
+      return reply.code(202).send({ tasks: results.map((r) => withWarnings(toTaskView(r.task), tiers, nodes)) });
     },
   );
 
@@ -109,6 +124,26 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
       const task = await getTask(deps.db, callerOf(request).tenant, request.params.id);
       if (!task) throw new TaskNotFoundError(request.params.id);
       return toTaskView(task);
+    },
+  );
+
+  app.get(
+    '/v1/tasks/:id/graph',
+    {
+      config: { access: 'submitter' },
+      schema: {
+        operationId: 'getTaskGraph',
+        summary: "A task's dependencies and dependants, transitively, with their states",
+        description: `Ancestors (what it waits for) and descendants (what waits for it), each with its shortest distance, and the edges between them; at most ${INPUT_LIMITS.maxGraphNodes.toLocaleString('en')} nodes (the nearest; then truncated is true).`,
+        tags: ['tasks'],
+        params: TaskIdParams,
+        response: { 200: json(ref(TaskGraph), 'the graph around the task', GRAPH_EXAMPLE), ...problems(400, 401, 403, 404, 503) },
+      },
+    },
+    async (request) => {
+      const graph = await getTaskGraph(deps.db, callerOf(request).tenant, request.params.id, { maxNodes: INPUT_LIMITS.maxGraphNodes });
+      if (!graph) throw new TaskNotFoundError(request.params.id);
+      return graph;
     },
   );
 
@@ -187,8 +222,22 @@ export const taskRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, deps) 
   );
 };
 
+const GRAPH_EXAMPLE = {
+  taskId: TASK_EXAMPLE.id,
+  nodes: [
+    { taskId: TASK_EXAMPLE.id, name: 'process', type: 'denoise', state: 'waiting' as const, tier: 'medium', placement: null, relation: 'self' as const, depth: 0 },
+    { taskId: '0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f10', name: 'fetch', type: 'fetch-scan', state: 'running' as const, tier: 'light', placement: { zone: 'site-a' }, relation: 'ancestor' as const, depth: 1 },
+    { taskId: '0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f12', name: 'aggregate', type: 'merge-scans', state: 'waiting' as const, tier: 'heavy', placement: { zone: 'region-1' }, relation: 'descendant' as const, depth: 1 },
+  ],
+  edges: [
+    { from: '0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f10', to: TASK_EXAMPLE.id },
+    { from: TASK_EXAMPLE.id, to: '0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f12' },
+  ],
+  truncated: false,
+};
+
 /** The tenant's submit limits (each task counts); a refusal carries Retry-After. */
-async function admit(deps: ApiDeps, request: FastifyRequest, reply: FastifyReply, tasks: number): Promise<void> {
+export async function admit(deps: ApiDeps, request: FastifyRequest, reply: FastifyReply, tasks: number): Promise<void> {
   try {
     await deps.limits?.admit(callerOf(request).tenant, tasks);
   } catch (error) {

@@ -1,5 +1,5 @@
 import { useEffect, useState } from 'preact/hooks';
-import { TERMINAL, api, type HistoryEntry, type Role, type Task } from '../api';
+import { TERMINAL, api, type HistoryEntry, type Role, type Task, type TaskGraph, type TaskGraphNode } from '../api';
 import { Confirm, ErrorNote, Json, StateBadge, formatMs, formatTime, useDebounced, useLive } from '../util';
 
 /** What an event says beyond its type: error, reason, progress, the fields of its data worth a glance. */
@@ -22,15 +22,44 @@ function traceOf(e: HistoryEntry): string | null {
   return typeof value === 'string' ? value : null;
 }
 
+function placementText(p: NonNullable<Task['placement']>): string {
+  return [...(p.zone ? [`zone ${p.zone}`] : []), ...Object.entries(p.labels ?? {}).map(([k, v]) => `${k}=${v}`)].join(', ');
+}
+
+/** One side of the dependency graph: nearest first, indented by distance, each a link with its state. */
+function GraphList({ nodes, label }: { nodes: TaskGraphNode[]; label: string }) {
+  if (nodes.length === 0) return <p>None.</p>;
+  return (
+    <ul class="graph" aria-label={label}>
+      {nodes.map((n) => (
+        <li key={n.taskId} style={{ paddingLeft: `${(n.depth - 1) * 16}px` }}>
+          <StateBadge state={n.state} />{' '}
+          <a href={`#/tasks/${n.taskId}`} class={n.name ? undefined : 'mono'} title={n.taskId}>
+            {n.name ?? n.taskId}
+          </a>{' '}
+          <span>
+            {n.type} · {n.tier}
+            {n.depth > 1 ? ` · ${n.depth} steps away` : ''}
+            {n.placement ? ` · ${placementText(n.placement)}` : ''}
+          </span>
+        </li>
+      ))}
+    </ul>
+  );
+}
+
 export function TaskDetail({ id, role }: { id: string; role: Role }) {
   const [task, setTask] = useState<Task>();
   const [history, setHistory] = useState<HistoryEntry[]>([]);
+  const [graph, setGraph] = useState<TaskGraph | null>(null);
   const [error, setError] = useState<Error>();
   const [confirm, setConfirm] = useState<'cancel' | 'requeue' | null>(null);
   const [outcome, setOutcome] = useState<string | null>(null);
 
-  const load = () =>
-    Promise.all([api<Task>(`/v1/tasks/${id}`), api<{ events: HistoryEntry[] }>(`/v1/tasks/${id}/history`)]).then(
+  const load = () => {
+    // Apart from the task: an API without the graph (older server) leaves the section out, not the page.
+    api<TaskGraph>(`/v1/tasks/${id}/graph`).then(setGraph, () => setGraph(null));
+    return Promise.all([api<Task>(`/v1/tasks/${id}`), api<{ events: HistoryEntry[] }>(`/v1/tasks/${id}/history`)]).then(
       ([t, h]) => {
         setTask(t);
         setHistory(h.events);
@@ -38,6 +67,7 @@ export function TaskDetail({ id, role }: { id: string; role: Role }) {
       },
       (e: Error) => setError(e),
     );
+  };
   useEffect(() => {
     void load();
     const timer = setInterval(() => void load(), 5000);
@@ -75,6 +105,12 @@ export function TaskDetail({ id, role }: { id: string; role: Role }) {
             <dd>
               <StateBadge state={task.state} />
             </dd>
+            {task.name && (
+              <>
+                <dt>name</dt>
+                <dd>{task.name}</dd>
+              </>
+            )}
             <dt>type</dt>
             <dd>{task.type}</dd>
             <dt>tier / priority</dt>
@@ -87,6 +123,21 @@ export function TaskDetail({ id, role }: { id: string; role: Role }) {
             </dd>
             <dt>node</dt>
             <dd>{task.nodeId ?? '—'}</dd>
+            {task.placement && (
+              <>
+                <dt>placement</dt>
+                <dd>
+                  {placementText(task.placement)}
+                  {task.fallbackAfterMs !== undefined ? ` (any node of the tier after ${formatMs(task.fallbackAfterMs)})` : ''}
+                </dd>
+              </>
+            )}
+            {task.dependsOn && (
+              <>
+                <dt>on dependency failure</dt>
+                <dd>{task.onDependencyFailure === 'run' ? 'run anyway' : 'cancel'}</dd>
+              </>
+            )}
             <dt>submitted</dt>
             <dd>{formatTime(task.submittedAt)}</dd>
             <dt>finished</dt>
@@ -113,6 +164,16 @@ export function TaskDetail({ id, role }: { id: string; role: Role }) {
             </div>
           )}
         </>
+      )}
+      {graph && graph.nodes.length > 1 && (
+        <section aria-labelledby="graph-h">
+          <h2 id="graph-h">Dependencies</h2>
+          <h3>Depends on</h3>
+          <GraphList nodes={graph.nodes.filter((n) => n.relation === 'ancestor')} label="Tasks this task depends on" />
+          <h3>Dependants</h3>
+          <GraphList nodes={graph.nodes.filter((n) => n.relation === 'descendant')} label="Tasks that depend on this task" />
+          {graph.truncated && <p role="note">The graph is larger than one answer holds; the nearest tasks are shown.</p>}
+        </section>
       )}
       <section aria-labelledby="timeline-h">
         <h2 id="timeline-h">Timeline</h2>
