@@ -13,9 +13,6 @@ async function runCli(args: string[], env: Record<string, string>): Promise<{ co
   return { code, out: p.output() };
 }
 
-/** A problem's code in the contract's spelling (the API may write INVALID_DEPENDENCIES). */
-const codeOf = (problem: { code?: unknown }) => String(problem.code).toLowerCase().replace(/_/g, '-');
-
 describe('task dependencies on the whole pipeline', () => {
   let w: WorkflowEnv;
   beforeAll(async () => {
@@ -237,11 +234,12 @@ describe('task dependencies on the whole pipeline', () => {
     expect(done.output.dependencies[child]).toMatchObject({ state: 'cancelled' });
   });
 
-  it('an unknown dependency or a cycle in a batch is 400 invalid-dependencies and writes nothing', async () => {
+  it('an unknown dependency or a cycle in a batch is 400 INVALID_DEPENDENCIES and writes nothing', async () => {
     const lone = randomUUID();
     const unknown = await w.post('/v1/tasks', { id: lone, type: 'noop', dependsOn: [randomUUID()] });
     expect(unknown.status).toBe(400);
-    expect(codeOf(unknown.body)).toBe('invalid-dependencies');
+    expect(unknown.body.code).toBe('INVALID_DEPENDENCIES');
+    expect(unknown.body.errors).toEqual([expect.objectContaining({ path: 'body/dependsOn' })]);
     const [p, q] = [randomUUID(), randomUUID()];
     const cycle = await w.post('/v1/tasks/batch', {
       tasks: [
@@ -250,7 +248,8 @@ describe('task dependencies on the whole pipeline', () => {
       ],
     });
     expect(cycle.status).toBe(400);
-    expect(codeOf(cycle.body)).toBe('invalid-dependencies');
+    expect(cycle.body.code).toBe('INVALID_DEPENDENCIES');
+    expect(cycle.body.errors.map((e: { path: string }) => e.path)).toEqual(expect.arrayContaining([expect.stringMatching(/^body\/tasks\/[01]\/dependsOn$/)]));
     // Nothing was written: no event, no task, no edge.
     expect(await w.count(`SELECT count(*) AS n FROM events WHERE stream_id = ANY($1)`, [[lone, p, q]])).toBe(0);
     expect(await w.count(`SELECT count(*) AS n FROM task_current WHERE task_id = ANY($1::uuid[])`, [[lone, p, q]])).toBe(0);
