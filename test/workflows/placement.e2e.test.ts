@@ -22,7 +22,8 @@ describe('placement by zone and labels across two sites', () => {
   beforeAll(async () => {
     w = await workflowEnv('zones');
     await w.startApi('api,relay,ingest,scheduler,coordinator');
-    for (const [id, env] of Object.entries(NODES)) w.start('fog-node', { FOG_NODE_ID: id, FOG_NODE_SLOTS: '4', ...env }, ['--no-migrate']);
+    // A short rescan: label classes appear when the relay first publishes to them.
+    for (const [id, env] of Object.entries(NODES)) w.start('fog-node', { FOG_NODE_ID: id, FOG_NODE_SLOTS: '4', FOG_NODE_PLACEMENT_RESCAN_MS: '500', ...env }, ['--no-migrate']);
     // Both nodes are members, with their zone and labels.
     await eventually(
       async () => {
