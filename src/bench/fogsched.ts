@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import amqp from 'amqplib';
 import { topologyOf } from '../cli/start.js';
 import { loadConfig } from '../infra/config.js';
@@ -383,6 +384,65 @@ export async function relay(s: Settings): Promise<Metrics> {
     },
     { TASK_QUEUE_MAX_LENGTH: maxLen },
   );
+}
+
+/**
+ * Fan-out/fan-in: `fanInChildren` noop children and one noop fan-in that depends on all of them,
+ * with every role running. Timed from the first submit until the fan-in succeeded. Children go
+ * in batches (4 clients); the last batch also carries the fan-in (a dependency may be an item of
+ * the same batch), so the fan-in is submitted after every child exists.
+ */
+export async function fanIn(s: Settings): Promise<Metrics> {
+  return withEnv(async (e) => {
+    const workers = e.spawn('relay,ingest,fog-node', WORKER_ARGS, WORKER_ENV);
+    await startApi(e);
+    await sleep(500); // let the fog nodes subscribe
+    if (workers.proc.exitCode !== null) throw new Error(`workers exited: ${workers.output().slice(-2000)}`);
+    const n = s.fanInChildren;
+    const children = Array.from({ length: n }, () => randomUUID());
+    const fanInId = randomUUID();
+    const chunks: string[][] = [];
+    for (let i = 0; i < n; i += s.batchSize) chunks.push(children.slice(i, i + s.batchSize));
+    const lastChunk = chunks.pop() ?? [];
+    const post = async (tasks: unknown[]) => {
+      const res = await postJson(e.port, '/v1/tasks/batch', { tasks });
+      if (res.status !== 202) throw new Error(`POST /v1/tasks/batch → ${res.status} ${res.body.slice(0, 200)}`);
+    };
+    const child = (id: string) => ({ id, type: 'noop' });
+    const t0 = performance.now();
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: s.batchClients }, async () => {
+        while (next < chunks.length) await post((chunks[next++] ?? []).map(child));
+      }),
+    );
+    await post([...lastChunk.map(child), { id: fanInId, type: 'noop', name: 'fan-in', dependsOn: children }]);
+    const submitMs = performance.now() - t0;
+    const stateOf = async () => (await dbQuery<{ state: string }>(e.dbUrl, 'SELECT state FROM task_current WHERE task_id = $1', [fanInId])).rows[0]?.state;
+    const ms = await waitForCount(
+      async () => {
+        if (workers.proc.exitCode !== null) throw new Error(`workers exited: ${workers.output().slice(-2000)}`);
+        const state = await stateOf();
+        if (state === 'failed' || state === 'cancelled') throw new Error(`the fan-in ended ${state}`);
+        return state === 'succeeded' ? 1 : 0;
+      },
+      1,
+      t0,
+      s.ownTimeoutMs,
+    );
+    const r = await dbQuery<{ children: string; lag: number; releases: string }>(
+      e.dbUrl,
+      `SELECT (SELECT count(*) FROM task_current WHERE task_id <> $1 AND state = 'succeeded') AS children,
+              (SELECT extract(epoch FROM f.started_at - (SELECT max(finished_at) FROM task_current WHERE task_id <> $1)) * 1000
+                 FROM task_current f WHERE f.task_id = $1) AS lag,
+              (SELECT count(*) FROM events WHERE stream_id = $1::text AND type = 'TaskReleased') AS releases`,
+      [fanInId],
+    );
+    const row = r.rows[0];
+    if (Number(row?.children) !== n) throw new Error(`${String(row?.children)} of ${n} children succeeded`);
+    if (Number(row?.releases) !== 1) throw new Error(`the fan-in was released ${String(row?.releases)} times`);
+    return { elapsedMs: ms, tasksPerS: ((n + 1) / ms) * 1000, children: n, submitMs, lastChildToFanInStartMs: Number(row?.lag ?? NaN) };
+  });
 }
 
 /**

@@ -3,7 +3,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { drain, drainLongLog, dropTemplates, latency, memory, rebuild, relay, submitBatchScenario, submitSingle, type Metrics } from './fogsched.js';
+import { drain, drainLongLog, dropTemplates, fanIn, latency, memory, rebuild, relay, submitBatchScenario, submitSingle, type Metrics } from './fogsched.js';
 import { PEER_SCENARIOS, peerVariants, runPeerScenario } from './peers.js';
 import { errorsOf, markdown, table, type Results, type Run } from './report.js';
 import { PEERS, SCENARIOS, settingsFor, type Scenario, type Settings } from './settings.js';
@@ -35,6 +35,7 @@ const FOGSCHED: Record<Scenario, (s: Settings) => Promise<Metrics>> = {
   relay,
   rebuild,
   memory: () => memory(),
+  'fan-in': fanIn,
 };
 
 function versionOf(pkg: string): string {
@@ -103,7 +104,8 @@ async function main(): Promise<number> {
       for (const scenario of opts.scenarios) {
         runs.push(await timed('fogsched', scenario, rep, () => FOGSCHED[scenario](settings)));
         if (!PEER_SCENARIOS.includes(scenario) || rep > settings.peerRepeat) continue;
-        for (const v of variants) runs.push(await timed(v.system, scenario, rep, () => runPeerScenario(v, scenario, settings)));
+        // fan-in has no tuning to compare: one variant per peer.
+        for (const v of variants.filter((x) => scenario !== 'fan-in' || x.system === x.peer)) runs.push(await timed(v.system, scenario, rep, () => runPeerScenario(v, scenario, settings)));
       }
     }
   } finally {

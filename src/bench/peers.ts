@@ -197,10 +197,72 @@ async function waitOrCut(
   }
 }
 
-export const PEER_SCENARIOS: readonly Scenario[] = ['submit-single', 'submit-batch', 'drain', 'latency'];
+export const PEER_SCENARIOS: readonly Scenario[] = ['submit-single', 'submit-batch', 'drain', 'latency', 'fan-in'];
+
+/**
+ * Why a peer has no figure for fan-in: the installed versions have no dependencies between jobs
+ * (checked in their type definitions: pg-boss 10 has no flow(), graphile-worker 0.17 only named
+ * queues and job keys). BullMQ runs it with FlowProducer.
+ */
+const NO_FAN_IN: Record<string, string> = {
+  'pg-boss': 'no dependencies API in pg-boss 10.x',
+  'graphile-worker': 'no job dependencies API in graphile-worker 0.17',
+};
+
+/**
+ * BullMQ's fan-out/fan-in: one FlowProducer.add of a parent job with `fanInChildren` children
+ * (the parent runs once all of them completed), a child Worker at concurrency 50 and a parent
+ * Worker that reads its children's return values (job.getChildrenValues), as fogsched's fan-in
+ * gets its dependencies' outputs. Timed from the add until the parent completed.
+ */
+async function bullmqFanIn(s: Settings): Promise<Metrics> {
+  const { FlowProducer, Queue, Worker } = await import('bullmq');
+  const url = new URL(process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379');
+  const connection = { host: url.hostname, port: Number(url.port || 6379), maxRetriesPerRequest: null };
+  const prefix = `bench${suffix()}`;
+  const childQueue = new Queue('bench-child', { connection, prefix });
+  const parentQueue = new Queue('bench-fan-in', { connection, prefix });
+  const flow = new FlowProducer({ connection, prefix });
+  const workers: InstanceType<typeof Worker>[] = [];
+  for (const q of [childQueue, parentQueue]) q.on('error', () => {});
+  flow.on('error', () => {});
+  try {
+    await Promise.all([childQueue.waitUntilReady(), parentQueue.waitUntilReady(), flow.waitUntilReady()]);
+    workers.push(
+      new Worker('bench-child', async (): Promise<unknown> => null, { connection, prefix, concurrency: s.concurrency }),
+      new Worker('bench-fan-in', async (job) => Object.keys(await job.getChildrenValues()).length, { connection, prefix, concurrency: 1 }),
+    );
+    for (const w of workers) {
+      w.on('error', () => {});
+      await w.waitUntilReady();
+    }
+    const n = s.fanInChildren;
+    const t0 = performance.now();
+    const tree = await flow.add({ name: 'fan-in', queueName: 'bench-fan-in', data: {}, children: Array.from({ length: n }, (_, i) => ({ name: 'child', queueName: 'bench-child', data: { i } })) });
+    const submitMs = performance.now() - t0;
+    // Progress counts the children too, so a slow run is cut short by its rate like the drain.
+    const w = await waitOrCut(async () => (await childQueue.getCompletedCount()) + (await parentQueue.getCompletedCount()), n + 1, t0, 0, s);
+    if (!w.cutShort) {
+      const parent = await parentQueue.getJob(tree.job.id ?? '');
+      if (parent?.returnvalue !== n) throw new Error(`the parent saw ${String(parent?.returnvalue)} children values, expected ${n}`);
+    }
+    return { elapsedMs: w.ms, tasksPerS: (w.n / w.ms) * 1000, children: n, submitMs, ...(w.cutShort ? { cutShort: 1 } : {}) };
+  } finally {
+    await Promise.all(workers.map((w) => w.close(true).catch(() => {})));
+    for (const q of [childQueue, parentQueue]) {
+      await q.obliterate({ force: true }).catch(() => {});
+      await q.close().catch(() => {});
+    }
+    await flow.close().catch(() => {});
+  }
+}
 
 /** Runs one scenario against a fresh store of the variant. */
 export async function runPeerScenario(v: PeerVariant, scenario: Scenario, s: Settings): Promise<Metrics> {
+  if (scenario === 'fan-in') {
+    const missing = NO_FAN_IN[v.peer];
+    return missing ? { unsupported: missing } : bullmqFanIn(s);
+  }
   const store = await v.open(s);
   try {
     switch (scenario) {

@@ -68,6 +68,9 @@ const ROWS: readonly { scenario: string; metric: string; label: string; unit: st
   { scenario: 'rebuild', metric: 'eventsPerS', label: 'projection rebuild (replay + swap)', unit: 'events/s', higher: true, ratio: false },
   { scenario: 'rebuild', metric: 'peakRssMb', label: 'rebuild peak RSS', unit: 'MiB', higher: false, ratio: false },
   { scenario: 'memory', metric: 'fogNodeIdleRssMb', label: 'fog node alone, idle RSS', unit: 'MiB', higher: false, ratio: false },
+  { scenario: 'fan-in', metric: 'elapsedMs', label: 'fan-out/fan-in: first submit → fan-in succeeded (see method)', unit: 'ms', higher: false, ratio: true },
+  { scenario: 'fan-in', metric: 'tasksPerS', label: 'fan-out/fan-in: children + fan-in per second', unit: 'tasks/s', higher: true, ratio: false },
+  { scenario: 'fan-in', metric: 'lastChildToFanInStartMs', label: 'fan-out/fan-in: last child finished → fan-in started', unit: 'ms', higher: false, ratio: false },
 ];
 
 const median = (xs: number[]) => {
@@ -88,7 +91,12 @@ function values(r: Results, system: string, scenario: string, metric: string, de
 
 function cell(r: Results, system: string, scenario: string, metric: string, derive?: Derive): string {
   const { xs, errors } = values(r, system, scenario, metric, derive);
-  if (xs.length === 0) return errors.length ? 'error' : '–';
+  if (xs.length === 0) {
+    if (errors.length) return 'error';
+    // A peer without the feature says so (metrics.unsupported), on the scenario's first row.
+    const unsupported = r.runs.find((x) => x.system === system && x.scenario === scenario && typeof x.metrics?.unsupported === 'string')?.metrics?.unsupported;
+    return typeof unsupported === 'string' && ROWS.find((row) => row.scenario === scenario)?.metric === metric ? `n/a: ${unsupported}` : '–';
+  }
   const cut = r.runs.some((x) => x.system === system && x.scenario === scenario && x.metrics?.cutShort === 1) ? '†' : '';
   const m = fmt(median(xs)) + cut;
   return xs.length > 1 ? `${m} (${fmt(Math.min(...xs))}–${fmt(Math.max(...xs))})` : m;
@@ -175,6 +183,7 @@ fogsched's scenarios run ${s.repeat}×, the peers' ${peerRepeat}× (in the first
 - **latency**: everything running, open loop of ${s.latencyRate} submits/s for ${s.latencySeconds} s; submit→start is \`started_at - submitted_at\` from \`task_current\` (fogsched; submit→succeeded is \`finished_at - submitted_at\`) and enqueue-call→handler-start measured in process for the peers.
 - **relay**: ${s.relayM.toLocaleString('en-US')} due outbox rows inserted with one \`INSERT ... SELECT generate_series\` (routing key \`light.normal\`), then \`--roles relay\` is spawned and timed until every row has \`published_at\` (the "from process spawn" rate, which includes starting node, taking the PostgreSQL lock and connecting to RabbitMQ); the "publishing window" rate counts the rows after the first confirmed batch over the time from the first \`published_at\` to the last. Next to it a raw amqplib loop publishes the same number of persistent messages to a quorum queue with the task queues' arguments, 500 per \`waitForConfirms\`, timed from its first publish (after connecting and declaring); the ratio compares it with the publishing window. The task queues' \`x-max-length\` is raised to ${Math.max(10_000, s.relayM * 2).toLocaleString('en-US')} for this scenario only.
 - **rebuild**: ${(s.rebuildTasks * 4).toLocaleString('en-US')} events (${s.rebuildTasks.toLocaleString('en-US')} tasks × submitted, queued, started, succeeded) loaded as in drain-long-log (events only, once per bench run, a fresh copy per repeat), then \`rebuildProjections\` (what \`fogsched projections rebuild\` runs) replays them into fresh task_current and task_history tables in batches of 10,000 (a checkpoint every 100,000 events) and swaps them in; timed from its start to the swap.
+- **fan-in**: a fan-out of ${n(s.fanInChildren ?? 10_000)} \`noop\` children and one fan-in task that depends on all of them, everything running as in latency (fogsched: the children in batches of ${s.batchSize} by ${s.batchClients} clients, each with its own \`id\`, the last batch also carrying the fan-in with \`dependsOn\` all ${n(s.fanInChildren ?? 10_000)}; BullMQ: one \`FlowProducer.add\` of a parent with ${n(s.fanInChildren ?? 10_000)} children, a child Worker at concurrency ${s.concurrency} and a parent Worker reading \`job.getChildrenValues()\`, as fogsched's fan-in receives its dependencies' outputs). Timed from the first submit until the fan-in succeeded (fogsched: \`task_current\`, polled every 50 ms, and the run fails unless the fan-in has exactly one \`TaskReleased\`; BullMQ: completed counts of both queues). "last child finished → fan-in started" is \`started_at\` of the fan-in minus the latest \`finished_at\` of its children (release, dispatch and delivery). pg-boss 10 and graphile-worker 0.17 have no dependencies between jobs (pg-boss's \`flow()\` is not in the installed version), so they have no figure.
 - **memory**: \`--roles fog-node\` alone, VmRSS after 3 s idle; the drain scenario also samples the worker process RSS every 100 ms.
 
 Cells are median (min–max over the repeats). † = cut short at the time limit (${(s.timeoutMs / 1000).toFixed(0)} s), or, for a peer, as soon as it has waited ${((s.earlyCutMs ?? s.timeoutMs) / 1000).toFixed(0)} s and its rate so far would only finish after the limit: throughput is the rate until then, latency percentiles only cover the jobs started by then (a lower bound). fogsched has no such cut: a fogsched run that does not finish within ${((s.ownTimeoutMs ?? s.timeoutMs) / 1000).toFixed(0)} s is an error.

@@ -17,6 +17,8 @@ export interface Settings {
   /** Finished tasks (4 events each) in the log before drain-long-log starts. */
   readonly longLogTasks: number;
   readonly concurrency: number;
+  /** Children of the fan-out/fan-in scenario (plus one fan-in task that depends on all of them). */
+  readonly fanInChildren: number;
   /** A peer's wait ends at this limit (its run is cut short). */
   readonly timeoutMs: number;
   /**
@@ -52,13 +54,15 @@ export function settingsFor(quick: boolean, repeat?: number, peerRepeat?: number
     // 2,000,000 earlier events in the full run.
     longLogTasks: quick ? 12_500 : 500_000,
     concurrency: 50,
+    // The full run is issue 20's scale requirement: 10,000 children (MAX_DEPENDENCIES).
+    fanInChildren: quick ? 1_000 : 10_000,
     timeoutMs: quick ? 4_000 : 120_000,
     ownTimeoutMs: 120_000,
     earlyCutMs: quick ? 2_000 : 20_000,
   };
 }
 
-export const SCENARIOS = ['submit-single', 'submit-batch', 'drain', 'drain-long-log', 'latency', 'relay', 'rebuild', 'memory'] as const;
+export const SCENARIOS = ['submit-single', 'submit-batch', 'drain', 'drain-long-log', 'latency', 'relay', 'rebuild', 'memory', 'fan-in'] as const;
 export type Scenario = (typeof SCENARIOS)[number];
 export const PEERS = ['graphile-worker', 'pg-boss', 'bullmq'] as const;
 export type Peer = (typeof PEERS)[number];
