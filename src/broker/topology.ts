@@ -1,5 +1,5 @@
 import type { Channel } from 'amqplib';
-import { PRIORITIES, type Priority } from '../domain/index.js';
+import { fallbackOfClass, PRIORITIES, type Priority } from '../domain/index.js';
 
 /** Settings the topology depends on (from the config). */
 export interface TopologyOptions {
@@ -138,7 +138,7 @@ export function placementTopology(options: TopologyOptions, placementClass: stri
   const n = topologyNames(options.prefix);
   const pairs = tiers.flatMap((tier) => priorities.map((priority) => ({ tier, priority })));
   return {
-    queues: pairs.map(({ tier, priority }) => ({ name: n.placementQueue(placementClass, tier, priority), arguments: taskQueueArguments(options) })),
+    queues: pairs.map(({ tier, priority }) => ({ name: n.placementQueue(placementClass, tier, priority), arguments: withFallback(taskQueueArguments(options), placementClass) })),
     bindings: pairs.map(({ tier, priority }) => ({ exchange: n.tasks, queue: n.placementQueue(placementClass, tier, priority), routingKey: `${placementClass}.${tier}.${priority}` })),
   };
 }
@@ -154,10 +154,19 @@ export function placementTopologyOf(t: Topology, names: TopologyNames, placement
     queues: pairs.map(({ tier, priority }) => {
       const base = args.get(names.taskQueue(tier, priority));
       if (!base) throw new Error(`no task queue of tier ${tier} in the topology`);
-      return { name: names.placementQueue(placementClass, tier, priority), arguments: base };
+      return { name: names.placementQueue(placementClass, tier, priority), arguments: withFallback(base, placementClass) };
     }),
     bindings: pairs.map(({ tier, priority }) => ({ exchange: names.tasks, queue: names.placementQueue(placementClass, tier, priority), routingKey: `${placementClass}.${tier}.${priority}` })),
   };
+}
+
+/**
+ * A class with a fallback delay (`~fb<ms>`): its queues dead-letter a message that waited that long
+ * (reason expired), which ingest turns into the task's fallback to the tier's general queue.
+ */
+function withFallback(args: Readonly<Record<string, string | number>>, placementClass: string): Readonly<Record<string, string | number>> {
+  const ttl = fallbackOfClass(placementClass);
+  return ttl === null ? args : { ...args, 'x-message-ttl': ttl };
 }
 
 /** Declares a placement class's queues and bindings (the `tasks` exchange exists already); idempotent. */

@@ -72,7 +72,13 @@ export interface ResultBatch {
 }
 
 /** Broadcast on the `system` fanout exchange to every fog node. */
-export type SystemMessage = { readonly kind: 'cancel'; readonly taskId: string; readonly at: string };
+export type SystemMessage =
+  | { readonly kind: 'cancel'; readonly taskId: string; readonly at: string }
+  /**
+   * The relay declared a placement queue (`<class>.<tier>.<priority>`) and recorded it in Redis:
+   * a hint that nodes whose placement matches look again now rather than at their next rescan.
+   */
+  | { readonly kind: 'placement-class'; readonly routingKey: string; readonly at: string };
 
 export interface NodeMetricSample {
   readonly nodeId: string;

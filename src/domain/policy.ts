@@ -82,15 +82,28 @@ const ANY_ZONE = '_any';
  * and routing key (`<class>.<tier>.<priority>`) that says where it may run; null for no placement.
  * - zone only: the zone itself (`site-a`), so a zone's queues read `tasks.site-a.light.normal`;
  * - labels (with or without a zone): `<zone or _any>~<16 hex digits>`, a 64-bit FNV-1a hash of the
- *   labels as sorted `k=v` joined by `,` (`site-a~3f09c1d2a4b5e6f7`, `_any~...`).
+ *   labels as sorted `k=v` joined by `,` (`site-a~3f09c1d2a4b5e6f7`, `_any~...`);
+ * - with a fallback delay, `~fb<ms>` after either (`site-a~fb1500`): each delay has queues of its
+ *   own whose queue-wide TTL is that delay (see fallbackOfClass). A quorum queue expires messages
+ *   only at its head; with one TTL per queue the head is always the first due, so no message
+ *   waits behind one that falls back later (or never).
  * Stable across processes and versions (it names durable queues); only `[a-z0-9_~-]`, so queue-name-safe.
  */
-export function placementClass(placement: Placement | null | undefined): string | null {
+export function placementClass(placement: Placement | null | undefined, fallbackAfterMs?: number | null): string | null {
   if (!placement) return null;
   const zone = placement.zone || null;
   const labels = sortedLabels(placement.labels);
-  if (labels.length === 0) return zone;
-  return `${zone ?? ANY_ZONE}~${fnv1a64(labels.map(([k, v]) => `${k}=${v}`).join(','))}`;
+  const base = labels.length === 0 ? zone : `${zone ?? ANY_ZONE}~${fnv1a64(labels.map(([k, v]) => `${k}=${v}`).join(','))}`;
+  if (base === null) return null;
+  return typeof fallbackAfterMs === 'number' && Number.isInteger(fallbackAfterMs) && fallbackAfterMs > 0 ? `${base}${FALLBACK_SUFFIX}${fallbackAfterMs}` : base;
+}
+
+const FALLBACK_SUFFIX = '~fb';
+
+/** The fallback delay a placement class's queues expire their messages after (their `x-message-ttl`); null for none. */
+export function fallbackOfClass(placementClass: string): number | null {
+  const m = /~fb(\d+)$/.exec(placementClass);
+  return m ? Number(m[1]) : null;
 }
 
 /** Does a node satisfy a placement: its zone when one is asked, and every label asked with the same value? */

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { ConsumeMessage } from 'amqplib';
-import { MAX_PROGRESS_MESSAGE_CHARS, OUT_OF_MEMORY, placementClass, placementMatches, PRIORITIES, TOO_LARGE_FOR_TIER, type Placement, type NodeMetricSample, type Priority, type ResultRecord, type SystemMessage, type TaskError, type TaskMessage } from '../domain/index.js';
+import { fallbackOfClass, MAX_PROGRESS_MESSAGE_CHARS, OUT_OF_MEMORY, placementClass, placementMatches, PRIORITIES, TOO_LARGE_FOR_TIER, type Placement, type NodeMetricSample, type Priority, type ResultRecord, type SystemMessage, type TaskError, type TaskMessage } from '../domain/index.js';
 import {
   createBackoff,
   createBrokerClient,
@@ -551,6 +551,12 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
     } catch {
       return;
     }
+    if (body?.kind === 'placement-class') {
+      // The relay made a placement queue: look for classes this node matches now.
+      const current = consume.of(gen);
+      if (current) void rescanPlacement(current, gen).catch((error: unknown) => logger.warn({ err: (error as Error).message }, 'fog node placement rescan failed'));
+      return;
+    }
     if (body?.kind !== 'cancel' || typeof body.taskId !== 'string') return;
     const taskId = body.taskId;
     cancelled.add(taskId);
@@ -593,7 +599,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
    */
   const rescanPlacement = async (current: { readonly channel: BrokerChannel; readonly tags: string[]; readonly queues: Set<string> }, gen: number): Promise<void> => {
     const hb = options.heartbeat;
-    if (!hb || Object.keys(place.labels).length === 0) return;
+    if (!hb || (place.zone === null && Object.keys(place.labels).length === 0)) return;
     redis ??= createRedis(hb.redisUrl, { logger, name: `fogsched-fog-node-${options.nodeId}`, lazyConnect: true });
     const client = redis;
     if (client.status === 'wait') client.connect().catch(() => {});
@@ -615,7 +621,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
         continue;
       }
       // The class must be the placement's (a hash collision or a forged entry would route others' tasks here).
-      if (placementClass(placement) !== cls || !placementMatches(placement, place)) continue;
+      if (placementClass(placement, fallbackOfClass(cls)) !== cls || !placementMatches(placement, place)) continue;
       if (!consume.isCurrent(gen) || draining) return;
       await consumePlacement(current, gen, cls, tier, priority as Priority);
       logger.info({ queue: options.names.placementQueue(cls, tier, priority as Priority), generation: gen }, 'fog node consuming a label class');
@@ -682,8 +688,9 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
         retry.reset();
         logger.info({ served: options.servedTiers, zone: place.zone, labels: place.labels, slots: options.slots, prefetch: options.prefetch, generation: gen }, 'fog node consuming');
         const ended = Promise.race([channelClosed, cancelledByBroker, conn.closed.then(() => 'connection closed')]);
-        if (options.heartbeat && Object.keys(place.labels).length > 0) {
-          // Label classes appear as the relay first publishes to them: look again every rescan interval.
+        if (options.heartbeat && (place.zone !== null || Object.keys(place.labels).length > 0)) {
+          // Label classes, and a zone's queues of each fallback delay, appear as the relay first
+          // publishes to them: look again every rescan interval.
           const rescanEnd = new AbortController();
           void ended.then(() => rescanEnd.abort());
           let over: string | undefined;

@@ -45,11 +45,11 @@ export function outboxRowFor(state: TaskState, event: TaskEvent, eventId: string
     memoryMb: spec.resources.memoryMb,
     maxAttempts: spec.maxAttempts,
   };
-  // A placement dispatch goes to its class's queue, with its fallback delay as the message TTL;
-  // the fallback (TaskPlacementFallback) goes to the tier's general queue.
+  // A placement dispatch goes to its class's queue (with a fallback delay, the class's queues of that
+  // delay, whose queue TTL it is); the fallback (TaskPlacementFallback) goes to the tier's general queue.
   const fallback = event.type === 'TaskPlacementFallback';
-  const cls = fallback ? null : placementClass(spec.placement);
-  const fallbackAfterMs = cls !== null && typeof spec.fallbackAfterMs === 'number' && spec.fallbackAfterMs > 0 ? spec.fallbackAfterMs : null;
+  const fallbackAfterMs = typeof spec.fallbackAfterMs === 'number' && spec.fallbackAfterMs > 0 ? spec.fallbackAfterMs : null;
+  const cls = fallback ? null : placementClass(spec.placement, fallbackAfterMs);
   return {
     messageId: eventId,
     streamId: spec.taskId,
@@ -60,7 +60,7 @@ export function outboxRowFor(state: TaskState, event: TaskEvent, eventId: string
       'x-attempt': dispatch.attempt,
       ...(event.type === 'TaskReturned' ? { [RETURNS_HEADER]: event.data.returns } : {}),
       ...(cls === null ? {} : { [PLACEMENT_CLASS_HEADER]: cls, [PLACEMENT_HEADER]: JSON.stringify(spec.placement) }),
-      ...(fallbackAfterMs === null ? {} : { [FALLBACK_AFTER_HEADER]: fallbackAfterMs }),
+      ...(cls === null || fallbackAfterMs === null ? {} : { [FALLBACK_AFTER_HEADER]: fallbackAfterMs }),
     },
     body,
     availableAt: dispatch.availableAt,

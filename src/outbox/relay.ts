@@ -12,6 +12,7 @@ import {
   declarePlacement,
   declareTopology,
   placementTopology,
+  topologyNames,
   type BrokerConnection,
   type ConfirmingChannel,
   type OutgoingMessage,
@@ -20,7 +21,7 @@ import {
 } from '../broker/index.js';
 import type { Redis } from 'ioredis';
 import { createRedis, recordPlacementQueue, redisKeys, whenReady } from '../infra/redis.js';
-import { coerceError, FALLBACK_AFTER_HEADER, PLACEMENT_CLASS_HEADER, PLACEMENT_HEADER, type Priority } from '../domain/index.js';
+import { coerceError, PLACEMENT_CLASS_HEADER, type SystemMessage, PLACEMENT_HEADER, type Priority } from '../domain/index.js';
 import type { Logger } from '../infra/logger.js';
 import { sleep, type Role } from '../infra/role.js';
 import { ATTR, failSpan, formatTraceparent, SpanKind, spanTraceContext, startSpan, tracingEnabled, type Span } from '../infra/tracing.js';
@@ -453,6 +454,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
           refuse(entry, `cannot declare placement queue ${routingKey}: ${(error as Error).message}`);
           continue;
         }
+        // A class found only through Redis: labels, or a fallback delay (`~`); a zone's nodes declare its plain class themselves.
         const labelClass = entry.cls.includes('~');
         if (placementRedis) {
           try {
@@ -468,6 +470,13 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
           }
         }
         placementReady.add(routingKey);
+        // Nodes that match look in Redis at once (their periodic rescan is the fallback if this is lost).
+        const hint: SystemMessage = { kind: 'placement-class', routingKey, at: new Date().toISOString() };
+        try {
+          declaring.raw.publish(topologyNames(settings.topology.prefix).system, '', Buffer.from(JSON.stringify(hint)), { contentType: 'application/json' });
+        } catch {
+          // the hint only saves a rescan interval
+        }
       }
     } finally {
       await declaring?.close();
@@ -495,9 +504,6 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
           contentType: 'application/json',
           headers: traced(row.headers, spans?.[i]),
           timestamp,
-          // A placement dispatch with a fallback: the broker dead-letters it (reason expired) once
-          // it waited this long at its queue's head, and ingest turns that into the fallback.
-          ...(typeof row.headers[FALLBACK_AFTER_HEADER] === 'number' ? { expiration: String(row.headers[FALLBACK_AFTER_HEADER]) } : {}),
         },
       }),
     );

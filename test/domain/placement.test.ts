@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { normalizePlacement, placementClass, placementErrors, placementMatches, placementRoutingKey, type Placement } from '../../src/domain/index.js';
+import { fallbackOfClass, normalizePlacement, placementClass, placementErrors, placementMatches, placementRoutingKey, type Placement } from '../../src/domain/index.js';
 
 const key = fc.stringMatching(/^[a-z0-9][a-z0-9_.-]{0,10}$/);
 const value = fc.stringMatching(/^[A-Za-z0-9_.-]{1,10}$/);
@@ -27,6 +27,18 @@ describe('placementClass', () => {
     expect(placementClass({ labels: { camera: 'yes', gpu: 'true' } })).toBe(`_any~${a?.split('~')[1]}`);
     // Pinned (FNV-1a 64 of 'camera=yes'): the class names durable queues, so it must not change between versions.
     expect(placementClass({ labels: { camera: 'yes' } })).toBe('_any~5d11b5bc1915dc94');
+  });
+
+  it('has queues of its own per fallback delay, whose TTL fallbackOfClass reads back', () => {
+    expect(placementClass({ zone: 'site-a' }, 1500)).toBe('site-a~fb1500');
+    expect(fallbackOfClass('site-a~fb1500')).toBe(1500);
+    const labelled = placementClass({ labels: { camera: 'yes' } }, 60_000);
+    expect(labelled).toBe('_any~5d11b5bc1915dc94~fb60000');
+    expect(fallbackOfClass(labelled as string)).toBe(60_000);
+    expect(fallbackOfClass('site-a')).toBeNull();
+    expect(fallbackOfClass('_any~5d11b5bc1915dc94')).toBeNull();
+    expect(placementClass({ zone: 'site-a' }, null)).toBe('site-a');
+    expect(placementClass(null, 1500)).toBeNull();
   });
 
   it('never collides with a zone, is queue-name-safe and differs for different label sets', () => {

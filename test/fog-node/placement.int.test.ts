@@ -178,7 +178,7 @@ describe('placement: label classes', () => {
 });
 
 describe('placement: fallback after fallbackAfterMs', () => {
-  it('publishes the dispatch with its fallback as the message TTL; with no node of the zone the broker dead-letters it (expired) and ingest reads it as FallBackPlacement', async () => {
+  it('publishes the dispatch to its class of that fallback delay (queue TTL); with no node of the zone the broker dead-letters it (expired) and ingest reads it as FallBackPlacement', async () => {
     await broker.channel.purgeQueue(names.dlq);
     const s = spec({ zone: 'nowhere' }, 300);
     await dispatch([s]);
@@ -194,8 +194,8 @@ describe('placement: fallback after fallbackAfterMs', () => {
     );
     const headers = dead?.properties.headers ?? {};
     expect(headers['x-first-death-reason']).toBe('expired');
-    expect(headers['x-first-death-queue']).toBe(names.placementQueue('nowhere', 'light', 'normal'));
-    expect(headers[PLACEMENT_CLASS_HEADER]).toBe('nowhere');
+    expect(headers['x-first-death-queue']).toBe(names.placementQueue('nowhere~fb300', 'light', 'normal'));
+    expect(headers[PLACEMENT_CLASS_HEADER]).toBe('nowhere~fb300');
     const body = JSON.parse(dead?.content.toString('utf8') ?? 'null');
     expect(body.taskId).toBe(s.taskId);
     const now = new Date().toISOString();

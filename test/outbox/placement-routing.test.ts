@@ -40,10 +40,11 @@ describe('outboxRowFor: placement routing', () => {
     expect(row?.headers[FALLBACK_AFTER_HEADER]).toBeUndefined();
   });
 
-  it('a label placement goes to its class; fallbackAfterMs travels as a header the relay turns into the message TTL', () => {
+  it('a label placement goes to its class; with fallbackAfterMs, to its class of that delay (queues whose TTL it is)', () => {
     const placement = { labels: { camera: 'yes' } };
+    expect(outboxRowFor(stateOf({ placement }), queued, 'e1', names)?.routingKey).toBe(`${placementClass(placement)}.light.high`);
     const row = outboxRowFor(stateOf({ placement, fallbackAfterMs: 30_000 }), queued, 'e1', names);
-    expect(row?.routingKey).toBe(`${placementClass(placement)}.light.high`);
+    expect(row?.routingKey).toBe(`${placementClass(placement)}~fb30000.light.high`);
     expect(row?.headers).toMatchObject({ [FALLBACK_AFTER_HEADER]: 30_000 });
   });
 

@@ -174,30 +174,33 @@ describe('broker topology', () => {
     expect(withZones.queues).toHaveLength(PRIORITIES.length * 3 + 3);
   });
 
-  it('a placement queue dead-letters a message whose per-message TTL (expiration) ran out with no consumer, reason expired, at least once', async () => {
+  it('a placement class with a fallback delay has queues with that TTL: with no consumer each message is dead-lettered, reason expired, at least once', async () => {
     const options = { prefix, tiers: ['light'], taskQueueMaxLength: 10_000, deliveryLimit: 3, metricsQueueMaxLength: 1000 };
-    const zone = placementTopology(options, 'ttlzone', ['light'], ['normal']);
+    const zone = placementTopology(options, 'ttlzone~fb200', ['light'], ['normal']);
     broker.track({ exchanges: [], ...zone });
     const setup = await broker.scratch();
     await declareTopology(setup, t);
     await declarePlacement(setup, zone);
     await setup.close();
-    expect(zone.queues[0]?.arguments).toMatchObject({ 'x-dead-letter-strategy': 'at-least-once', 'x-overflow': 'reject-publish', 'x-dead-letter-exchange': names.dlx });
+    expect(zone.queues[0]?.arguments).toMatchObject({ 'x-message-ttl': 200, 'x-dead-letter-strategy': 'at-least-once', 'x-overflow': 'reject-publish', 'x-dead-letter-exchange': names.dlx });
     await broker.channel.purgeQueue(names.dlq);
     const ch = await broker.confirmChannel();
     try {
-      ch.publish(names.tasks, 'ttlzone.light.normal', Buffer.from('{"n":1}'), { persistent: true, mandatory: true, messageId: 'ttl-1', expiration: '200' });
+      // One TTL for the whole queue: the head is always the first due, so none waits behind another.
+      ch.publish(names.tasks, 'ttlzone~fb200.light.normal', Buffer.from('{"n":1}'), { persistent: true, mandatory: true, messageId: 'ttl-1' });
+      ch.publish(names.tasks, 'ttlzone~fb200.light.normal', Buffer.from('{"n":2}'), { persistent: true, mandatory: true, messageId: 'ttl-2' });
       await ch.waitForConfirms();
     } finally {
       await ch.close().catch(() => {});
     }
-    const dead = await eventually(async () => {
-      const got = await broker.drain(names.dlq);
-      return got.length > 0 ? got : null;
+    const dead: Awaited<ReturnType<typeof broker.drain>> = [];
+    await eventually(async () => {
+      dead.push(...(await broker.drain(names.dlq)));
+      return dead.length >= 2;
     });
-    expect(dead.map((m) => m.properties.messageId)).toEqual(['ttl-1']);
+    expect(dead.map((m) => m.properties.messageId)).toEqual(['ttl-1', 'ttl-2']);
     expect(dead[0]?.properties.headers?.['x-first-death-reason']).toBe('expired');
-    expect(dead[0]?.properties.headers?.['x-first-death-queue']).toBe(`${prefix}tasks.ttlzone.light.normal`);
-    expect(await broker.messageCount(`${prefix}tasks.ttlzone.light.normal`)).toBe(0);
+    expect(dead[0]?.properties.headers?.['x-first-death-queue']).toBe(`${prefix}tasks.ttlzone~fb200.light.normal`);
+    expect(await broker.messageCount(`${prefix}tasks.ttlzone~fb200.light.normal`)).toBe(0);
   });
 });
