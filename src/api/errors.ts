@@ -63,6 +63,13 @@ export function errorHandler(error: FastifyError, request: FastifyRequest, reply
     request.log.warn({ err: error }, 'postgresql unavailable');
     return sendProblem(reply, problem(503, 'SERVICE_UNAVAILABLE', 'postgresql is unavailable; retry later', { instance }));
   }
+  if (error.code === '40P01' || error.code === '40001' || error.code === '55P03') {
+    // A deadlock, serialization failure or lock timeout against a concurrent write (an ingest
+    // batch releasing the same workflow, say): nothing was written; the same request may succeed now.
+    request.log.warn({ err: error }, 'request lost a lock conflict');
+    reply.header('retry-after', '1');
+    return sendProblem(reply, problem(503, 'SERVICE_UNAVAILABLE', 'a concurrent write conflicted with this request; nothing was written, retry', { instance }));
+  }
   if (error.code === 'FST_ERR_MAX_PARAM_LENGTH') {
     // An id of more than 100 characters is no id: the same answer as any other malformed one.
     const errors = [{ path: 'params', message: 'is longer than 100 characters' }];

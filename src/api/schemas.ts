@@ -252,7 +252,7 @@ export const TaskGraph = Type.Object(
       Type.Object({ from: Type.String({ format: 'uuid', description: 'the dependency' }), to: Type.String({ format: 'uuid', description: 'the dependant' }) }, { additionalProperties: false }),
       { description: 'between the nodes listed' },
     ),
-    truncated: Type.Boolean({ description: `true when the graph has more than ${INPUT_LIMITS.maxGraphNodes.toLocaleString('en')} nodes (the nearest are listed)` }),
+    truncated: Type.Boolean({ description: `true when the graph has more than ${INPUT_LIMITS.maxGraphNodes.toLocaleString('en')} nodes (the nearest are listed) or more than 50,000 edges among them (the first are listed)` }),
   },
   { $id: 'TaskGraph', additionalProperties: false },
 );

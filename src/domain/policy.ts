@@ -143,6 +143,22 @@ export const MAX_PLACEMENT_LABELS = 16;
 export const MAX_FALLBACK_AFTER_MS = 604_800_000;
 
 /**
+ * The fallback delays a placement may have: a submit's fallbackAfterMs is rounded up to the next
+ * (and the task shows the delay it got). Each delay of a place has queues of its own (one TTL per
+ * queue, see placementClass), so a free choice would let one submitter make a queue per
+ * millisecond; these bound it to 24 per place, tier and priority.
+ */
+export const FALLBACK_STEPS_MS: readonly number[] = [
+  250, 500, 1_000, 1_500, 2_000, 3_000, 5_000, 10_000, 15_000, 30_000, 60_000, 120_000, 300_000, 600_000, 900_000, 1_800_000, 3_600_000,
+  7_200_000, 14_400_000, 21_600_000, 43_200_000, 86_400_000, 172_800_000, MAX_FALLBACK_AFTER_MS,
+];
+
+/** fallbackAfterMs rounded up to the next of FALLBACK_STEPS_MS (a valid one, 1..MAX_FALLBACK_AFTER_MS). */
+export function fallbackStep(ms: number): number {
+  return FALLBACK_STEPS_MS.find((step) => step >= ms) ?? MAX_FALLBACK_AFTER_MS;
+}
+
+/**
  * What is wrong with a placement and its fallback delay, as `{ path, message }` relative to the
  * task (`placement/zone`, `placement/labels/<key>`, `fallbackAfterMs`); empty when valid.
  */

@@ -39,6 +39,9 @@ import {
   type LeaseTerm,
 } from './relay-lease.js';
 
+/** How long the relay trusts that a placement queue it declared and recorded in Redis is still there. */
+const PLACEMENT_RECORD_REFRESH_MS = 30_000;
+
 export interface RelayOptions {
   readonly databaseUrl: string;
   readonly amqpUrl: string;
@@ -194,7 +197,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
   let closingAmqp: Promise<void> | undefined;
   let lastLagCheck = 0;
   /** Placement queues (by routing key) declared, and recorded in Redis, since this relay started. */
-  const placementReady = new Set<string>();
+  const placementReady = new Map<string, number>();
   let placementRedis: Redis | undefined;
   /** A NOTIFY came while a round ran (nobody was waiting to be woken): go again at once. */
   let notified = false;
@@ -418,7 +421,10 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     const wanted = new Map<string, { cls: string; placement: string; rows: ClaimedRow[] }>();
     for (const row of rows) {
       const cls = row.headers[PLACEMENT_CLASS_HEADER];
-      if (typeof cls !== 'string' || placementReady.has(row.routing_key)) continue;
+      // Declared and recorded lately: nothing to do. Older than PLACEMENT_RECORD_REFRESH_MS: again, so a
+      // registry lost in Redis (a restart without persistence, a failover, a flush) is written anew.
+      const readyAt = placementReady.get(row.routing_key);
+      if (typeof cls !== 'string' || (readyAt !== undefined && Date.now() - readyAt < PLACEMENT_RECORD_REFRESH_MS)) continue;
       const entry = wanted.get(row.routing_key) ?? { cls, placement: typeof row.headers[PLACEMENT_HEADER] === 'string' ? row.headers[PLACEMENT_HEADER] : 'null', rows: [] };
       entry.rows.push(row);
       wanted.set(row.routing_key, entry);
@@ -441,6 +447,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     const keys = redisKeys(settings.redisPrefix ?? '');
     // Its own channel: a refused declare closes the channel it ran on, and must not take the publishing one.
     let declaring: Awaited<ReturnType<BrokerConnection['channel']>> | undefined;
+    let redisFailed = false;
     try {
       for (const [routingKey, entry] of wanted) {
         const [, tier, priority] = routingKey.split('.');
@@ -458,9 +465,12 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
         const labelClass = entry.cls.includes('~');
         if (placementRedis) {
           try {
-            if (placementRedis.status !== 'ready' && !labelClass) throw new Error('redis not ready');
+            // Not ready, or it failed once this round: do not wait on it again for each class (a
+            // hanging Redis would stall every tenant's dispatches); the rows come again after backoff.
+            if (placementRedis.status !== 'ready' || redisFailed) throw new Error('redis not ready');
             await recordPlacementQueue(placementRedis, keys, routingKey, entry.placement);
           } catch (error) {
+            redisFailed = true;
             if (labelClass) {
               refuse(entry, `cannot record placement class ${routingKey} in redis: ${(error as Error).message}`);
               continue;
@@ -469,7 +479,9 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
             continue;
           }
         }
-        placementReady.add(routingKey);
+        const known = placementReady.has(routingKey);
+        placementReady.set(routingKey, Date.now());
+        if (known) continue;
         // Nodes that match look in Redis at once (their periodic rescan is the fallback if this is lost).
         const hint: SystemMessage = { kind: 'placement-class', routingKey, at: new Date().toISOString() };
         try {

@@ -46,7 +46,12 @@ interface NodeRow {
  *
  * @example getTaskGraph(db, 'acme', id, { maxNodes: 10_000 })
  */
-export async function getTaskGraph(db: Executor, tenant: string, taskId: string, opts: { maxNodes: number }): Promise<TaskGraph | null> {
+/** Most edges a graph answer lists (past it, `truncated`): about 5 MB of JSON. */
+export const MAX_GRAPH_EDGES = 50_000;
+
+export async function getTaskGraph(db: Executor, tenant: string, taskId: string, opts: { maxNodes: number; maxEdges?: number }): Promise<TaskGraph | null> {
+  // Edges are bounded too: 1,000 steps each depending on all before it are 500,000 edges among 1,000 nodes.
+  const maxEdges = opts.maxEdges ?? MAX_GRAPH_EDGES;
   const self = await nodeRows(db, tenant, [taskId]);
   const root = self[0];
   if (!root) return null;
@@ -72,7 +77,9 @@ export async function getTaskGraph(db: Executor, tenant: string, taskId: string,
   const edgeRows = await sql<{ from: string; to: string }>`
     SELECT depends_on AS "from", task_id AS "to" FROM task_dependencies
      WHERE tenant = ${tenant} AND task_id = ANY(${ids}::uuid[]) AND depends_on = ANY(${ids}::uuid[])
-     ORDER BY depends_on, task_id`.execute(db);
+     ORDER BY depends_on, task_id LIMIT ${maxEdges + 1}`.execute(db);
+  const edgesCut = edgeRows.rows.length > maxEdges;
+  if (edgesCut) edgeRows.rows.length = maxEdges;
 
   const upDepth = shortestDepths(taskId, edgeRows.rows, 'up');
   const downDepth = shortestDepths(taskId, edgeRows.rows, 'down');
@@ -81,7 +88,7 @@ export async function getTaskGraph(db: Executor, tenant: string, taskId: string,
     ...downIds.map((id) => ({ id, relation: 'descendant' as const, depth: downDepth.get(id) ?? Number.MAX_SAFE_INTEGER })),
   ].sort((a, b) => a.depth - b.depth || (a.relation === b.relation ? 0 : a.relation === 'ancestor' ? -1 : 1));
   const kept = related.slice(0, budget);
-  const truncated = related.length > budget;
+  const truncated = related.length > budget || edgesCut;
   const rows = new Map((await nodeRows(db, tenant, kept.map((k) => k.id))).map((r) => [r.task_id, r]));
   const nodes: TaskGraphNode[] = [toNode(root, 'self', 0)];
   for (const k of kept) {

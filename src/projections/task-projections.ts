@@ -123,7 +123,11 @@ export function taskProjectionCtes(
     )`;
 }
 
-/** Loads the states of tasks from task_current, locking the rows when asked (absent ids are left out). */
+/**
+ * Loads the states of tasks from task_current, locking the rows when asked (absent ids are left
+ * out). Locked in task id order whatever plan PostgreSQL picks (a bitmap scan would lock in heap
+ * order), so two writers touching the same tasks cannot deadlock on them.
+ */
 export async function loadTaskStates(
   db: Executor,
   taskIds: readonly string[],
@@ -133,7 +137,7 @@ export async function loadTaskStates(
   if (taskIds.length === 0) return states;
   const { rows } = await sql<TaskCurrentRow>`
     SELECT * FROM ${sql.table(opts.table ?? LIVE_TASK_TABLES.current)}
-    WHERE task_id = ANY(${[...taskIds]}::uuid[]) ${opts.forUpdate ? sql`FOR UPDATE` : sql``}`.execute(db);
+    WHERE task_id = ANY(${[...taskIds]}::uuid[]) ${opts.forUpdate ? sql`ORDER BY task_id FOR UPDATE` : sql``}`.execute(db);
   for (const row of rows) states.set(row.task_id, rowToState(row));
   return states;
 }

@@ -7,6 +7,7 @@ import {
   IdempotencyConflictError,
   InvalidDependenciesError,
   InvalidPlacementError,
+  fallbackStep,
   normalizePlacement,
   placementErrors,
   isUuid,
@@ -349,7 +350,8 @@ export function buildTaskSpec(
   const placementProblem = placementErrors(input.placement, input.fallbackAfterMs)[0];
   if (placementProblem) throw new InvalidPlacementError(`${placementProblem.path} ${placementProblem.message}`, `body/${placementProblem.path}`);
   const placement: TaskPlacement | null = normalizePlacement(input.placement);
-  const fallbackAfterMs = input.fallbackAfterMs ?? null;
+  // Rounded up to the next step (FALLBACK_STEPS_MS): each delay of a place has queues of its own.
+  const fallbackAfterMs = input.fallbackAfterMs === undefined || input.fallbackAfterMs === null ? null : fallbackStep(input.fallbackAfterMs);
   const name = input.name ?? null;
   if (name !== null && (typeof name !== 'string' || name.length > MAX_TASK_NAME_CHARS)) {
     throw new ValidationError(`name must be a string of at most ${MAX_TASK_NAME_CHARS} characters`, { errors: [{ path: 'body/name', message: `at most ${MAX_TASK_NAME_CHARS} characters` }] });

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { fallbackOfClass, normalizePlacement, placementClass, placementErrors, placementMatches, placementRoutingKey, type Placement } from '../../src/domain/index.js';
+import { FALLBACK_STEPS_MS, fallbackOfClass, fallbackStep, MAX_FALLBACK_AFTER_MS, normalizePlacement, placementClass, placementErrors, placementMatches, placementRoutingKey, type Placement } from '../../src/domain/index.js';
 
 const key = fc.stringMatching(/^[a-z0-9][a-z0-9_.-]{0,10}$/);
 const value = fc.stringMatching(/^[A-Za-z0-9_.-]{1,10}$/);
@@ -27,6 +27,15 @@ describe('placementClass', () => {
     expect(placementClass({ labels: { camera: 'yes', gpu: 'true' } })).toBe(`_any~${a?.split('~')[1]}`);
     // Pinned (FNV-1a 64 of 'camera=yes'): the class names durable queues, so it must not change between versions.
     expect(placementClass({ labels: { camera: 'yes' } })).toBe('_any~5d11b5bc1915dc94');
+  });
+
+  it('rounds a fallback delay up to the next of FALLBACK_STEPS_MS, a bounded set', () => {
+    expect(fallbackStep(1)).toBe(250);
+    expect(fallbackStep(300)).toBe(500);
+    expect(fallbackStep(1500)).toBe(1500);
+    expect(fallbackStep(60_001)).toBe(120_000);
+    expect(fallbackStep(MAX_FALLBACK_AFTER_MS)).toBe(MAX_FALLBACK_AFTER_MS);
+    expect(FALLBACK_STEPS_MS.length).toBeLessThanOrEqual(24);
   });
 
   it('has queues of its own per fallback delay, whose TTL fallbackOfClass reads back', () => {

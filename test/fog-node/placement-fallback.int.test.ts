@@ -46,8 +46,8 @@ afterAll(async () => {
 describe('placement fallback end to end', () => {
   it('TaskPlacementFallback dispatches the same attempt to the tier\'s general queue, without placement headers or TTL', () => {
     const at = new Date().toISOString();
-    const state = { spec: { taskId: randomUUID(), tenant: 'default', type: 'echo', payload: null, priority: 'normal', resources: { cpu: 0.1, memoryMb: 64 }, tier: 'light', maxAttempts: 3, timeoutMs: null, notBefore: null, deadline: null, idempotencyKey: null, placement: { zone: 'site-far' }, fallbackAfterMs: 300 } } as unknown as TaskState;
-    const fallback = { type: 'TaskPlacementFallback', data: { attempt: 1, afterMs: 300, at } } as unknown as TaskEvent;
+    const state = { spec: { taskId: randomUUID(), tenant: 'default', type: 'echo', payload: null, priority: 'normal', resources: { cpu: 0.1, memoryMb: 64 }, tier: 'light', maxAttempts: 3, timeoutMs: null, notBefore: null, deadline: null, idempotencyKey: null, placement: { zone: 'site-far' }, fallbackAfterMs: 500 } } as unknown as TaskState;
+    const fallback = { type: 'TaskPlacementFallback', data: { attempt: 1, afterMs: 500, at } } as unknown as TaskEvent;
     const row = outboxRowFor(state, fallback, randomUUID(), names);
     expect(row?.routingKey).toBe('light.normal');
     expect(row?.headers['x-attempt']).toBe(1);
@@ -87,6 +87,7 @@ describe('placement fallback end to end', () => {
     const history = await sql<{ type: string; data: { attempt?: number; afterMs?: number } }>`SELECT type, data FROM events WHERE stream_id = ${task.taskId} ORDER BY stream_version`.execute(tdb.db);
     const types = history.rows.map((r) => r.type);
     expect(types).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskPlacementFallback', 'TaskStarted', 'TaskSucceeded']);
-    expect(history.rows[2]?.data).toMatchObject({ attempt: 1, afterMs: 300 });
+    // 300 rounded up to the next step (FALLBACK_STEPS_MS).
+    expect(history.rows[2]?.data).toMatchObject({ attempt: 1, afterMs: 500 });
   });
 });
