@@ -232,6 +232,11 @@ describe('workflows and graphs (need the domain and migration 13 of issue 20)', 
     const up = await getTaskGraph(tdb.db, 'acme', grandchild.id, { maxNodes: 10_000 });
     expect(up?.nodes.filter((n) => n.relation === 'ancestor')).toHaveLength(21);
     expect(up?.nodes.find((n) => n.taskId === root.id)?.depth).toBe(2);
+    // Edges are bounded too (a dense DAG has far more edges than nodes): all nodes, the first edges, truncated.
+    expect(full?.truncated).toBe(false);
+    const fewEdges = await getTaskGraph(tdb.db, 'acme', root.id, { maxNodes: 10_000, maxEdges: 10 });
+    expect(fewEdges?.truncated).toBe(true);
+    expect(fewEdges?.edges).toHaveLength(10);
   });
 
   it('a placement no live node of the tier matches is accepted with a warning', async () => {
