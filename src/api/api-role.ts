@@ -58,6 +58,7 @@ export function createApiRole(options: ApiRoleOptions): Role & { readonly addres
         maxBatch: config.SUBMIT_MAX_BATCH,
         maxQueued: config.SUBMIT_QUEUE_MAX,
         idempotencyKeyTtlHours: config.IDEMPOTENCY_KEY_TTL_HOURS,
+        maxPlacementClasses: config.PLACEMENT_MAX_CLASSES,
       });
       // Lazy, no offline queue: a down Redis fails a cluster read at once and never holds a request.
       redis = createRedis(config.REDIS_URL, { logger, name: 'fogsched-api', lazyConnect: true });

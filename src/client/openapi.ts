@@ -599,7 +599,7 @@ export interface components {
                  */
                 to: string;
             }[];
-            /** @description true when the graph has more than 10,000 nodes (the nearest are listed) */
+            /** @description true when the graph has more than 10,000 nodes (the nearest are listed) or more than 50,000 edges among them (the first are listed) */
             truncated: boolean;
         };
         WorkflowResult: {

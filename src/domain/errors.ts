@@ -131,6 +131,18 @@ export class TaskIdConflictError extends FogschedError {
   }
 }
 
+/** A submit names a placement class no submit used before, and PLACEMENT_MAX_CLASSES are in use. */
+export class PlacementClassLimitError extends FogschedError {
+  constructor(classes: readonly string[], max: number) {
+    super({
+      code: 'PLACEMENT_CLASS_LIMIT',
+      status: 422,
+      message: `${classes.length === 1 ? `placement class ${classes[0]} is new` : `${classes.length} placement classes are new`} and ${max} (PLACEMENT_MAX_CLASSES) are in use: use an existing zone, label set and fallback delay, or ask an operator to raise the limit`,
+      details: { classes: classes.slice(0, 20), maxClasses: max },
+    });
+  }
+}
+
 /** A placement (zone, labels) or fallbackAfterMs of a submit is malformed. */
 export class InvalidPlacementError extends FogschedError {
   constructor(message: string, path = 'body/placement') {

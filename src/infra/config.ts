@@ -146,6 +146,7 @@ export const ConfigSchema = Type.Object({
     default: 7,
     description: "ingest's applied message ids older than this are deleted; keep it above the longest a message can wait to be redelivered",
   }),
+  PLACEMENT_MAX_CLASSES: Int(1, 200, 'placement classes (zone, labels, fallback delay) in use at most; each has broker queues nothing deletes, so a submit naming a new class past it is 422 PLACEMENT_CLASS_LIMIT'),
   IDEMPOTENCY_KEY_TTL_HOURS: Type.Number({ exclusiveMinimum: 0, default: 24, description: 'an Idempotency-Key older than this names a new task; deleted after it' }),
 });
 

@@ -139,6 +139,15 @@ export interface TaskDependenciesTable {
 }
 
 /** The unresolved dependency count of a task submitted waiting. */
+/** Placement classes in use (migration 14): capped by PLACEMENT_MAX_CLASSES. */
+export interface PlacementClassesTable {
+  class: string;
+  placement: ColumnType<unknown, string, string>;
+  fallback_after_ms: number | null;
+  first_tenant: string;
+  created_at: ColumnType<Date, string | undefined, never>;
+}
+
 export interface TaskWaitsTable {
   task_id: string;
   pending: number;
@@ -156,4 +165,5 @@ export interface Database {
   projection_versions: ProjectionVersionsTable;
   task_dependencies: TaskDependenciesTable;
   task_waits: TaskWaitsTable;
+  placement_classes: PlacementClassesTable;
 }

@@ -9,6 +9,8 @@ import {
   InvalidPlacementError,
   fallbackStep,
   normalizePlacement,
+  PlacementClassLimitError,
+  placementClass,
   placementErrors,
   isUuid,
   MAX_DEPENDENCIES,
@@ -99,6 +101,8 @@ export interface TaskServiceOptions {
   readonly maxQueued?: number;
   /** Group-commit transactions in flight at once (default 3, see createGroupCommit). */
   readonly concurrency?: number;
+  /** PLACEMENT_MAX_CLASSES: placement classes in use at most (each has broker queues); default 200. */
+  readonly maxPlacementClasses?: number;
   /**
    * IDEMPOTENCY_KEY_TTL_HOURS (default 24): a key older than this is treated as new, whether or
    * not retention has deleted it yet, so the window does not depend on when retention last ran.
@@ -107,6 +111,8 @@ export interface TaskServiceOptions {
 }
 
 export const DEFAULT_IDEMPOTENCY_KEY_TTL_HOURS = 24;
+/** PLACEMENT_MAX_CLASSES by default. */
+export const DEFAULT_MAX_PLACEMENT_CLASSES = 200;
 
 interface PreparedSubmit {
   readonly spec: TaskSpec;
@@ -272,6 +278,39 @@ export function createTaskService(options: TaskServiceOptions) {
     return results;
   };
 
+  const maxPlacementClasses = options.maxPlacementClasses ?? DEFAULT_MAX_PLACEMENT_CLASSES;
+  /**
+   * Placement classes are capped (each has broker queues nothing deletes): the classes of these
+   * specs that no submit used before are recorded, unless that would pass PLACEMENT_MAX_CLASSES
+   * (PlacementClassLimitError, nothing written). Approximate under concurrent first uses of new
+   * classes (each checks the count it saw); a known class never waits on anything but an index read.
+   */
+  const admitPlacementClasses = async (specs: readonly TaskSpec[]): Promise<void> => {
+    const wanted = new Map<string, TaskSpec>();
+    for (const spec of specs) {
+      const cls = placementClass(spec.placement, spec.fallbackAfterMs);
+      if (cls !== null && !wanted.has(cls)) wanted.set(cls, spec);
+    }
+    if (wanted.size === 0) return;
+    const known = await db.selectFrom('placement_classes').select('class').where('class', 'in', [...wanted.keys()]).execute();
+    for (const row of known) wanted.delete(row.class);
+    if (wanted.size === 0) return;
+    const inUse = await db.selectFrom('placement_classes').select(sql<number>`count(*)::int`.as('n')).executeTakeFirst();
+    if ((inUse?.n ?? 0) + wanted.size > maxPlacementClasses) throw new PlacementClassLimitError([...wanted.keys()], maxPlacementClasses);
+    await db
+      .insertInto('placement_classes')
+      .values(
+        [...wanted].map(([cls, spec]) => ({
+          class: cls,
+          placement: JSON.stringify(spec.placement ?? null),
+          fallback_after_ms: spec.fallbackAfterMs ?? null,
+          first_tenant: spec.tenant,
+        })),
+      )
+      .onConflict((oc) => oc.column('class').doNothing())
+      .execute();
+  };
+
   const runCommand = async (taskId: string, caller: Caller, command: TaskCommand): Promise<TaskState> => {
     const outcome = await countedTransaction(db, async (trx) => {
       const found = await loadTaskStates(trx, [taskId], { forUpdate: false });
@@ -287,7 +326,9 @@ export function createTaskService(options: TaskServiceOptions) {
     /** Validates and group-commits one submit; resolves after its transaction committed. */
     async submit(input: SubmitInput, caller: Caller): Promise<SubmitResult> {
       if (group.queued() + batchItemsInFlight >= maxQueued) throw new SubmitQueueFullError(maxQueued);
-      return group.submit(prepare(input, caller));
+      const prepared = prepare(input, caller);
+      await admitPlacementClasses([prepared.spec]);
+      return group.submit(prepared);
     },
     /** Submits many tasks in one transaction: all or nothing. Throws on the first invalid item. */
     async submitBatch(inputs: readonly SubmitInput[], caller: Caller): Promise<SubmitResult[]> {
@@ -296,6 +337,15 @@ export function createTaskService(options: TaskServiceOptions) {
       if (waiting > 0 && waiting + inputs.length > maxQueued) throw new SubmitQueueFullError(maxQueued);
       batchItemsInFlight += inputs.length;
       try {
+        // Specs built once more for their classes only (buildTaskSpec is pure; writeBatch reports bad items).
+        const specs = inputs.flatMap((input) => {
+          try {
+            return [buildTaskSpec(input, caller.tenant, uuidv7(), options)];
+          } catch {
+            return [];
+          }
+        });
+        await admitPlacementClasses(specs);
         return await writeBatch(inputs, caller);
       } finally {
         batchItemsInFlight -= inputs.length;
