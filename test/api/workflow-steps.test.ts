@@ -41,16 +41,19 @@ describe('workflow steps', () => {
     ]);
   });
 
-  it('derives a step id from tenant, Idempotency-Key and step (UUID v5), a fresh v7 without a key', () => {
-    const id = stepTaskId('acme', 'order-1', 'fetch');
-    expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
-    expect(stepTaskId('acme', 'order-1', 'fetch')).toBe(id);
-    expect(new Set([id, stepTaskId('globex', 'order-1', 'fetch'), stepTaskId('acme', 'order-2', 'fetch'), stepTaskId('acme', 'order-1', 'merge')]).size).toBe(4);
+  it('derives a step id from tenant, Idempotency-Key and step under the servers\' secret (HMAC, UUID v8), a fresh v7 without a key', () => {
+    const secret = 'a-secret';
+    const id = stepTaskId(secret, 'acme', 'order-1', 'fetch');
+    expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    expect(stepTaskId(secret, 'acme', 'order-1', 'fetch')).toBe(id);
+    expect(new Set([id, stepTaskId(secret, 'globex', 'order-1', 'fetch'), stepTaskId(secret, 'acme', 'order-2', 'fetch'), stepTaskId(secret, 'acme', 'order-1', 'merge')]).size).toBe(4);
+    // Without the secret, nobody computes them: another secret gives other ids.
+    expect(stepTaskId('another-secret', 'acme', 'order-1', 'fetch')).not.toBe(id);
     // The encoding (a JSON array) keeps ("a", "b\0c") and ("a\0b", "c") apart.
-    expect(stepTaskId('a', 'b\u0000c', 'd')).not.toBe(stepTaskId('a\u0000b', 'c', 'd'));
-    const fresh = stepTaskId('acme', undefined, 'fetch');
+    expect(stepTaskId(secret, 'a', 'b\u0000c', 'd')).not.toBe(stepTaskId(secret, 'a\u0000b', 'c', 'd'));
+    const fresh = stepTaskId(secret, 'acme', undefined, 'fetch');
     expect(fresh).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7/);
-    expect(stepTaskId('acme', undefined, 'fetch')).not.toBe(fresh);
+    expect(stepTaskId(secret, 'acme', undefined, 'fetch')).not.toBe(fresh);
   });
 });
 

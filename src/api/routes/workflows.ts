@@ -1,5 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
-import { v5 as uuidv5, v7 as uuidv7 } from 'uuid';
+import { createHmac } from 'node:crypto';
+import { sql } from 'kysely';
+import { v7 as uuidv7 } from 'uuid';
 import { FogschedError } from '../../domain/index.js';
 import type { SubmitInput } from '../../tasks/index.js';
 import { IdempotencyHeaders, INPUT_LIMITS, TASK_EXAMPLE, WorkflowBody, WorkflowResult, json, problemOf, problems, ref } from '../schemas.js';
@@ -9,9 +11,6 @@ import { callerOf } from '../caller.js';
 import { checkPayloadSizes, checkTaskTimes } from '../input.js';
 import { withWarnings } from '../placement-warning.js';
 import { admit, SUBMIT_GRAPH_PROBLEMS } from './tasks.js';
-
-/** Namespace of the step ids derived from an Idempotency-Key (a fixed, random UUID: only fogsched derives ids in it). */
-export const WORKFLOW_ID_NAMESPACE = '8f0b6e0c-3d1a-4c55-9b7e-5a2f1c9d4e60';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -24,12 +23,37 @@ export class InvalidWorkflowError extends FogschedError {
 }
 
 /**
- * The id of a step: with an Idempotency-Key, the same for the same tenant, key and step (UUID
- * version 5 of the three), so a retried request names the same tasks and the submit of a task id
- * with the same body returns it; without one, a new time-ordered id.
+ * The id of a step: with an Idempotency-Key, the same for the same tenant, key and step, so a
+ * retried request names the same tasks and the submit of a task id with the same body returns it;
+ * without one, a new time-ordered id. Derived by an HMAC under the servers' secret (migration 15,
+ * `server_secrets`), not a public hash: ids are one space across tenants, and a tenant that could
+ * compute another's step ids (its keys are often guessable, `nightly-2026-11-27`) could take them
+ * first and make that workflow 409. The digest's first 16 bytes, as a UUID of version 8.
  */
-export function stepTaskId(tenant: string, key: string | undefined, step: string): string {
-  return key === undefined ? uuidv7() : uuidv5(JSON.stringify([tenant, key, step]), WORKFLOW_ID_NAMESPACE);
+export function stepTaskId(secret: string, tenant: string, key: string | undefined, step: string): string {
+  if (key === undefined) return uuidv7();
+  const b = createHmac('sha256', secret).update(JSON.stringify([tenant, key, step])).digest().subarray(0, 16);
+  b[6] = ((b[6] as number) & 0x0f) | 0x80;
+  b[8] = ((b[8] as number) & 0x3f) | 0x80;
+  const h = b.toString('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20, 32)}`;
+}
+
+/** The secret of the step ids, read once per process (every api replica reads the same row). */
+let stepSecret: Promise<string> | undefined;
+function stepIdSecret(db: ApiDeps['db']): Promise<string> {
+  stepSecret ??= sql<{ secret: string }>`SELECT secret FROM server_secrets WHERE name = 'workflow-step-ids'`
+    .execute(db)
+    .then((r) => {
+      const secret = r.rows[0]?.secret;
+      if (!secret) throw new Error('server_secrets has no workflow-step-ids row: run the migrations');
+      return secret;
+    })
+    .catch((error: unknown) => {
+      stepSecret = undefined; // a database that was down: read again next time
+      throw error;
+    });
+  return stepSecret;
 }
 
 /** The steps in an order where each comes after the steps it depends on; throws InvalidWorkflowError on a repeat, an unknown name or a cycle. */
@@ -111,7 +135,8 @@ export const workflowRoutes: FastifyPluginAsyncTypebox<ApiDeps> = async (app, de
       checkPayloadSizes(steps.map((s, i) => ({ path: `body/steps/${i}/payload`, payload: s.payload })), maxPayloadBytes);
       const caller = callerOf(request);
       const key = request.headers['idempotency-key'];
-      const ids = new Map(steps.map((s) => [s.step, stepTaskId(caller.tenant, key, s.step)]));
+      const secret = key === undefined ? '' : await stepIdSecret(deps.db);
+      const ids = new Map(steps.map((s) => [s.step, stepTaskId(secret, caller.tenant, key, s.step)]));
       const liveTiers = deps.liveTiers?.().catch(() => null);
       const liveNodes = deps.liveNodes?.().catch(() => null);
       await admit(deps, request, reply, steps.length);
