@@ -17,11 +17,6 @@ export function nodePlacement(node: object): { zone: string | null; labels: Reco
   };
 }
 
-/** Does the node satisfy the placement: the domain's rule (placementMatches), which also routes the task. */
-export function nodeMatches(placement: NonNullable<TaskView['placement']>, node: Pick<LiveNode, 'zone' | 'labels'>): boolean {
-  return placementMatches(placement, node);
-}
-
 function describePlacement(placement: NonNullable<TaskView['placement']>): string {
   const parts = [
     ...(placement.zone !== undefined ? [`zone ${placement.zone}`] : []),
@@ -40,7 +35,7 @@ export function liveWarnings(view: TaskView, liveTiers: ReadonlySet<string> | nu
   if (liveTiers && !liveTiers.has(view.tier)) return [`no live fog node serves tier ${view.tier}; the task waits until one joins`];
   const placement = view.placement;
   if (!placement || !liveNodes) return [];
-  if (liveNodes.some((n) => n.tiers.has(view.tier) && nodeMatches(placement, n))) return [];
+  if (liveNodes.some((n) => n.tiers.has(view.tier) && placementMatches(placement, n))) return [];
   const fallback = view.fallbackAfterMs !== undefined ? ` or, after ${view.fallbackAfterMs} ms undelivered, runs on any node of the tier` : '';
   return [`no live fog node of tier ${view.tier} matches placement ${describePlacement(placement)}; the task waits until one joins${fallback}`];
 }

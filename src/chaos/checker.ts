@@ -1,5 +1,6 @@
 import * as domain from '../domain/index.js';
 import {
+  canonicalJson,
   decide,
   dispatchOf,
   evolve,
@@ -363,7 +364,7 @@ function explainStep(state: TaskState, events: readonly LoggedEvent[], i: number
       if (why) return bad(why, produced.length);
       continue;
     }
-    if (canonical(want.data) !== canonical(got.data)) return bad(`${got.type} data ${canonical(got.data)} is not decide's ${canonical(want.data)}`, produced.length);
+    if (canonicalJson(want.data) !== canonicalJson(got.data)) return bad(`${got.type} data ${canonicalJson(got.data)} is not decide's ${canonicalJson(want.data)}`, produced.length);
   }
   return { ok: true, count: produced.length };
 }
@@ -371,7 +372,7 @@ function explainStep(state: TaskState, events: readonly LoggedEvent[], i: number
 function retryMismatch(state: TaskState, want: TaskEvent & { type: 'TaskRetryScheduled' }, got: LoggedEvent, settings: CheckSettings): string | null {
   const { delayMs, availableAt, ...rest } = got.data as { delayMs: number; availableAt: string; [k: string]: unknown };
   const { delayMs: _d, availableAt: _a, ...wantRest } = want.data;
-  if (canonical(rest) !== canonical(wantRest)) return `TaskRetryScheduled data ${canonical(got.data)} is not decide's ${canonical(want.data)} (delay aside)`;
+  if (canonicalJson(rest) !== canonicalJson(wantRest)) return `TaskRetryScheduled data ${canonicalJson(got.data)} is not decide's ${canonicalJson(want.data)} (delay aside)`;
   const failedAttempt = want.data.attempt - 1 - state.firstAttempt + 1;
   const backoff = state.spec?.retry ?? settings.backoff;
   const lo = retryDelayMs(failedAttempt, backoff, 0);
@@ -381,12 +382,6 @@ function retryMismatch(state: TaskState, want: TaskEvent & { type: 'TaskRetrySch
   return null;
 }
 
-/** JSON with sorted keys: jsonb does not keep key order. */
-export function canonical(value: unknown): string {
-  return JSON.stringify(value, (_key, v: unknown) =>
-    v && typeof v === 'object' && !Array.isArray(v) ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) : v,
-  );
-}
 
 /** Within each requeue window, the attempts dispatched (distinct attempt numbers) stay within maxAttempts. */
 export function checkAttemptBudget(taskId: string, events: readonly LoggedEvent[]): Violation[] {

@@ -476,6 +476,15 @@ function laterOf(notBefore: string | null, now: string): string {
   return notBefore !== null && notBefore > now ? notBefore : now;
 }
 
+/** JSON with every object's keys sorted: equal for equal values however jsonb ordered them. */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) =>
+    v !== null && typeof v === 'object' && !Array.isArray(v)
+      ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : v,
+  );
+}
+
 export function assertNever(value: never): never {
   throw new Error(`unhandled variant: ${JSON.stringify(value)}`);
 }

@@ -135,6 +135,13 @@ const RECENT_ATTEMPTS = { max: 10_000, ttlMs: 10 * 60_000 };
 
 /** A task's run was stopped because the task was cancelled. */
 class CancelledError extends Error {}
+/** The consume channel of one generation: its consumers' tags and the placement queues it consumes. */
+interface ConsumeChannel {
+  readonly channel: BrokerChannel;
+  readonly tags: string[];
+  readonly queues: Set<string>;
+}
+
 /** A run was stopped because the node stops and FOG_NODE_GRACE_MS passed. */
 class ShutdownError extends Error {}
 
@@ -164,8 +171,10 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
   let connection: BrokerConnection | undefined;
   let publishChannel: ConfirmingChannel | undefined;
   /** The consume channel now; deliveries of any other generation are never settled (their channel is gone). */
-  const consume = createChannelSlot<{ readonly channel: BrokerChannel; readonly tags: string[]; readonly queues: Set<string> }>();
+  const consume = createChannelSlot<ConsumeChannel>();
   const place = { zone: options.zone || null, labels: options.labels ?? {} };
+  /** A node with a zone or labels consumes placement queues beside its tier's. */
+  const placed = place.zone !== null || Object.keys(place.labels).length > 0;
   let draining = false;
   let handlers = new Map<string, Handler>();
   const threads: ThreadPool = createThreadPool({ keepIdle: 2, idleMs: 30_000 });
@@ -576,7 +585,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
    * queue is consumed already. Its deliveries rank like those of the tier's general queue.
    */
   const consumePlacement = async (
-    current: { readonly channel: BrokerChannel; readonly tags: string[]; readonly queues: Set<string> },
+    current: ConsumeChannel,
     gen: number,
     cls: string,
     tier: string,
@@ -590,6 +599,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
     const { consumerTag } = await current.channel.raw.consume(queueName, onDelivery(rank, priority, gen), { noAck: false });
     current.tags.push(consumerTag);
     if (draining) await current.channel.raw.cancel(consumerTag).catch(() => {});
+    else logger.info({ queue: queueName, generation: gen }, 'fog node consuming a placement queue');
   };
 
   /**
@@ -597,9 +607,9 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
    * node matches, for the tiers it serves: consumed on the current channel. Redis down: tried
    * again at the next rescan.
    */
-  const rescanPlacement = async (current: { readonly channel: BrokerChannel; readonly tags: string[]; readonly queues: Set<string> }, gen: number): Promise<void> => {
+  const rescanPlacement = async (current: ConsumeChannel, gen: number): Promise<void> => {
     const hb = options.heartbeat;
-    if (!hb || (place.zone === null && Object.keys(place.labels).length === 0)) return;
+    if (!hb || !placed) return;
     redis ??= createRedis(hb.redisUrl, { logger, name: `fogsched-fog-node-${options.nodeId}`, lazyConnect: true });
     const client = redis;
     if (client.status === 'wait') client.connect().catch(() => {});
@@ -624,7 +634,6 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
       if (placementClass(placement, fallbackOfClass(cls)) !== cls || !placementMatches(placement, place)) continue;
       if (!consume.isCurrent(gen) || draining) return;
       await consumePlacement(current, gen, cls, tier, priority as Priority);
-      logger.info({ queue: options.names.placementQueue(cls, tier, priority as Priority), generation: gen }, 'fog node consuming a label class');
     }
     stats.consumers = draining ? 0 : current.tags.length;
   };
@@ -688,7 +697,7 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
         retry.reset();
         logger.info({ served: options.servedTiers, zone: place.zone, labels: place.labels, slots: options.slots, prefetch: options.prefetch, generation: gen }, 'fog node consuming');
         const ended = Promise.race([channelClosed, cancelledByBroker, conn.closed.then(() => 'connection closed')]);
-        if (options.heartbeat && (place.zone !== null || Object.keys(place.labels).length > 0)) {
+        if (options.heartbeat && placed) {
           // Label classes, and a zone's queues of each fallback delay, appear as the relay first
           // publishes to them: look again every rescan interval.
           const rescanEnd = new AbortController();

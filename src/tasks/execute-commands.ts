@@ -114,7 +114,7 @@ export async function executeTaskCommands(
     const touched = [...new Set(pending.map((p) => p.state.taskId))];
     const current = touched.map((id) => ({ state: states.get(id) as TaskState, seqEventId: submittedEvent.get(id) ?? null }));
     // The tasks that ended here: their dependants' edges are resolved in the same statement.
-    const ended = [...new Set(pending.filter((p) => endsTask(p.event)).map((p) => p.state.taskId))]
+    const ended = [...new Set(pending.filter((p) => isTerminal(p.state.status)).map((p) => p.state.taskId))]
       .map((id) => states.get(id) as TaskState)
       .filter((st) => isTerminal(st.status));
     // One statement for the four tables: the events, then task_current, task_history and the
@@ -155,11 +155,6 @@ interface ResolvedEdge {
 function withDependencyCause(event: TaskEvent, metadata: EventMetadata): EventMetadata {
   const dependency = event.type === 'TaskReleased' || event.type === 'TaskCancelled' ? event.data.dependency : undefined;
   return dependency ? { ...metadata, causationId: dependency } : metadata;
-}
-
-/** Does this event end its task (succeeded, failed or cancelled)? */
-function endsTask(event: TaskEvent): boolean {
-  return event.type === 'TaskSucceeded' || event.type === 'TaskFailed' || event.type === 'TaskDeadLettered' || event.type === 'TaskCancelled';
 }
 
 /**

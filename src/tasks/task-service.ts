@@ -12,6 +12,7 @@ import {
   PlacementClassLimitError,
   placementClass,
   placementErrors,
+  canonicalJson,
   isUuid,
   MAX_DEPENDENCIES,
   TaskIdConflictError,
@@ -120,7 +121,7 @@ interface PreparedSubmit {
   readonly metadata: EventMetadata;
   /** The id was the client's (SubmitInput.id). */
   readonly clientId: boolean;
-  /** Key-sorted JSON of the significant spec: what a repeat with the same id must match. */
+  /** Key-sorted JSON of the significant spec: what a repeat with the same id must match ('' without a client id). */
   readonly canonical: string;
 }
 
@@ -137,7 +138,8 @@ export function createTaskService(options: TaskServiceOptions) {
     if (input.id !== undefined && !isUuid(input.id)) throw new ValidationError(`id ${JSON.stringify(input.id)} is not a UUID`, { errors: [{ path: 'body/id', message: 'must be a UUID' }] });
     const spec = buildTaskSpec(input, caller.tenant, input.id?.toLowerCase() ?? uuidv7(), options);
     const hash = createHash('sha256').update(JSON.stringify(significantSpec(spec))).digest('base64url');
-    return { spec, hash, metadata: callerMetadata(caller), clientId: input.id !== undefined, canonical: canonicalJson(significantSpec(spec)) };
+    const clientId = input.id !== undefined;
+    return { spec, hash, metadata: callerMetadata(caller), clientId, canonical: clientId ? canonicalJson(significantSpec(spec)) : '' };
   };
 
   /**
@@ -265,6 +267,7 @@ export function createTaskService(options: TaskServiceOptions) {
         return [];
       }
     });
+    await admitPlacementClasses(prepared.map((p) => p.spec));
     const results = await countedTransaction(db, async (trx) => {
       const r = await writeSubmits(trx, prepared, true);
       r.forEach((x, index) => {
@@ -337,15 +340,6 @@ export function createTaskService(options: TaskServiceOptions) {
       if (waiting > 0 && waiting + inputs.length > maxQueued) throw new SubmitQueueFullError(maxQueued);
       batchItemsInFlight += inputs.length;
       try {
-        // Specs built once more for their classes only (buildTaskSpec is pure; writeBatch reports bad items).
-        const specs = inputs.flatMap((input) => {
-          try {
-            return [buildTaskSpec(input, caller.tenant, uuidv7(), options)];
-          } catch {
-            return [];
-          }
-        });
-        await admitPlacementClasses(specs);
         return await writeBatch(inputs, caller);
       } finally {
         batchItemsInFlight -= inputs.length;
@@ -469,15 +463,6 @@ function batchRejected(items: { index: number; error: FogschedError }[]): Fogsch
 function significantSpec(spec: TaskSpec): Omit<TaskSpec, 'taskId' | 'tenant' | 'idempotencyKey'> {
   const { taskId: _id, tenant: _t, idempotencyKey: _k, ...significant } = spec;
   return significant;
-}
-
-/** JSON with every object's keys sorted: equal for equal values however jsonb ordered them. */
-export function canonicalJson(value: unknown): string {
-  return JSON.stringify(value, (_key, v: unknown) =>
-    v !== null && typeof v === 'object' && !Array.isArray(v)
-      ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
-      : v,
-  );
 }
 
 /**

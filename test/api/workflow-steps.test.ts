@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { InvalidWorkflowError, orderSteps, stepTaskId } from '../../src/api/routes/workflows.js';
-import { liveWarnings, nodeMatches, nodePlacement, type LiveNode } from '../../src/api/placement-warning.js';
+import { liveWarnings, nodePlacement, type LiveNode } from '../../src/api/placement-warning.js';
+import { placementMatches } from '../../src/domain/index.js';
 import { TASK_EXAMPLE } from '../../src/api/schemas.js';
 
 const UUID = '0193a5b2-7c4e-7d1a-9f3e-2b8c6d0e4f11';
@@ -62,10 +63,10 @@ describe('placement warning', () => {
   const view = { ...TASK_EXAMPLE, tier: 'medium', placement: { zone: 'site-a', labels: { gpu: 'yes' } } };
 
   it('matches zone and every label', () => {
-    expect(nodeMatches({ zone: 'site-a' }, { zone: 'site-a', labels: {} })).toBe(true);
-    expect(nodeMatches({ zone: 'site-a' }, { zone: 'site-b', labels: {} })).toBe(false);
-    expect(nodeMatches({ labels: { gpu: 'yes' } }, { zone: null, labels: { gpu: 'yes', os: 'linux' } })).toBe(true);
-    expect(nodeMatches({ labels: { gpu: 'yes', os: 'bsd' } }, { zone: null, labels: { gpu: 'yes', os: 'linux' } })).toBe(false);
+    expect(placementMatches({ zone: 'site-a' }, { zone: 'site-a', labels: {} })).toBe(true);
+    expect(placementMatches({ zone: 'site-a' }, { zone: 'site-b', labels: {} })).toBe(false);
+    expect(placementMatches({ labels: { gpu: 'yes' } }, { zone: null, labels: { gpu: 'yes', os: 'linux' } })).toBe(true);
+    expect(placementMatches({ labels: { gpu: 'yes', os: 'bsd' } }, { zone: null, labels: { gpu: 'yes', os: 'linux' } })).toBe(false);
   });
 
   it('warns when no live node of the tier matches, not when one does or membership is unknown; the tier warning comes first', () => {
