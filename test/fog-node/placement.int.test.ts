@@ -208,3 +208,34 @@ describe('placement: fallback after fallbackAfterMs', () => {
     expect(deadLetterCommand(msg, { taskId, attempt: 2 }, names, new Date().toISOString())?.command).toMatchObject({ type: 'DeadLetterTask', data: { attempt: 2, reason: 'delivery-limit' } });
   });
 });
+
+describe('placement: Redis down at the relay', () => {
+  it('label-class dispatches wait (backed off, unpublished) while zone and plain dispatches go out; nothing is lost', async () => {
+    // Nothing listens on port 1: the relay's Redis is never ready.
+    const relay = createRelay({
+      databaseUrl: tdb.url,
+      amqpUrl: broker.url,
+      topology: main,
+      logger,
+      batchSize: 50,
+      pollIntervalMs: 100,
+      retryMaxMs: 500,
+      placement: { topology: options, redisUrl: 'redis://127.0.0.1:1', redisPrefix },
+    });
+    running.push(relay);
+    const labelled = spec({ labels: { redisdown: 'yes' } });
+    const zoned = spec({ zone: 'site-rd' });
+    const plain = spec(null);
+    const labelClass = placementClass({ labels: { redisdown: 'yes' } }) as string;
+    classes.add(labelClass).add('site-rd');
+    await dispatch([labelled, zoned, plain]);
+    void relay.start();
+    const published = async (taskId: string) =>
+      (await tdb.db.selectFrom('outbox').select(['published_at', 'attempts']).where('stream_id', '=', taskId).executeTakeFirstOrThrow());
+    await eventually(async () => (await published(zoned.taskId)).published_at !== null && (await published(plain.taskId)).published_at !== null, { timeoutMs: 15_000 });
+    // The label class is found by nodes only through Redis: its dispatch is held back, tried again.
+    await eventually(async () => (await published(labelled.taskId)).attempts >= 2, { timeoutMs: 15_000 });
+    expect((await published(labelled.taskId)).published_at).toBeNull();
+    expect(await broker.messageCount(names.placementQueue('site-rd', 'light', 'normal'))).toBe(1);
+  });
+});
