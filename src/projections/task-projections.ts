@@ -4,7 +4,7 @@ import { jsonRecordset, type Column, type EventMetadata, type Executor } from '.
 
 export type { Column } from '../store/index.js';
 
-/** One task_history row: the event, and the state it left the task in. */
+/** One task_history row (a view of the log; the rebuild's verify folds the same rows to compare): the event, and the state it left the task in. */
 export interface HistoryRow {
   readonly position: number;
   readonly state: TaskState;
@@ -61,7 +61,7 @@ export const CURRENT_COLUMNS: readonly Column<CurrentRow>[] = [
   { name: 'reported_at', type: 'timestamptz', value: (r) => (r.state.status === 'running' ? (r.state.progress?.at ?? r.state.startedAt) : null) },
 ];
 
-/** task_history's columns: one row per event, with the state the event left the task in. */
+/** task_history's columns: one row per event, with the state the event left the task in (what the view in migration 16 gives for each event). */
 export const HISTORY_COLUMNS: readonly Column<HistoryRow>[] = [
   { name: 'position', type: 'bigint', value: (r) => r.position },
   { name: 'task_id', type: 'uuid', value: (r) => r.state.taskId },
@@ -92,34 +92,23 @@ export function columnList<T>(columns: readonly Column<T>[]) {
 }
 
 /**
- * The task_current and task_history writes of a command batch as data-modifying CTEs that take
- * their positions from the `events` insert in the CTE named `eventsCte` (which must return
- * event_id and position): a new task's seq is the position of its TaskSubmitted event
- * (`seqEventId`), each history row the position of its event (`eventId`). A task_current row only
- * moves forward (CURRENT_ON_CONFLICT); a history row already there (same position) is left alone.
+ * The task_current write of a command batch as a data-modifying CTE that takes its positions from
+ * the `events` insert in the CTE named `eventsCte` (which must return event_id and position): a
+ * new task's seq is the position of its TaskSubmitted event (`seqEventId`). A task_current row
+ * only moves forward (CURRENT_ON_CONFLICT). task_history is a view of the log (migration 16):
+ * appending the events is all it needs.
  */
-export function taskProjectionCtes(
-  eventsCte: string,
-  current: readonly { state: TaskState; seqEventId: string | null }[],
-  history: readonly (HistoryRow & { eventId: string })[],
-) {
+export function taskProjectionCtes(eventsCte: string, current: readonly { state: TaskState; seqEventId: string | null }[]) {
   const ev = sql.raw(eventsCte);
   const currentColumns: Column<{ state: TaskState; seqEventId: string | null }>[] = CURRENT_COLUMNS.map((c) =>
     c.name === 'seq' ? { name: 'seq_event', type: 'uuid', value: (r) => r.seqEventId } : { ...c, value: (r) => c.value({ state: r.state, seq: 0 }) },
   );
   const currentSelect = sql.join(CURRENT_COLUMNS.map((c) => (c.name === 'seq' ? sql`coalesce(s.position, 0)` : sql`r.${sql.ref(c.name)}`)));
-  const historyColumns: Column<HistoryRow & { eventId: string }>[] = HISTORY_COLUMNS.map((c) => (c.name === 'position' ? { name: 'event_id', type: 'uuid', value: (r) => r.eventId } : c));
-  const historySelect = sql.join(HISTORY_COLUMNS.map((c) => (c.name === 'position' ? sql`e.position` : sql`r.${sql.ref(c.name)}`)));
   return sql`
     task_current_written AS (
       INSERT INTO task_current AS cur (${columnList(CURRENT_COLUMNS)})
       SELECT ${currentSelect} FROM ${jsonRecordset(currentColumns, current)} LEFT JOIN ${ev} s ON s.event_id = r.seq_event
       ${CURRENT_ON_CONFLICT}
-    ),
-    task_history_written AS (
-      INSERT INTO task_history (${columnList(HISTORY_COLUMNS)})
-      SELECT ${historySelect} FROM ${jsonRecordset(historyColumns, history)} JOIN ${ev} e ON e.event_id = r.event_id
-      ON CONFLICT (position) DO NOTHING
     )`;
 }
 

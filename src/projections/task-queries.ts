@@ -85,10 +85,11 @@ export interface HistoryEntry {
 export async function getTaskHistory(db: Executor, taskId: string): Promise<HistoryEntry[]> {
   const rows = await db
     .selectFrom('task_history as h')
-    .leftJoin('events as e', 'e.position', 'h.position')
+    .innerJoin('events as e', 'e.position', 'h.position')
     .selectAll('h')
     .select(sql<string | null>`e.metadata->>'traceId'`.as('trace_id'))
-    .where('h.task_id', '=', taskId)
+    // task_history is a view of events: the stream's key finds the task's rows (its task_id is a cast).
+    .where('e.stream_id', '=', taskId)
     .orderBy('h.version')
     .execute();
   return rows.map((r) => ({

@@ -43,8 +43,8 @@ export const FEED_PAGE_SIZE = 500;
 
 /**
  * One page of the log after `after`, in readAll's order and below the same horizon. Uses
- * events_transaction_position_idx for the scan, task_current's and task_history's primary keys
- * for the filters' joins.
+ * events_transaction_position_idx for the scan, task_current's and events' primary keys for
+ * the filters' joins (task_history is a view of events).
  */
 export async function readFeedPage(db: Executor, after: LogCursor, filter: FeedFilter, limit = FEED_PAGE_SIZE): Promise<FeedPage> {
   const conditions = [sql<boolean>`true`];

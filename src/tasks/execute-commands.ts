@@ -39,7 +39,7 @@ export interface CommandOutcome {
 /**
  * Runs task commands in the caller's transaction: locks and loads each task's
  * state (from its task_current snapshot), decides in input order, then appends
- * every event, updates task_current and task_history, and writes dispatch rows
+ * every event, updates task_current, and writes dispatch rows
  * to the outbox (a cancel deletes the task's unpublished ones) — one statement
  * for the whole batch. A refused command
  * (typed domain error) is reported and changes nothing; anything else throws.
@@ -102,7 +102,6 @@ export async function executeTaskCommands(
   });
 
   if (newEvents.length > 0) {
-    const history = pending.map((p) => ({ position: 0, eventId: p.eventId, state: p.state, event: p.event, metadata: p.metadata }));
     const outbox: OutboxRow[] = await withDependencies(
       trx,
       pending.flatMap((p) => (undispatched.has(p.eventId) ? [] : (withTraceHeader(outboxRowFor(p.state, p.event, p.eventId, names), p.metadata) ?? []))),
@@ -117,13 +116,13 @@ export async function executeTaskCommands(
     const ended = [...new Set(pending.filter((p) => isTerminal(p.state.status)).map((p) => p.state.taskId))]
       .map((id) => states.get(id) as TaskState)
       .filter((st) => isTerminal(st.status));
-    // One statement for the four tables: the events, then task_current, task_history and the
-    // outbox as CTEs that take their positions from the events' RETURNING.
+    // One statement for the three tables: the events, then task_current and the outbox as CTEs
+    // that take their positions from the events' RETURNING (task_history is a view of events).
     let resolved: ResolvedEdge[] = [];
     try {
       const result = await sql<ResolvedEdge>`${sql.raw(PREPARE_MARK)}
         WITH appended AS (${insertEvents(newEvents)}),
-        ${taskProjectionCtes('appended', current, history)}
+        ${taskProjectionCtes('appended', current)}
         ${outbox.length > 0 ? sql`, outbox_written AS (${insertOutbox(outbox)})` : sql``}
         ${cancelled.length > 0 ? sql`, withdrawn AS (${withdrawDispatches(cancelled, names)})` : sql``}
         ${
