@@ -6,6 +6,7 @@ import { FogschedError } from '../domain/index.js';
 import {
   PROJECTION_NAMES,
   rebuildProjections,
+  STORED_PROJECTIONS,
   staleProjections,
   type ProjectionComparison,
   type ProjectionName,
@@ -25,7 +26,7 @@ export function registerProjectionCommands(program: Command, deps: { config: () 
   projections
     .command('rebuild')
     .description('replay the log into shadow tables while the system runs, then swap them in (resumes a killed rebuild)')
-    .option('--projection <list>', `comma-separated: ${PROJECTION_NAMES.join(', ')}`, parseProjections, [...PROJECTION_NAMES])
+    .option('--projection <list>', `comma-separated: ${PROJECTION_NAMES.join(', ')} (task_history, a view of the log, is only compared, under --verify)`, parseProjections, [...STORED_PROJECTIONS])
     .option('--verify', 'compare with the live tables before swapping; swap only when equal, exit 1 on any difference')
     .option('--dry-run', 'replay and compare, then drop the rebuilt tables: the live tables are left alone')
     .option('--batch-size <n>', 'events read per query (a checkpoint every 10 batches)', parseBatchSize, 10_000)

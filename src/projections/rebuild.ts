@@ -46,7 +46,9 @@ export const PROJECTION_VERSIONS = { task_current: 1 } as const;
  */
 export type ProjectionName = keyof typeof PROJECTION_VERSIONS | 'task_history';
 export const PROJECTION_NAMES: ProjectionName[] = ['task_current', 'task_history'];
-const STORED = new Set<ProjectionName>(Object.keys(PROJECTION_VERSIONS) as ProjectionName[]);
+/** The projections stored in tables: what a rebuild replays and swaps by default. */
+export const STORED_PROJECTIONS = Object.keys(PROJECTION_VERSIONS) as ProjectionName[];
+const STORED = new Set<ProjectionName>(STORED_PROJECTIONS);
 
 const SHADOW: TaskTables = { current: 'task_current__rebuild', history: 'task_history__rebuild' };
 /** Each projection's live table, shadow table and key. */
@@ -136,7 +138,10 @@ function freshState(cursor: LogCursor, held: StoredEvent[], applied: number): Re
 export async function rebuildProjections(pg: Postgres, options: RebuildOptions = {}): Promise<RebuildReport> {
   const compare = options.verify === true || options.dryRun === true;
   // The view is folded only to be compared: a plain rebuild has nothing to write for it.
-  const projections = normalise(options.projections ?? PROJECTION_NAMES).filter((p) => STORED.has(p) || compare);
+  // By default a dry run (verify) checks the view too; a rebuild, with or without --verify, the
+  // stored tables (so a `rebuild --verify` resumes a killed plain rebuild).
+  const projections = normalise(options.projections ?? (options.dryRun === true ? PROJECTION_NAMES : STORED_PROJECTIONS)).filter((p) => STORED.has(p) || compare);
+  if (projections.length === 0) return { projections, resumed: false, events: 0, durationMs: 0, swapped: false, comparisons: null };
   const batchSize = options.batchSize ?? 10_000;
   const checkpointEvery = batchSize * 10;
   const started = Date.now();
