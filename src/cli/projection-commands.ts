@@ -92,8 +92,9 @@ export async function runRebuild(pg: Postgres, options: RebuildOptions): Promise
   for (const c of report.comparisons ?? []) process.stdout.write(formatComparison(c));
   // task_history is a view of the log (migration 16): compared under verify, never swapped.
   const tables = report.projections.filter((p) => p !== 'task_history').join(', ');
-  if (report.swapped && tables) process.stdout.write(`swapped in: ${tables} now served from the rebuilt tables\n`);
-  else if (!options.dryRun) process.stdout.write('not swapped: the rebuilt tables differ from the live ones (run without --verify to replace them)\n');
+  if (report.swapped) {
+    if (tables) process.stdout.write(`swapped in: ${tables} now served from the rebuilt tables\n`);
+  } else if (!options.dryRun) process.stdout.write('not swapped: the rebuilt tables differ from the live ones (run without --verify to replace them)\n');
   return report;
 }
 
