@@ -128,11 +128,12 @@ interface ReplayState {
   readonly cache: Map<string, TaskState>;
   readonly dirty: Set<string>;
   readonly seqs: Map<string, number>;
-  history: HistoryRow[];
+  /** The history rows folded since the last checkpoint; null when task_history is not compared (nothing would read them). */
+  history: HistoryRow[] | null;
 }
 
-function freshState(cursor: LogCursor, held: StoredEvent[], applied: number): ReplayState {
-  return { cursor, held, applied, pending: 0, cache: new Map(), dirty: new Set(), seqs: new Map(), history: [] };
+function freshState(cursor: LogCursor, held: StoredEvent[], applied: number, keepHistory: boolean): ReplayState {
+  return { cursor, held, applied, pending: 0, cache: new Map(), dirty: new Set(), seqs: new Map(), history: keepHistory ? [] : null };
 }
 
 export async function rebuildProjections(pg: Postgres, options: RebuildOptions = {}): Promise<RebuildReport> {
@@ -248,7 +249,7 @@ async function prepare(pg: Postgres, projections: readonly ProjectionName[]): Pr
     const held = await readPositions(pg.db, saved.held_positions.map(Number));
     return {
       resumed: true,
-      state: freshState({ transactionId: saved.last_transaction_id, position: Number(saved.last_position) }, held, Number(saved.events_applied)),
+      state: freshState({ transactionId: saved.last_transaction_id, position: Number(saved.last_position) }, held, Number(saved.events_applied), projections.includes('task_history')),
     };
   }
   await pg.db.transaction().execute(async (trx) => {
@@ -260,7 +261,7 @@ async function prepare(pg: Postgres, projections: readonly ProjectionName[]): Pr
     await sql`ALTER TABLE ${sql.table(SHADOW.current)} ADD PRIMARY KEY (task_id)`.execute(trx);
     await sql`INSERT INTO projection_rebuilds (projections) VALUES (${[...projections]}::text[])`.execute(trx);
   });
-  return { resumed: false, state: freshState(LOG_START, [], 0) };
+  return { resumed: false, state: freshState(LOG_START, [], 0, projections.includes('task_history')) };
 }
 
 /**
@@ -294,7 +295,7 @@ async function fold(db: Executor, events: readonly StoredEvent[], state: ReplayS
       const event = { type: e.type, data: e.data } as TaskEvent;
       current = evolve(current, event);
       if (event.type === 'TaskSubmitted') state.seqs.set(id, e.position);
-      state.history.push({ position: e.position, state: current, event, metadata: e.metadata });
+      state.history?.push({ position: e.position, state: current, event, metadata: e.metadata });
       state.applied++;
       state.pending++;
       state.dirty.add(id);
@@ -317,10 +318,10 @@ function takeCheckpoint(state: ReplayState): Checkpoint {
     cursor: state.cursor,
     held: state.held.map((e) => e.position),
     applied: state.applied,
-    history: state.history,
+    history: state.history ?? [],
     rows: [...state.dirty].map((id) => ({ state: state.cache.get(id) as TaskState, seq: state.seqs.get(id) ?? 0 })),
   };
-  state.history = [];
+  if (state.history) state.history = [];
   state.dirty.clear();
   state.seqs.clear();
   state.pending = 0;
@@ -457,7 +458,7 @@ async function swapPhase(
       });
     } catch (error) {
       // Back to the last checkpoint: what the rolled-back transaction folded is folded again.
-      Object.assign(state, freshState(saved.cursor, saved.held, saved.applied));
+      Object.assign(state, freshState(saved.cursor, saved.held, saved.applied, state.history !== null));
       if ((error as { code?: string }).code !== '55P03' || attempt >= 5) throw error;
     } finally {
       conn.release();
