@@ -83,6 +83,10 @@ export async function runRebuild(pg: Postgres, options: RebuildOptions): Promise
   } finally {
     progress.stop();
   }
+  if (report.projections.length === 0) {
+    process.stdout.write('task_history is a view of the log: nothing to rebuild (`fogsched projections verify` compares it with the log)\n');
+    return report;
+  }
   const seconds = report.durationMs / 1000;
   const rate = seconds > 0 ? Math.round(report.events / seconds) : report.events;
   const what = report.projections.join(', ');

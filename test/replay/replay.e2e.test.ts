@@ -100,6 +100,10 @@ describe('projection rebuild, verify and the log in a terminal', () => {
     expect(verify.out).toContain(`task_history: ${events} rows, equal to the log`);
     // verify changes nothing.
     expect(await t.count(`SELECT attempt AS n FROM task_current WHERE task_id = $1`, [victim])).toBe(9);
+    // A rebuild of the view alone has nothing to do, and says so.
+    const viewOnly = await run(['projections', 'rebuild', '--projection', 'task_history'], t.env);
+    expect(viewOnly.code, viewOnly.out).toBe(0);
+    expect(viewOnly.out).toContain('task_history is a view of the log: nothing to rebuild');
   });
 
   it('start refuses stale read models and names the fix; --rebuild-stale rebuilds them, then serves', async () => {
