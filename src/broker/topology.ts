@@ -10,6 +10,12 @@ export interface TopologyOptions {
   readonly metricsQueueMaxLength: number;
   /** FOG_ZONES: zones whose placement queues (one per tier and priority) are declared up front; default none. */
   readonly zones?: readonly string[];
+  /**
+   * INGEST_LANES: result lanes, quorum queues `<prefix>results.lane.<i>` with a single active
+   * consumer each; a fog node sends a task's records to lane laneOf(taskId). 0 (the default here)
+   * keeps the one `results` queue; `npm start` defaults to 4.
+   */
+  readonly ingestLanes?: number;
 }
 
 export interface TopologyNames {
@@ -21,6 +27,10 @@ export interface TopologyNames {
   readonly resultsQueue: string;
   readonly metricsQueue: string;
   readonly dlq: string;
+  /** Queue of result lane `lane` (INGEST_LANES). */
+  resultLane(lane: number): string;
+  /** Routing key, on the results exchange, of result lane `lane`. */
+  resultLaneKey(lane: number): string;
   taskQueue(tier: string, priority: Priority): string;
   /** Queue of a placement class (see placementClass in the domain): `<prefix>tasks.<class>.<tier>.<priority>`. */
   placementQueue(placementClass: string, tier: string, priority: Priority): string;
@@ -36,6 +46,8 @@ export function topologyNames(prefix: string): TopologyNames {
     resultsQueue: `${prefix}results`,
     metricsQueue: `${prefix}metrics.node`,
     dlq: `${prefix}dlq`,
+    resultLane: (lane) => `${prefix}results.lane.${lane}`,
+    resultLaneKey: (lane) => `lane.${lane}`,
     taskQueue: (tier, priority) => `${prefix}tasks.${tier}.${priority}`,
     placementQueue: (placementClass, tier, priority) => `${prefix}tasks.${placementClass}.${tier}.${priority}`,
   };
@@ -47,7 +59,7 @@ export interface ExchangeSpec {
 }
 export interface QueueSpec {
   readonly name: string;
-  readonly arguments: Readonly<Record<string, string | number>>;
+  readonly arguments: Readonly<Record<string, string | number | boolean>>;
 }
 export interface BindingSpec {
   readonly exchange: string;
@@ -55,6 +67,8 @@ export interface BindingSpec {
   readonly routingKey: string;
 }
 export interface Topology {
+  /** Result lanes (INGEST_LANES); 0: fog nodes publish to the one results queue. */
+  readonly lanes?: number;
   readonly exchanges: readonly ExchangeSpec[];
   readonly queues: readonly QueueSpec[];
   readonly bindings: readonly BindingSpec[];
@@ -70,7 +84,16 @@ export function topology(options: TopologyOptions): Topology {
     PRIORITIES.map((priority) => ({ name: n.taskQueue(tier, priority), arguments: taskQueueArguments(options) })),
   );
   const zones = (options.zones ?? []).map((zone) => placementTopology(options, zone, options.tiers));
+  const lanes = Array.from({ length: options.ingestLanes ?? 0 }, (_, lane) => lane);
+  const resultArguments = {
+    'x-queue-type': 'quorum',
+    'x-overflow': 'reject-publish',
+    'x-dead-letter-exchange': n.dlx,
+    'x-dead-letter-routing-key': 'result.rejected',
+    'x-dead-letter-strategy': 'at-least-once',
+  };
   return {
+    lanes: lanes.length,
     exchanges: [
       { name: n.tasks, type: 'direct' },
       { name: n.results, type: 'topic' },
@@ -81,16 +104,10 @@ export function topology(options: TopologyOptions): Topology {
     queues: [
       ...taskQueues,
       ...zones.flatMap((z) => z.queues),
-      {
-        name: n.resultsQueue,
-        arguments: {
-          'x-queue-type': 'quorum',
-          'x-overflow': 'reject-publish',
-          'x-dead-letter-exchange': n.dlx,
-          'x-dead-letter-routing-key': 'result.rejected',
-          'x-dead-letter-strategy': 'at-least-once',
-        },
-      },
+      // Kept with lanes too: it holds what nodes of a version before lanes still send.
+      { name: n.resultsQueue, arguments: resultArguments },
+      // One consumer at a time per lane (the others wait), so one task's records are applied in order.
+      ...lanes.map((lane) => ({ name: n.resultLane(lane), arguments: { ...resultArguments, 'x-single-active-consumer': true } })),
       {
         name: n.metricsQueue,
         arguments: { 'x-queue-type': 'quorum', 'x-max-length': options.metricsQueueMaxLength, 'x-overflow': 'drop-head' },
@@ -103,6 +120,7 @@ export function topology(options: TopologyOptions): Topology {
       ),
       ...zones.flatMap((z) => z.bindings),
       { exchange: n.results, queue: n.resultsQueue, routingKey: 'task.#' },
+      ...lanes.map((lane) => ({ exchange: n.results, queue: n.resultLane(lane), routingKey: n.resultLaneKey(lane) })),
       { exchange: n.metrics, queue: n.metricsQueue, routingKey: 'metrics.node.*' },
       { exchange: n.dlx, queue: n.dlq, routingKey: '#' },
     ],
@@ -164,7 +182,7 @@ export function placementTopologyOf(t: Topology, names: TopologyNames, placement
  * A class with a fallback delay (`~fb<ms>`): its queues dead-letter a message that waited that long
  * (reason expired), which ingest turns into the task's fallback to the tier's general queue.
  */
-function withFallback(args: Readonly<Record<string, string | number>>, placementClass: string): Readonly<Record<string, string | number>> {
+function withFallback(args: Readonly<Record<string, string | number | boolean>>, placementClass: string): Readonly<Record<string, string | number | boolean>> {
   const ttl = fallbackOfClass(placementClass);
   return ttl === null ? args : { ...args, 'x-message-ttl': ttl };
 }

@@ -40,6 +40,7 @@ export function topologyOptionsOf(config: Config): TopologyOptions {
     deliveryLimit: config.TASK_DELIVERY_LIMIT,
     metricsQueueMaxLength: config.METRICS_QUEUE_MAX_LENGTH,
     zones: parseZoneList('FOG_ZONES', config.FOG_ZONES),
+    ingestLanes: config.INGEST_LANES,
   };
 }
 
@@ -119,11 +120,14 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
       const [{ createPostgres }, { createIngest }] = await Promise.all([import('../infra/postgres.js'), import('../ingest/index.js')]);
       const pg = createPostgres({
         url: config.DATABASE_URL,
-        poolMax: 2,
+        // One connection per unit that commits on its own: each result lane and the main one.
+        poolMax: config.INGEST_LANES + 1,
         connectTimeoutMs: config.PG_CONNECT_TIMEOUT_MS,
         statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS,
         applicationName: 'fogsched-ingest',
       });
+      // Replicas share the lanes through Redis; with Redis down each keeps what the broker gives it.
+      const redis = config.INGEST_LANES > 1 ? (await import('../infra/redis.js')).createRedis(config.REDIS_URL, { logger, name: 'fogsched-ingest' }) : undefined;
       const ingest = createIngest({
         db: pg.db,
         amqpUrl: config.AMQP_URL,
@@ -135,9 +139,10 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
         metricsRetentionHours: config.METRICS_RETENTION_HOURS,
         retryMaxMs: config.INGEST_RETRY_MAX_MS,
         unknownErrorLimit: config.INGEST_UNKNOWN_ERROR_LIMIT,
+        ...(redis ? { membership: { redis, prefix: config.REDIS_PREFIX } } : {}),
         logger,
       });
-      return { name: 'ingest', start: () => ingest.start(), stop: async () => { await ingest.stop(); await pg.close(); } };
+      return { name: 'ingest', start: () => ingest.start(), stop: async () => { await ingest.stop(); redis?.disconnect(); await pg.close(); } };
     }), async () => [await pgReady('ingest'), await amqpReady('ingest')]));
   }
   if (roles.includes('fog-node')) {

@@ -11,7 +11,7 @@ import type { Topology } from '../outbox/index.js';
 export interface RabbitDefinitions {
   readonly vhosts: readonly { name: string; description: string; tags: string[]; metadata: { description: string; tags: string[]; default_queue_type: string } }[];
   readonly exchanges: readonly { name: string; vhost: string; type: string; durable: boolean; auto_delete: boolean; internal: boolean; arguments: Record<string, never> }[];
-  readonly queues: readonly { name: string; vhost: string; durable: boolean; auto_delete: boolean; arguments: Record<string, string | number> }[];
+  readonly queues: readonly { name: string; vhost: string; durable: boolean; auto_delete: boolean; arguments: Record<string, string | number | boolean> }[];
   readonly bindings: readonly { source: string; vhost: string; destination: string; destination_type: 'queue'; routing_key: string; arguments: Record<string, never> }[];
   readonly policies: readonly unknown[];
 }

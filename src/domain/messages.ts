@@ -129,3 +129,17 @@ export function isProgress(fraction: unknown, message: unknown): boolean {
 export function isUuid(value: unknown): value is string {
   return typeof value === 'string' && UUID.test(value);
 }
+
+/**
+ * The result lane (0 .. lanes-1) of a task: FNV-1a of its id. Every record of a task goes to the
+ * same lane, so one consumer applies them in order; `lanes` 0 or 1 is lane 0.
+ */
+export function laneOf(taskId: string, lanes: number): number {
+  if (lanes <= 1) return 0;
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < taskId.length; i++) {
+    hash ^= taskId.charCodeAt(i);
+    hash = Math.imul(hash, 0x01000193);
+  }
+  return (hash >>> 0) % lanes;
+}

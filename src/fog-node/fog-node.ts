@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { ConsumeMessage } from 'amqplib';
-import { fallbackOfClass, MAX_PROGRESS_MESSAGE_CHARS, OUT_OF_MEMORY, placementClass, placementMatches, PRIORITIES, TOO_LARGE_FOR_TIER, type Placement, type NodeMetricSample, type Priority, type ResultRecord, type SystemMessage, type TaskError, type TaskMessage } from '../domain/index.js';
+import { fallbackOfClass, laneOf, MAX_PROGRESS_MESSAGE_CHARS, OUT_OF_MEMORY, placementClass, placementMatches, PRIORITIES, TOO_LARGE_FOR_TIER, type Placement, type NodeMetricSample, type Priority, type ResultRecord, type SystemMessage, type TaskError, type TaskMessage } from '../domain/index.js';
 import {
   createBackoff,
   createBrokerClient,
@@ -431,15 +431,27 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
     flushTimer = undefined;
     if (flushing) return flushing.then(() => (pending.length > 0 ? flush() : undefined));
     if (pending.length === 0) return Promise.resolve();
-    const batch = takeBatch();
-    const body = Buffer.from(JSON.stringify({ nodeId: options.nodeId, tier: options.tier, records: batch.map((p) => p.record) }));
-    // One id for every try: ingest's inbox drops a copy the broker took in on a try whose confirm was lost.
-    const messageId = randomUUID();
-    flushing = publishUntilConfirmed(body, messageId, batch.length)
-      .then((confirmed) => {
+    const taken = takeBatch();
+    // With INGEST_LANES, one message per lane (a task's records all go to its lane), published side by side.
+    const lanes = options.topology.lanes ?? 0;
+    const byLane = new Map<number, PendingRecord[]>();
+    for (const p of taken) {
+      const lane = lanes > 0 ? laneOf(p.record.taskId, lanes) : -1;
+      const group = byLane.get(lane);
+      if (group) group.push(p);
+      else byLane.set(lane, [p]);
+    }
+    flushing = Promise.all(
+      [...byLane].map(async ([lane, batch]) => {
+        const body = Buffer.from(JSON.stringify({ nodeId: options.nodeId, tier: options.tier, records: batch.map((p) => p.record) }));
+        const routingKey = lane < 0 ? `task.batch.${options.nodeId}` : options.names.resultLaneKey(lane);
+        // One id for every try: ingest's inbox drops a copy the broker took in on a try whose confirm was lost.
+        const confirmed = await publishUntilConfirmed(body, routingKey, randomUUID(), batch.length);
         // The ack is apart from the publish: a dead consume channel drops the ack, never repeats the publish.
         if (confirmed) for (const attempt of new Set(batch.map((p) => p.attempt))) markDurable(attempt);
-      })
+      }),
+    )
+      .then(() => undefined)
       .catch((error: unknown) => logger.error({ err: error }, 'result flush failed'))
       .finally(() => {
         flushing = undefined;
@@ -451,13 +463,13 @@ export function createFogNode(options: FogNodeOptions): Role & { stats(): FogNod
   };
 
   /** Resolves true once the broker confirmed the message; false only when the node stopped first (the records are lost then, the running lease recovers their tasks). */
-  const publishUntilConfirmed = async (body: Buffer, messageId: string, records: number): Promise<boolean> => {
+  const publishUntilConfirmed = async (body: Buffer, routingKey: string, messageId: string, records: number): Promise<boolean> => {
     const retry = createBackoff({ baseMs: 50, maxMs: 2000 });
     for (let attempt = 0; ; attempt++) {
       const ch = publishChannel;
       if (ch) {
         try {
-          await ch.publishConfirmed({ exchange: options.names.results, routingKey: `task.batch.${options.nodeId}`, body, options: { persistent: true, messageId, contentType: 'application/json' } });
+          await ch.publishConfirmed({ exchange: options.names.results, routingKey, body, options: { persistent: true, messageId, contentType: 'application/json' } });
           return true;
         } catch (error) {
           if (attempt % 20 === 0) logger.warn({ err: (error as Error).message, records }, 'result publish failed; retrying');

@@ -1,4 +1,6 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
+import type { Redis } from 'ioredis';
 import { sql, type Kysely } from 'kysely';
 import type { ConsumeMessage } from 'amqplib';
 import {
@@ -41,6 +43,15 @@ export interface IngestOptions {
   readonly retryMaxMs?: number;
   /** Consecutive failures of a batch on an unclassified error before it is isolated like a permanent one; default 5. */
   readonly unknownErrorLimit?: number;
+  /**
+   * Where ingest replicas meet to share the result lanes (topology.lanes): each live replica
+   * announces itself in the sorted set `<prefix>ingest:replicas` and owns the lanes `i` with
+   * `i mod replicas` its rank. Without it (or with Redis down) a replica keeps every lane it is
+   * given: the broker's single active consumer keeps one owner per lane either way.
+   */
+  readonly membership?: { readonly redis: Redis; readonly prefix: string; readonly ttlMs?: number };
+  /** This replica's name in the membership; default `<hostname>-<pid>-<random>`. */
+  readonly replicaId?: string;
 }
 
 type Source = 'results' | 'metrics' | 'dlq';
@@ -68,6 +79,10 @@ export interface IngestStats {
   setAside: number;
   /** Succeeded records whose output PostgreSQL refused: their task failed `output-not-storable`. */
   notStorable: number;
+  /** Lanes this replica handed over to the replica that owns them. */
+  handovers: number;
+  /** Messages settled per result lane by this replica (index: lane). */
+  laneMessages: number[];
 }
 
 /** What one transaction did, added to the stats once it committed (a rolled-back try counts nothing). */
@@ -82,12 +97,39 @@ interface Tally {
   notStorable: number;
 }
 
+/** Tracing on: the `ingest apply` spans of the batch being settled, by message id and record index. */
+type BatchSpans = Map<string, { readonly span: Span; readonly taskId: string }>;
+
 /** One try at a transaction: its executor, the ingest's clock for it, whether unclassified errors count as permanent. */
 interface Try {
   readonly trx: Executor;
   readonly now: string;
   readonly strict: boolean;
   readonly tally: Tally;
+  readonly spans: BatchSpans | undefined;
+}
+
+/**
+ * A consumer of its own, on a channel of its own, applying its batches one at a time: `main`
+ * takes the legacy results queue, metrics and the dlq; each result lane has one. Units run side
+ * by side, so lanes commit in parallel (a task is in one lane only: their rows never overlap).
+ */
+interface Unit {
+  readonly label: string;
+  /** The result lane, or null for `main`. */
+  readonly lane: number | null;
+  readonly consumes: readonly { readonly queue: string; readonly source: Source }[];
+  channel?: BrokerChannel;
+  consumerTags: string[];
+  queue: Pending[];
+  wake?: () => void;
+  /** A lane that another live replica owns got a delivery here: hand it over. */
+  yieldAsked: boolean;
+  /** Its consumer is cancelled: what it holds is settled, then it consumes again, behind the owner. */
+  cancelled: boolean;
+  lastYield: number;
+  /** It had a delivery since it (re)started consuming: the broker made this replica the lane's active consumer. */
+  active: boolean;
 }
 
 /** Messages not settled (neither applied nor set aside) that go back to the front of the queue. */
@@ -123,25 +165,28 @@ export const OUTPUT_NOT_STORABLE = 'output-not-storable';
 export function createIngest(options: IngestOptions): Role & { stats(): IngestStats } {
   const logger = options.logger.child({ role: 'ingest' });
   const abort = new AbortController();
-  const stats: IngestStats = { batches: 0, messages: 0, duplicates: 0, rejected: 0, retries: 0, setAside: 0, notStorable: 0 };
+  const stats: IngestStats = { batches: 0, messages: 0, duplicates: 0, rejected: 0, retries: 0, setAside: 0, notStorable: 0, handovers: 0, laneMessages: Array.from({ length: options.topology.lanes ?? 0 }, () => 0) };
   const broker = createBrokerClient({ urls: options.amqpUrl, name: 'fogsched-ingest', logger });
   const unknownErrorLimit = options.unknownErrorLimit ?? 5;
-  let queue: Pending[] = [];
-  let wake: (() => void) | undefined;
+  const n = options.names;
+  const unit = (label: string, lane: number | null, consumes: Unit['consumes']): Unit => ({ label, lane, consumes, consumerTags: [], queue: [], yieldAsked: false, cancelled: false, lastYield: 0, active: false });
+  const units: Unit[] = [
+    unit('main', null, [{ queue: n.resultsQueue, source: 'results' }, { queue: n.metricsQueue, source: 'metrics' }, { queue: n.dlq, source: 'dlq' }]),
+    ...Array.from({ length: options.topology.lanes ?? 0 }, (_, lane) => unit(`lane ${lane}`, lane, [{ queue: n.resultLane(lane), source: 'results' as const }])),
+  ];
+  const replicaId = options.replicaId ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
+  const membershipTtlMs = options.membership?.ttlMs ?? 5000;
+  /** Live replicas, by rank, as last read from Redis; empty while unknown (every lane is then kept). */
+  let replicas: string[] = [];
   let connection: BrokerConnection | undefined;
-  let channel: BrokerChannel | undefined;
-  let loop: Promise<void> | undefined;
+  let loops: Promise<void>[] = [];
   let stopped: Promise<void> | undefined;
   let lastRetention = 0;
-  // /healthz: each turn of the consume loop beats (a batch applied or retried, an idle wait of at most a second, a reconnect).
+  // /healthz: each turn of a unit's loop beats (a batch applied or retried, an idle wait of at most a second, a reconnect).
   let progress: LoopProgress = UNTRACKED;
 
-  /** Tracing on: the `ingest apply` spans of the batch being settled, by message id and record index. */
-  let batchSpans: Map<string, { readonly span: Span; readonly taskId: string }> | undefined;
-
   /** A result batch whose records carry their `ingest apply` span's context instead of the run's (tracing on). */
-  const traced = (id: string, batch: ResultBatch): ResultBatch => {
-    const spans = batchSpans;
+  const traced = (spans: BatchSpans | undefined, id: string, batch: ResultBatch): ResultBatch => {
     if (!spans) return batch;
     const records = batch.records.map((r, i) => {
       const key = `${id}:${i}`;
@@ -160,7 +205,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
     return { ...batch, records };
   };
 
-  /** Anything wrong with the channel (an error closed it, the broker cancelled a consumer): start over on a new connection. */
+  /** Anything wrong with a channel (an error closed it, the broker cancelled a consumer): start over on a new connection. */
   const restart = (why: string) => {
     const conn = connection;
     if (!conn || abort.signal.aborted) return;
@@ -168,50 +213,75 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
     void conn.close();
   };
 
-  const onMessage = (source: Source) => (msg: ConsumeMessage | null) => {
-    if (!msg) return restart(`consumer of ${source} cancelled by the broker`);
-    queue.push({ msg, source });
+  /** The replica that owns `lane`, when the membership is known; undefined otherwise. */
+  const ownerOf = (lane: number): string | undefined => (replicas.length > 0 ? replicas[lane % replicas.length] : undefined);
+
+  const onMessage = (u: Unit, source: Source) => (msg: ConsumeMessage | null) => {
+    if (!msg) return restart(`consumer of ${source} (${u.label}) cancelled by the broker`);
+    u.queue.push({ msg, source });
+    if (u.lane !== null && !u.active) {
+      u.active = true;
+      logger.info({ lane: u.lane, replica: replicaId }, 'applying a result lane');
+    }
+    if (u.lane !== null && !u.yieldAsked && !u.cancelled) {
+      const owner = ownerOf(u.lane);
+      if (owner !== undefined && owner !== replicaId && Date.now() - u.lastYield > membershipTtlMs) u.yieldAsked = true;
+    }
     // The first message ends the idle wait (the batch then fills for flushMs); a full batch ends any wait.
-    if (queue.length === 1 || queue.length >= options.batchSize) wake?.();
+    if (u.queue.length === 1 || u.queue.length >= options.batchSize) u.wake?.();
   };
 
-  const waitForBatch = (ms: number) =>
+  const waitForBatch = (u: Unit, ms: number) =>
     new Promise<void>((resolve) => {
-      if (queue.length >= options.batchSize || abort.signal.aborted) return resolve();
+      if (u.queue.length >= options.batchSize || abort.signal.aborted) return resolve();
       const timer = setTimeout(done, ms);
       function done() {
         clearTimeout(timer);
-        wake = undefined;
+        u.wake = undefined;
         resolve();
       }
-      wake = done;
+      u.wake = done;
     });
+
+  const consume = async (u: Unit, ch: BrokerChannel) => {
+    u.consumerTags = [];
+    u.active = false;
+    for (const c of u.consumes) u.consumerTags.push((await ch.raw.consume(c.queue, onMessage(u, c.source), { noAck: false })).consumerTag);
+  };
 
   const connect = async (): Promise<boolean> => {
     const conn = await broker.connect(abort.signal);
     if (!conn) return false;
     try {
-      const ch = await conn.channel('consume');
-      // A channel closed by the broker (e.g. an unknown delivery tag) leaves the connection up: reconnect.
-      void ch.closed.then(() => restart('channel closed'));
-      await declareTopology(ch.raw, options.topology);
-      await ch.raw.prefetch(options.batchSize * 2, false);
-      const n = options.names;
-      await ch.raw.consume(n.resultsQueue, onMessage('results'), { noAck: false });
-      await ch.raw.consume(n.metricsQueue, onMessage('metrics'), { noAck: false });
-      await ch.raw.consume(n.dlq, onMessage('dlq'), { noAck: false });
+      const opened: BrokerChannel[] = [];
+      for (const u of units) {
+        const ch = await conn.channel(`consume ${u.label}`);
+        // A channel closed by the broker (e.g. an unknown delivery tag) leaves the connection up: reconnect.
+        void ch.closed.then(() => restart(`channel of ${u.label} closed`));
+        if (opened.length === 0) await declareTopology(ch.raw, options.topology);
+        await ch.raw.prefetch(options.batchSize * 2, false);
+        opened.push(ch);
+      }
+      for (const [i, u] of units.entries()) await consume(u, opened[i] as BrokerChannel);
       connection = conn;
-      channel = ch;
+      for (const [i, u] of units.entries()) {
+        u.channel = opened[i];
+        u.yieldAsked = false;
+        u.cancelled = false;
+        u.wake?.();
+      }
       void conn.closed.then(() => {
         if (connection !== conn) return;
         connection = undefined;
-        channel = undefined;
-        // Unacked deliveries of this channel go back to their queues by themselves.
-        queue = [];
+        for (const u of units) {
+          u.channel = undefined;
+          // Unacked deliveries of this channel go back to their queues by themselves.
+          u.queue = [];
+          u.wake?.();
+        }
         if (!abort.signal.aborted) logger.warn('ingest lost the broker; reconnecting');
-        wake?.();
       });
-      logger.info('ingest consuming');
+      logger.info({ lanes: units.length - 1, replica: replicaId }, 'ingest consuming');
       return true;
     } catch (error) {
       logger.warn({ err: (error as Error).message }, 'ingest setup failed');
@@ -220,54 +290,116 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
     }
   };
 
-  const run = async () => {
+  /**
+   * Announces this replica (only while it consumes) and reads who else is live. A replica
+   * killed without a word drops out after membershipTtlMs; the broker has by then already
+   * given its lanes to a waiting consumer of another replica.
+   */
+  const heartbeat = async () => {
+    const m = options.membership;
+    if (!m) return;
+    const key = `${m.prefix}ingest:replicas`;
+    const now = Date.now();
+    try {
+      if (!connection) {
+        await m.redis.zrem(key, replicaId);
+        replicas = [];
+        return;
+      }
+      const [, , live] = (await m.redis.multi().zadd(key, now, replicaId).zremrangebyscore(key, '-inf', now - membershipTtlMs).zrange(key, 0, -1).exec()) ?? [];
+      // By name, not by score (the time of the last beat): every replica must rank them alike.
+      const ids = [...((live?.[1] as string[] | undefined) ?? [])].sort();
+      if (ids.join() !== replicas.join()) logger.info({ replicas: ids, replica: replicaId }, 'ingest replicas changed; lanes are shared among them');
+      replicas = ids;
+    } catch {
+      replicas = []; // Redis down: keep what the broker gives
+    }
+  };
+
+  /** Keeps the connection up and the membership fresh; the units do the work. */
+  const supervise = async () => {
     const setupRetry = createBackoff({ baseMs: 250, maxMs: 5000 });
-    const retry = createBackoff({ baseMs: 100, maxMs: options.retryMaxMs ?? 10_000 });
-    let unknownFailures = 0;
     while (!abort.signal.aborted) {
       progress.beat();
-      if (!channel) {
+      if (!connection) {
         if (await connect()) setupRetry.reset();
         else {
           const delay = setupRetry.next();
           progress.beat(delay);
           await sleep(delay, abort.signal);
+          continue;
         }
+      }
+      await heartbeat();
+      await Promise.race([sleep(Math.min(1000, membershipTtlMs / 3), abort.signal), connection?.closed]);
+    }
+  };
+
+  /** One unit's loop: wait for a batch, settle it, try again on failure. */
+  const work = async (u: Unit) => {
+    const retry = createBackoff({ baseMs: 100, maxMs: options.retryMaxMs ?? 10_000 });
+    let unknownFailures = 0;
+    while (!abort.signal.aborted) {
+      progress.beat();
+      const ch = u.channel;
+      if (!ch) {
+        await waitForBatch(u, 1000);
         continue;
       }
-      await waitForBatch(queue.length > 0 ? options.flushMs : 1000);
-      const ch = channel;
-      if (!ch || queue.length === 0) continue;
-      const batch = queue.splice(0, options.batchSize);
-      const spans = tracingEnabled() ? new Map<string, { readonly span: Span; readonly taskId: string }>() : undefined;
-      batchSpans = spans;
+      if (u.yieldAsked && !u.cancelled) {
+        // Stop taking deliveries; what arrived before the cancel's answer is settled below, then it queues up again.
+        try {
+          for (const tag of u.consumerTags) await ch.raw.cancel(tag);
+          u.cancelled = true;
+          logger.info({ lane: u.lane, owner: ownerOf(u.lane as number), replica: replicaId }, 'handing a result lane over to the replica that owns it');
+        } catch (error) {
+          logger.warn({ err: (error as Error).message, lane: u.lane }, 'lane hand-over failed');
+        }
+        u.yieldAsked = false;
+        continue;
+      }
+      if (u.cancelled && u.queue.length === 0) {
+        try {
+          await consume(u, ch);
+          stats.handovers++;
+        } catch (error) {
+          logger.warn({ err: (error as Error).message, lane: u.lane }, 'consuming a lane again failed');
+          restart('lane consume failed');
+        }
+        u.cancelled = false;
+        u.lastYield = Date.now();
+        continue;
+      }
+      await waitForBatch(u, u.queue.length > 0 ? options.flushMs : 1000);
+      if (u.channel !== ch || u.queue.length === 0) continue;
+      const batch = u.queue.splice(0, options.batchSize);
+      const spans: BatchSpans | undefined = tracingEnabled() ? new Map() : undefined;
       try {
         // An error nobody classified that keeps coming back is treated as permanent, so one
         // message cannot hold up the queue for ever: its batch is bisected and it is isolated.
-        await settle(ch, batch, unknownFailures >= unknownErrorLimit);
+        await settle(ch, batch, unknownFailures >= unknownErrorLimit, spans);
+        if (u.lane !== null) stats.laneMessages[u.lane] = (stats.laneMessages[u.lane] ?? 0) + batch.length;
         for (const { span } of spans?.values() ?? []) span.end();
-        batchSpans = undefined;
         retry.reset();
         unknownFailures = 0;
       } catch (error) {
         for (const { span } of spans?.values() ?? []) failSpan(span, 'batch not applied; it is tried again');
-        batchSpans = undefined;
         const unsettled = error instanceof Unsettled ? error : new Unsettled(batch, error, 'unknown');
         // Keep what is not settled, in order, at the front; after a lost channel they come back as new deliveries instead.
-        if (channel === ch) queue.unshift(...unsettled.rest);
+        if (u.channel === ch) u.queue.unshift(...unsettled.rest);
         const delay = retry.next();
         unknownFailures = unsettled.kind === 'transient' ? 0 : unknownFailures + 1;
         stats.retries++;
         const cause = unsettled.error as { message?: string; code?: string };
         logger.warn(
-          { err: cause?.message, code: cause?.code, kind: unsettled.kind, retryInMs: delay, messages: unsettled.rest.length, failures: retry.failures },
+          { err: cause?.message, code: cause?.code, kind: unsettled.kind, unit: u.label, retryInMs: delay, messages: unsettled.rest.length, failures: retry.failures },
           'ingest batch not applied; will retry',
         );
         progress.beat(delay);
         await sleep(delay, abort.signal);
         continue;
       }
-      if (Date.now() - lastRetention > 60_000) {
+      if (u.lane === null && Date.now() - lastRetention > 60_000) {
         lastRetention = Date.now();
         await sql`DELETE FROM node_metrics WHERE at < now() - ${options.metricsRetentionHours} * interval '1 hour'`.execute(options.db).catch(() => {});
       }
@@ -285,29 +417,29 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
    * causes it, which is then applied record by record. Throws Unsettled with what is left
    * (in order) on a transient error.
    */
-  const settle = async (ch: BrokerChannel, batch: readonly Pending[], strict: boolean): Promise<void> => {
+  const settle = async (ch: BrokerChannel, batch: readonly Pending[], strict: boolean, spans: BatchSpans | undefined): Promise<void> => {
     let tally = newTally();
     try {
-      await options.db.transaction().execute((trx) => applyMessages({ trx, now: new Date().toISOString(), strict, tally }, batch));
+      await options.db.transaction().execute((trx) => applyMessages({ trx, now: new Date().toISOString(), strict, tally, spans }, batch));
     } catch (error) {
       if (!isPermanent(error, strict)) throw new Unsettled(batch, error, classifyPgError(error));
       if (batch.length > 1) {
         const mid = Math.ceil(batch.length / 2);
         const second = batch.slice(mid);
         try {
-          await settle(ch, batch.slice(0, mid), strict);
+          await settle(ch, batch.slice(0, mid), strict, spans);
         } catch (e) {
           if (e instanceof Unsettled) throw new Unsettled([...e.rest, ...second], e.error, e.kind);
           throw e;
         }
-        await settle(ch, second, strict);
+        await settle(ch, second, strict, spans);
         return;
       }
       const only = batch[0] as Pending;
       logger.warn({ err: (error as Error).message, code: (error as { code?: string }).code, messageId: only.msg.properties.messageId }, 'message cannot be applied as a whole; applying it record by record');
       tally = newTally();
       try {
-        await options.db.transaction().execute((trx) => isolate({ trx, now: new Date().toISOString(), strict, tally }, only));
+        await options.db.transaction().execute((trx) => isolate({ trx, now: new Date().toISOString(), strict, tally, spans }, only));
       } catch (e) {
         // Even the record of what could not be applied failed: keep the message and try again.
         const kind = classifyPgError(e);
@@ -363,7 +495,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
       if (e.source === 'results') {
         const problem = invalidResultBatch(e.body);
         if (problem) deadLetters.push({ id: e.id, msg: e.msg, reason: `malformed result message: ${problem}` });
-        else items.push(...resultCommands(traced(e.id, e.body as ResultBatch), { backoff: options.backoff, now }));
+        else items.push(...resultCommands(traced(t.spans, e.id, e.body as ResultBatch), { backoff: options.backoff, now }));
       } else if (e.source === 'metrics') {
         if (isMetricSample(e.body)) metrics.push(e.body);
       } else {
@@ -375,7 +507,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
     const outcome = await executeTaskCommands(trx, items, options.names);
     for (const a of outcome.applied) t.tally.applied.push(a);
     t.tally.records += items.length;
-    for (const { span, taskId } of batchSpans?.values() ?? []) {
+    for (const { span, taskId } of t.spans?.values() ?? []) {
       const tier = outcome.states.get(taskId)?.spec?.tier;
       if (tier) span.setAttribute(ATTR.tier, tier);
     }
@@ -405,7 +537,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
     const [entry] = await freshEntries(t, [p]);
     if (!entry) return; // a redelivery of a message already settled
     if (entry.source === 'results' && invalidResultBatch(entry.body) === null) {
-      await applyRecordByRecord(t, entry, traced(entry.id, entry.body as ResultBatch));
+      await applyRecordByRecord(t, entry, traced(t.spans, entry.id, entry.body as ResultBatch));
       return;
     }
     const failure = await underSavepoint(t, () => applyEntries(t, [entry]));
@@ -482,16 +614,18 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
 
   return {
     name: 'ingest',
-    stats: () => ({ ...stats }),
+    stats: () => ({ ...stats, laneMessages: [...stats.laneMessages] }),
     async start() {
       progress = processHealth.loop('ingest', { intervalMs: 1000 });
-      loop = run().catch((error: unknown) => logger.error({ err: error }, 'ingest loop crashed'));
+      const crashed = (error: unknown) => logger.error({ err: error }, 'ingest loop crashed');
+      loops = [supervise().catch(crashed), ...units.map((u) => work(u).catch(crashed))];
     },
     stop() {
       return (stopped ??= (async () => {
         abort.abort();
-        wake?.();
-        await loop; // the batch in flight commits and is acked
+        for (const u of units) u.wake?.();
+        await Promise.all(loops); // the batches in flight commit and are acked
+        if (options.membership) await options.membership.redis.zrem(`${options.membership.prefix}ingest:replicas`, replicaId).catch(() => 0);
         await connection?.close();
         progress.dispose();
       })());

@@ -25,3 +25,22 @@ describe('invalidResultBatch', () => {
     expect(invalidResultBatch({ nodeId: 'n1', records: [{ kind: 'lost', taskId, attempt: 1, at }] })).toBe('unknown record kind lost');
   });
 });
+
+describe('laneOf', () => {
+  it('puts a task in one lane for good, spreads tasks over every lane, and is lane 0 without lanes', async () => {
+    const { randomUUID } = await import('node:crypto');
+    const { laneOf } = await import('../../src/domain/index.js');
+    const counts = [0, 0, 0, 0];
+    for (let i = 0; i < 4000; i++) {
+      const id = randomUUID();
+      const lane = laneOf(id, 4);
+      expect(laneOf(id, 4)).toBe(lane);
+      counts[lane] = (counts[lane] ?? 0) + 1;
+    }
+    // Even within a few percent: no lane gets half again its share.
+    for (const c of counts) expect(c).toBeGreaterThan(800), expect(c).toBeLessThan(1200);
+    expect(laneOf(taskId, 0)).toBe(0);
+    expect(laneOf(taskId, 1)).toBe(0);
+    expect(laneOf(taskId, 64)).toBeLessThan(64);
+  });
+});

@@ -10,7 +10,7 @@ import { adminQuery, withDatabase } from './services.js';
 
 /** Deletes every queue and exchange of a prefix from the shared broker (quorum queues left behind cost it memory). */
 export async function deleteTopology(prefix: string): Promise<void> {
-  const t = topology({ prefix, tiers: ['light', 'medium', 'heavy'], taskQueueMaxLength: 1, deliveryLimit: 1, metricsQueueMaxLength: 1 });
+  const t = topology({ prefix, tiers: ['light', 'medium', 'heavy'], taskQueueMaxLength: 1, deliveryLimit: 1, metricsQueueMaxLength: 1, ingestLanes: 8 });
   const connection = await amqp.connect(inject('amqpUrl'));
   connection.on('error', () => {});
   try {

@@ -49,6 +49,36 @@ describe('broker topology', () => {
     }
   });
 
+  it('INGEST_LANES: lane queues bound by lane.<i>, one active consumer each (a second consumer waits and takes over when the first goes)', async () => {
+    const lanes = testTopology(`${prefix}lanes_`, { ingestLanes: 3 });
+    broker.track(lanes.topology);
+    expect(lanes.topology.lanes).toBe(3);
+    const ch = await broker.scratch();
+    const first = await broker.scratch();
+    const second = await broker.scratch();
+    try {
+      await declareTopology(ch, lanes.topology);
+      const q = lanes.names.resultLane(1);
+      expect(lanes.topology.queues.find((x) => x.name === q)?.arguments).toMatchObject({ 'x-queue-type': 'quorum', 'x-single-active-consumer': true });
+      const got: string[] = [];
+      await first.consume(q, (m) => m && got.push(`first:${m.content.toString()}`), { noAck: true });
+      const waiting = await second.consume(q, (m) => m && got.push(`second:${m.content.toString()}`), { noAck: true });
+      ch.publish(lanes.names.results, lanes.names.resultLaneKey(1), Buffer.from('a'));
+      await eventually(async () => (got.length === 1 ? true : null));
+      await first.close();
+      ch.publish(lanes.names.results, lanes.names.resultLaneKey(1), Buffer.from('b'));
+      await eventually(async () => (got.length === 2 ? true : null));
+      expect(got).toEqual(['first:a', 'second:b']);
+      await second.cancel(waiting.consumerTag);
+      // The legacy `task.#` key does not reach a lane: the results queue keeps what old nodes send.
+      ch.publish(lanes.names.results, 'task.batch.old-node', Buffer.from('c'));
+      await eventually(async () => ((await ch.checkQueue(lanes.names.resultsQueue)).messageCount === 1 ? true : null));
+      expect((await ch.checkQueue(q)).messageCount).toBe(0);
+    } finally {
+      for (const c of [ch, first, second]) await c.close().catch(() => {});
+    }
+  });
+
   it('the queues are quorum queues with the declared arguments (a conflicting re-declare is refused)', async () => {
     const q = t.queues.find((x) => x.name === names.taskQueue('light', 'normal'));
     expect(q?.arguments).toMatchObject({ 'x-queue-type': 'quorum', 'x-max-length': 10_000, 'x-overflow': 'reject-publish', 'x-delivery-limit': 3 });
