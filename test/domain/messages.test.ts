@@ -38,7 +38,10 @@ describe('laneOf', () => {
       counts[lane] = (counts[lane] ?? 0) + 1;
     }
     // Even within a few percent: no lane gets half again its share.
-    for (const c of counts) expect(c).toBeGreaterThan(800), expect(c).toBeLessThan(1200);
+    for (const c of counts) {
+      expect(c).toBeGreaterThan(800);
+      expect(c).toBeLessThan(1200);
+    }
     expect(laneOf(taskId, 0)).toBe(0);
     expect(laneOf(taskId, 1)).toBe(0);
     expect(laneOf(taskId, 64)).toBeLessThan(64);
