@@ -183,6 +183,67 @@ export async function drain(s: Settings): Promise<Metrics> {
 }
 
 /**
+ * The drain with ingest apart: relay and the 2 fog nodes in one process, two `--roles ingest`
+ * replicas sharing the INGEST_LANES result lanes (issue 16: do the lanes scale?).
+ */
+export async function drainTwoIngest(s: Settings): Promise<Metrics> {
+  return withEnv((e) => drainIn(e, s, 'two-ingest'));
+}
+
+/**
+ * The way users run it: the workers run while 10,000 noop tasks (2,000 quick) are submitted in
+ * batches of 500 by 4 clients; timed from the first submit until every task succeeded.
+ * `single`: one `fogsched start` process with every role (what `npm start` runs, with the
+ * bench's 2 fog nodes × 25 slots); `split`: the api in one process, relay + ingest + fog nodes in
+ * another.
+ */
+export async function overlap(s: Settings, layout: 'single' | 'split'): Promise<Metrics> {
+  return withEnv(async (e) => {
+    const n = s.overlapN;
+    if (layout === 'single') await waitReady(e.port, e.spawn('api,relay,ingest,scheduler,fog-node', WORKER_ARGS, WORKER_ENV));
+    else {
+      await startApi(e);
+      e.spawn('relay,ingest,scheduler,fog-node', WORKER_ARGS, WORKER_ENV);
+    }
+    // The workers' consumers are up once the relay has published and a task ran: a warm-up task.
+    await submitBatch(e.port, 1, -1);
+    await waitForCount(succeededCount(e.dbUrl), 1, performance.now(), s.ownTimeoutMs);
+    const warm = Number((await dbQuery<{ seq: string }>(e.dbUrl, 'SELECT coalesce(max(seq), 0) AS seq FROM task_current')).rows[0]?.seq ?? 0);
+    const count = succeededCount(e.dbUrl, warm);
+    const t0 = performance.now();
+    const batches = Math.ceil(n / s.batchSize);
+    let next = 0;
+    let submittedMs = NaN;
+    const submitting = Promise.all(
+      Array.from({ length: s.batchClients }, async () => {
+        while (next < batches) {
+          const b = next++;
+          await submitBatch(e.port, Math.min(s.batchSize, n - b * s.batchSize), b * s.batchSize);
+        }
+      }),
+    ).then(() => (submittedMs = performance.now() - t0));
+    const ms = await waitForCount(
+      async () => {
+        for (const p of e.procs) if (p.proc.exitCode !== null) throw new Error(`a process exited: ${p.output().slice(-2000)}`);
+        return count();
+      },
+      n,
+      t0,
+      s.ownTimeoutMs,
+    );
+    await submitting;
+    return { tasksPerS: (n / ms) * 1000, tasks: n, elapsedMs: ms, submittedMs };
+  });
+}
+
+export async function overlapSingle(s: Settings): Promise<Metrics> {
+  return overlap(s, 'single');
+}
+export async function overlapSplit(s: Settings): Promise<Metrics> {
+  return overlap(s, 'split');
+}
+
+/**
  * The drain with `longLogTasks` finished tasks (4 events each) already in the log, their
  * projections and their published outbox rows: does the drain slow down as the log grows?
  */
@@ -192,7 +253,7 @@ export async function drainLongLog(s: Settings): Promise<Metrics> {
 }
 
 /** The drain in `e`, counting only the tasks it submits (seq past the tasks already there). */
-async function drainIn(e: Env, s: Settings): Promise<Metrics> {
+async function drainIn(e: Env, s: Settings, layout: 'one' | 'two-ingest' = 'one'): Promise<Metrics> {
   const before = Number((await dbQuery<{ seq: string }>(e.dbUrl, 'SELECT coalesce(max(seq), 0) AS seq FROM task_current')).rows[0]?.seq ?? 0);
   const writesBefore = await tableWrites(e.dbUrl);
   await startApi(e);
@@ -208,12 +269,13 @@ async function drainIn(e: Env, s: Settings): Promise<Metrics> {
   );
   const count = succeededCount(e.dbUrl, before);
   const t0 = performance.now();
-  const workers = e.spawn('relay,ingest,fog-node', WORKER_ARGS, WORKER_ENV);
+  const workers = e.spawn(layout === 'one' ? 'relay,ingest,fog-node' : 'relay,fog-node', WORKER_ARGS, WORKER_ENV);
+  if (layout === 'two-ingest') for (let i = 0; i < 2; i++) e.spawn('ingest');
   const rss = sampleRss(workers.pid);
   let firstMs = NaN;
   const ms = await waitForCount(
     async () => {
-      if (workers.proc.exitCode !== null) throw new Error(`workers exited: ${workers.output().slice(-2000)}`);
+      for (const p of e.procs) if (p.proc.exitCode !== null) throw new Error(`a process exited: ${p.output().slice(-2000)}`);
       const n = await count();
       if (n > 0 && Number.isNaN(firstMs)) firstMs = performance.now() - t0;
       return n;

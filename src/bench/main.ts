@@ -3,7 +3,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { drain, drainLongLog, dropTemplates, fanIn, latency, memory, rebuild, relay, submitBatchScenario, submitSingle, type Metrics } from './fogsched.js';
+import { drain, drainTwoIngest, overlapSingle, overlapSplit, drainLongLog, dropTemplates, fanIn, latency, memory, rebuild, relay, submitBatchScenario, submitSingle, type Metrics } from './fogsched.js';
 import { PEER_SCENARIOS, peerVariants, runPeerScenario } from './peers.js';
 import { errorsOf, markdown, table, type Results, type Run } from './report.js';
 import { PEERS, SCENARIOS, settingsFor, type Scenario, type Settings } from './settings.js';
@@ -30,6 +30,9 @@ const FOGSCHED: Record<Scenario, (s: Settings) => Promise<Metrics>> = {
   'submit-single': submitSingle,
   'submit-batch': submitBatchScenario,
   drain,
+  'drain-two-ingest': drainTwoIngest,
+  overlap: overlapSingle,
+  'overlap-split': overlapSplit,
   'drain-long-log': drainLongLog,
   latency,
   relay,

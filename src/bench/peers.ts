@@ -197,7 +197,7 @@ async function waitOrCut(
   }
 }
 
-export const PEER_SCENARIOS: readonly Scenario[] = ['submit-single', 'submit-batch', 'drain', 'latency', 'fan-in'];
+export const PEER_SCENARIOS: readonly Scenario[] = ['submit-single', 'submit-batch', 'drain', 'overlap', 'latency', 'fan-in'];
 
 /**
  * Why a peer has no figure for fan-in: the installed versions have no dependencies between jobs
@@ -296,6 +296,30 @@ export async function runPeerScenario(v: PeerVariant, scenario: Scenario, s: Set
         // Cut short: the rate until then.
         const w = await waitOrCut(() => store.completed(s.drainN), s.drainN, t0, 0, s);
         return { tasksPerS: (w.n / w.ms) * 1000, tasks: w.n, elapsedMs: w.ms, firstStartedMs: firstMs, ...(w.cutShort ? { cutShort: 1 } : {}) };
+      }
+      case 'overlap': {
+        // Workers first, then overlapN jobs in batches by batchClients clients, as fogsched's overlap.
+        await store.startWorkers(() => {});
+        await sleep(200);
+        const n = s.overlapN;
+        const batches = Math.ceil(n / s.batchSize);
+        let next = 0;
+        // Jobs whose add has returned: graphile-worker's count is `added - jobs left` (it deletes a job once completed).
+        let added = 0;
+        const t0 = performance.now();
+        const submitting = Promise.all(
+          Array.from({ length: s.batchClients }, async () => {
+            while (next < batches) {
+              const b = next++;
+              const size = Math.min(s.batchSize, n - b * s.batchSize);
+              await store.addMany(Array.from({ length: size }, (_, k) => ({ i: b * s.batchSize + k, t: 0 })));
+              added += size;
+            }
+          }),
+        ).then(() => performance.now() - t0);
+        const w = await waitOrCut(() => store.completed(added), n, t0, 0, s);
+        const submittedMs = await submitting;
+        return { tasksPerS: (w.n / w.ms) * 1000, tasks: w.n, elapsedMs: w.ms, submittedMs, ...(w.cutShort ? { cutShort: 1 } : {}) };
       }
       case 'latency': {
         const starts: number[] = [];

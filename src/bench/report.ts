@@ -37,10 +37,14 @@ const longLogRatio: Derive = (r, system) =>
     .filter(Number.isFinite);
 
 /** Rows of the table: a scenario's metric (or `derive`d values); `higher` says which way is better. */
-const ROWS: readonly { scenario: string; metric: string; label: string; unit: string; higher: boolean; ratio: boolean; derive?: Derive }[] = [
+/** `peerScenario`: the peers' scenario a fogsched-only row is compared with (the same work, another layout of fogsched). */
+const ROWS: readonly { scenario: string; metric: string; label: string; unit: string; higher: boolean; ratio: boolean; derive?: Derive; peerScenario?: string }[] = [
   { scenario: 'submit-single', metric: 'tasksPerS', label: 'submit-single', unit: 'tasks/s', higher: true, ratio: true },
   { scenario: 'submit-batch', metric: 'tasksPerS', label: 'submit-batch', unit: 'tasks/s', higher: true, ratio: true },
   { scenario: 'drain', metric: 'tasksPerS', label: 'drain', unit: 'tasks/s', higher: true, ratio: true },
+  { scenario: 'drain-two-ingest', metric: 'tasksPerS', label: 'drain, two ingest replicas (fogsched; vs the peers\' drain)', unit: 'tasks/s', higher: true, ratio: true, peerScenario: 'drain' },
+  { scenario: 'overlap', metric: 'tasksPerS', label: 'overlap: 10,000 submitted in batches of 500 while running (fogsched: one process)', unit: 'tasks/s', higher: true, ratio: true },
+  { scenario: 'overlap-split', metric: 'tasksPerS', label: 'overlap, fogsched split: api | relay+ingest+fog nodes (vs the peers\' overlap)', unit: 'tasks/s', higher: true, ratio: true, peerScenario: 'overlap' },
   { scenario: 'drain-long-log', metric: 'tasksPerS', label: 'drain with a long log (see method)', unit: 'tasks/s', higher: true, ratio: false },
   {
     scenario: 'drain-long-log',
@@ -134,7 +138,7 @@ export function ratioTable(r: Results): string {
       return [
         `${row.label}`,
         ...peers.map((p) => {
-          const x = values(r, p, row.scenario, row.metric).xs;
+          const x = values(r, p, row.peerScenario ?? row.scenario, row.metric).xs;
           if (!f.length || !x.length) return 'n/a';
           const ratio = median(f) / median(x);
           return `${ratio.toFixed(2)}×`;

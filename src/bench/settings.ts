@@ -10,6 +10,8 @@ export interface Settings {
   readonly batchClients: number;
   readonly batchSize: number;
   readonly drainN: number;
+  /** Tasks of the overlap scenarios (submitted in batches of batchSize while the workers run). */
+  readonly overlapN: number;
   readonly latencyRate: number;
   readonly latencySeconds: number;
   readonly relayM: number;
@@ -46,6 +48,7 @@ export function settingsFor(quick: boolean, repeat?: number, peerRepeat?: number
     batchClients: 4,
     batchSize: 500,
     drainN: quick ? 3_000 : 20_000,
+    overlapN: quick ? 2_000 : 10_000,
     latencyRate: 200,
     latencySeconds: quick ? 5 : 20,
     relayM: quick ? 5_000 : 50_000,
@@ -62,7 +65,7 @@ export function settingsFor(quick: boolean, repeat?: number, peerRepeat?: number
   };
 }
 
-export const SCENARIOS = ['submit-single', 'submit-batch', 'drain', 'drain-long-log', 'latency', 'relay', 'rebuild', 'memory', 'fan-in'] as const;
+export const SCENARIOS = ['submit-single', 'submit-batch', 'drain', 'drain-two-ingest', 'overlap', 'overlap-split', 'drain-long-log', 'latency', 'relay', 'rebuild', 'memory', 'fan-in'] as const;
 export type Scenario = (typeof SCENARIOS)[number];
 export const PEERS = ['graphile-worker', 'pg-boss', 'bullmq'] as const;
 export type Peer = (typeof PEERS)[number];
