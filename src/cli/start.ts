@@ -120,8 +120,8 @@ export function createRoles(options: StartOptions, logger: Logger): Role[] {
       const [{ createPostgres }, { createIngest }] = await Promise.all([import('../infra/postgres.js'), import('../ingest/index.js')]);
       const pg = createPostgres({
         url: config.DATABASE_URL,
-        // One connection per unit that commits on its own: each result lane and the main one.
-        poolMax: config.INGEST_LANES + 1,
+        // A connection per unit that commits on its own (each result lane, and the main one), at most 9.
+        poolMax: Math.min(config.INGEST_LANES, 8) + 1,
         connectTimeoutMs: config.PG_CONNECT_TIMEOUT_MS,
         statementTimeoutMs: config.PG_STATEMENT_TIMEOUT_MS,
         applicationName: 'fogsched-ingest',
