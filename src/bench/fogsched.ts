@@ -21,6 +21,9 @@ import {
   postJson,
   rssMb,
   sampleRss,
+  cpuSnapshot,
+  cpuBetween,
+  cpuText,
   sleep,
   spawnFogsched,
   suffix,
@@ -210,6 +213,7 @@ export async function overlap(s: Settings, layout: 'single' | 'split'): Promise<
     await waitForCount(succeededCount(e.dbUrl), 1, performance.now(), s.ownTimeoutMs);
     const warm = Number((await dbQuery<{ seq: string }>(e.dbUrl, 'SELECT coalesce(max(seq), 0) AS seq FROM task_current')).rows[0]?.seq ?? 0);
     const count = succeededCount(e.dbUrl, warm);
+    const cpu0 = cpuSnapshot();
     const t0 = performance.now();
     const batches = Math.ceil(n / s.batchSize);
     let next = 0;
@@ -231,8 +235,9 @@ export async function overlap(s: Settings, layout: 'single' | 'split'): Promise<
       t0,
       s.ownTimeoutMs,
     );
+    const cpu = cpuBetween(cpu0, cpuSnapshot(), layout === 'single' ? { fogsched: e.procs[0]?.pid, bench: process.pid } : { api: e.procs[0]?.pid, workers: e.procs[1]?.pid, bench: process.pid });
     await submitting;
-    return { tasksPerS: (n / ms) * 1000, tasks: n, elapsedMs: ms, submittedMs };
+    return { tasksPerS: (n / ms) * 1000, tasks: n, elapsedMs: ms, submittedMs, cpuSecondsBy: cpuText(cpu) };
   });
 }
 
@@ -268,9 +273,10 @@ async function drainIn(e: Env, s: Settings, layout: 'one' | 'two-ingest' = 'one'
     }),
   );
   const count = succeededCount(e.dbUrl, before);
+  const cpu0 = cpuSnapshot();
   const t0 = performance.now();
   const workers = e.spawn(layout === 'one' ? 'relay,ingest,fog-node' : 'relay,fog-node', WORKER_ARGS, WORKER_ENV);
-  if (layout === 'two-ingest') for (let i = 0; i < 2; i++) e.spawn('ingest');
+  const ingests = layout === 'two-ingest' ? [e.spawn('ingest'), e.spawn('ingest')] : [];
   const rss = sampleRss(workers.pid);
   let firstMs = NaN;
   const ms = await waitForCount(
@@ -284,6 +290,7 @@ async function drainIn(e: Env, s: Settings, layout: 'one' | 'two-ingest' = 'one'
     t0,
     s.ownTimeoutMs,
   );
+  const cpu = cpuBetween(cpu0, cpuSnapshot(), { workers: workers.pid, api: e.procs[0]?.pid, ingest1: ingests[0]?.pid, ingest2: ingests[1]?.pid, bench: process.pid });
   const peak = rss.stop();
   await sleep(s.quick ? 1000 : 2000);
   const idle = rssMb(workers.pid);
@@ -309,6 +316,8 @@ async function drainIn(e: Env, s: Settings, layout: 'one' | 'two-ingest' = 'one'
     rowWritesPerTask: writes.rows,
     indexEntriesPerTask: writes.indexEntries,
     rowWritesByTable: writes.byTable,
+    // Where the CPU went from the workers' spawn to the last success (2 cores in all: ms × 2 / 1000 seconds).
+    cpuSecondsBy: cpuText(cpu),
   };
 }
 

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -238,4 +238,57 @@ export async function openLoop(ratePerS: number, seconds: number, op: (i: number
   }
   await Promise.all(pending);
   return { sent: total, errors, ...(firstError ? { firstError } : {}) };
+}
+
+/** CPU seconds (user + system) so far of the processes named by `comm` and of the given pids. */
+export interface CpuSnapshot {
+  readonly byComm: Map<string, number>;
+  readonly byPid: Map<number, number>;
+}
+
+const CLOCK_TICKS = 100;
+
+/**
+ * Reads /proc: per command name the CPU time of every live process plus what its exited,
+ * reaped children used (the postmaster's cutime holds the backends that ended), and per pid.
+ * The difference of two snapshots is what each group used in between: a backend alive at the
+ * first and gone at the second moves from its own count to its parent's child count.
+ */
+export function cpuSnapshot(): CpuSnapshot {
+  const byComm = new Map<string, number>();
+  const byPid = new Map<number, number>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
+      const own = ((f[11] ?? 0) + (f[12] ?? 0)) / CLOCK_TICKS;
+      const children = ((f[13] ?? 0) + (f[14] ?? 0)) / CLOCK_TICKS;
+      byComm.set(comm, (byComm.get(comm) ?? 0) + own + children);
+      byPid.set(Number(entry), own);
+    } catch {
+      // gone between readdir and read
+    }
+  }
+  return { byComm, byPid };
+}
+
+/** CPU seconds between two snapshots: PostgreSQL, RabbitMQ (beam.smp), Redis, and each named pid. */
+export function cpuBetween(a: CpuSnapshot, b: CpuSnapshot, pids: Record<string, number | undefined>): Record<string, number> {
+  const comm = (name: string) => Math.round(((b.byComm.get(name) ?? 0) - (a.byComm.get(name) ?? 0)) * 100) / 100;
+  const out: Record<string, number> = { postgres: comm('postgres'), rabbitmq: comm('beam.smp'), redis: comm('redis-server') };
+  for (const [label, pid] of Object.entries(pids)) {
+    if (pid === undefined) continue;
+    out[label] = Math.round(((b.byPid.get(pid) ?? 0) - (a.byPid.get(pid) ?? 0)) * 100) / 100;
+  }
+  return out;
+}
+
+/** `postgres 3.1 s, rabbitmq 2.4 s, ...`, largest first. */
+export function cpuText(cpu: Record<string, number>): string {
+  return Object.entries(cpu)
+    .sort((a, b) => b[1] - a[1])
+    .map(([k, v]) => `${k} ${v.toFixed(1)} s`)
+    .join(', ');
 }

@@ -112,7 +112,9 @@ interface Try {
 /**
  * A consumer of its own, on a channel of its own, applying its batches one at a time: `main`
  * takes the legacy results queue, metrics and the dlq; each result lane has one. Units run side
- * by side, so lanes commit in parallel (a task is in one lane only: their rows never overlap).
+ * by side, so lanes commit in parallel. A task is in one lane only, so two lanes seldom touch the
+ * same row; where they do (the dependents of a task in another lane, a dead letter on `main`)
+ * row locks taken in task id order serialize them, and a deadlock is a transient error, retried.
  */
 interface Unit {
   readonly label: string;
@@ -476,7 +478,10 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
       const id = ids[i] as string;
       if (!isFresh.has(id) || seen.has(id)) return;
       seen.add(id);
-      entries.push({ ...p, id, body: parseJson(p.msg) });
+      // A result message the broker dead-lettered (RabbitMQ 4.x counts returns toward a quorum
+      // queue's default delivery limit of 20; 3.10 has none) is still the node's report: apply it.
+      const source = p.source === 'dlq' && isResultQueue(String(p.msg.properties.headers?.['x-first-death-queue'] ?? ''), options.names) ? 'results' : p.source;
+      entries.push({ ...p, source, id, body: parseJson(p.msg) });
     });
     return entries;
   };
@@ -791,6 +796,11 @@ export function deadLetterCommand(msg: ConsumeMessage, body: unknown, names: Top
     // A dead-lettered task message keeps its headers, its trace among them.
     metadata: { actor: 'broker', ...traceMetadata(parseTraceparent(headers.traceparent)) },
   };
+}
+
+/** The results queue or one of its lanes. */
+function isResultQueue(queue: string, names: TopologyNames): boolean {
+  return queue === names.resultsQueue || queue.startsWith(`${names.resultsQueue}.lane.`);
 }
 
 function returnsOf(header: unknown): number {

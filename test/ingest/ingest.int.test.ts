@@ -306,6 +306,23 @@ describe('ingest', () => {
     return r.rows[0];
   }
 
+  it('a result message the broker dead-lettered (a quorum queue delivery limit: 20 by default on RabbitMQ 4.x) is applied like any result, once', async () => {
+    const [task] = (await submit(1)) as [string];
+    const ingest = startIngest();
+    const records: ResultRecord[] = [
+      { kind: 'started', taskId: task, attempt: 1, at: at() },
+      { kind: 'succeeded', taskId: task, attempt: 1, startedAt: at(), at: at(5), durationMs: 5, output: { ok: 1 } },
+    ];
+    const headers = { 'x-first-death-queue': names.resultLane(2), 'x-first-death-reason': 'delivery_limit' };
+    const id = await publish(names.dlx, 'result.rejected', { nodeId: 'n1', tier: 'light', records } satisfies ResultBatch, { headers });
+    await eventually(stateIs(task, 'succeeded'));
+    // The broker's copy again (a lost ack): the inbox drops it.
+    await publish(names.dlx, 'result.rejected', { nodeId: 'n1', tier: 'light', records } satisfies ResultBatch, { headers, messageId: id });
+    expect(await eventually(queuesDrained)).toBe(true);
+    expect((await history(task)).map((h) => h.type)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskStarted', 'TaskSucceeded']);
+    expect(ingest.stats()).toMatchObject({ rejected: 0, duplicates: 1 });
+  });
+
   it('a started task whose message the broker dead-letters fails with failure_reason delivery-limit', async () => {
     const [task] = (await submit(1)) as [string];
     const ingest = startIngest();
