@@ -79,6 +79,7 @@ export function createBrokerClient(options: BrokerClientOptions): BrokerClient {
 
   const wrap = (model: ChannelModel, url: string): BrokerConnection => {
     let isOpen = true;
+    coalesceWrites((model.connection as unknown as { stream?: Socket }).stream);
     // An 'error' without a listener would crash the process; 'close' follows it and roles watch that.
     model.on('error', (error: unknown) => logger.warn({ err: error, broker: redactUrl(url) }, 'amqp connection error'));
     const closed = new Promise<void>((resolve) =>
@@ -204,4 +205,28 @@ export async function probeBroker(url: string, opts: { readonly timeoutMs: numbe
   } finally {
     clearTimeout(timer);
   }
+}
+
+/**
+ * amqplib writes each frame to the socket on its own (a publish is two or three, every ack one),
+ * and each write is a system call. Corked from the first write of a tick until the next tick,
+ * the writes of one burst (a batch of publishes, the acks of a confirmed batch) leave in one
+ * writev; nothing waits longer than the current tick.
+ */
+export function coalesceWrites(socket: Socket | undefined): void {
+  if (!socket || typeof socket.cork !== 'function') return;
+  const write = socket.write.bind(socket) as (...args: unknown[]) => boolean;
+  let corked = false;
+  const uncork = () => {
+    corked = false;
+    socket.uncork();
+  };
+  (socket as unknown as { write: (...args: unknown[]) => boolean }).write = (...args: unknown[]) => {
+    if (!corked && !socket.destroyed) {
+      corked = true;
+      socket.cork();
+      process.nextTick(uncork);
+    }
+    return write(...args);
+  };
 }

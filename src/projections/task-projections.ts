@@ -100,17 +100,39 @@ export function columnList<T>(columns: readonly Column<T>[]) {
  */
 export function taskProjectionCtes(eventsCte: string, current: readonly { state: TaskState; seqEventId: string | null }[]) {
   const ev = sql.raw(eventsCte);
-  const currentColumns: Column<{ state: TaskState; seqEventId: string | null }>[] = CURRENT_COLUMNS.map((c) =>
-    c.name === 'seq' ? { name: 'seq_event', type: 'uuid', value: (r) => r.seqEventId } : { ...c, value: (r) => c.value({ state: r.state, seq: 0 }) },
-  );
+  // A task submitted in this batch is a new row; any other was loaded (and locked) from
+  // task_current by the writer, so its row exists and only CURRENT_ON_CONFLICT's columns change.
+  // Its columns that never change after the submit (the spec with its payload among them) are
+  // not sent again: a placeholder that passes NOT NULL (checked before the conflict), which the update never reads.
+  const currentColumns: Column<{ state: TaskState; seqEventId: string | null }>[] = CURRENT_COLUMNS.map((c) => {
+    if (c.name === 'seq') return { name: 'seq_event', type: 'uuid', value: (r) => r.seqEventId };
+    const placeholder = FIXED_AFTER_SUBMIT.get(c.name);
+    return { ...c, value: (r) => (placeholder !== undefined && r.seqEventId === null ? placeholder : c.value({ state: r.state, seq: 0 })) };
+  });
   const currentSelect = sql.join(CURRENT_COLUMNS.map((c) => (c.name === 'seq' ? sql`coalesce(s.position, 0)` : sql`r.${sql.ref(c.name)}`)));
   return sql`
     task_current_written AS (
       INSERT INTO task_current AS cur (${columnList(CURRENT_COLUMNS)})
       SELECT ${currentSelect} FROM ${jsonRecordset(currentColumns, current)} LEFT JOIN ${ev} s ON s.event_id = r.seq_event
+      -- Never a row of placeholders: a task without its submit here must have its row already.
+      WHERE r.seq_event IS NOT NULL OR EXISTS (SELECT 1 FROM task_current t WHERE t.task_id = r.task_id)
       ${CURRENT_ON_CONFLICT}
     )`;
 }
+
+/**
+ * task_current's columns set at the submit and never updated (CURRENT_ON_CONFLICT leaves them),
+ * with the placeholder an update sends instead (json_to_recordset makes a JSON null SQL NULL, so the spec's is `{}`).
+ */
+const FIXED_AFTER_SUBMIT: ReadonlyMap<string, string | number | null> = new Map<string, string | number | null>([
+  ['tenant', ''],
+  ['type', ''],
+  ['tier', ''],
+  ['priority', ''],
+  ['max_attempts', 0],
+  ['spec', '{}'],
+  ['deadline', null],
+]);
 
 /**
  * Loads the states of tasks from task_current, locking the rows when asked (absent ids are left

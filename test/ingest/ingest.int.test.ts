@@ -116,7 +116,9 @@ const at = (offsetMs = 0) => new Date(Date.now() + offsetMs).toISOString();
 
 describe('ingest', () => {
   it('applies started and succeeded results: task_current and task_history follow', async () => {
-    const [a, b] = (await submit(2)) as [string, string];
+    const [a, b] = (await submit(2, { type: 'noop', payload: { big: 'x'.repeat(5000) }, deadline: '2099-01-01T00:00:00.000Z' })) as [string, string];
+    const fixed = `SELECT tenant, type, tier, priority, max_attempts, spec, deadline, submitted_at, seq FROM task_current WHERE task_id = ANY($1::uuid[]) ORDER BY task_id`;
+    const before = (await tdb.pool.query(fixed, [[a, b]])).rows;
     const ingest = startIngest();
     const startedAt = at();
     await publishResults([
@@ -140,6 +142,9 @@ describe('ingest', () => {
     ]);
     expect(ingest.stats()).toMatchObject({ messages: 2, duplicates: 0, rejected: 0 });
     expect(await queuesDrained()).toBe(true);
+    // An update sends placeholders for the columns fixed at the submit (the spec and its payload): they keep their values.
+    expect((await tdb.pool.query(fixed, [[a, b]])).rows).toEqual(before);
+    expect(before[0].spec.payload.big).toHaveLength(5000);
   });
 
   it('an idle ingest applies a lone result at once (flushMs), not after its idle wait', async () => {
