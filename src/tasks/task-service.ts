@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { v7 as uuidv7 } from 'uuid';
+import { uuidv7 } from '../infra/ids.js';
 import { sql, type Kysely } from 'kysely';
 import {
   DEFAULT_RESOURCES,

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { createHmac } from 'node:crypto';
 import { sql } from 'kysely';
-import { v7 as uuidv7 } from 'uuid';
+import { uuidv7 } from '../../infra/ids.js';
 import { FogschedError } from '../../domain/index.js';
 import type { SubmitInput } from '../../tasks/index.js';
 import { IdempotencyHeaders, INPUT_LIMITS, TASK_EXAMPLE, WorkflowBody, WorkflowResult, json, problemOf, problems, ref } from '../schemas.js';
