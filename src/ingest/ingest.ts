@@ -52,7 +52,12 @@ export interface IngestOptions {
   readonly membership?: { readonly redis: Redis; readonly prefix: string; readonly ttlMs?: number };
   /** This replica's name in the membership; default `<hostname>-<pid>-<random>`. */
   readonly replicaId?: string;
+  /** How often ingest looks for lane queues past its own INGEST_LANES (declared by a role with more); default 60,000 ms (and at every connect). */
+  readonly laneDiscoveryMs?: number;
 }
+
+/** INGEST_LANES's maximum: lane queues are looked for up to this index. */
+const MAX_LANES = 64;
 
 type Source = 'results' | 'metrics' | 'dlq';
 
@@ -182,6 +187,8 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
   let replicas: string[] = [];
   let connection: BrokerConnection | undefined;
   let loops: Promise<void>[] = [];
+  let lastDiscovery = 0;
+  const crashed = (error: unknown) => logger.error({ err: error }, 'ingest loop crashed');
   let stopped: Promise<void> | undefined;
   let lastRetention = 0;
   // /healthz: each turn of a unit's loop beats (a batch applied or retried, an idle wait of at most a second, a reconnect).
@@ -318,6 +325,40 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
     }
   };
 
+  /**
+   * Lane queues past this process's lanes that exist: a role with a larger INGEST_LANES (a fog
+   * node, say) declared them and sends records there. Consumed too, with a unit each, so no lane
+   * is left without a consumer while the roles disagree; each find is logged. Lanes are declared
+   * from 0 up, so the look stops at the first lane queue that does not exist.
+   */
+  const discoverLanes = async (conn: BrokerConnection) => {
+    lastDiscovery = Date.now();
+    const known = new Set(units.flatMap((u) => (u.lane === null ? [] : [u.lane])));
+    for (let lane = 0; lane < MAX_LANES; lane++) {
+      if (known.has(lane)) continue;
+      // A passive declare of a missing queue closes its channel (404): a throwaway channel per look.
+      const probe = await conn.model.createChannel();
+      probe.on('error', () => {});
+      try {
+        await probe.checkQueue(n.resultLane(lane));
+      } catch {
+        return;
+      } finally {
+        await probe.close().catch(() => {});
+      }
+      const u = unit(`lane ${lane}`, lane, [{ queue: n.resultLane(lane), source: 'results' }]);
+      const ch = await conn.channel(`consume ${u.label}`);
+      void ch.closed.then(() => restart(`channel of ${u.label} closed`));
+      await ch.raw.prefetch(options.batchSize * 2, false);
+      units.push(u);
+      stats.laneMessages[lane] ??= 0;
+      await consume(u, ch);
+      u.channel = ch;
+      loops.push(work(u).catch(crashed));
+      logger.warn({ lane, lanes: options.topology.lanes ?? 0 }, 'a result lane past this INGEST_LANES exists (a role has a larger one): consuming it too; give every role the same INGEST_LANES');
+    }
+  };
+
   /** Keeps the connection up and the membership fresh; the units do the work. */
   const supervise = async () => {
     const setupRetry = createBackoff({ baseMs: 250, maxMs: 5000 });
@@ -333,6 +374,10 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
         }
       }
       await heartbeat();
+      const conn = connection;
+      if (conn && Date.now() - lastDiscovery >= (options.laneDiscoveryMs ?? 60_000)) {
+        await discoverLanes(conn).catch((error: unknown) => logger.warn({ err: (error as Error).message }, 'looking for result lanes failed'));
+      }
       await Promise.race([sleep(Math.min(1000, membershipTtlMs / 3), abort.signal), connection?.closed]);
     }
   };
@@ -622,7 +667,6 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
     stats: () => ({ ...stats, laneMessages: [...stats.laneMessages] }),
     async start() {
       progress = processHealth.loop('ingest', { intervalMs: 1000 });
-      const crashed = (error: unknown) => logger.error({ err: error }, 'ingest loop crashed');
       loops = [supervise().catch(crashed), ...units.map((u) => work(u).catch(crashed))];
     },
     stop() {

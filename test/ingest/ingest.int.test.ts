@@ -323,9 +323,34 @@ describe('ingest', () => {
     await eventually(stateIs(task, 'succeeded'));
     // The broker's copy again (a lost ack): the inbox drops it.
     await publish(names.dlx, 'result.rejected', { nodeId: 'n1', tier: 'light', records } satisfies ResultBatch, { headers, messageId: id });
+    // An empty queue can still hold the copy unacked: wait for the inbox to have dropped it.
+    await eventually(async () => (ingest.stats().duplicates === 1 ? true : null));
     expect(await eventually(queuesDrained)).toBe(true);
     expect((await history(task)).map((h) => h.type)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskStarted', 'TaskSucceeded']);
     expect(ingest.stats()).toMatchObject({ rejected: 0, duplicates: 1 });
+  });
+
+  it('INGEST_LANES disagreeing between roles: ingest also consumes the lane queues past its own that a role with more lanes declared', async () => {
+    const lanesPrefix = `${prefix}l6_`;
+    const six = testTopology(lanesPrefix, { ingestLanes: 6 });
+    const four = testTopology(lanesPrefix, { ingestLanes: 4 });
+    broker.track(six.topology);
+    // A fog node with INGEST_LANES=6 declared lanes 0..5 and sent a task's records to lane 5.
+    await declareTopology(broker.channel, six.topology);
+    const laneService = createTaskService({ db: tdb.db, names: six.names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3, maxBatch: 100 });
+    const [task] = (await laneService.submitBatch([{ type: 'noop' }], caller)).map((r) => r.task.taskId) as [string];
+    const records: ResultRecord[] = [
+      { kind: 'started', taskId: task, attempt: 1, at: at() },
+      { kind: 'succeeded', taskId: task, attempt: 1, startedAt: at(), at: at(5), durationMs: 5, output: null },
+    ];
+    await publish(six.names.results, six.names.resultLaneKey(5), { nodeId: 'n6', tier: 'light', records } satisfies ResultBatch);
+    // An ingest with INGEST_LANES=4 finds lanes 4 and 5 and applies what waits there.
+    const ingest = startIngest({ topology: four.topology, names: four.names });
+    await eventually(stateIs(task, 'succeeded'));
+    // Counted once settled (a moment after the commit).
+    await eventually(async () => (ingest.stats().laneMessages[5] === 1 ? true : null));
+    expect(ingest.stats().laneMessages).toEqual([0, 0, 0, 0, 0, 1]);
+    expect(await broker.messageCount(six.names.resultLane(5))).toBe(0);
   });
 
   it('a started task whose message the broker dead-letters fails with failure_reason delivery-limit', async () => {
