@@ -258,20 +258,23 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
     for (const c of u.consumes) u.consumerTags.push((await ch.raw.consume(c.queue, onMessage(u, c.source), { noAck: false })).consumerTag);
   };
 
+  /** A unit's own channel on `conn`, consuming its queues (the first one declares the topology). */
+  const openUnit = async (conn: BrokerConnection, u: Unit, declare: boolean): Promise<BrokerChannel> => {
+    const ch = await conn.channel(`consume ${u.label}`);
+    // A channel closed by the broker (e.g. an unknown delivery tag) leaves the connection up: reconnect.
+    void ch.closed.then(() => restart(`channel of ${u.label} closed`));
+    if (declare) await declareTopology(ch.raw, options.topology);
+    await ch.raw.prefetch(options.batchSize * 2, false);
+    await consume(u, ch);
+    return ch;
+  };
+
   const connect = async (): Promise<boolean> => {
     const conn = await broker.connect(abort.signal);
     if (!conn) return false;
     try {
       const opened: BrokerChannel[] = [];
-      for (const u of units) {
-        const ch = await conn.channel(`consume ${u.label}`);
-        // A channel closed by the broker (e.g. an unknown delivery tag) leaves the connection up: reconnect.
-        void ch.closed.then(() => restart(`channel of ${u.label} closed`));
-        if (opened.length === 0) await declareTopology(ch.raw, options.topology);
-        await ch.raw.prefetch(options.batchSize * 2, false);
-        opened.push(ch);
-      }
-      for (const [i, u] of units.entries()) await consume(u, opened[i] as BrokerChannel);
+      for (const u of units) opened.push(await openUnit(conn, u, opened.length === 0));
       connection = conn;
       for (const [i, u] of units.entries()) {
         u.channel = opened[i];
@@ -294,6 +297,8 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
       return true;
     } catch (error) {
       logger.warn({ err: (error as Error).message }, 'ingest setup failed');
+      // What the half-set-up channels delivered goes back to the queues with the connection.
+      for (const u of units) u.queue = [];
       await conn.close();
       return false;
     }
@@ -347,13 +352,9 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
         await probe.close().catch(() => {});
       }
       const u = unit(`lane ${lane}`, lane, [{ queue: n.resultLane(lane), source: 'results' }]);
-      const ch = await conn.channel(`consume ${u.label}`);
-      void ch.closed.then(() => restart(`channel of ${u.label} closed`));
-      await ch.raw.prefetch(options.batchSize * 2, false);
+      u.channel = await openUnit(conn, u, false);
       units.push(u);
       stats.laneMessages[lane] ??= 0;
-      await consume(u, ch);
-      u.channel = ch;
       loops.push(work(u).catch(crashed));
       logger.warn({ lane, lanes: options.topology.lanes ?? 0 }, 'a result lane past this INGEST_LANES exists (a role has a larger one): consuming it too; give every role the same INGEST_LANES');
     }

@@ -1,5 +1,6 @@
+import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { invalidResultBatch } from '../../src/domain/index.js';
+import { invalidResultBatch, laneOf } from '../../src/domain/index.js';
 
 const taskId = '0b7f3c1e-8d4a-4f7e-9a51-3c2d1e0f9a8b';
 const at = '2026-11-27T10:00:00.000Z';
@@ -27,9 +28,7 @@ describe('invalidResultBatch', () => {
 });
 
 describe('laneOf', () => {
-  it('puts a task in one lane for good, spreads tasks over every lane, and is lane 0 without lanes', async () => {
-    const { randomUUID } = await import('node:crypto');
-    const { laneOf } = await import('../../src/domain/index.js');
+  it('puts a task in one lane for good, spreads tasks over every lane, and is lane 0 without lanes', () => {
     const counts = [0, 0, 0, 0];
     for (let i = 0; i < 4000; i++) {
       const id = randomUUID();
