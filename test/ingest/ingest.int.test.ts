@@ -2,9 +2,10 @@ import { randomUUID } from 'node:crypto';
 import type { ConfirmChannel, Options } from 'amqplib';
 import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { DEFAULT_TIERS, MAX_RETURNS, RETURNS_HEADER, type NodeMetricSample, type ResultBatch, type ResultRecord, type TaskMessage } from '../../src/domain/index.js';
+import { DEFAULT_TIERS, laneOf, MAX_RETURNS, RETURNS_HEADER, type NodeMetricSample, type ResultBatch, type ResultRecord, type TaskMessage } from '../../src/domain/index.js';
 import { createPostgres } from '../../src/infra/postgres.js';
 import { createLogger } from '../../src/infra/logger.js';
+import { createRedis } from '../../src/infra/redis.js';
 import { createIngest, type IngestOptions } from '../../src/ingest/index.js';
 import { declareTopology } from '../../src/outbox/index.js';
 import { createTaskService, type SubmitInput, type TaskService } from '../../src/tasks/index.js';
@@ -351,6 +352,29 @@ describe('ingest', () => {
     await eventually(async () => (ingest.stats().laneMessages[5] === 1 ? true : null));
     expect(ingest.stats().laneMessages).toEqual([0, 0, 0, 0, 0, 1]);
     expect(await broker.messageCount(six.names.resultLane(5))).toBe(0);
+  });
+
+  it('result lanes with Redis down: nothing is handed over, and every lane is still applied', async () => {
+    const two = testTopology(`${prefix}rd_`, { ingestLanes: 2 });
+    broker.track(two.topology);
+    await declareTopology(broker.channel, two.topology);
+    // Nothing listens on port 1: every membership beat fails at once.
+    const redis = createRedis('redis://127.0.0.1:1', { logger, name: 'test-ingest-down' });
+    try {
+      const laneService = createTaskService({ db: tdb.db, names: two.names, tiers: DEFAULT_TIERS, defaultMaxAttempts: 3, maxBatch: 100 });
+      const ids = (await laneService.submitBatch(Array.from({ length: 20 }, () => ({ type: 'noop' })), caller)).map((r) => r.task.taskId);
+      const ingest = startIngest({ topology: two.topology, names: two.names, membership: { redis, prefix: `${prefix}rd_`, ttlMs: 300 } });
+      for (const taskId of ids) {
+        const records: ResultRecord[] = [{ kind: 'succeeded', taskId, attempt: 1, startedAt: at(), at: at(5), durationMs: 5, output: null }];
+        await publish(two.names.results, two.names.resultLaneKey(laneOf(taskId, 2)), { nodeId: 'n1', tier: 'light', records } satisfies ResultBatch);
+      }
+      await eventually(async () => ((await sql<{ n: number }>`SELECT count(*)::int AS n FROM task_current WHERE task_id = ANY(${ids}::uuid[]) AND state = 'succeeded'`.execute(tdb.db)).rows[0]?.n === ids.length ? true : null));
+      await eventually(async () => (ingest.stats().laneMessages.reduce((a, b) => a + b, 0) === ids.length ? true : null));
+      expect(ingest.stats().laneMessages.every((m) => m > 0)).toBe(true);
+      expect(ingest.stats().handovers).toBe(0);
+    } finally {
+      redis.disconnect();
+    }
   });
 
   it('a started task whose message the broker dead-letters fails with failure_reason delivery-limit', async () => {
