@@ -95,7 +95,8 @@ const MARK_PUBLISHED = fenced(
 
 // unnest: one statement sets a different error and backoff per row.
 const BACK_OFF = fenced(
-  `UPDATE outbox o SET attempts = o.attempts + 1, last_error = f.error, available_at = now() + f.backoff * interval '1 millisecond'
+  `UPDATE outbox o SET attempts = o.attempts + 1, last_error = f.error,
+          available_at = CASE WHEN f.backoff IS NULL THEN o.available_at ELSE now() + f.backoff * interval '1 millisecond' END
      FROM unnest($4::bigint[], $5::text[], $6::int[]) AS f(id, error, backoff)
     WHERE o.id = f.id AND o.published_at IS NULL AND EXISTS (SELECT 1 FROM lease) RETURNING 1`,
 );
@@ -106,12 +107,15 @@ export async function markPublishedFenced(db: pg.Client, spec: LeaseSpec, epoch:
   return r.rows[0] ?? { held: false, rows: 0 };
 }
 
-/** Sets refused rows back with their error and backoff, only while `epoch` holds the lease. */
+/**
+ * Records refused rows' error, and sets them back by their backoff (null: the row keeps its place
+ * and only counts the refusal), only while `epoch` holds the lease.
+ */
 export async function backOffFenced(
   db: pg.Client,
   spec: LeaseSpec,
   epoch: number,
-  rows: readonly { id: number; error: string; backoffMs: number }[],
+  rows: readonly { id: number; error: string; backoffMs: number | null }[],
 ): Promise<FencedResult> {
   const r = await db.query<FencedResult>(BACK_OFF, [spec.name, spec.holder, epoch, rows.map((f) => f.id), rows.map((f) => f.error), rows.map((f) => f.backoffMs)]);
   return r.rows[0] ?? { held: false, rows: 0 };

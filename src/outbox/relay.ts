@@ -99,11 +99,23 @@ interface FailedRow {
   error: string;
   /** Routing key of a refused placement dispatch (its queue is declared again before the next try). */
   routingKey?: string;
+  /** Routing key of a task dispatch the broker nacked: its queue is full (or has no leader), so the key is held. */
+  holdKey?: string;
 }
 
 interface BatchOutcome {
   ok: number[];
   failed: FailedRow[];
+  /** Routing keys of the task exchange that took a message of this batch: their queues have room again. */
+  taken: Set<string>;
+}
+
+/** A routing key held after its queue nacked a publish: its rows stay due, in order, untouched. */
+interface Hold {
+  /** Date.now() at which the key is tried again. */
+  until: number;
+  /** Holds in a row without a publish to the key confirmed: the next hold lasts longer. */
+  refusals: number;
 }
 
 interface Claim {
@@ -115,6 +127,9 @@ interface Claim {
   /** At least half the rows it looked at were due (a claim from the index always is). */
   dense: boolean;
 }
+
+/** A publish the broker nacked (channel.ts's wording, or amqplib's): the queue refused it. */
+const NACKED = /nack/i;
 
 /** How long one round tries to reach the broker before it gives up until the next round. */
 const CONNECT_ROUND_MS = 5000;
@@ -179,6 +194,8 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
   const knownExchanges = new Set(options.topology.exchanges.map((e) => e.name));
   // Task dispatches must reach a queue (an unroutable one is a failure); a broadcast may reach none.
   const mandatory = new Set(options.topology.exchanges.filter((e) => e.type === 'direct').map((e) => e.name));
+  // The task dispatches' exchange (the one direct exchange): the exchange whose routing keys are held.
+  const dispatchExchange = options.topology.exchanges.find((e) => e.type === 'direct')?.name ?? '';
   const pipelineDepth = Math.max(1, options.pipelineDepth ?? DEFAULT_PIPELINE_DEPTH);
   // A standby looks at the lease this often: a takeover comes within a lease and this after the last renewal.
   const standbyPollMs = Math.min(options.pollIntervalMs, renewEveryMs(leaseMs));
@@ -198,6 +215,12 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
   let lastLagCheck = 0;
   /** Placement queues (by routing key) declared, and recorded in Redis, since this relay started. */
   const placementReady = new Map<string, number>();
+  /**
+   * Task routing keys whose queue nacked a publish (at its x-max-length with reject-publish, or
+   * without a quorum leader). Claims pass over the key's rows until the hold ends, so they keep
+   * their order and cost no write per refusal; other keys go on. See `holdKey`.
+   */
+  const holds = new Map<string, Hold>();
   let placementRedis: Redis | undefined;
   /** A NOTIFY came while a round ran (nobody was waiting to be woken): go again at once. */
   let notified = false;
@@ -522,17 +545,26 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     const outcomes = await ch.publishAll(messages);
     const ok: number[] = [];
     const failed: FailedRow[] = [];
+    const taken = new Set<string>();
     rows.forEach((row, i) => {
       const error = outcomes[i];
+      const dispatch = row.exchange === dispatchExchange;
       if (error === undefined) {
         ok.push(row.id);
+        if (dispatch) taken.add(row.routing_key);
         spans?.[i]?.end();
       } else {
-        failed.push({ id: row.id, attempts: row.attempts, error, ...(typeof row.headers[PLACEMENT_CLASS_HEADER] === 'string' ? { routingKey: row.routing_key } : {}) });
+        failed.push({
+          id: row.id,
+          attempts: row.attempts,
+          error,
+          ...(typeof row.headers[PLACEMENT_CLASS_HEADER] === 'string' ? { routingKey: row.routing_key } : {}),
+          ...(dispatch && NACKED.test(error) ? { holdKey: row.routing_key } : {}),
+        });
         failSpan(spans?.[i], error);
       }
     });
-    return { ok, failed };
+    return { ok, failed, taken };
   };
 
   /** A fenced write found another epoch: this term is over, whatever its local deadline says. */
@@ -541,20 +573,56 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     throw new LeaseLostError('taken');
   };
 
-  /** Gives refused rows their backoff: they stay unpublished and come due again later. */
+  /**
+   * Starts holding `key` unless it is held already; true when this started a hold. Holds in a
+   * row back off like refused rows do (200 ms doubling up to RELAY_RETRY_MAX_MS, with jitter).
+   */
+  const hold = (key: string): boolean => {
+    const now = Date.now();
+    const h = holds.get(key);
+    if (h !== undefined && h.until > now) return false;
+    const refusals = (h?.refusals ?? 0) + 1;
+    const ms = backoffMs(refusals, { baseMs: 200, maxMs: options.retryMaxMs });
+    holds.set(key, { until: now + ms, refusals });
+    logger.warn({ routingKey: key, holdMs: ms, refusals }, 'task queue refused a dispatch (full?); holding its routing key');
+    return true;
+  };
+
+  /** The routing keys held now (their holds have not ended). */
+  const heldKeys = (): string[] => {
+    const now = Date.now();
+    const keys: string[] = [];
+    for (const [key, h] of holds) if (h.until > now) keys.push(key);
+    return keys;
+  };
+
+  /**
+   * Settles refused rows. A nacked dispatch holds its routing key: its rows stay due where they
+   * are (no write per row), and the oldest refused one records the refusal (attempts, last_error)
+   * once per hold. Any other refusal (unroutable, channel lost, unknown exchange, placement queue
+   * not ready) gives the row its own backoff: it stays unpublished and comes due again later.
+   */
   const backOff = async (t: Term, failed: readonly FailedRow[]) => {
     // A placement queue that refused a row may have been deleted meanwhile: declare it again next time.
     for (const f of failed) if (f.routingKey !== undefined) placementReady.delete(f.routingKey);
-    const rows = failed.map((f) => ({
-      id: f.id,
-      error: f.error.slice(0, 500),
+    const heads = new Map<string, FailedRow>();
+    const rows: { id: number; error: string; backoffMs: number | null }[] = [];
+    for (const f of failed) {
+      if (f.holdKey !== undefined) {
+        const head = heads.get(f.holdKey);
+        if (head === undefined || f.id < head.id) heads.set(f.holdKey, f);
+        continue;
+      }
       // `attempts` counts the refusals before this one.
-      backoffMs: f.error.startsWith('unknown exchange') ? 3_600_000 : backoffMs(f.attempts + 1, { baseMs: 200, maxMs: options.retryMaxMs }),
-    }));
+      const ms = f.error.startsWith('unknown exchange') ? 3_600_000 : backoffMs(f.attempts + 1, { baseMs: 200, maxMs: options.retryMaxMs });
+      rows.push({ id: f.id, error: f.error.slice(0, 500), backoffMs: ms });
+    }
+    for (const [key, head] of heads) if (hold(key)) rows.push({ id: head.id, error: head.error.slice(0, 500), backoffMs: null });
+    stats.failed += failed.length;
+    if (rows.length === 0) return;
     const r = await t.inTurn(() => backOffFenced(t.db, spec, t.lease.epoch, rows));
     if (!r.held) fencedOut(t);
-    stats.failed += failed.length;
-    logger.warn({ failed: failed.length, firstError: failed[0]?.error }, 'outbox rows not confirmed; will retry');
+    if (rows.length > heads.size) logger.warn({ failed: failed.length, firstError: failed[0]?.error }, 'outbox rows not confirmed; will retry');
   };
 
   /** The first claim of a round: the oldest due rows, through the partial index of unpublished rows. */
@@ -563,8 +631,9 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
       t.db.query<ClaimedRow>(
         `SELECT id, message_id, exchange, routing_key, headers, body::text AS body, attempts
            FROM outbox WHERE published_at IS NULL AND available_at <= now()
+                         AND NOT (exchange = $2 AND routing_key = ANY($3::text[]))
           ORDER BY id LIMIT $1`,
-        [options.batchSize],
+        [options.batchSize, dispatchExchange, heldKeys()],
       ),
     );
     const last = r.rows[r.rows.length - 1];
@@ -581,9 +650,9 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     const r = await t.inTurn(() =>
       t.db.query<ClaimedRow & { due: boolean }>(
         `SELECT id, message_id, exchange, routing_key, headers, body::text AS body, attempts,
-                published_at IS NULL AND available_at <= now() AS due
+                published_at IS NULL AND available_at <= now() AND NOT (exchange = $3 AND routing_key = ANY($4::text[])) AS due
            FROM outbox WHERE id > $1 ORDER BY id LIMIT $2`,
-        [afterId, options.batchSize],
+        [afterId, options.batchSize, dispatchExchange, heldKeys()],
       ),
     );
     const rows = r.rows.filter((x) => x.due);
@@ -661,6 +730,8 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
         const settled = publishBatch(ch, ready)
           .then(async (outcome) => {
             if (outcome.ok.length > 0) markPublished(outcome.ok);
+            // A confirmed dispatch says its queue has room: the next hold of its key starts short again.
+            for (const key of outcome.taken) if (!outcome.failed.some((f) => f.holdKey === key)) holds.delete(key);
             const failed = [...outcome.failed, ...strays];
             if (failed.length > 0) {
               refused = true;
@@ -706,8 +777,11 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
         `SELECT (extract(epoch FROM min(available_at) - now()) * 1000)::float8 AS ms FROM outbox WHERE published_at IS NULL AND available_at > now()`,
       ),
     );
-    const ms = r.rows[0]?.ms;
-    return ms === null || ms === undefined ? options.pollIntervalMs : Math.max(1, Math.min(options.pollIntervalMs, Math.ceil(ms)));
+    const due = r.rows[0]?.ms ?? options.pollIntervalMs;
+    // A held routing key is tried again when its hold ends, notification or not.
+    let holdEnd = Infinity;
+    for (const h of holds.values()) if (h.until > Date.now()) holdEnd = Math.min(holdEnd, h.until - Date.now());
+    return Math.max(1, Math.min(options.pollIntervalMs, Math.ceil(due), Math.ceil(holdEnd)));
   };
 
   const measureLag = async (t: Term) => {
