@@ -581,8 +581,8 @@ export const SCHEDULE_EXAMPLE: Static<typeof Schedule> = {
 export const HISTORY_EXAMPLE: Static<typeof TaskHistory> = {
   taskId: TASK_ID_EXAMPLE,
   events: [
-    { position: 101, version: 1, type: 'TaskSubmitted', state: 'submitted', attempt: 1, nodeId: null, actor: 'alice', reason: null, error: null, at: AT_EXAMPLE, data: {}, traceId: '4bf92f3577b34da6a3ce929d0e0e4736' },
-    { position: 102, version: 2, type: 'TaskQueued', state: 'queued', attempt: 1, nodeId: null, actor: 'alice', reason: null, error: null, at: AT_EXAMPLE, data: {}, traceId: '4bf92f3577b34da6a3ce929d0e0e4736' },
+    { position: 101, version: 1, type: 'TaskSubmitted', state: 'queued', attempt: 1, nodeId: null, actor: 'alice', reason: null, error: null, at: AT_EXAMPLE, data: {}, traceId: '4bf92f3577b34da6a3ce929d0e0e4736' },
+    { position: 102, version: 2, type: 'TaskStarted', state: 'running', attempt: 1, nodeId: 'edge-1', actor: null, reason: null, error: null, at: AT_EXAMPLE, data: {}, traceId: '4bf92f3577b34da6a3ce929d0e0e4736' },
   ],
 };
 

@@ -5,7 +5,7 @@ import { loadConfig } from '../infra/config.js';
 import { createPostgres, migrate } from '../infra/postgres.js';
 import { rebuildProjections } from '../projections/index.js';
 import { declareTopology } from '../broker/index.js';
-import type { Settings } from './settings.js';
+import { SEEDED_EVENTS_PER_TASK, type Settings } from './settings.js';
 import {
   AMQP_URL,
   PG_URL,
@@ -249,12 +249,12 @@ export async function overlapSplit(s: Settings): Promise<Metrics> {
 }
 
 /**
- * The drain with `longLogTasks` finished tasks (4 events each) already in the log, their
+ * The drain with `longLogTasks` finished tasks (SEEDED_EVENTS_PER_TASK events each) already in the log, their
  * projections and their published outbox rows: does the drain slow down as the log grows?
  */
 export async function drainLongLog(s: Settings): Promise<Metrics> {
   const template = await seededTemplate(s.longLogTasks, true);
-  return withEnv(async (e) => ({ ...(await drainIn(e, s)), earlierEvents: s.longLogTasks * 4 }), {}, true, template);
+  return withEnv(async (e) => ({ ...(await drainIn(e, s)), earlierEvents: s.longLogTasks * SEEDED_EVENTS_PER_TASK }), {}, true, template);
 }
 
 /** The drain in `e`, counting only the tasks it submits (seq past the tasks already there). */
@@ -517,7 +517,7 @@ export async function fanIn(s: Settings): Promise<Metrics> {
 }
 
 /**
- * Replays a log of 4 events per task (submitted, queued, started, succeeded: the shape the loop
+ * Replays a log of 3 events per task (submitted, started, succeeded: the shape the loop
  * writes) into fresh projections, swapping them in: events/s of `rebuildProjections`, the code
  * behind `fogsched projections rebuild`, in this process.
  */
@@ -529,7 +529,8 @@ export async function rebuild(s: Settings): Promise<Metrics> {
       const rss = sampleRss(process.pid);
       const report = await rebuildProjections(pg);
       const peakRssMb = rss.stop();
-      if (report.events !== s.rebuildTasks * 4) throw new Error(`replayed ${report.events} events, expected ${s.rebuildTasks * 4}`);
+      const expected = s.rebuildTasks * SEEDED_EVENTS_PER_TASK;
+      if (report.events !== expected) throw new Error(`replayed ${report.events} events, expected ${expected}`);
       return { eventsPerS: (report.events / report.durationMs) * 1000, events: report.events, ms: report.durationMs, peakRssMb };
     } finally {
       await pg.close();
@@ -580,9 +581,9 @@ const SEED_CONNECTIONS = 2;
 
 /**
  * Loads `tasks` finished tasks into a fresh, empty database as the loop would have left them:
- * 4 events each (submitted, queued, started, succeeded) with their hash chains, and with
+ * 3 events each (submitted, which queues it, started, succeeded) with their hash chains, and with
  * `projections`, their task_current row (succeeded) and the published
- * outbox row of the TaskQueued (on `exchange`; `tasks` is its name with the default empty
+ * outbox row of the TaskSubmitted (on `exchange`; `tasks` is its name with the default empty
  * AMQP_PREFIX). Set-based SQL instead of the write path, so 2M
  * events load in tens of seconds: the hashes are computed by the same `event_hash` the chain
  * trigger calls (the trigger is off while loading, since it would look each predecessor up
@@ -621,25 +622,22 @@ const SYNTHETIC_LOG = `
   SELECT t.id::text, 'task', v.version, v.event_id, v.type, v.schema_version, v.data, t.metadata, t.recorded_at, v.hash
   FROM (SELECT gen_random_uuid() AS id, g, to_jsonb(clock_timestamp()) AS at, now() AS recorded_at,
                '{"tenant":"default","actor":"bench"}'::jsonb AS metadata,
-               gen_random_uuid() AS e1, gen_random_uuid() AS e2, gen_random_uuid() AS e3, gen_random_uuid() AS e4
+               gen_random_uuid() AS e1, gen_random_uuid() AS e3, gen_random_uuid() AS e4
           FROM generate_series(1, $1::int) g OFFSET 0) t
   CROSS JOIN LATERAL (SELECT
     jsonb_build_object('task', jsonb_build_object('taskId', t.id, 'tenant', 'default', 'type', 'noop', 'payload', jsonb_build_object('i', t.g),
       'priority', 'normal', 'resources', '{"cpu":0.1,"memoryMb":64}'::jsonb, 'tier', 'light', 'maxAttempts', 3, 'timeoutMs', null, 'notBefore', null,
-      'deadline', null, 'idempotencyKey', null, 'retry', null), 'at', t.at) AS d1,
-    jsonb_build_object('attempt', 1, 'tier', 'light', 'priority', 'normal', 'availableAt', t.at, 'at', t.at) AS d2,
+      'deadline', null, 'idempotencyKey', null, 'retry', null), 'at', t.at, 'attempt', 1, 'availableAt', t.at) AS d1,
     jsonb_build_object('attempt', 1, 'nodeId', 'bench-node', 'at', t.at) AS d3,
     jsonb_build_object('attempt', 1, 'nodeId', 'bench-node', 'output', null, 'durationMs', 1, 'at', t.at) AS d4
     OFFSET 0) d
-  CROSS JOIN LATERAL (SELECT event_hash(NULL, t.id::text, 'task', 1, t.e1, 'TaskSubmitted', 2::smallint, d.d1, t.metadata, t.recorded_at) AS h1 OFFSET 0) h1
-  CROSS JOIN LATERAL (SELECT event_hash(h1.h1, t.id::text, 'task', 2, t.e2, 'TaskQueued', 1::smallint, d.d2, t.metadata, t.recorded_at) AS h2 OFFSET 0) h2
-  CROSS JOIN LATERAL (SELECT event_hash(h2.h2, t.id::text, 'task', 3, t.e3, 'TaskStarted', 1::smallint, d.d3, t.metadata, t.recorded_at) AS h3 OFFSET 0) h3
-  CROSS JOIN LATERAL (SELECT event_hash(h3.h3, t.id::text, 'task', 4, t.e4, 'TaskSucceeded', 1::smallint, d.d4, t.metadata, t.recorded_at) AS h4 OFFSET 0) h4
+  CROSS JOIN LATERAL (SELECT event_hash(NULL, t.id::text, 'task', 1, t.e1, 'TaskSubmitted', 3::smallint, d.d1, t.metadata, t.recorded_at) AS h1 OFFSET 0) h1
+  CROSS JOIN LATERAL (SELECT event_hash(h1.h1, t.id::text, 'task', 2, t.e3, 'TaskStarted', 1::smallint, d.d3, t.metadata, t.recorded_at) AS h3 OFFSET 0) h3
+  CROSS JOIN LATERAL (SELECT event_hash(h3.h3, t.id::text, 'task', 3, t.e4, 'TaskSucceeded', 1::smallint, d.d4, t.metadata, t.recorded_at) AS h4 OFFSET 0) h4
   CROSS JOIN LATERAL (VALUES
-    (1, t.e1, 'TaskSubmitted', 2::smallint, d.d1, h1.h1),
-    (2, t.e2, 'TaskQueued', 1::smallint, d.d2, h2.h2),
-    (3, t.e3, 'TaskStarted', 1::smallint, d.d3, h3.h3),
-    (4, t.e4, 'TaskSucceeded', 1::smallint, d.d4, h4.h4)
+    (1, t.e1, 'TaskSubmitted', 3::smallint, d.d1, h1.h1),
+    (2, t.e3, 'TaskStarted', 1::smallint, d.d3, h3.h3),
+    (3, t.e4, 'TaskSucceeded', 1::smallint, d.d4, h4.h4)
   ) AS v(version, event_id, type, schema_version, data, hash)
   ORDER BY t.g, v.version`;
 
@@ -648,12 +646,12 @@ const SEED_CURRENT = `
   INSERT INTO task_current (task_id, seq, tenant, type, state, tier, priority, attempt, first_attempt, max_attempts, version, spec,
                             node_id, output, last_error, failure_reason, available_at, submitted_at, started_at, finished_at, updated_at, deadline)
   SELECT s.stream_id::uuid, s.position, s.data#>>'{task,tenant}', s.data#>>'{task,type}', 'succeeded', s.data#>>'{task,tier}',
-         s.data#>>'{task,priority}', 1, 1, (s.data#>>'{task,maxAttempts}')::int, 4, s.data->'task', 'bench-node', NULL, NULL, NULL,
+         s.data#>>'{task,priority}', 1, 1, (s.data#>>'{task,maxAttempts}')::int, 3, s.data->'task', 'bench-node', NULL, NULL, NULL,
          (s.data->>'at')::timestamptz, (s.data->>'at')::timestamptz, (s.data->>'at')::timestamptz, (s.data->>'at')::timestamptz,
          (s.data->>'at')::timestamptz, NULL
     FROM events s WHERE s.type = 'TaskSubmitted'`;
 
-/** The outbox row each seeded TaskQueued wrote ($1: the tasks exchange), published. */
+/** The outbox row each seeded TaskSubmitted wrote ($1: the tasks exchange), published. */
 const SEED_OUTBOX = `
   INSERT INTO outbox (message_id, stream_id, exchange, routing_key, headers, body, created_at, available_at, published_at)
   SELECT q.event_id, q.stream_id, $1, 'light.normal', jsonb_build_object('x-task-id', c.task_id, 'x-attempt', 1),
@@ -661,7 +659,7 @@ const SEED_OUTBOX = `
                             'priority', c.priority, 'timeoutMs', null, 'deadline', null, 'availableAt', q.data->'availableAt'),
          q.recorded_at, (q.data->>'availableAt')::timestamptz, q.recorded_at
     FROM events q JOIN task_current c ON c.task_id = q.stream_id::uuid
-   WHERE q.type = 'TaskQueued'
+   WHERE q.type = 'TaskSubmitted'
    ORDER BY q.position`;
 
 /** A fog node alone (no database), idle: VmRSS after 3 s. */

@@ -1,4 +1,7 @@
 /** Sizes and durations of one bench run (full or quick). */
+/** Events of each finished task the bench seeds: TaskSubmitted (which queues it), TaskStarted, TaskSucceeded. */
+export const SEEDED_EVENTS_PER_TASK = 3;
+
 export interface Settings {
   readonly quick: boolean;
   /** Repeats of fogsched's scenarios. */
@@ -52,10 +55,10 @@ export function settingsFor(quick: boolean, repeat?: number, peerRepeat?: number
     latencyRate: 200,
     latencySeconds: quick ? 5 : 20,
     relayM: quick ? 5_000 : 50_000,
-    // 4 events per task: 1,000,000 events in the full run.
-    rebuildTasks: quick ? 10_000 : 250_000,
-    // 2,000,000 earlier events in the full run.
-    longLogTasks: quick ? 12_500 : 500_000,
+    // 3 events per task (SEEDED_EVENTS_PER_TASK): 1,000,002 events in the full run.
+    rebuildTasks: quick ? 13_334 : 333_334,
+    // 2,000,001 earlier events in the full run.
+    longLogTasks: quick ? 16_667 : 666_667,
     concurrency: 50,
     // The full run is issue 20's scale requirement: 10,000 children (MAX_DEPENDENCIES).
     fanInChildren: quick ? 1_000 : 10_000,

@@ -247,7 +247,7 @@ function asTaskEvent(e: LoggedEvent): TaskEvent {
 /**
  * The command that would have produced `e` from `state`, built from the event's own data
  * (spread, so fields a newer domain adds travel along). Null for an event no command makes
- * on its own (a TaskQueued without its TaskSubmitted, a TaskRetryScheduled without its
+ * on its own (a TaskQueued without its TaskReleased, a TaskRetryScheduled without its
  * TaskAttemptFailed).
  */
 function commandFor(state: TaskState, e: LoggedEvent, settings: CheckSettings, next?: LoggedEvent): TaskCommand | null {

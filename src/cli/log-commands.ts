@@ -130,7 +130,7 @@ export function formatEvent(e: StoredEvent, withStream = false): string {
   if (error) add('error', `${error.code ?? ''}${error.code ? ': ' : ''}${error.message ?? ''}`);
   add('delayMs', d.delayMs);
   add('durationMs', d.durationMs);
-  add('availableAt', e.type === 'TaskQueued' || e.type === 'TaskRetryScheduled' ? d.availableAt : undefined);
+  add('availableAt', e.type === 'TaskSubmitted' || e.type === 'TaskQueued' || e.type === 'TaskRetryScheduled' ? d.availableAt : undefined);
   add('trace', e.metadata.traceId);
   const at = typeof d.at === 'string' ? d.at : e.recordedAt.toISOString();
   const stream = withStream ? ` ${e.streamType}:${e.streamId}` : '';

@@ -11,6 +11,11 @@
  *   fields, null when unset.
  * - TaskAttemptFailed v1: `error` was the message alone and `retryable` sat beside it.
  *   v2 (current): `error: { message, code, retryable }`.
+ * - TaskSubmitted v3 (issue 16): a task with nothing to wait for is queued by its TaskSubmitted,
+ *   which then carries `attempt` (1) and `availableAt`, instead of a TaskQueued of attempt 1
+ *   after it (one row of the log fewer per task). A v2 TaskSubmitted never carries them (its
+ *   TaskQueued follows), so the upcaster from v2 changes nothing; the version moved so that code
+ *   older than v3 refuses such a log instead of leaving its tasks `submitted`.
  * - Issue 20 added only optional fields, absent in older events and read as unset, so no
  *   version moved: TaskSubmitted's `task.name`, `dependsOn`, `onDependencyFailure`,
  *   `placement`, `fallbackAfterMs`; TaskCancelled's `dependency` and `dependencyState`. New
@@ -22,7 +27,7 @@ type Upcaster = (data: Data) => Data;
 
 /** The current schema version of each event type; a type not listed is at version 1. */
 export const EVENT_SCHEMA_VERSIONS: Readonly<Record<string, number>> = {
-  TaskSubmitted: 2,
+  TaskSubmitted: 3,
   TaskAttemptFailed: 2,
 };
 
@@ -43,6 +48,8 @@ const UPCASTERS: Readonly<Record<string, Readonly<Record<number, Upcaster>>>> = 
         },
       };
     },
+    // v2 and v3 differ only in what v3 may carry (`attempt`, `availableAt`: queued at the submit).
+    2: (data) => data,
   },
   TaskAttemptFailed: {
     1: (data) => {

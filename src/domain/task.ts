@@ -113,7 +113,12 @@ export const TOO_LARGE_FOR_TIER = 'too-large-for-tier';
 export const OUT_OF_MEMORY = 'out-of-memory';
 
 export type TaskEvent =
-  | { type: 'TaskSubmitted'; data: { task: TaskSpec; at: string } }
+  /**
+   * `attempt` and `availableAt` (schema v3): the task was queued at its submit, and this event is
+   * also its first dispatch (it used to be followed by a TaskQueued of attempt 1, which events of
+   * schema v2 still are). Absent: it waits for its dependencies, or was cancelled by one.
+   */
+  | { type: 'TaskSubmitted'; data: { task: TaskSpec; at: string; attempt?: number; availableAt?: string } }
   | { type: 'TaskQueued'; data: { attempt: number; tier: string; priority: Priority; availableAt: string; at: string } }
   | { type: 'TaskStarted'; data: { attempt: number; nodeId: string; at: string } }
   /** A running attempt's handler reported progress (coalesced by the node); `reportedAt` is the node's clock. Extends the running lease. */
@@ -262,7 +267,8 @@ export function decide(state: TaskState, command: TaskCommand): TaskEvent[] {
       if (state.status !== 'new') throw new TaskAlreadyExistsError(state.taskId);
       const { task, now, dependencies } = command.data;
       const submitted: TaskEvent = { type: 'TaskSubmitted', data: { task, at: now } };
-      if (!dependencies || dependenciesOf(task).length === 0) return [submitted, queuedFirst(task, now)];
+      // Nothing to wait for: one event is the submit and the first dispatch.
+      if (!dependencies || dependenciesOf(task).length === 0) return [{ type: 'TaskSubmitted', data: { task, at: now, attempt: 1, availableAt: laterOf(task.notBefore, now) } }];
       const { pending, succeeded, failed, cancelled, firstFailed, firstFailedState } = dependencies;
       if (firstFailed !== null && firstFailedState !== null && policyOf(task) === 'cancel') {
         return [submitted, dependencyCancelled(firstFailed, firstFailedState, now)];
@@ -378,8 +384,12 @@ export function decide(state: TaskState, command: TaskCommand): TaskEvent[] {
 export function evolve(state: TaskState, event: TaskEvent): TaskState {
   const next = { ...state, version: state.version + 1, updatedAt: event.data.at };
   switch (event.type) {
-    case 'TaskSubmitted':
-      return { ...next, spec: event.data.task, submittedAt: event.data.at };
+    case 'TaskSubmitted': {
+      const { task, at, availableAt } = event.data;
+      const submitted = { ...next, spec: task, submittedAt: at };
+      // Queued at its submit (schema v3): as a TaskQueued of attempt 1 would leave it.
+      return availableAt === undefined ? submitted : { ...submitted, status: availableAt > at ? 'scheduled' : 'queued', attempt: event.data.attempt ?? 1, availableAt };
+    }
     case 'TaskQueued': {
       const { attempt, availableAt, at } = event.data;
       return { ...next, status: availableAt > at ? 'scheduled' : 'queued', attempt, availableAt };
@@ -435,6 +445,9 @@ export function foldTask(taskId: string, events: readonly TaskEvent[], from: Tas
 /** Does an event put a message on a task queue? Returns the attempt and when. */
 export function dispatchOf(event: TaskEvent): { attempt: number; availableAt: string } | null {
   switch (event.type) {
+    case 'TaskSubmitted':
+      // Queued at its submit (schema v3); a waiting task's first dispatch is its TaskQueued.
+      return event.data.availableAt === undefined ? null : { attempt: event.data.attempt ?? 1, availableAt: event.data.availableAt };
     case 'TaskQueued':
       return { attempt: event.data.attempt, availableAt: event.data.availableAt };
     case 'TaskRetryScheduled':

@@ -63,7 +63,7 @@ export async function readDashboardStats(db: Executor, tenant: string, windowSec
           CROSS JOIN LATERAL (
             SELECT q.recorded_at, q.data FROM events q
              WHERE q.stream_id = r.stream_id AND q.stream_version < r.stream_version
-               AND q.type IN ('TaskQueued', 'TaskRetryScheduled', 'TaskReturned')
+               AND (q.type IN ('TaskQueued', 'TaskRetryScheduled', 'TaskReturned') OR (q.type = 'TaskSubmitted' AND q.data ? 'availableAt'))
              ORDER BY q.stream_version DESC LIMIT 1) d
          WHERE r.type = 'TaskStarted'
       ), runs AS (

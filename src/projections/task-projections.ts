@@ -199,7 +199,7 @@ function iso(d: Date | null): string | null {
 }
 
 function attemptOf(r: HistoryRow): number {
-  return 'attempt' in r.event.data ? r.event.data.attempt : r.state.attempt;
+  return 'attempt' in r.event.data ? (r.event.data.attempt ?? r.state.attempt) : r.state.attempt;
 }
 
 function nodeOf(event: TaskEvent): string | null {

@@ -66,7 +66,7 @@ describe('event stream resume across an api restart', () => {
     const seen = [...s1.events, ...s2.events].map((e) => Number(e.id));
     expect(new Set(seen).size).toBe(seen.length); // nothing twice
     expect([...seen].sort((a, b) => a - b)).toEqual(expected); // nothing missing
-    expect(s2.events.length).toBeGreaterThanOrEqual(5 * 2 + 3 * 2); // what came while down and after
+    expect(s2.events.length).toBeGreaterThanOrEqual(5 + 3); // what came while down and after (one event per submit)
     s2.close();
     await pg.close();
   });

@@ -314,7 +314,7 @@ describe('the submit queue is bounded (SUBMIT_QUEUE_MAX)', () => {
       const answers = await Promise.all(accepted);
       expect(answers.map((a) => a.statusCode)).toEqual([202, 202, 202, 202, 202]);
       const after = await counts();
-      expect(after.events - before.events).toBe(10);
+      expect(after.events - before.events).toBe(5);
       expect(after.outbox - before.outbox).toBe(5);
     } finally {
       if (!released) held.release();

@@ -129,26 +129,26 @@ describe('POST /v1/tasks', () => {
       payload: { n: 1 },
       resources: { cpu: 0.1, memoryMb: 64 },
       idempotencyKey: null,
-      version: 2,
+      version: 1,
     });
     expect(res.headers.location).toBe(`/v1/tasks/${task.id}`);
 
     const events = await tdb.db.selectFrom('events').selectAll().where('stream_id', '=', task.id).orderBy('stream_version').execute();
     expect(events.map((e) => [e.type, e.stream_version, e.stream_type])).toEqual([
       ['TaskSubmitted', 1, 'task'],
-      ['TaskQueued', 2, 'task'],
     ]);
+    // One event is the submit and the dispatch of attempt 1 (schema v3).
+    expect(events[0]).toMatchObject({ schema_version: 3, data: { attempt: 1, availableAt: expect.any(String) } });
     // Without credentials the actor is `anonymous`; X-Actor is only what the caller says it acts for.
     expect(events[0]?.metadata).toMatchObject({ tenant: 'default', actor: 'anonymous', onBehalfOf: 'alice' });
 
     const current = await tdb.db.selectFrom('task_current').selectAll().where('task_id', '=', task.id).execute();
     expect(current).toHaveLength(1);
-    expect(current[0]).toMatchObject({ state: 'queued', tier: 'light', priority: 'normal', tenant: 'default', type: 'noop', version: 2, attempt: 1 });
+    expect(current[0]).toMatchObject({ state: 'queued', tier: 'light', priority: 'normal', tenant: 'default', type: 'noop', version: 1, attempt: 1 });
 
     const history = await tdb.db.selectFrom('task_history').selectAll().where('task_id', '=', task.id).orderBy('version').execute();
     expect(history.map((h) => [h.type, h.state])).toEqual([
-      ['TaskSubmitted', 'submitted'],
-      ['TaskQueued', 'queued'],
+      ['TaskSubmitted', 'queued'],
     ]);
     expect(history.map((h) => h.position)).toEqual(events.map((e) => e.position));
 
@@ -158,7 +158,7 @@ describe('POST /v1/tasks', () => {
     expect(row.routing_key).toBe('light.normal');
     expect(row.exchange).toBe('t_tasks');
     expect(row.published_at).toBeNull();
-    expect(row.message_id).toBe(events[1]?.event_id);
+    expect(row.message_id).toBe(events[0]?.event_id);
     expect(row.available_at).toBeInstanceOf(Date);
     expect(row.available_at.getTime()).toBeGreaterThanOrEqual(before - 1000);
     expect(row.available_at.getTime()).toBeLessThanOrEqual(Date.now() + 1000);
@@ -210,15 +210,14 @@ describe('GET /v1/tasks/:id and /history', () => {
     const history = res.json<HistoryBody>();
     expect(history.taskId).toBe(created.id);
     expect(history.events.map((e) => [e.version, e.type, e.state])).toEqual([
-      [1, 'TaskSubmitted', 'submitted'],
-      [2, 'TaskQueued', 'queued'],
-      [3, 'TaskCancelled', 'cancelled'],
+      [1, 'TaskSubmitted', 'queued'],
+      [2, 'TaskCancelled', 'cancelled'],
     ]);
     const positions = history.events.map((e) => e.position);
     expect([...positions].sort((a, b) => a - b)).toEqual(positions);
     expect(history.events[0]?.actor).toBe('anonymous'); // X-Actor is never the actor (it is onBehalfOf in the metadata)
-    expect(history.events[2]?.reason).toBe('not needed');
-    expect(Date.parse(history.events[2]!.at)).toBeGreaterThanOrEqual(Date.parse(history.events[0]!.at));
+    expect(history.events[1]?.reason).toBe('not needed');
+    expect(Date.parse(history.events[1]!.at)).toBeGreaterThanOrEqual(Date.parse(history.events[0]!.at));
   });
 });
 
@@ -350,7 +349,7 @@ describe('POST /v1/tasks/:id/cancel', () => {
     const first = await app.inject({ method: 'POST', url: `/v1/tasks/${created.id}/cancel`, payload: { reason: 'changed my mind' } });
     expect(first.statusCode, first.body).toBe(200);
     const cancelled = first.json<TaskBody>();
-    expect(cancelled).toMatchObject({ id: created.id, state: 'cancelled', version: 3 });
+    expect(cancelled).toMatchObject({ id: created.id, state: 'cancelled', version: 2 });
     expect(cancelled.finishedAt).not.toBeNull();
 
     const before = await counts();
@@ -360,7 +359,7 @@ describe('POST /v1/tasks/:id/cancel', () => {
     expect(await counts()).toEqual(before);
 
     const current = await tdb.db.selectFrom('task_current').select(['state', 'version']).where('task_id', '=', created.id).executeTakeFirst();
-    expect(current).toEqual({ state: 'cancelled', version: 3 });
+    expect(current).toEqual({ state: 'cancelled', version: 2 });
   });
 
   it('answers 404 problem for an unknown id', async () => {
@@ -519,7 +518,7 @@ describe('POST /v1/tasks/batch', () => {
     ]);
     expect(new Set(tasks.map((t) => t.id)).size).toBe(3);
     const after = await counts();
-    expect(after).toEqual({ ...before!, events: before!.events + 6, outbox: before!.outbox + 3, current: before!.current + 3, history: before!.history + 6 });
+    expect(after).toEqual({ ...before!, events: before!.events + 3, outbox: before!.outbox + 3, current: before!.current + 3, history: before!.history + 3 });
     for (const t of tasks) {
       const got = await app.inject({ method: 'GET', url: `/v1/tasks/${t.id}` });
       expect(got.json<TaskBody>()).toEqual(t);
@@ -598,7 +597,7 @@ describe('Idempotency-Key', () => {
     const keys = await tdb.db.selectFrom('idempotency_keys').selectAll().where('key', '=', key).execute();
     expect(keys.map((k) => k.task_id)).toEqual([id]);
     expect(await tdb.db.selectFrom('outbox').select('id').where('stream_id', '=', id!).execute()).toHaveLength(1);
-    expect(await counts()).toEqual({ events: before!.events + 2, outbox: before!.outbox + 1, current: before!.current + 1, history: before!.history + 2, keys: before!.keys + 1 });
+    expect(await counts()).toEqual({ events: before!.events + 1, outbox: before!.outbox + 1, current: before!.current + 1, history: before!.history + 1, keys: before!.keys + 1 });
   });
 
   it('a sequential retry answers 200 with the first task', async () => {

@@ -50,8 +50,7 @@ describe('audit views on TaskReturned', () => {
     const timeline = await rows(sql<{ event_type: string; state: string; attempt: number; node_id: string | null; reason: string | null }>`
       SELECT event_type, state, attempt, node_id, reason FROM audit.task_timeline WHERE task_id = ${back.taskId} ORDER BY version`);
     expect(timeline).toEqual([
-      { event_type: 'TaskSubmitted', state: 'submitted', attempt: 0, node_id: null, reason: null },
-      { event_type: 'TaskQueued', state: 'queued', attempt: 1, node_id: null, reason: null },
+      { event_type: 'TaskSubmitted', state: 'queued', attempt: 1, node_id: null, reason: null },
       { event_type: 'TaskStarted', state: 'running', attempt: 1, node_id: 'edge-1', reason: null },
       { event_type: 'TaskReturned', state: 'queued', attempt: 1, node_id: 'edge-1', reason: 'node-shutdown' },
       { event_type: 'TaskReturned', state: 'queued', attempt: 1, node_id: null, reason: 'delivery-limit' },

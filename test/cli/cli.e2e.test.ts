@@ -135,7 +135,7 @@ describe('fogsched CLI (built)', () => {
     expect(await read.json()).toMatchObject({ id: task.id, type: 'noop', payload: { hello: 'cli' } });
 
     const history = (await (await fetch(`${base}/v1/tasks/${task.id}/history`)).json()) as { events: { type: string; actor: string | null }[] };
-    expect(history.events.map((e) => e.type)).toEqual(['TaskSubmitted', 'TaskQueued']);
+    expect(history.events.map((e) => e.type)).toEqual(['TaskSubmitted']);
     // X-Actor is not the actor (the credential is: anonymous on an open API); it is kept as onBehalfOf in the event metadata.
     expect(history.events[0]?.actor).toBe('anonymous');
 

@@ -78,7 +78,7 @@ describe('createClient', () => {
     expect(seen).toEqual(batch.map((t) => t.id).reverse());
     expect((await fog.listPage({ type: 'list-me', limit: 2 })).nextCursor).toEqual(expect.any(String));
 
-    expect((await fog.history(first.id)).map((e) => e.type)).toEqual(['TaskSubmitted', 'TaskQueued']);
+    expect((await fog.history(first.id)).map((e) => e.type)).toEqual(['TaskSubmitted']);
     const cancelled = await fog.cancel(first.id, { reason: 'not needed' });
     expect(cancelled.state).toBe('cancelled');
     await end(batch[0]!.id, 'succeed');

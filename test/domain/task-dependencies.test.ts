@@ -97,9 +97,9 @@ describe('SubmitTask with dependencies', () => {
     expect(events[1]?.data).toMatchObject({ outcomes: { succeeded: 1, failed: 0, cancelled: 1 } });
   });
 
-  it('no dependencies data, or an empty dependsOn: queued as before', () => {
-    expect(run([], submit(spec({ dependsOn: [] }), { pending: 3 })).events.map((e) => e.type)).toEqual(['TaskSubmitted', 'TaskQueued']);
-    expect(run([], submit(spec())).events.map((e) => e.type)).toEqual(['TaskSubmitted', 'TaskQueued']);
+  it('no dependencies data, or an empty dependsOn: queued by the TaskSubmitted itself', () => {
+    expect(run([], submit(spec({ dependsOn: [] }), { pending: 3 })).events.map((e) => [e.type, (e.data as { attempt?: number }).attempt])).toEqual([['TaskSubmitted', 1]]);
+    expect(run([], submit(spec())).events.map((e) => [e.type, (e.data as { attempt?: number }).attempt])).toEqual([['TaskSubmitted', 1]]);
   });
 });
 

@@ -172,7 +172,7 @@ const TERMINAL_EVENTS: ReadonlySet<TaskEvent['type']> = new Set(['TaskSucceeded'
 
 /** The attempt an event belongs to, for the events that carry one. */
 function attemptOf(event: TaskEvent): number | null {
-  return 'attempt' in event.data ? event.data.attempt : null;
+  return 'attempt' in event.data ? (event.data.attempt ?? null) : null;
 }
 
 interface RunResult {

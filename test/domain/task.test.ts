@@ -11,6 +11,7 @@ import {
   evolve,
   foldTask,
   initialTaskState,
+  upcast,
   type TaskCommand,
   type TaskError,
   type TaskEvent,
@@ -157,18 +158,16 @@ const H = {
 // ---------------------------------------------------------------------------
 
 describe('task decider: SubmitTask', () => {
-  it('emits TaskSubmitted and TaskQueued for attempt 1, leaving the task queued', () => {
+  it('emits one TaskSubmitted that is also the dispatch of attempt 1, leaving the task queued', () => {
     const task = spec();
     const { events, after } = given().when(submit(task, T0));
 
-    expect(events).toEqual([
-      { type: 'TaskSubmitted', data: { task, at: T0 } },
-      { type: 'TaskQueued', data: { attempt: 1, tier: 'light', priority: 'normal', availableAt: T0, at: T0 } },
-    ]);
+    expect(events).toEqual([{ type: 'TaskSubmitted', data: { task, at: T0, attempt: 1, availableAt: T0 } }]);
+    expect(dispatchOf(events[0]!)).toEqual({ attempt: 1, availableAt: T0 });
     expect(after).toMatchObject({
       taskId: TASK_ID,
       status: 'queued',
-      version: 2,
+      version: 1,
       spec: task,
       attempt: 1,
       firstAttempt: 1,
@@ -180,20 +179,24 @@ describe('task decider: SubmitTask', () => {
     });
   });
 
-  it('copies tier and priority of the spec into TaskQueued', () => {
-    const task = spec({ tier: 'heavy', priority: 'high' });
-    const { events } = given().when(submit(task));
-
-    expect(events[1]).toMatchObject({ type: 'TaskQueued', data: { tier: 'heavy', priority: 'high' } });
+  it('reads a log of schema v2 (TaskSubmitted, then TaskQueued of attempt 1) into the same state', () => {
+    const task = spec();
+    const [merged] = given().when(submit(task, T0)).events;
+    const v2: TaskEvent[] = [
+      { type: 'TaskSubmitted', data: { task, at: T0 } },
+      { type: 'TaskQueued', data: { attempt: 1, tier: 'light', priority: 'normal', availableAt: T0, at: T0 } },
+    ];
+    expect(dispatchOf(v2[0]!)).toBeNull();
+    const old = foldTask(TASK_ID, v2);
+    const now = foldTask(TASK_ID, [merged!]);
+    expect({ ...old, version: 0 }).toEqual({ ...now, version: 0 });
+    expect(upcast('TaskSubmitted', 2, v2[0]!.data)).toEqual(v2[0]!.data);
   });
 
   it('schedules the task when notBefore is in the future', () => {
     const { events, after } = given().when(submit(spec({ notBefore: LATER }), T0));
 
-    expect(events[1]).toEqual({
-      type: 'TaskQueued',
-      data: { attempt: 1, tier: 'light', priority: 'normal', availableAt: LATER, at: T0 },
-    });
+    expect(events[0]).toMatchObject({ type: 'TaskSubmitted', data: { attempt: 1, availableAt: LATER, at: T0 } });
     expect(after.status).toBe('scheduled');
     expect(after.availableAt).toBe(LATER);
   });
@@ -202,7 +205,7 @@ describe('task decider: SubmitTask', () => {
     const past = '2024-12-31T23:00:00.000Z';
     const { events, after } = given().when(submit(spec({ notBefore: past }), T0));
 
-    expect(events[1]).toMatchObject({ type: 'TaskQueued', data: { availableAt: T0 } });
+    expect(events[0]).toMatchObject({ type: 'TaskSubmitted', data: { availableAt: T0 } });
     expect(after.status).toBe('queued');
   });
 

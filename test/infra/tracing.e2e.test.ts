@@ -130,13 +130,13 @@ describe('tracing across processes', () => {
       `SELECT type, metadata->>'traceId' AS trace_id, metadata->>'traceparent' AS traceparent FROM events WHERE stream_id = $1 ORDER BY stream_version`,
       [taskId],
     );
-    expect(metadata.map((m) => m.type)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskStarted', 'TaskSucceeded']);
+    expect(metadata.map((m) => m.type)).toEqual(['TaskSubmitted', 'TaskStarted', 'TaskSucceeded']);
     for (const m of metadata) expect(m.trace_id).toBe(callerTrace);
     expect(metadata[0]?.traceparent).toBe(`00-${callerTrace}-${httpSpan?.spanId}-01`);
     // The result events carry the context of their ingest span (retries they cause continue from it).
-    expect(applies.map((a) => `00-${callerTrace}-${a.spanId}-01`)).toContain(metadata[3]?.traceparent);
+    expect(applies.map((a) => `00-${callerTrace}-${a.spanId}-01`)).toContain(metadata[2]?.traceparent);
     const history = (await (await fetch(`${t.base}/v1/tasks/${taskId}/history`, { headers: auth })).json()) as { events: { traceId: string }[] };
-    expect(history.events.map((e) => e.traceId)).toEqual([callerTrace, callerTrace, callerTrace, callerTrace]);
+    expect(history.events.map((e) => e.traceId)).toEqual([callerTrace, callerTrace, callerTrace]);
 
     // Access logs are on, carry the trace and task ids, and never the credential.
     await eventually(() => api.output().includes('request completed'));
@@ -171,7 +171,7 @@ describe('tracing across processes', () => {
       `SELECT stream_id, metadata->>'traceId' AS trace_id, metadata->>'traceparent' AS traceparent FROM events WHERE stream_id = ANY($1::text[])`,
       [ids],
     );
-    expect(rows).toHaveLength(40); // TaskSubmitted and TaskQueued of each
+    expect(rows).toHaveLength(20); // the TaskSubmitted of each (which also queues it)
     for (const r of rows) {
       expect(r.trace_id).toMatch(/^[0-9a-f]{32}$/);
       expect(r.traceparent).toBe(`00-${r.trace_id}-${r.traceparent?.slice(36, 52)}-00`); // not sampled: nothing recorded it

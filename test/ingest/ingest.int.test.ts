@@ -136,8 +136,7 @@ describe('ingest', () => {
     await eventually(async () => (await stateIs(a, 'succeeded')()) && (await stateIs(b, 'succeeded')()));
     expect(await current(a)).toMatchObject({ state: 'succeeded', node_id: 'n1', output: { sum: 3 } });
     expect(await history(a)).toEqual([
-      { type: 'TaskSubmitted', state: 'submitted', attempt: 0 },
-      { type: 'TaskQueued', state: 'queued', attempt: 1 },
+      { type: 'TaskSubmitted', state: 'queued', attempt: 1 },
       { type: 'TaskStarted', state: 'running', attempt: 1 },
       { type: 'TaskSucceeded', state: 'succeeded', attempt: 1 },
     ]);
@@ -204,7 +203,7 @@ describe('ingest', () => {
     ]);
     await eventually(async () => (await stateIs(ownBackoff, 'retrying')()) && (await stateIs(fatal, 'failed')()));
     expect(await current(byDefault)).toMatchObject({ state: 'retrying', attempt: 2, node_id: null, last_error: { code: 'E_BOOM' } });
-    expect((await history(byDefault)).map((h) => h.type)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskStarted', 'TaskAttemptFailed', 'TaskRetryScheduled']);
+    expect((await history(byDefault)).map((h) => h.type)).toEqual(['TaskSubmitted', 'TaskStarted', 'TaskAttemptFailed', 'TaskRetryScheduled']);
 
     const rows = await sql<{ stream_id: string; attempt: number; available_at: Date; published_at: Date | null; in_future: boolean; body: TaskMessage }>`
       SELECT stream_id, (body->>'attempt')::int AS attempt, available_at, published_at, available_at > now() AS in_future, body
@@ -327,7 +326,7 @@ describe('ingest', () => {
     // An empty queue can still hold the copy unacked: wait for the inbox to have dropped it.
     await eventually(async () => (ingest.stats().duplicates === 1 ? true : null));
     expect(await eventually(queuesDrained)).toBe(true);
-    expect((await history(task)).map((h) => h.type)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskStarted', 'TaskSucceeded']);
+    expect((await history(task)).map((h) => h.type)).toEqual(['TaskSubmitted', 'TaskStarted', 'TaskSucceeded']);
     expect(ingest.stats()).toMatchObject({ rejected: 0, duplicates: 1 });
   });
 
@@ -441,7 +440,7 @@ describe('ingest', () => {
     await publishResults(records); // a node that re-sent its batch under a new id
     await eventually(() => ingest.stats().messages === 3);
     expect(await current(task)).toMatchObject({ state: 'queued', attempt: 1, node_id: null });
-    expect((await history(task)).map((h) => h.type)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskStarted', 'TaskReturned']);
+    expect((await history(task)).map((h) => h.type)).toEqual(['TaskSubmitted', 'TaskStarted', 'TaskReturned']);
     const [returned] = await eventData<{ reason: string; nodeId: string; returns: number }>(task, 'TaskReturned');
     expect(returned).toMatchObject({ reason: 'node-shutdown', nodeId: 'n1', returns: 0 });
     const row = await latestDispatch(task);

@@ -37,9 +37,9 @@ describe('the loop: HTTP → outbox → relay → RabbitMQ → fog node → resu
     await eventually(async () => (await t.count(`SELECT count(*) AS n FROM task_current WHERE state = 'succeeded'`)) === 1000, { timeoutMs: 60_000 });
 
     const history = await getJson(`${t.base}/v1/tasks/${ids[17]}/history`);
-    expect(history.events.map((e: { type: string }) => e.type)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskStarted', 'TaskSucceeded']);
-    expect(history.events[2].nodeId).toMatch(/-[12]$/);
-    expect(history.events[3].nodeId).toBe(history.events[2].nodeId);
+    expect(history.events.map((e: { type: string }) => e.type)).toEqual(['TaskSubmitted', 'TaskStarted', 'TaskSucceeded']);
+    expect(history.events[1].nodeId).toMatch(/-[12]$/);
+    expect(history.events[2].nodeId).toBe(history.events[1].nodeId);
 
     // events, task_current and task_history agree for every task.
     const disagreements = await t.q(`

@@ -2,13 +2,16 @@
 // migration 15, where task_history was a table the write path filled, keeps every old task's
 // history as it was, through the view and through the API's history query; and a table that
 // no longer matches its log stops the migration with nothing changed.
+// The upgrade to one event for submitted + queued (migration 18, TaskSubmitted schema v3): a log
+// written under migration 17 (TaskSubmitted v2, then TaskQueued) reads the same in task_history,
+// the API's history and the audit views, and new tasks beside it read right too.
 import { randomBytes, randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
 import { runner } from 'node-pg-migrate';
 import { afterAll, describe, expect, inject, it } from 'vitest';
-import { evolve, initialTaskState, type TaskEvent, type TaskState } from '../../src/domain/index.js';
+import { decide, evolve, initialTaskState, type TaskCommand, type TaskEvent, type TaskState } from '../../src/domain/index.js';
 import { createPostgres, migrate, MIGRATIONS_DIR, MIGRATIONS_TABLE, type Postgres } from '../../src/infra/postgres.js';
-import { getTaskHistory, HISTORY_COLUMNS, type HistoryRow } from '../../src/projections/index.js';
+import { getTaskHistory, HISTORY_COLUMNS, rebuildProjections, type HistoryRow } from '../../src/projections/index.js';
 import { appendEvents, LOG_START, readAll, type EventMetadata, type NewEvent } from '../../src/store/index.js';
 import { seedAuditHistory } from '../audit/seed.js';
 import { adminQuery, withDatabase } from '../helpers/services.js';
@@ -23,12 +26,12 @@ afterAll(async () => {
   }
 });
 
-/** A new database migrated up to the previous schema only. */
-async function databaseAtPreviousSchema(): Promise<{ pg: Postgres; url: string }> {
+/** A new database migrated up to the previous schema only (`count` migrations). */
+async function databaseAtPreviousSchema(count = PREVIOUS_SCHEMA): Promise<{ pg: Postgres; url: string }> {
   const name = `fogsched_upgrade_${randomBytes(4).toString('hex')}`;
   await adminQuery(`CREATE DATABASE ${name}`);
   const url = withDatabase(inject('postgresUrl'), name);
-  await runner({ databaseUrl: url, dir: MIGRATIONS_DIR, migrationsTable: MIGRATIONS_TABLE, direction: 'up', count: PREVIOUS_SCHEMA, checkOrder: true, log: () => {} });
+  await runner({ databaseUrl: url, dir: MIGRATIONS_DIR, migrationsTable: MIGRATIONS_TABLE, direction: 'up', count, checkOrder: true, log: () => {} });
   const pg = createPostgres({ url, poolMax: 4, connectTimeoutMs: 3000, statementTimeoutMs: 60_000 });
   opened.push({ pg, name });
   return { pg, url };
@@ -160,5 +163,93 @@ describe('upgrading to task_history as a view of the log (migration 16)', () => 
       SELECT (SELECT relkind::text FROM pg_class WHERE relname = 'task_history') AS relkind,
              (SELECT count(*)::int FROM pgmigrations) AS applied`.execute(pg.db);
     expect(rows).toEqual([{ relkind: 'r', applied: PREVIOUS_SCHEMA }]);
+  });
+});
+
+/** Events as a version before migration 18 stored them: TaskSubmitted at schema version 2. */
+async function appendAsSchema17(pg: Postgres, events: readonly NewEvent[]): Promise<void> {
+  for (const e of events) {
+    await sql`
+      INSERT INTO events (stream_id, stream_type, stream_version, event_id, type, schema_version, data, metadata)
+      VALUES (${e.streamId}, ${e.streamType}, ${e.streamVersion}, ${e.eventId}::uuid, ${e.type}, ${e.type === 'TaskSubmitted' ? 2 : 1},
+              ${JSON.stringify(e.data)}::jsonb, ${JSON.stringify(e.metadata)}::jsonb)`.execute(pg.db);
+  }
+}
+
+/** A task's events as this version's decide makes them, from its commands. */
+function lifecycleOf(taskId: string, commands: TaskCommand[]): NewEvent[] {
+  let state = initialTaskState(taskId);
+  const out: NewEvent[] = [];
+  for (const command of commands) {
+    for (const event of decide(state, command)) {
+      state = evolve(state, event);
+      out.push({ streamId: taskId, streamType: 'task', streamVersion: state.version, eventId: randomUUID(), type: event.type, data: event.data, metadata: meta('api') });
+    }
+  }
+  return out;
+}
+
+describe('upgrading to one event for submitted + queued (migration 18)', () => {
+  const views = async (pg: Postgres) => ({
+    history: await historyRows(pg),
+    timeline: (await sql<Row>`SELECT * FROM audit.task_timeline ORDER BY position`.execute(pg.db)).rows,
+    attempts: (await sql<Row>`SELECT * FROM audit.task_attempts ORDER BY task_id, attempt`.execute(pg.db)).rows,
+  });
+
+  it("reads every old task's history and audit rows unchanged, and a new task's single TaskSubmitted as queued attempt 1", async () => {
+    const { pg, url } = await databaseAtPreviousSchema(17);
+    await appendAsSchema17(pg, moreLifecycles());
+    const before = await views(pg);
+    expect(before.history.filter((r) => r.type === 'TaskQueued').length).toBeGreaterThan(0);
+    const taskIds = [...new Set(before.history.map((r) => String(r.task_id)))];
+    const api = new Map<string, unknown>();
+    for (const id of taskIds) api.set(id, await getTaskHistory(pg.db, id));
+
+    await migrate(url);
+
+    expect(await views(pg)).toEqual(before);
+    for (const id of taskIds) expect({ id, history: await getTaskHistory(pg.db, id) }).toEqual({ id, history: api.get(id) });
+
+    // New tasks beside them: one runs, one is cancelled while queued, one is scheduled.
+    const spec = (taskId: string, notBefore: string | null = null) => ({
+      taskId, tenant: 'acme', type: 'noop', payload: {}, priority: 'normal' as const, resources: { cpu: 1, memoryMb: 64 }, tier: 'light',
+      maxAttempts: 3, timeoutMs: null, notBefore, deadline: null, idempotencyKey: null, retry: null,
+    });
+    const at = (s: number) => new Date(Date.UTC(2026, 10, 2, 12, 0, s)).toISOString();
+    const [ran, cancelled, later] = [randomUUID(), randomUUID(), randomUUID()];
+    await appendEvents(pg.db, [
+      ...lifecycleOf(ran, [
+        { type: 'SubmitTask', data: { task: spec(ran), now: at(0) } },
+        { type: 'StartTask', data: { attempt: 1, nodeId: 'edge-1', now: at(1) } },
+        { type: 'SucceedTask', data: { attempt: 1, nodeId: 'edge-1', output: null, durationMs: 5, startedAt: at(1), now: at(2) } },
+      ]),
+      ...lifecycleOf(cancelled, [
+        { type: 'SubmitTask', data: { task: spec(cancelled), now: at(0) } },
+        { type: 'CancelTask', data: { actor: 'alice', reason: null, now: at(3) } },
+      ]),
+      ...lifecycleOf(later, [{ type: 'SubmitTask', data: { task: spec(later, at(60)), now: at(0) } }]),
+    ]);
+    const stateOf = async (id: string) =>
+      (await sql<{ type: string; state: string; attempt: number; schema_version: number }>`
+        SELECT h.type, h.state, h.attempt, e.schema_version FROM task_history h JOIN events e USING (position) WHERE h.task_id = ${id}::uuid ORDER BY h.version`.execute(pg.db)).rows;
+    expect(await stateOf(ran)).toEqual([
+      { type: 'TaskSubmitted', state: 'queued', attempt: 1, schema_version: 3 },
+      { type: 'TaskStarted', state: 'running', attempt: 1, schema_version: 1 },
+      { type: 'TaskSucceeded', state: 'succeeded', attempt: 1, schema_version: 1 },
+    ]);
+    // The cancel carries no attempt: the view takes the TaskSubmitted's, as the code's fold does.
+    expect((await stateOf(cancelled)).map((r) => [r.type, r.state, r.attempt])).toEqual([['TaskSubmitted', 'queued', 1], ['TaskCancelled', 'cancelled', 1]]);
+    expect((await stateOf(later)).map((r) => [r.type, r.state, r.attempt])).toEqual([['TaskSubmitted', 'scheduled', 1]]);
+    const timeline = (await sql<Row>`SELECT event_type, state, attempt FROM audit.task_timeline WHERE task_id = ${ran} ORDER BY version`.execute(pg.db)).rows;
+    expect(timeline).toEqual([
+      { event_type: 'TaskSubmitted', state: 'queued', attempt: 1 },
+      { event_type: 'TaskStarted', state: 'running', attempt: 1 },
+      { event_type: 'TaskSucceeded', state: 'succeeded', attempt: 1 },
+    ]);
+    const attempts = (await sql<Row>`SELECT attempt, queued_by_event, queued_at, available_at, outcome FROM audit.task_attempts WHERE task_id = ${ran}`.execute(pg.db)).rows;
+    expect(attempts).toEqual([{ attempt: 1, queued_by_event: 'TaskSubmitted', queued_at: new Date(at(0)), available_at: new Date(at(0)), outcome: 'succeeded' }]);
+    // The view agrees with the code's fold of the whole log, old tasks and new.
+    const report = await rebuildProjections(pg, { dryRun: true, projections: ['task_history'] });
+    expect(report.comparisons?.map((c) => [c.projection, c.liveOnly, c.rebuiltOnly, c.samples])).toEqual([['task_history', 0, 0, []]]);
   });
 });

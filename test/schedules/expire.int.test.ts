@@ -37,7 +37,7 @@ describe('deadlines without a fog node', () => {
       const state = async (id: string) => (await tdb.db.selectFrom('task_current').select(['state', 'failure_reason']).where('task_id', '=', id).executeTakeFirstOrThrow());
       await eventually(async () => (await state(overdue.taskId)).state === 'failed', { timeoutMs: 5000 });
       expect(await state(overdue.taskId)).toEqual({ state: 'failed', failure_reason: 'expired' });
-      expect((await getTaskHistory(tdb.db, overdue.taskId)).map((e) => e.type)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskAttemptFailed', 'TaskFailed']);
+      expect((await getTaskHistory(tdb.db, overdue.taskId)).map((e) => e.type)).toEqual(['TaskSubmitted', 'TaskAttemptFailed', 'TaskFailed']);
       expect((await state(running.taskId)).state).toBe('running');
       expect((await state(free.taskId)).state).toBe('queued');
       expect(await scheduler.expireOverdue()).toBe(0); // nothing left to expire

@@ -67,7 +67,7 @@ describe('retention', () => {
     expect(await count(sql`outbox WHERE stream_id = ANY(${fresh}::text[])`)).toBe(4);
     expect((await pruneRetention(tdb.db, { ...RETENTION, batchRows: 7 })).outbox).toBe(0);
     // The events stay: retention only drops copies.
-    expect(await count(sql`events WHERE stream_id = ANY(${old}::text[])`)).toBe(46);
+    expect(await count(sql`events WHERE stream_id = ANY(${old}::text[])`)).toBe(23);
   });
 
   it('deletes inbox rows older than INBOX_RETENTION_DAYS and idempotency keys older than IDEMPOTENCY_KEY_TTL_HOURS, in batches', async () => {

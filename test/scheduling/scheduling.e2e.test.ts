@@ -149,7 +149,7 @@ describe('delays, retries, timeouts, DLQ and batches on one pipeline', () => {
     const late = ms(row!.started_at) - ms(notBefore);
     expect(late).toBeGreaterThanOrEqual(0);
     expect(late).toBeLessThan(1000);
-    expect(types(await t.history(task.id))).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskStarted', 'TaskSucceeded']);
+    expect(types(await t.history(task.id))).toEqual(['TaskSubmitted', 'TaskStarted', 'TaskSucceeded']);
   });
 
   it('retries: failed twice then succeeded reads exactly that, with backoff delays in range', async () => {
@@ -158,7 +158,6 @@ describe('delays, retries, timeouts, DLQ and batches on one pipeline', () => {
     const h = await t.history(task.id);
     expect(types(h)).toEqual([
       'TaskSubmitted',
-      'TaskQueued',
       'TaskStarted',
       'TaskAttemptFailed',
       'TaskRetryScheduled',
@@ -207,8 +206,8 @@ describe('delays, retries, timeouts, DLQ and batches on one pipeline', () => {
     expect(done.lastError).toEqual({ message: 'bad input', code: 'bad_input', retryable: false });
     expect(done.attempt).toBe(1);
     const h = await t.history(task.id);
-    expect(types(h)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskStarted', 'TaskAttemptFailed', 'TaskFailed']);
-    expect(h[4]?.reason).toBe('non-retryable');
+    expect(types(h)).toEqual(['TaskSubmitted', 'TaskStarted', 'TaskAttemptFailed', 'TaskFailed']);
+    expect(h[3]?.reason).toBe('non-retryable');
   });
 
   it('failing on every one of maxAttempts (default 3) ends failed with reason max-attempts and the last error', async () => {
@@ -229,7 +228,6 @@ describe('delays, retries, timeouts, DLQ and batches on one pipeline', () => {
     const h = await t.history(task.id);
     expect(types(h)).toEqual([
       'TaskSubmitted',
-      'TaskQueued',
       'TaskStarted',
       'TaskAttemptFailed',
       'TaskRetryScheduled',
@@ -301,7 +299,6 @@ describe('delays, retries, timeouts, DLQ and batches on one pipeline', () => {
     const h = await t.history(task.id);
     expect(types(h)).toEqual([
       'TaskSubmitted',
-      'TaskQueued',
       'TaskStarted',
       'TaskAttemptFailed',
       'TaskFailed',
@@ -430,7 +427,7 @@ describe('deadlines and cancellation', () => {
     expect(done.startedAt).toBeNull();
     const h = await t.history(task.id);
     expect(types(h)).not.toContain('TaskStarted');
-    expect(types(h)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskAttemptFailed', 'TaskFailed']);
+    expect(types(h)).toEqual(['TaskSubmitted', 'TaskAttemptFailed', 'TaskFailed']);
     expect(h.at(-1)).toMatchObject({ reason: 'expired' });
   });
 
@@ -445,7 +442,7 @@ describe('deadlines and cancellation', () => {
     const next = await t.submit({ type: 'noop' });
     await t.waitState(next.id, 'succeeded', 20_000);
     const h = await t.history(task.id);
-    expect(types(h)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskCancelled']);
+    expect(types(h)).toEqual(['TaskSubmitted', 'TaskCancelled']);
     expect(h.at(-1)).toMatchObject({ actor: 'anonymous', reason: 'not needed' });
     expect((await t.get(`/v1/tasks/${task.id}`)).state).toBe('cancelled');
   });
@@ -475,7 +472,7 @@ describe('deadlines and cancellation', () => {
     expect(done.nodeId).toBe('one-slot');
     expect(Date.now() - cancelledAt).toBeLessThan(5000);
     const h = await t.history(long.id);
-    expect(types(h)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskStarted', 'TaskCancelled']);
+    expect(types(h)).toEqual(['TaskSubmitted', 'TaskStarted', 'TaskCancelled']);
     expect(types(h)).not.toContain('TaskSucceeded');
 
     const again = await t.post(`/v1/tasks/${long.id}/cancel`);
@@ -516,7 +513,7 @@ describe('deadlines and cancellation', () => {
       { timeoutMs: 10_000, message: 'no metric sample from the node after the probe' },
     );
     expect(Number(sample.completed)).toBe(1);
-    expect(types(await t.history(task.id))).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskCancelled']);
+    expect(types(await t.history(task.id))).toEqual(['TaskSubmitted', 'TaskCancelled']);
     expect(await t.count(`SELECT count(*) AS n FROM outbox WHERE stream_id = $1 AND exchange = $2`, [task.id, `${t.prefix}tasks`])).toBe(0);
   });
 
@@ -538,7 +535,7 @@ describe('deadlines and cancellation', () => {
     await sleep(1500); // wall-clock time passes both due times
     const probe = await t.submit({ type: 'noop' });
     await t.waitState(probe.id, 'succeeded');
-    expect(types(await t.history(scheduled.id))).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskCancelled']);
+    expect(types(await t.history(scheduled.id))).toEqual(['TaskSubmitted', 'TaskCancelled']);
     expect(ofType(await t.history(retrying.id), 'TaskStarted')).toHaveLength(1);
     expect((await t.get(`/v1/tasks/${retrying.id}`)).state).toBe('cancelled');
     const refused = await t.post(`/v1/tasks/${failing.id}/cancel`);

@@ -41,7 +41,7 @@ describe('the trace of a task write', () => {
     const { task, run } = submit({ tenant: 'acme', actor: 'test', traceId: TRACE, traceparent: TRACEPARENT });
     await run();
     const events = await eventsOf(task.taskId);
-    expect(events.map((e) => e.type)).toEqual(['TaskSubmitted', 'TaskQueued']);
+    expect(events.map((e) => e.type)).toEqual(['TaskSubmitted']);
     for (const e of events) expect(e.metadata).toMatchObject({ traceId: TRACE, traceparent: TRACEPARENT });
     expect(await outboxHeaders(task.taskId)).toEqual([{ 'x-task-id': task.taskId, 'x-attempt': 1, traceparent: TRACEPARENT }]);
   });
@@ -55,13 +55,13 @@ describe('the trace of a task write', () => {
       .transaction()
       .execute((trx) => executeTaskCommands(trx, [{ taskId: task.taskId, command: { type: 'CancelTask', data: { actor: 'scheduler', reason: 'test', now } }, metadata: { actor: 'scheduler' } }], names));
     const events = await eventsOf(task.taskId);
-    expect(events.map((e) => e.type)).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskStarted', 'TaskCancelled']);
+    expect(events.map((e) => e.type)).toEqual(['TaskSubmitted', 'TaskStarted', 'TaskCancelled']);
     for (const e of events) expect(e.metadata.traceId).toBe(TRACE);
     // A new span id under the same trace, not the submit's own context.
-    expect(events[2]?.metadata.traceparent).toMatch(new RegExp(`^00-${TRACE}-[0-9a-f]{16}-01$`));
-    expect(events[2]?.metadata.traceparent).not.toBe(TRACEPARENT);
+    expect(events[1]?.metadata.traceparent).toMatch(new RegExp(`^00-${TRACE}-[0-9a-f]{16}-01$`));
+    expect(events[1]?.metadata.traceparent).not.toBe(TRACEPARENT);
     // The cancel broadcast carries it too (the cancel withdrew the unpublished dispatch).
-    expect(await outboxHeaders(task.taskId)).toEqual([{ traceparent: events[3]?.metadata.traceparent }]);
+    expect(await outboxHeaders(task.taskId)).toEqual([{ traceparent: events[2]?.metadata.traceparent }]);
   });
 
   it('a new task without a trace (a schedule firing) starts its own, random one', async () => {
@@ -72,7 +72,8 @@ describe('the trace of a task write', () => {
     const a = await eventsOf(first.task.taskId);
     const b = await eventsOf(second.task.taskId);
     expect(a[0]?.metadata.traceId).toMatch(/^[0-9a-f]{32}$/);
-    expect(a[1]?.metadata.traceId).toBe(a[0]?.metadata.traceId);
+    // Its dispatch (written with the TaskSubmitted) carries the same trace.
+    expect((await outboxHeaders(first.task.taskId))[0]?.traceparent).toContain(a[0]!.metadata.traceId as string);
     expect(b[0]?.metadata.traceId).not.toBe(a[0]?.metadata.traceId);
   });
 });

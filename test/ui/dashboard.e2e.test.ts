@@ -185,7 +185,7 @@ describe.skipIf(noChromium)('the dashboard in a real browser', () => {
     await page.getByRole('heading', { level: 2, name: 'Timeline' }).waitFor();
     expect(page.url()).toContain(`#/tasks/${task.id}`);
     const events = page.locator('table.timeline tbody tr');
-    await expect.poll(() => events.evaluateAll((rows) => rows.map((r) => r.getAttribute('data-event'))), { timeout: LONG }).toEqual(['TaskSubmitted', 'TaskQueued', 'TaskStarted', 'TaskSucceeded']);
+    await expect.poll(() => events.evaluateAll((rows) => rows.map((r) => r.getAttribute('data-event'))), { timeout: LONG }).toEqual(['TaskSubmitted', 'TaskStarted', 'TaskSucceeded']);
     expect(await page.locator('tr[data-event="TaskStarted"]').textContent()).toMatch(/edge-[ab]/);
     expect(await page.locator('tr[data-event="TaskSucceeded"] td').nth(2).textContent()).toMatch(/^\+/);
     expect(await page.getByLabel('Output (JSON)').textContent()).toBe('42');

@@ -47,7 +47,6 @@ describe('handlers written with defineHandlers, on the whole pipeline', () => {
     // Attempt 1: two reports, then the retryable failure; attempt 2: three reports, then success.
     expect(types).toEqual([
       'TaskSubmitted',
-      'TaskQueued',
       'TaskStarted',
       'TaskProgressed',
       'TaskProgressed',
