@@ -730,8 +730,9 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
         const settled = publishBatch(ch, ready)
           .then(async (outcome) => {
             if (outcome.ok.length > 0) markPublished(outcome.ok);
-            // A confirmed dispatch says its queue has room: the next hold of its key starts short again.
-            for (const key of outcome.taken) if (!outcome.failed.some((f) => f.holdKey === key)) holds.delete(key);
+            // A confirmed dispatch says its queue took something: a hold this batch starts (the queue
+            // filled up again) is a short one, and holds grow only while nothing goes in.
+            for (const key of outcome.taken) holds.delete(key);
             const failed = [...outcome.failed, ...strays];
             if (failed.length > 0) {
               refused = true;
