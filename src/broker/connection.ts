@@ -74,8 +74,12 @@ export function createBrokerClient(options: BrokerClientOptions): BrokerClient {
   let generations = 0;
   let connections = 0;
 
+  // noDelay: amqplib leaves Nagle's algorithm on, so a small frame written while an earlier one
+  // is unacknowledged waited for the broker's (delayed, up to ~40 ms) ACK: a dispatch or a start
+  // report could sit in the socket for tens of ms. Frames of one tick are corked into one write
+  // (coalesceWrites), so Nagle has nothing left to gather.
   const open = (url: string): Promise<ChannelModel> =>
-    amqp.connect(withHeartbeat(url, heartbeatS), { timeout, clientProperties: { connection_name: options.name } });
+    amqp.connect(withHeartbeat(url, heartbeatS), { timeout, noDelay: true, clientProperties: { connection_name: options.name } });
 
   const wrap = (model: ChannelModel, url: string): BrokerConnection => {
     let isOpen = true;
