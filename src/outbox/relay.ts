@@ -584,7 +584,11 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
     const refusals = (h?.refusals ?? 0) + 1;
     const ms = backoffMs(refusals, { baseMs: 200, maxMs: options.retryMaxMs });
     holds.set(key, { until: now + ms, refusals });
-    logger.warn({ routingKey: key, holdMs: ms, refusals }, 'task queue refused a dispatch (full?); holding its routing key');
+    // A queue that fills while it drains is backpressure, not trouble: a hold after one that let
+    // something in is debug. A warning once the queue has taken nothing for three holds in a row
+    // (its consumers stopped?); the outbox lag gauge and its alert cover a long stall.
+    const level = refusals >= 3 ? 'warn' : 'debug';
+    logger[level]({ routingKey: key, holdMs: ms, refusals }, 'task queue refused a dispatch (full?); holding its routing key');
     return true;
   };
 
