@@ -9,6 +9,9 @@ import { LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_PLACEMENT_LABELS, ZONE_PATT
  * Every setting fogsched reads, with its environment variable and default.
  * Units are in the names. This is the only place that reads `process.env`.
  */
+/** INGEST_LANES's maximum; ingest looks for lane queues up to it. */
+export const MAX_INGEST_LANES = 64;
+
 const Int = (min: number, def: number, description: string) =>
   Type.Integer({ minimum: min, default: def, description });
 
@@ -77,7 +80,7 @@ export const ConfigSchema = Type.Object({
   RELAY_LEASE_MS: Int(1000, 5000, 'lease of the publishing relay (table relay_lease), renewed every third of it: a leader that cannot renew within it stops publishing, a standby takes over once it expired; also the statement_timeout of relay sessions'),
   INGEST_BATCH_SIZE: Int(1, 500, 'messages per ingest transaction'),
   INGEST_FLUSH_MS: Int(0, 5, 'wait this long for a batch to fill'),
-  INGEST_LANES: Type.Integer({ minimum: 0, maximum: 64, default: 4, description: "result lanes: quorum queues results.lane.<i>, one active consumer each, chosen by a hash of the task id; an ingest process applies its lanes in parallel and ingest replicas share them. Every role must have the same value; 0 = the one results queue" }),
+  INGEST_LANES: Type.Integer({ minimum: 0, maximum: MAX_INGEST_LANES, default: 4, description: "result lanes: quorum queues results.lane.<i>, one active consumer each, chosen by a hash of the task id; an ingest process applies its lanes in parallel and ingest replicas share them. Every role must have the same value; 0 = the one results queue" }),
   // --- ingest error handling (issue 15): transient database errors are retried, never dead-lettered ---
   INGEST_RETRY_MAX_MS: Int(10, 10000, 'cap of the ingest backoff (exponential, jittered) between tries of a batch after a transient database error'),
   INGEST_UNKNOWN_ERROR_LIMIT: Int(1, 5, 'consecutive failures of a batch on an unclassified error before ingest isolates its messages like a permanent error'),

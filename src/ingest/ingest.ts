@@ -19,6 +19,7 @@ import {
   type TaskMessage,
 } from '../domain/index.js';
 import { createBackoff, createBrokerClient, declareTopology, type BrokerChannel, type BrokerConnection, type Topology, type TopologyNames } from '../broker/index.js';
+import { MAX_INGEST_LANES } from '../infra/config.js';
 import type { Logger } from '../infra/logger.js';
 import { classifyPgError, PREPARE_MARK } from '../infra/postgres.js';
 import { sleep, type Role } from '../infra/role.js';
@@ -55,9 +56,6 @@ export interface IngestOptions {
   /** How often ingest looks for lane queues past its own INGEST_LANES (declared by a role with more); default 60,000 ms (and at every connect). */
   readonly laneDiscoveryMs?: number;
 }
-
-/** INGEST_LANES's maximum: lane queues are looked for up to this index. */
-const MAX_LANES = 64;
 
 type Source = 'results' | 'metrics' | 'dlq';
 
@@ -339,7 +337,7 @@ export function createIngest(options: IngestOptions): Role & { stats(): IngestSt
   const discoverLanes = async (conn: BrokerConnection) => {
     lastDiscovery = Date.now();
     const known = new Set(units.flatMap((u) => (u.lane === null ? [] : [u.lane])));
-    for (let lane = 0; lane < MAX_LANES; lane++) {
+    for (let lane = 0; lane < MAX_INGEST_LANES; lane++) {
       if (known.has(lane)) continue;
       // A passive declare of a missing queue closes its channel (404): a throwaway channel per look.
       const probe = await conn.model.createChannel();
