@@ -369,9 +369,11 @@ export async function latency(s: Settings): Promise<Metrics> {
     await startApi(e);
     await sleep(500); // let the fog nodes subscribe
     if (workers.proc.exitCode !== null) throw new Error(`workers exited: ${workers.output().slice(-2000)}`);
+    const cpu0 = cpuSnapshot();
     const r = await openLoop(s.latencyRate, s.latencySeconds, async (i) => {
       await submitOne(e.port, i);
     });
+    const cpu = cpuBetween(cpu0, cpuSnapshot(), { workers: workers.pid, api: e.procs[1]?.pid, bench: process.pid });
     const ok = r.sent - r.errors;
     await waitForCount(succeededCount(e.dbUrl), ok, performance.now(), s.ownTimeoutMs);
     const rows = await dbQuery<{ s: number; f: number }>(
@@ -384,6 +386,7 @@ export async function latency(s: Settings): Promise<Metrics> {
       errors: r.errors,
       ...latencySummary(rows.rows.map((x) => Number(x.s)), 'start'),
       ...latencySummary(rows.rows.map((x) => Number(x.f)), 'done'),
+      cpuSecondsBy: cpuText(cpu),
       ...(r.firstError ? { firstError: r.firstError } : {}),
     };
   });
