@@ -7,7 +7,7 @@ import { drain, drainTwoIngest, overlapSingle, overlapSplit, drainLongLog, dropT
 import { PEER_SCENARIOS, peerVariants, runPeerScenario } from './peers.js';
 import { errorsOf, markdown, table, type Results, type Run } from './report.js';
 import { PEERS, SCENARIOS, settingsFor, type Scenario, type Settings } from './settings.js';
-import { killAllSpawned } from './util.js';
+import { adminQuery, killAllSpawned } from './util.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -55,6 +55,22 @@ const short = (m: Metrics) =>
     .slice(0, 6)
     .map(([k, v]) => `${k}=${(v as number).toFixed(1)}`)
     .join(' ');
+
+/**
+ * The PostgreSQL settings the figures depend on: autovacuum off (as on the node-svc machines)
+ * leaves every dead outbox and task_current row in place for the whole run.
+ */
+async function postgresSettings(): Promise<string> {
+  try {
+    const r = await adminQuery(
+      `SELECT name, setting, unit FROM pg_settings WHERE name IN ('server_version', 'autovacuum', 'synchronous_commit', 'fsync', 'shared_buffers') ORDER BY name`,
+    );
+    const v = Object.fromEntries(r.rows.map((x: { name: string; setting: string; unit: string | null }) => [x.name, x.name === 'shared_buffers' ? `${(Number(x.setting) * 8) / 1024} MiB` : x.setting]));
+    return `${v.server_version}; autovacuum ${v.autovacuum}, synchronous_commit ${v.synchronous_commit}, fsync ${v.fsync}, shared_buffers ${v.shared_buffers}`;
+  } catch (error) {
+    return `unknown (${(error as Error).message})`;
+  }
+}
 
 async function timed(system: string, scenario: string, repeat: number, f: () => Promise<Metrics>): Promise<Run> {
   const t0 = performance.now();
@@ -124,6 +140,7 @@ async function main(): Promise<number> {
       memory: `${(os.totalmem() / 2 ** 30).toFixed(1)} GiB`,
       os: `${os.type()} ${os.release()} ${os.arch()}`,
       node: process.version,
+      postgresql: await postgresSettings(),
     },
     versions: Object.fromEntries(['fogsched', 'graphile-worker', 'pg-boss', 'bullmq', 'amqplib', 'pg', 'fastify'].map((p) => [p, p === 'fogsched' ? versionOfRoot() : versionOf(p)])),
     settings,

@@ -26,10 +26,14 @@ export async function runDoctor(config: Config, write: (line: string) => void = 
         await client.connect();
         try {
           const v = await client.query<{ server_version: string }>('SHOW server_version');
+          // The outbox and task_current are updated once or twice per task: without autovacuum their
+          // dead rows stay until a manual VACUUM, and the tables and their indexes keep growing.
+          const av = await client.query<{ autovacuum: string }>('SHOW autovacuum');
+          const vacuum = av.rows[0]?.autovacuum === 'off' ? '; warning: autovacuum is off (dead outbox and task_current rows stay until a manual VACUUM)' : '';
           const pool = new pg.Pool({ connectionString: config.DATABASE_URL, connectionTimeoutMillis: 3000, max: 1 });
           try {
             const pending = await pendingMigrations(pool).catch(() => ['(database missing)']);
-            return `PostgreSQL ${v.rows[0]?.server_version}; ${pending.length === 0 ? 'migrations applied' : `pending migrations: ${pending.length} (run: fogsched migrate)`}`;
+            return `PostgreSQL ${v.rows[0]?.server_version}; ${pending.length === 0 ? 'migrations applied' : `pending migrations: ${pending.length} (run: fogsched migrate)`}${vacuum}`;
           } finally {
             await pool.end();
           }
