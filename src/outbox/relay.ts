@@ -520,7 +520,7 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
   };
 
   /**
-   * Publishes one claimed batch on `ch` (in id order) and resolves once every row is confirmed or
+   * Publishes one claimed batch on `ch` (in claim order) and resolves once every row is confirmed or
    * refused (nack, return as unroutable, channel loss). One callback per row, no promise per row.
    */
   const publishBatch = async (ch: ConfirmingChannel, rows: readonly ClaimedRow[]): Promise<BatchOutcome> => {
@@ -655,9 +655,8 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
 
   /**
    * The next claim while earlier batches are in flight: the next `batchSize` rows after `afterId`
-   * in primary-key order, keeping the due, unpublished ones. It walks the primary key rather than
-   * the partial index, whose plan sorts every due row (and every dead entry) on each call.
-   * Rows in flight are below `afterId`, so none is claimed twice.
+   * in primary-key order, keeping the due, unpublished ones: over a backlog, the rows written
+   * after the ones claimed. Rows in flight are at or below `afterId`, so none is claimed twice.
    */
   const claimAfter = async (t: Term, afterId: number): Promise<Claim> => {
     const r = await t.inTurn(() =>
@@ -674,9 +673,10 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
   };
 
   /**
-   * One round: claims due rows in id order and publishes them on one channel, keeping up to
-   * `pipelineDepth` batches awaiting their confirms: the next batch is claimed and published
-   * while the earlier ones wait for theirs, and confirmed rows are marked published behind them.
+   * One round: claims the rows longest due, then the rows after them in id order, and publishes
+   * them on one channel, keeping up to `pipelineDepth` batches awaiting their confirms: the next
+   * batch is claimed and published while the earlier ones wait for theirs, and confirmed rows
+   * are marked published behind them.
    * It claims no further batch once a row was refused, the channel changed, the rows thin out
    * (the next round starts over from the index), the relay stops or the lease ends; it publishes
    * nothing once the lease no longer holds. On a stop every batch in flight gets its confirms and

@@ -35,7 +35,7 @@ import type { Database, EventMetadata, Executor } from '../store/index.js';
 import { listFailedTasks, loadTaskStates, type FailedTaskFilter } from '../projections/index.js';
 import type { TopologyNames } from '../outbox/index.js';
 import { isConnectionError } from '../infra/postgres.js';
-import { countedTransaction, executeTaskCommands } from './execute-commands.js';
+import { countedStatement, countedTransaction, executeTaskCommands } from './execute-commands.js';
 import { createGroupCommit } from './group-commit.js';
 
 /** A submit as the API validated it. */
@@ -124,6 +124,9 @@ interface PreparedSubmit {
   /** Key-sorted JSON of the significant spec: what a repeat with the same id must match ('' without a client id). */
   readonly canonical: string;
 }
+
+/** A submit whose write is the one statement of executeTaskCommands: nothing to look up first. */
+const oneStatement = (item: PreparedSubmit): boolean => !item.clientId && item.spec.idempotencyKey === null && (item.spec.dependsOn?.length ?? 0) === 0;
 
 export type TaskService = ReturnType<typeof createTaskService>;
 
@@ -247,7 +250,12 @@ export function createTaskService(options: TaskServiceOptions) {
     maxQueued,
     onFull: () => new SubmitQueueFullError(maxQueued),
     ...(options.concurrency !== undefined ? { concurrency: options.concurrency } : {}),
-    run: (items) => countedTransaction(db, (trx) => writeSubmits(trx, items)),
+    // Tasks without a client id, idempotency key or dependencies are written by one statement:
+    // no transaction around it (each item's result stands alone, as in the transaction).
+    run: (items) =>
+      items.every(oneStatement)
+        ? countedStatement(db, (exec) => writeSubmits(exec, items))
+        : countedTransaction(db, (trx) => writeSubmits(trx, items)),
     isolate: (error) => !isConnectionError(error),
   });
 

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConcurrencyError, DEFAULT_TIERS, FogschedError, IdempotencyConflictError, type TaskSpec } from '../../src/domain/index.js';
 import { topologyNames } from '../../src/outbox/index.js';
 import { appendToStream } from '../../src/store/index.js';
-import { createTaskService, executeTaskCommands, type CommandItem } from '../../src/tasks/index.js';
+import { countedStatement, createTaskService, executeTaskCommands, type CommandItem } from '../../src/tasks/index.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/database.js';
 import { taskSpec } from '../helpers/seed-tasks.js';
 
@@ -191,6 +191,34 @@ describe('the task service is all or nothing', () => {
     }
     const other = await sql<{ n: number }>`SELECT count(*)::int AS n FROM events WHERE data->'task'->>'type' = 'other'`.execute(tdb.db);
     expect(other.rows[0]?.n).toBe(0);
+  });
+
+  it('plain submits (no id, key or dependencies) are one statement without BEGIN/COMMIT: every table written, a bad one alone refused', async () => {
+    const tasks = service();
+    const caller = { tenant: 'default', actor: 'test' };
+    // Same tick: one group; the task that fits no tier is refused and leaves nothing behind.
+    const results = await Promise.allSettled([
+      tasks.submit({ type: 'plain-a' }, caller),
+      tasks.submit({ type: 'plain-b', resources: { memoryMb: 1_000_000 } }, caller),
+      tasks.submit({ type: 'plain-c', priority: 'high' }, caller),
+    ]);
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    for (const r of [results[0], results[2]]) {
+      const id = (r as PromiseFulfilledResult<{ task: { taskId: string } }>).value.task.taskId;
+      expect(await traces(id)).toEqual({ events: 1, current: 1, history: 1, outbox: 1, keys: 0 });
+    }
+    const b = await sql<{ n: number }>`SELECT count(*)::int AS n FROM events WHERE data->'task'->>'type' = 'plain-b'`.execute(tdb.db);
+    expect(b.rows[0]?.n).toBe(0);
+  });
+
+  it('countedStatement refuses a second statement before it runs (work of two statements needs a transaction)', async () => {
+    const marker = `cs-${randomUUID()}`;
+    const error = await countedStatement(tdb.db, async (exec) => {
+      await sql`SELECT 1`.execute(exec);
+      await sql`INSERT INTO idempotency_keys (tenant, key, task_id, request_hash) VALUES ('default', ${marker}, ${randomUUID()}::uuid, 'x')`.execute(exec);
+    }).catch((e: unknown) => e);
+    expect(String(error)).toMatch(/second statement/);
+    expect(await tdb.db.selectFrom('idempotency_keys').select('key').where('key', '=', marker).execute()).toEqual([]);
   });
 });
 
