@@ -4,7 +4,7 @@ import { Kysely, PostgresDialect, sql, type PostgresPool, type PostgresPoolClien
 import type pg from 'pg';
 import pgCopy from 'pg-copy-streams';
 import { evolve, FogschedError, initialTaskState, type TaskEvent, type TaskState } from '../domain/index.js';
-import { cursorAfter, LOG_START, readAll, readPositions, type Database, type Executor, type LogCursor, type StoredEvent } from '../store/index.js';
+import { cursorAfter, LOG_START, readAllForFold, readPositions, type Database, type Executor, type FoldEvent, type LogCursor } from '../store/index.js';
 import type { Postgres } from '../infra/postgres.js';
 import {
   columnList,
@@ -121,7 +121,7 @@ export class RebuildRunningError extends FogschedError {
 interface ReplayState {
   /** The last event folded. */
   cursor: LogCursor;
-  held: StoredEvent[];
+  held: FoldEvent[];
   applied: number;
   /** Events folded since the last checkpoint. */
   pending: number;
@@ -132,7 +132,7 @@ interface ReplayState {
   history: HistoryRow[] | null;
 }
 
-function freshState(cursor: LogCursor, held: StoredEvent[], applied: number, keepHistory: boolean): ReplayState {
+function freshState(cursor: LogCursor, held: FoldEvent[], applied: number, keepHistory: boolean): ReplayState {
   return { cursor, held, applied, pending: 0, cache: new Map(), dirty: new Set(), seqs: new Map(), history: keepHistory ? [] : null };
 }
 
@@ -161,7 +161,9 @@ export async function rebuildProjections(pg: Postgres, options: RebuildOptions =
       // and the checkpoint are written together every `checkpointEvery` events, with COPY.
       const writer = await connect(pg.pool);
       try {
-        let next = readAll(pg.db, state.cursor, batchSize);
+        // The metadata only goes into task_history's rows, read when that projection is compared.
+        const read = (after: LogCursor) => readAllForFold(pg.db, after, batchSize, { metadata: state.history !== null });
+        let next = read(state.cursor);
         next.catch(() => {});
         // One checkpoint written at a time, in order, while the next batches are folded.
         let writing: Promise<void> = Promise.resolve();
@@ -170,7 +172,7 @@ export async function rebuildProjections(pg: Postgres, options: RebuildOptions =
           const events = await next;
           const short = events.length < batchSize;
           if (!short) {
-            next = readAll(pg.db, cursorAfter(state.cursor, events), batchSize);
+            next = read(cursorAfter(state.cursor, events));
             next.catch(() => {}); // awaited (and thrown) at the top of the loop
           }
           await fold(pg.db, events, state);
@@ -269,9 +271,9 @@ async function prepare(pg: Postgres, projections: readonly ProjectionName[]): Pr
  * applied by stream_version: one already applied is skipped, one that arrives ahead of a
  * missing earlier version is held until that version is read.
  */
-async function fold(db: Executor, events: readonly StoredEvent[], state: ReplayState): Promise<void> {
+async function fold(db: Executor, events: readonly FoldEvent[], state: ReplayState): Promise<void> {
   state.cursor = cursorAfter(state.cursor, events);
-  const byStream = new Map<string, StoredEvent[]>();
+  const byStream = new Map<string, FoldEvent[]>();
   for (const e of [...state.held, ...events]) {
     if (e.streamType !== 'task') continue;
     const list = byStream.get(e.streamId);
@@ -295,7 +297,7 @@ async function fold(db: Executor, events: readonly StoredEvent[], state: ReplayS
       const event = { type: e.type, data: e.data } as TaskEvent;
       current = evolve(current, event);
       if (event.type === 'TaskSubmitted') state.seqs.set(id, e.position);
-      state.history?.push({ position: e.position, state: current, event, metadata: e.metadata });
+      state.history?.push({ position: e.position, state: current, event, metadata: e.metadata ?? {} });
       state.applied++;
       state.pending++;
       state.dirty.add(id);
@@ -433,12 +435,12 @@ async function swapPhase(
         await sql`SET LOCAL statement_timeout = 0`.execute(db);
         await sql`LOCK TABLE task_current IN EXCLUSIVE MODE`.execute(db);
         for (;;) {
-          const events = await readAll(db, state.cursor, opts.batchSize, { settled: false });
+          const events = await readAllForFold(db, state.cursor, opts.batchSize, { settled: false, metadata: state.history !== null });
           await fold(db, events, state);
           if (events.length < opts.batchSize) break;
         }
         if (state.held.length > 0) {
-          const e = state.held[0] as StoredEvent;
+          const e = state.held[0] as FoldEvent;
           throw new Error(`the log has no version ${e.streamVersion - 1} of stream ${e.streamId} before position ${e.position}: not swapping`);
         }
         await writeCheckpoint(conn, takeCheckpoint(state), projections);

@@ -139,13 +139,52 @@ export async function readStream(db: Executor, streamId: string, fromVersion = 1
  * holds locks which keep the writers it cares about out (the rebuild's final swap).
  */
 export async function readAll(db: Executor, after: LogCursor, limit: number, opts: { settled?: boolean } = {}): Promise<StoredEvent[]> {
-  let query = db
-    .selectFrom('events')
-    .selectAll()
-    .where(sql<boolean>`(transaction_id, position) > (${after.transactionId}::xid8, ${after.position}::bigint)`);
-  if (opts.settled !== false) query = query.where(sql<boolean>`transaction_id < pg_snapshot_xmin(pg_current_snapshot())`);
-  const rows = await query.orderBy('transaction_id').orderBy('position').limit(limit).execute();
+  const rows = await logAfter(db, after, limit, opts).selectAll().execute();
   return rows.map(toStoredEvent);
+}
+
+/** The events a fold of the log reads: readAll's, without what no fold looks at. */
+export interface FoldEvent {
+  readonly position: number;
+  readonly streamId: string;
+  readonly streamType: string;
+  readonly streamVersion: number;
+  readonly type: string;
+  /** Upcast to the current schema version. */
+  readonly data: unknown;
+  /** Only when asked for (`metadata: true`). */
+  readonly metadata?: EventMetadata;
+  readonly transactionId: string;
+}
+
+/**
+ * readAll's events and order with only the columns a fold uses (projections/rebuild): the
+ * event id, recorded_at and the hashes are not read, the metadata only with `metadata: true`.
+ * Each of those is parsed per row by the client (a Date, a Buffer, a JSON document): about a
+ * fifth of a rebuild's CPU.
+ */
+export async function readAllForFold(db: Executor, after: LogCursor, limit: number, opts: { settled?: boolean; metadata?: boolean } = {}): Promise<FoldEvent[]> {
+  const rows = await logAfter(db, after, limit, opts)
+    .select(['position', 'stream_id', 'stream_type', 'stream_version', 'type', 'schema_version', 'data', 'transaction_id'])
+    .$if(opts.metadata === true, (q) => q.select('metadata'))
+    .execute();
+  return rows.map((row) => ({
+    position: row.position,
+    streamId: row.stream_id,
+    streamType: row.stream_type,
+    streamVersion: row.stream_version,
+    type: row.type,
+    data: upcast(row.type, row.schema_version, row.data),
+    ...(row.metadata !== undefined ? { metadata: row.metadata as EventMetadata } : {}),
+    transactionId: String(row.transaction_id),
+  }));
+}
+
+/** The log after `after` in readAll's order, below its horizon unless `settled: false`. */
+function logAfter(db: Executor, after: LogCursor, limit: number, opts: { settled?: boolean }) {
+  let query = db.selectFrom('events').where(sql<boolean>`(transaction_id, position) > (${after.transactionId}::xid8, ${after.position}::bigint)`);
+  if (opts.settled !== false) query = query.where(sql<boolean>`transaction_id < pg_snapshot_xmin(pg_current_snapshot())`);
+  return query.orderBy('transaction_id').orderBy('position').limit(limit);
 }
 
 /** The events at the given positions, in position order. */
@@ -156,7 +195,7 @@ export async function readPositions(db: Executor, positions: readonly number[]):
 }
 
 /** The cursor just past `events` (or `after` when there are none). */
-export function cursorAfter(after: LogCursor, events: readonly StoredEvent[]): LogCursor {
+export function cursorAfter(after: LogCursor, events: readonly Pick<StoredEvent, 'transactionId' | 'position'>[]): LogCursor {
   const last = events.at(-1);
   return last ? { transactionId: last.transactionId, position: last.position } : after;
 }
