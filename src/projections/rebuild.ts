@@ -281,12 +281,14 @@ async function fold(db: Executor, events: readonly FoldEvent[], state: ReplaySta
     else byStream.set(e.streamId, [e]);
   }
   state.held = [];
-  const missing = [...byStream.keys()].filter((id) => !state.cache.has(id));
+  for (const list of byStream.values()) list.sort((a, b) => a.streamVersion - b.streamVersion);
   // States written at an earlier checkpoint (a changed state stays in the cache until written).
+  // A stream whose first version is here has none: a checkpoint writes states with the cursor
+  // past their events, so the shadow table holds no state of a stream not read before.
+  const missing = [...byStream].filter(([id, list]) => list[0]?.streamVersion !== 1 && !state.cache.has(id)).map(([id]) => id);
   for (const [id, s] of await loadTaskStates(db, missing, { forUpdate: false, table: SHADOW.current })) state.cache.set(id, s);
 
   for (const [id, list] of byStream) {
-    list.sort((a, b) => a.streamVersion - b.streamVersion);
     let current = state.cache.get(id) ?? initialTaskState(id);
     for (const [i, e] of list.entries()) {
       if (e.streamVersion <= current.version) continue;
