@@ -135,6 +135,17 @@ describe('outbox relay', () => {
     expect(relay.stats()).toMatchObject({ leader: true, published: 9, failed: 0 });
   });
 
+  it('publishes the rows longest due first, then in id order (a retry due a minute ago goes before new submits)', async () => {
+    const tasks = await submit(4);
+    // The last row written came due first (as a retry whose backoff ended before these submits would).
+    await sql`UPDATE outbox SET available_at = now() - interval '1 minute' WHERE stream_id = ${tasks[3]}`.execute(tdb.db);
+    startRelay();
+    const rows = await eventually(() => allPublished(4));
+    const messages = await take(QUEUE, 4);
+    const byStream = new Map(rows.map((r) => [r.message_id, r.stream_id]));
+    expect(messages.map((m) => byStream.get(m.properties.messageId as string))).toEqual([tasks[3], tasks[0], tasks[1], tasks[2]]);
+  });
+
   it('publishes a delayed row when it comes due, not before', async () => {
     const relay = startRelay();
     await eventually(() => relay.stats().leader);
