@@ -634,8 +634,8 @@ export function createRelay(options: RelayOptions): Role & { stats(): RelayStats
    * partial index of unpublished rows, so the scan stops after `batchSize` rows. Ordered by id
    * instead, it read every entry of that index up to now() and sorted them, and an entry stays
    * there, dead, from its row's UPDATE to the next VACUUM: with autovacuum behind (or off), each
-   * claim read every row published since (the latency scenario: ~24,000 entries a claim after
-   * 20 s). An index scan in order also marks the dead entries it meets, so the next claims skip them.
+   * claim read every row published since (25,000 of them: ~24,000 entries and 10 ms a claim, now
+   * 0.2 ms). An index scan in order also marks the dead entries it meets, so the next claims skip them.
    */
   const claimDue = async (t: Term): Promise<Claim> => {
     const r = await t.inTurn(() =>
