@@ -25,11 +25,12 @@ export async function runDoctor(config: Config, write: (line: string) => void = 
         const client = new pg.Client({ connectionString: admin.toString(), connectionTimeoutMillis: 3000 });
         await client.connect();
         try {
-          const v = await client.query<{ server_version: string }>('SHOW server_version');
+          const v = await client.query<{ server_version: string; autovacuum: string }>(
+            "SELECT current_setting('server_version') AS server_version, current_setting('autovacuum') AS autovacuum",
+          );
           // The outbox and task_current are updated once or twice per task: without autovacuum their
           // dead rows stay until a manual VACUUM, and the tables and their indexes keep growing.
-          const av = await client.query<{ autovacuum: string }>('SHOW autovacuum');
-          const vacuum = av.rows[0]?.autovacuum === 'off' ? '; warning: autovacuum is off (dead outbox and task_current rows stay until a manual VACUUM)' : '';
+          const vacuum = v.rows[0]?.autovacuum === 'off' ? '; warning: autovacuum is off (dead outbox and task_current rows stay until a manual VACUUM)' : '';
           const pool = new pg.Pool({ connectionString: config.DATABASE_URL, connectionTimeoutMillis: 3000, max: 1 });
           try {
             const pending = await pendingMigrations(pool).catch(() => ['(database missing)']);

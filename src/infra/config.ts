@@ -5,16 +5,16 @@ import { hostname } from 'node:os';
 import { ConfigError } from './errors.js';
 import { LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_PLACEMENT_LABELS, ZONE_PATTERN } from '../domain/policy.js';
 
-/**
- * Every setting fogsched reads, with its environment variable and default.
- * Units are in the names. This is the only place that reads `process.env`.
- */
 /** INGEST_LANES's maximum; ingest looks for lane queues up to it. */
 export const MAX_INGEST_LANES = 64;
 
 const Int = (min: number, def: number, description: string) =>
   Type.Integer({ minimum: min, default: def, description });
 
+/**
+ * Every setting fogsched reads, with its environment variable and default.
+ * Units are in the names. This is the only place that reads `process.env`.
+ */
 export const ConfigSchema = Type.Object({
   DATABASE_URL: Type.String({ default: 'postgres://root@127.0.0.1:5432/fogsched', description: 'PostgreSQL; the database is created if missing' }),
   AMQP_URL: Type.String({ default: 'amqp://guest:guest@127.0.0.1:5672', description: 'RabbitMQ; a comma-separated list for a cluster (the vhost is the URL path)' }),

@@ -38,6 +38,16 @@ async function traces(taskId: string) {
 }
 const NONE = { events: 0, current: 0, history: 0, outbox: 0, keys: 0 };
 
+/** Every submit that was answered wrote all its rows; the refused one (of type `refusedType`) wrote no event. */
+async function expectNeighboursWritten(results: readonly PromiseSettledResult<{ task: { taskId: string } }>[], refusedType: string) {
+  for (const r of results) {
+    if (r.status !== 'fulfilled') continue;
+    expect(await traces(r.value.task.taskId)).toEqual({ events: 1, current: 1, history: 1, outbox: 1, keys: 0 });
+  }
+  const refused = await sql<{ n: number }>`SELECT count(*)::int AS n FROM events WHERE data->'task'->>'type' = ${refusedType}`.execute(tdb.db);
+  expect(refused.rows[0]?.n).toBe(0);
+}
+
 describe('a task command is all or nothing', () => {
   it('commits events, task_current, task_history and the outbox row together', async () => {
     const task = spec();
@@ -185,12 +195,7 @@ describe('the task service is all or nothing', () => {
     ]);
     expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
     expect((results[1] as PromiseRejectedResult).reason).toBeInstanceOf(IdempotencyConflictError);
-    for (const r of [results[0], results[2]]) {
-      const id = (r as PromiseFulfilledResult<{ task: { taskId: string } }>).value.task.taskId;
-      expect(await traces(id)).toEqual({ events: 1, current: 1, history: 1, outbox: 1, keys: 0 });
-    }
-    const other = await sql<{ n: number }>`SELECT count(*)::int AS n FROM events WHERE data->'task'->>'type' = 'other'`.execute(tdb.db);
-    expect(other.rows[0]?.n).toBe(0);
+    await expectNeighboursWritten(results, 'other');
   });
 
   it('plain submits (no id, key or dependencies) are one statement without BEGIN/COMMIT: every table written, a bad one alone refused', async () => {
@@ -199,16 +204,11 @@ describe('the task service is all or nothing', () => {
     // Same tick: one group; the task that fits no tier is refused and leaves nothing behind.
     const results = await Promise.allSettled([
       tasks.submit({ type: 'plain-a' }, caller),
-      tasks.submit({ type: 'plain-b', resources: { memoryMb: 1_000_000 } }, caller),
+      tasks.submit({ type: 'plain-b', resources: { cpu: 0.1, memoryMb: 1_000_000 } }, caller),
       tasks.submit({ type: 'plain-c', priority: 'high' }, caller),
     ]);
     expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
-    for (const r of [results[0], results[2]]) {
-      const id = (r as PromiseFulfilledResult<{ task: { taskId: string } }>).value.task.taskId;
-      expect(await traces(id)).toEqual({ events: 1, current: 1, history: 1, outbox: 1, keys: 0 });
-    }
-    const b = await sql<{ n: number }>`SELECT count(*)::int AS n FROM events WHERE data->'task'->>'type' = 'plain-b'`.execute(tdb.db);
-    expect(b.rows[0]?.n).toBe(0);
+    await expectNeighboursWritten(results, 'plain-b');
   });
 
   it('countedStatement refuses a second statement before it runs (work of two statements needs a transaction)', async () => {
