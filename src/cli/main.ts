@@ -15,6 +15,16 @@ import type { HealthcheckRole } from './healthcheck.js';
  */
 const starting = process.argv[2] === 'start';
 
+// `fogsched tasks list | head -1`: the reader went away, so the rest of the output has nowhere to
+// go. A command stops quietly, as other command-line tools do, rather than with an EPIPE stack
+// trace (`start` writes its logs elsewhere and is left as it was).
+if (!starting) {
+  process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EPIPE') throw error;
+    process.exit(0);
+  });
+}
+
 const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 function config(): Config {

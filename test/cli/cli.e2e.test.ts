@@ -99,6 +99,18 @@ describe('fogsched CLI (built)', () => {
     expect(res.stdout).not.toMatch(/FAIL/);
   });
 
+  it('doctor piped into a reader that closes early (| head -1) exits 0 without a stack trace', async () => {
+    const spawned = spawnFogsched(['doctor'], t.env);
+    let stderr = '';
+    spawned.proc.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+    // The reader goes away before the first line is written.
+    spawned.proc.stdout?.destroy();
+    const code = await new Promise<number | null>((resolve) => spawned.proc.once('close', (c) => resolve(c)));
+    expect(stderr).not.toMatch(/EPIPE/);
+    expect(stderr).not.toMatch(STACK);
+    expect(code).toBe(0);
+  });
+
   it('doctor with Redis unreachable exits 1, says FAIL for redis and how to start it', async () => {
     const res = await run(['doctor'], { ...t.env, REDIS_URL: 'redis://127.0.0.1:1' });
     expect(res.code, res.stdout + res.stderr).toBe(1);
